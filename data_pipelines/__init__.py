@@ -1,0 +1,1 @@
+"""Data pipelines: data set generators and converters that feed the mmtl package."""

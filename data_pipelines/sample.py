@@ -1,0 +1,37 @@
+"""The sample contract shared by converters, the loader and the tasks (see docs/architecture.md).
+
+A webdataset sample is ``__key__`` + optional image bytes (``jpg``/``png``/``webp``) + ``json``
+annotations. Which tasks a sample supervises follows from which annotation fields it has.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+
+# task key -> annotation fields that must all be present and non-empty for the task to be supervised
+TASK_FIELDS: dict[str, tuple[str, ...]] = {
+    "recognition": ("labels",),
+    "captioning": ("captions",),
+    "summarization": ("document", "summaries"),
+}
+
+# Annotation fields holding free text (used to build compact vocabularies).
+TEXT_FIELDS = ("captions", "summaries", "document")
+
+# The text input every task that reads text sees (a document, a question, any paired text).
+TEXT_INPUT_FIELD = "document"
+
+
+def supervised_tasks(annotation: dict[str, Any]) -> list[str]:
+    """Names of the tasks whose fields are all present and non-empty in ``annotation``."""
+    return [task for task, fields in TASK_FIELDS.items() if all(annotation.get(f) for f in fields)]
+
+
+def annotation_texts(annotation: dict[str, Any]) -> list[str]:
+    """Every free-text string in ``annotation``."""
+    texts: list[str] = []
+    for name in TEXT_FIELDS:
+        value = annotation.get(name)
+        texts.extend([value] if isinstance(value, str) else [str(v) for v in value or []])
+    return texts

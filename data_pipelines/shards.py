@@ -1,0 +1,113 @@
+"""Writing webdataset shards and the ``dataset.json`` that describes them."""
+from __future__ import annotations
+
+import io
+import json
+import shlex
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import webdataset as wds
+from PIL import Image
+
+from data_pipelines.sample import supervised_tasks
+from mmtl.errors import MMTLError
+
+DATASET_FILE = "dataset.json"
+
+
+@dataclass
+class SplitStats:
+    """What was written for one split."""
+
+    samples: int = 0
+    shards: list[str] = field(default_factory=list)
+    tasks: Counter = field(default_factory=Counter)
+    classes: Counter = field(default_factory=Counter)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"samples": self.samples, "shards": self.shards, "tasks": dict(self.tasks)}
+
+
+def encode_image(image: Image.Image, fmt: str = "png", quality: int = 90) -> bytes:
+    """Encode a PIL image to bytes in ``fmt`` (png keeps synthetic colours exact)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG" if fmt == "jpg" else fmt.upper(), **({"quality": quality} if fmt == "jpg" else {}))
+    return buffer.getvalue()
+
+
+def write_split(
+    out_dir: Path, split: str, samples: Iterable[dict[str, Any]], shard_size: int = 1000
+) -> SplitStats:
+    """Write ``samples`` (webdataset dicts with ``__key__`` and a ``json`` dict) as ``{split}-NNNNNN.tar``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stats = SplitStats()
+    pattern = str(out_dir / f"{split}-%06d.tar")
+    with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0) as sink:
+        for sample in samples:
+            annotation = sample["json"]
+            stats.samples += 1
+            stats.tasks.update(supervised_tasks(annotation))
+            stats.classes.update(str(label) for label in annotation.get("labels", []))
+            sink.write({**sample, "json": json.dumps(annotation).encode("utf-8")})
+        written = sink.shard  # shards opened so far (the writer deletes this attribute on close)
+    stats.shards = [Path(pattern % i).name for i in range(written)]
+    return stats
+
+
+def write_dataset_info(
+    out_dir: Path, name: str, splits: dict[str, SplitStats], classes: list[str] | None, options: dict[str, Any]
+) -> dict[str, Any]:
+    """Write (or update, keeping other splits) ``dataset.json`` beside the shards and return it."""
+    path = out_dir / DATASET_FILE
+    info: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"name": name, "splits": {}}
+    for split, stats in splits.items():
+        info["splits"][split] = stats.to_dict()
+    seen = set(info.get("classes", [])) | {c for s in splits.values() for c in s.classes}
+    info["classes"] = classes if classes is not None else sorted(seen)
+    info["written_by"] = {"command": " ".join(shlex.quote(a) for a in sys.argv), "options": options}
+    path.write_text(json.dumps(info, indent=2))
+    return info
+
+
+def read_dataset_info(path: str | Path) -> dict[str, Any]:
+    """Read ``dataset.json`` from a shard directory, with a clear error when it is not one."""
+    directory = Path(path)
+    info_path = directory / DATASET_FILE
+    if not info_path.is_file():
+        raise MMTLError(
+            f"no {DATASET_FILE} in {directory}: not a shard directory "
+            f"(create one with `mmtl data synth --out {directory}`)"
+        )
+    try:
+        return json.loads(info_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise MMTLError(f"{info_path} is not valid JSON: {exc}") from None
+
+
+def split_shards(path: str | Path, split: str) -> list[str]:
+    """Shard file paths of one split, checked to exist."""
+    info = read_dataset_info(path)
+    if split not in info["splits"]:
+        raise MMTLError(f"split {split!r} not in {path}; available: {', '.join(sorted(info['splits']))}")
+    urls = [str(Path(path) / name) for name in info["splits"][split]["shards"]]
+    missing = [u for u in urls if not Path(u).is_file()]
+    if missing:
+        raise MMTLError(f"shard files listed in dataset.json are missing: {', '.join(missing[:3])}")
+    if not urls:
+        raise MMTLError(f"split {split!r} in {path} has no shards")
+    return urls
+
+
+def iter_annotations(path: str | Path, split: str, limit: int = 0) -> Iterator[dict[str, Any]]:
+    """Stream only the ``json`` annotations of a split (images are not decoded)."""
+    count = 0
+    for url in split_shards(path, split):
+        for sample in wds.WebDataset(url, shardshuffle=False, empty_check=False).to_tuple("json"):
+            yield json.loads(sample[0])
+            count += 1
+            if limit and count >= limit:
+                return

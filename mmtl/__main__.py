@@ -1,0 +1,6 @@
+"""``python -m mmtl`` (and ``torchrun -m mmtl``) runs the CLI."""
+import sys
+
+from mmtl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Task balancing: turn per-task losses (or gradients) into one update."""

@@ -1,0 +1,66 @@
+"""Builds tasks, vocabulary and model from a config plus either a data set or a checkpoint's metadata."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from data_pipelines.sample import annotation_texts
+from data_pipelines.shards import iter_annotations, read_dataset_info
+from mmtl.config import ExperimentConfig
+from mmtl.errors import MMTLError
+from mmtl.models.model import MultiTaskModel
+from mmtl.registry import TASKS
+from mmtl.tasks.base import Task, TaskContext
+from mmtl.text import Vocabulary
+
+VOCAB_SCAN_LIMIT = 50_000
+from mmtl import __version__
+
+
+@dataclass
+class Components:
+    """Everything derived from config + data that a model needs, and the model itself."""
+
+    tasks: list[Task]
+    vocab: Vocabulary
+    classes: list[str]
+    model: MultiTaskModel
+
+    def meta(self, step: int) -> dict[str, Any]:
+        """What a checkpoint must store to rebuild these components without the data."""
+        return {
+            "mmtl_version": __version__, "step": step, "tasks": [t.name for t in self.tasks],
+            "classes": self.classes, "vocab": self.vocab.to_dict(), "parameters": self.model.parameter_report(),
+        }
+
+
+def build_vocabulary(config: ExperimentConfig) -> Vocabulary:
+    """Full BPE table, or the compact one of BPE ids seen in (up to 50k samples of) the training split."""
+    if config.model.text.vocab == "full":
+        return Vocabulary(None)
+    texts = (t for a in iter_annotations(config.data.path, config.data.train_split, VOCAB_SCAN_LIMIT)
+             for t in annotation_texts(a))
+    return Vocabulary.from_texts(texts)
+
+
+def build_components(config: ExperimentConfig, classes: list[str], vocab: Vocabulary) -> Components:
+    """Tasks and model for known classes and vocabulary."""
+    import mmtl.components  # noqa: F401
+
+    context = TaskContext(classes=classes, vocab=vocab, model=config.model)
+    tasks = [TASKS.get(name)(context) for name in config.tasks]
+    return Components(tasks, vocab, classes, MultiTaskModel(config.model, tasks, vocab))
+
+
+def components_from_data(config: ExperimentConfig) -> Components:
+    """Components for training on ``config.data.path``."""
+    info = read_dataset_info(config.data.path)
+    classes = list(info.get("classes", []))
+    if "recognition" in config.tasks and not classes:
+        raise MMTLError(f"{config.data.path}/dataset.json lists no classes, but the recognition task needs them")
+    return build_components(config, classes, build_vocabulary(config))
+
+
+def components_from_meta(config: ExperimentConfig, meta: dict[str, Any]) -> Components:
+    """Components for a saved checkpoint (no data needed)."""
+    return build_components(config, list(meta["classes"]), Vocabulary.from_dict(meta["vocab"]))

@@ -1,0 +1,7 @@
+"""Importing this module registers every built-in component in ``mmtl.registry``."""
+import mmtl.balancing.weighting  # noqa: F401
+import mmtl.models.encoders  # noqa: F401
+import mmtl.models.fusion  # noqa: F401
+import mmtl.tasks.captioning  # noqa: F401
+import mmtl.tasks.recognition  # noqa: F401
+import mmtl.tasks.summarization  # noqa: F401

@@ -1,0 +1,393 @@
+"""Typed experiment configuration: dataclass schema, YAML values, dotted CLI overrides, clear errors.
+
+Resolution order, later wins: dataclass defaults -> model preset (``model.preset``) -> YAML file ->
+``key=value`` overrides. Every unknown key or ill-typed value raises a ConfigError that names the
+key and what would be valid.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmtl.errors import ConfigError
+
+
+def choice(default: Any, *options: Any) -> Any:
+    """A dataclass field whose value must be one of ``options``."""
+    return field(default=default, metadata={"choices": options})
+
+
+@dataclass
+class SyntheticConfig:
+    """Size and difficulty of the built-in "shapes world" data set (used by ``mmtl quickstart``)."""
+
+    train: int = 3000
+    val: int = 200
+    test: int = 200
+    seed: int = 0
+    difficulty: str = choice("medium", "easy", "medium", "hard")
+    image_size: int = 64
+    shard_size: int = 1000
+
+
+@dataclass
+class DataConfig:
+    """Where the shards are and how they are streamed."""
+
+    path: str = "data/quickstart"
+    train_split: str = "train"
+    val_split: str = "val"
+    batch_size: int = 32
+    num_workers: int = 0
+    shuffle_buffer: int = 1000
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ImageEncoderConfig:
+    """Image encoder: a registry key plus the options the registered builder reads."""
+
+    name: str = "timm"
+    timm_model: str = "vit_tiny_patch16_224"
+    # passed to timm.create_model as they are (architecture knobs of the chosen model)
+    timm_kwargs: dict[str, Any] = field(default_factory=dict)
+    image_size: int = 64
+    pretrained_path: str | None = None
+
+
+@dataclass
+class TextEncoderConfig:
+    """Text encoder over open_clip BPE tokens."""
+
+    name: str = "transformer"
+    depth: int = 2
+    context_length: int = 128
+    # "dataset": embed only the BPE tokens seen in the training split (fast on CPU);
+    # "full": all 49,408 open_clip BPE tokens (needed to load pretrained text towers).
+    vocab: str = choice("dataset", "dataset", "full")
+
+
+@dataclass
+class FusionConfig:
+    """How image and text tokens become one shared representation."""
+
+    name: str = "single_stream"
+    depth: int = 2
+
+
+@dataclass
+class DecoderConfig:
+    """Text decoders of the generation tasks (captioning, summarization)."""
+
+    depth: int = 2
+    max_length: int = 40
+
+
+@dataclass
+class ModelConfig:
+    """The model; ``preset`` fills every field first, the rest of the config overrides it."""
+
+    preset: str = "tiny"
+    width: int = 128
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping of a training run."""
+
+    steps: int = 400
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 40
+    schedule: str = choice("cosine", "cosine", "linear", "constant")
+    grad_clip: float = 1.0
+    precision: str = choice("auto", "auto", "fp32", "bf16", "fp16")
+    device: str = "auto"
+    log_every: int = 10
+    checkpoint_every: int = 200
+    progress: bool = True
+
+
+@dataclass
+class BalancerConfig:
+    """How per-task losses are combined into one update."""
+
+    name: str = "equal"
+    weights: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding options for captioning and summarization."""
+
+    max_length: int = 40
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation after training."""
+
+    split: str = "test"
+    max_samples: int = 0
+    batch_size: int = 64
+    threshold: float = 0.5
+    num_examples: int = 3
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything a run needs. The defaults are the quickstart experiment."""
+
+    name: str = "quickstart"
+    output_dir: str = "runs/quickstart"
+    seed: int = 0
+    tasks: list[str] = field(default_factory=lambda: ["recognition", "captioning", "summarization"])
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    balancer: BalancerConfig = field(default_factory=BalancerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML-serialisable)."""
+        return dataclasses.asdict(self)
+
+
+def _vit(img_size: int, patch_size: int, embed_dim: int, depth: int, num_heads: int) -> dict[str, int]:
+    """timm ViT architecture knobs for small presets."""
+    return {"img_size": img_size, "patch_size": patch_size, "embed_dim": embed_dim, "depth": depth, "num_heads": num_heads}
+
+
+# A preset is only a set of model overrides; the generic builder does the rest.
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "micro": {
+        "width": 32, "num_heads": 2,
+        "image": {"image_size": 32, "timm_kwargs": _vit(32, 8, 32, 1, 2)},
+        "text": {"depth": 1, "context_length": 64},
+        "fusion": {"depth": 1}, "decoder": {"depth": 1},
+    },
+    "tiny": {
+        "width": 128, "num_heads": 4,
+        "image": {"image_size": 64, "timm_kwargs": _vit(64, 8, 128, 2, 4)},
+        "text": {"depth": 1, "context_length": 128},
+        "fusion": {"depth": 2}, "decoder": {"depth": 2},
+    },
+    "small": {
+        "width": 256, "num_heads": 8,
+        "image": {"image_size": 64, "timm_kwargs": _vit(64, 8, 256, 4, 8)},
+        "text": {"depth": 4, "context_length": 160},
+        "fusion": {"depth": 4}, "decoder": {"depth": 4},
+    },
+}
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` updated recursively by ``update`` (neither input is modified).
+
+    Keys ending in ``_kwargs`` are replaced whole: they are argument sets of one component,
+    and mixing two sets (a preset's ViT knobs into a user's CNN) would be wrong.
+    """
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and not str(key).endswith("_kwargs"):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into its key path and a YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. train.steps=200)")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc.problem})") from None
+    return key.split("."), value
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {'.'.join(path)}: {part} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert one YAML value against a type hint."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a section (mapping), got {value!r}")
+        return build_dataclass(tp, value, key)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return {_convert(k, key_tp, key): _convert(v, val_tp, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def build_dataclass(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and checking types and choices."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in fields:
+            valid = ", ".join(sorted(fields))
+            raise ConfigError(f"unknown config key {key!r}; valid keys here: {valid}")
+        converted = _convert(value, hints[name], key)
+        options = fields[name].metadata.get("choices")
+        if options and converted not in options:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, options))}; got {converted!r}")
+        kwargs[name] = converted
+    return cls(**kwargs)
+
+
+def resolve_config(raw: dict[str, Any] | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Build an ExperimentConfig from a raw mapping plus ``key=value`` overrides, applying the model preset."""
+    tree = copy.deepcopy(raw or {})
+    for text in overrides or []:
+        path, value = parse_override(text)
+        _set_path(tree, path, value)
+    model = tree.get("model", {})
+    if not isinstance(model, dict):
+        raise ConfigError("model must be a section (mapping)")
+    preset = model.get("preset", ModelConfig.preset)
+    if preset not in MODEL_PRESETS:
+        raise ConfigError(f"unknown model.preset {preset!r}; valid: {', '.join(sorted(MODEL_PRESETS))}")
+    tree["model"] = deep_merge(MODEL_PRESETS[preset], model)
+    config = build_dataclass(ExperimentConfig, tree)
+    validate(config)
+    return config
+
+
+def validate(config: ExperimentConfig) -> None:
+    """Cross-field checks that a single field's type cannot express."""
+    from mmtl.registry import BALANCERS, FUSIONS, IMAGE_ENCODERS, TASKS, TEXT_ENCODERS
+    import mmtl.components  # noqa: F401  (registers every built-in component)
+
+    if not config.tasks:
+        raise ConfigError("tasks must name at least one task")
+    for task in config.tasks:
+        TASKS.get(task)
+    if len(set(config.tasks)) != len(config.tasks):
+        raise ConfigError(f"tasks lists a task twice: {config.tasks}")
+    IMAGE_ENCODERS.get(config.model.image.name)
+    TEXT_ENCODERS.get(config.model.text.name)
+    FUSIONS.get(config.model.fusion.name)
+    BALANCERS.get(config.balancer.name)
+    unknown = set(config.balancer.weights) - set(config.tasks)
+    if unknown:
+        raise ConfigError(f"balancer.weights names tasks not in tasks: {', '.join(sorted(unknown))}")
+    if config.model.width % config.model.num_heads:
+        raise ConfigError(f"model.width ({config.model.width}) must be divisible by model.num_heads ({config.model.num_heads})")
+    positive = {
+        "train.steps": config.train.steps, "data.batch_size": config.data.batch_size,
+        "model.width": config.model.width, "model.text.context_length": config.model.text.context_length,
+        "model.decoder.max_length": config.model.decoder.max_length,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be positive, got {value}")
+    if config.train.lr <= 0:
+        raise ConfigError(f"train.lr must be positive, got {config.train.lr}")
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load a YAML experiment file (or the built-in defaults when ``path`` is None) and apply overrides."""
+    raw = read_yaml_tree(Path(path)) if path is not None else {}
+    return resolve_config(raw, overrides)
+
+
+def read_yaml_tree(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML config; its optional ``include`` list (paths relative to it) is merged first."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: include cycle")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    loaded = loaded or {}
+    includes = loaded.pop("include", [])
+    if isinstance(includes, str):
+        includes = [includes]
+    tree: dict[str, Any] = {}
+    for include in includes:
+        tree = deep_merge(tree, read_yaml_tree(path.parent / include, _seen + (path.resolve(),)))
+    return deep_merge(tree, loaded)
+
+
+def save_config(config: ExperimentConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, trivial baselines and reports."""

@@ -1,0 +1,105 @@
+"""Held-out evaluation of every task, next to each task's trivial baseline."""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from data_pipelines.loader import make_loader
+from data_pipelines.shards import iter_annotations
+from mmtl.builder import Components
+from mmtl.config import ExperimentConfig
+from mmtl.training.precision import get_autocast
+
+BASELINE_FIT_LIMIT = 5000
+
+
+@dataclass
+class EvalResult:
+    """Per-task metrics of the model and of the trivial baseline, plus a few examples."""
+
+    split: str
+    samples: int
+    metrics: dict[str, dict[str, float]]
+    baselines: dict[str, dict[str, float]]
+    primary: dict[str, str]
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"split": self.split, "samples": self.samples, "primary_metric": self.primary,
+                "model": self.metrics, "baseline": self.baselines}
+
+
+@torch.no_grad()
+def evaluate(components: Components, config: ExperimentConfig, device: torch.device,
+             data_path: str | None = None, split: str | None = None, precision: str = "fp32") -> EvalResult:
+    """Predict every task on ``split`` and score it; baselines are fitted on the training split."""
+    data_path = data_path or config.data.path
+    split = split or config.eval.split
+    model = components.model.eval()
+    names = [t.name for t in components.tasks]
+    loader = make_loader(
+        data_path, split, tasks=components.tasks, vocab=components.vocab,
+        image_size=config.model.image.image_size, context_length=config.model.text.context_length,
+        batch_size=config.eval.batch_size, train=False,
+    )
+    predictions: dict[str, list] = defaultdict(list)
+    references: dict[str, list] = defaultdict(list)
+    annotations: dict[str, list] = defaultdict(list)
+    examples, seen = [], 0
+    for batch in loader:
+        batch = batch.to(device)
+        with get_autocast(precision, device):
+            predicted = model.predict(batch, names, config.eval)
+        for row, annotation in enumerate(batch.annotations):
+            example = {"key": batch.keys[row], "predictions": {}, "references": {}}
+            for task in components.tasks:
+                reference = task.reference(annotation)
+                if reference is None:
+                    continue
+                predictions[task.name].append(predicted[task.name][row])
+                references[task.name].append(reference)
+                annotations[task.name].append(annotation)
+                example["predictions"][task.name] = task.format(predicted[task.name][row])
+                example["references"][task.name] = task.format_reference(reference)
+            if len(examples) < config.eval.num_examples:
+                examples.append(example)
+        seen += len(batch)
+        if config.eval.max_samples and seen >= config.eval.max_samples:
+            break
+    train_annotations = list(iter_annotations(data_path, config.data.train_split, BASELINE_FIT_LIMIT))
+    metrics, baselines = {}, {}
+    for task in components.tasks:
+        if not references[task.name]:
+            continue
+        metrics[task.name] = task.score(predictions[task.name], references[task.name])
+        baseline = task.fit_baseline(train_annotations)
+        baselines[task.name] = task.score([baseline(a) for a in annotations[task.name]], references[task.name])
+    primary = {t.name: t.primary_metric for t in components.tasks if t.name in metrics}
+    return EvalResult(split, seen, metrics, baselines, primary, examples)
+
+
+def format_table(result: EvalResult) -> str:
+    """A plain-text table: task, metric, model, trivial baseline, difference."""
+    rows = [("task", "metric", "model", "baseline", "delta")]
+    for task, metric in result.primary.items():
+        model, base = result.metrics[task][metric], result.baselines[task][metric]
+        rows.append((task, metric, f"{model:.3f}", f"{base:.3f}", f"{model - base:+.3f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_examples(result: EvalResult) -> str:
+    """Predictions next to references for the examples kept during evaluation."""
+    blocks = []
+    for example in result.examples:
+        lines = [f"[{example['key']}]"]
+        for task, prediction in example["predictions"].items():
+            lines.append(f"  {task:<14} predicted: {prediction}")
+            lines.append(f"  {'':<14} reference: {example['references'][task]}")
+        blocks.append("\n".join(lines))
+    return "\n".join(blocks)

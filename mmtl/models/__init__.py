@@ -1,0 +1,1 @@
+"""Model parts: encoders, fusion, heads, and the assembled multi-task model."""

@@ -1,0 +1,49 @@
+"""One small registry: components are found by an explicit key, never by matching names."""
+from __future__ import annotations
+
+from typing import Callable, Generic, TypeVar
+
+from mmtl.errors import ConfigError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps a string key to a builder (class or function) of one kind of component."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, key: str) -> Callable[[T], T]:
+        """Decorator that registers ``obj`` under ``key``; a duplicate key is a bug."""
+
+        def decorate(obj: T) -> T:
+            if key in self._items:
+                raise ValueError(f"{self.kind} {key!r} is registered twice")
+            self._items[key] = obj
+            return obj
+
+        return decorate
+
+    def get(self, key: str) -> T:
+        """Return the component registered under ``key`` or raise a ConfigError listing valid keys."""
+        try:
+            return self._items[key]
+        except KeyError:
+            valid = ", ".join(sorted(self._items)) or "(none)"
+            raise ConfigError(f"unknown {self.kind} {key!r}; valid: {valid}") from None
+
+    def keys(self) -> list[str]:
+        """All registered keys, sorted."""
+        return sorted(self._items)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
+
+
+IMAGE_ENCODERS: Registry = Registry("image encoder")
+TEXT_ENCODERS: Registry = Registry("text encoder")
+FUSIONS: Registry = Registry("fusion")
+TASKS: Registry = Registry("task")
+BALANCERS: Registry = Registry("balancer")

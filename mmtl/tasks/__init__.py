@@ -1,0 +1,1 @@
+"""Tasks: each owns its targets, head, loss, predictions, metrics and trivial baseline."""

@@ -1,0 +1,74 @@
+"""The task interface. The training loop and the loader only ever talk to tasks through it."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+from mmtl.config import ModelConfig
+from mmtl.models.fusion import Fused
+from mmtl.text import Vocabulary
+
+
+@dataclass
+class TaskContext:
+    """What tasks need to know about the data and the model."""
+
+    classes: list[str]
+    vocab: Vocabulary
+    model: ModelConfig
+
+
+class Task:
+    """Base class: a subclass registers under a key in ``mmtl.registry.TASKS``."""
+
+    name: ClassVar[str]
+    inputs: ClassVar[tuple[str, ...]]  # modalities the task reads, e.g. ("image",) or ("image", "text")
+    required_inputs: ClassVar[tuple[str, ...]]  # modalities without which the task cannot run
+    primary_metric: ClassVar[str]  # the metric that decides whether the task improved (higher is better)
+
+    def __init__(self, context: TaskContext) -> None:
+        self.context = context
+
+    def target(self, annotation: dict[str, Any], rng: random.Random) -> Any | None:
+        """Training target from one annotation (in loader workers), or None if unsupervised."""
+        raise NotImplementedError
+
+    def collate(self, targets: list[Any]) -> dict[str, torch.Tensor]:
+        """Stack targets of the rows that have them."""
+        raise NotImplementedError
+
+    def build_head(self, config: ModelConfig) -> nn.Module:
+        """The task's head module."""
+        raise NotImplementedError
+
+    def loss(self, head: nn.Module, fused: Fused, target: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Scalar loss of the head on the fused rows that carry this task's targets."""
+        raise NotImplementedError
+
+    def predict(self, head: nn.Module, fused: Fused, options: Any) -> list[Any]:
+        """One prediction per row of ``fused``."""
+        raise NotImplementedError
+
+    def reference(self, annotation: dict[str, Any]) -> Any | None:
+        """What a prediction is scored against, or None if the annotation lacks it."""
+        raise NotImplementedError
+
+    def score(self, predictions: Sequence[Any], references: Sequence[Any]) -> dict[str, float]:
+        """Metrics (including ``primary_metric``) of predictions against references."""
+        raise NotImplementedError
+
+    def fit_baseline(self, train_annotations: Sequence[dict[str, Any]]) -> Callable[[dict[str, Any]], Any]:
+        """A trivial predictor (annotation -> prediction) fitted on training annotations."""
+        raise NotImplementedError
+
+    def format(self, prediction: Any) -> str:
+        """Human-readable prediction."""
+        return str(prediction)
+
+    def format_reference(self, reference: Any) -> str:
+        """Human-readable reference."""
+        return str(reference)

@@ -1,0 +1,25 @@
+"""Image captioning: describe the image in a sentence."""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Callable, Sequence
+
+from mmtl.registry import TASKS
+from mmtl.tasks.generation import GenerationTask
+
+
+@TASKS.register("captioning")
+class CaptioningTask(GenerationTask):
+    """Generates a caption from the image alone (the paired text would leak the answer)."""
+
+    name = "captioning"
+    inputs = ("image",)
+    required_inputs = ("image",)
+    primary_metric = "bleu4"
+    reference_field = "captions"
+
+    def fit_baseline(self, train_annotations: Sequence[dict[str, Any]]) -> Callable[[dict[str, Any]], str]:
+        """Most frequent training caption, for every image."""
+        counts = Counter(c for a in train_annotations for c in (self.reference(a) or []))
+        caption = counts.most_common(1)[0][0] if counts else ""
+        return lambda annotation: caption

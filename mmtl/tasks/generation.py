@@ -1,0 +1,62 @@
+"""Shared machinery of text-generation tasks: one decoder head, teacher-forced loss, greedy decoding."""
+from __future__ import annotations
+
+import random
+from typing import Any, ClassVar, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmtl.config import ModelConfig
+from mmtl.evaluation.metrics import bleu, rouge
+from mmtl.models.fusion import Fused
+from mmtl.models.heads import TextDecoder
+from mmtl.tasks.base import Task
+from mmtl.text import PAD
+
+
+class GenerationTask(Task):
+    """A task whose target is one of the strings in annotation field ``reference_field``."""
+
+    reference_field: ClassVar[str]
+
+    def reference(self, annotation: dict[str, Any]) -> list[str] | None:
+        refs = annotation.get(self.reference_field)
+        if isinstance(refs, str):
+            refs = [refs]
+        return [str(r) for r in refs] if refs else None
+
+    def target(self, annotation: dict[str, Any], rng: random.Random) -> list[int] | None:
+        refs = self.reference(annotation)
+        if not refs:
+            return None
+        length = self.context.model.decoder.max_length
+        return self.context.vocab.encode(rng.choice(refs), length, bos=True, eos=True)
+
+    def collate(self, targets: list[list[int]]) -> dict[str, torch.Tensor]:
+        tokens = torch.full((len(targets), max(map(len, targets))), PAD, dtype=torch.long)
+        for row, ids in enumerate(targets):
+            tokens[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return {"tokens": tokens}
+
+    def build_head(self, config: ModelConfig) -> nn.Module:
+        return TextDecoder(self.context.vocab.size, config.width, config.decoder.depth, config.num_heads,
+                           config.decoder.max_length, config.mlp_ratio, config.dropout)
+
+    def loss(self, head: nn.Module, fused: Fused, target: dict[str, torch.Tensor]) -> torch.Tensor:
+        tokens = target["tokens"]
+        logits = head(tokens[:, :-1], fused.tokens, fused.valid).float()
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), ignore_index=PAD)
+
+    @torch.no_grad()
+    def predict(self, head: nn.Module, fused: Fused, options: Any) -> list[str]:
+        max_length = getattr(getattr(options, "generation", None), "max_length", head.max_length)
+        ids = head.generate(fused.tokens, fused.valid, max_length).cpu().tolist()
+        return [self.context.vocab.decode(row) for row in ids]
+
+    def format_reference(self, reference: Sequence[str]) -> str:
+        return reference[0]
+
+    def score(self, predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
+        return {**bleu(predictions, references), **rouge(predictions, references)}

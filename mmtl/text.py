@@ -1,0 +1,83 @@
+"""Text <-> token ids: open_clip's BPE tokenizer (shipped inside its package) plus a vocabulary.
+
+The model embeds *vocabulary ids*. A vocabulary is either the full open_clip BPE table or a
+compact subset of BPE ids seen in the training data, which makes tiny models fast on a CPU
+without changing how text is split into tokens.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from functools import lru_cache
+from typing import Iterable, Sequence
+
+PAD, BOS, EOS, UNK = 0, 1, 2, 3
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
+FULL_BPE_SIZE = 49408
+
+
+@lru_cache(maxsize=1)
+def bpe_tokenizer():
+    """The open_clip BPE tokenizer (loads its vocabulary file from the installed package, offline)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer()
+
+
+def bpe_encode(text: str) -> list[int]:
+    """BPE ids of ``text`` without start/end tokens."""
+    return bpe_tokenizer().encode(text)
+
+
+class Vocabulary:
+    """Maps open_clip BPE ids to the model's embedding rows (special tokens first)."""
+
+    def __init__(self, bpe_ids: Sequence[int] | None = None) -> None:
+        """``bpe_ids=None`` means the full BPE table; otherwise only these ids get their own row."""
+        self.bpe_ids = None if bpe_ids is None else [int(i) for i in bpe_ids]
+        self._to_local = None if self.bpe_ids is None else {b: i + len(SPECIAL_TOKENS) for i, b in enumerate(self.bpe_ids)}
+
+    @property
+    def size(self) -> int:
+        """Number of embedding rows the model needs."""
+        n = FULL_BPE_SIZE if self.bpe_ids is None else len(self.bpe_ids)
+        return n + len(SPECIAL_TOKENS)
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str], min_count: int = 1) -> "Vocabulary":
+        """Compact vocabulary of every BPE id that occurs at least ``min_count`` times in ``texts``."""
+        counts: Counter[int] = Counter()
+        for text in texts:
+            counts.update(bpe_encode(text))
+        return cls(sorted(b for b, c in counts.items() if c >= min_count))
+
+    def encode(self, text: str, max_length: int, bos: bool = False, eos: bool = False) -> list[int]:
+        """Vocabulary ids of ``text``, truncated so that the result (with bos/eos) fits ``max_length``."""
+        budget = max_length - int(bos) - int(eos)
+        bpe = bpe_encode(text)[: max(budget, 0)]
+        if self._to_local is None:
+            ids = [b + len(SPECIAL_TOKENS) for b in bpe]
+        else:
+            ids = [self._to_local.get(b, UNK) for b in bpe]
+        return ([BOS] if bos else []) + ids + ([EOS] if eos else [])
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of vocabulary ids; stops at EOS, skips other special tokens."""
+        bpe = []
+        for i in ids:
+            i = int(i)
+            if i == EOS:
+                break
+            if i < len(SPECIAL_TOKENS):
+                continue
+            local = i - len(SPECIAL_TOKENS)
+            bpe.append(local if self.bpe_ids is None else self.bpe_ids[local])
+        return bpe_tokenizer().decode(bpe).strip()
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form, stored with checkpoints."""
+        return {"kind": "full" if self.bpe_ids is None else "compact", "bpe_ids": self.bpe_ids}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Vocabulary":
+        """Inverse of :meth:`to_dict`."""
+        return cls(None if data.get("kind") == "full" else data["bpe_ids"])

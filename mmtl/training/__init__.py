@@ -1,0 +1,1 @@
+"""Training: the loop and the concerns it delegates (precision, optimiser, checkpoints, logging)."""

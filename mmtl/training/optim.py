@@ -1,0 +1,44 @@
+"""Optimiser and learning-rate schedule."""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from mmtl.config import TrainConfig
+
+
+def _no_decay(name: str, param: nn.Parameter) -> bool:
+    """Norms, biases, embeddings and positional tables are not weight-decayed."""
+    return param.ndim < 2 or "embed" in name or "position" in name or "norm" in name
+
+
+def build_optimizer(modules: Iterable[nn.Module], config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over the parameters of ``modules`` (fused kernel on CUDA)."""
+    decay, no_decay = [], []
+    for module in modules:
+        for name, param in module.named_parameters():
+            if param.requires_grad:
+                (no_decay if _no_decay(name, param) else decay).append(param)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), fused=device.type == "cuda")
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Multiplier of the base learning rate at ``step``: linear warm-up, then the chosen decay."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    progress = min(progress, 1.0)
+    if config.schedule == "cosine":
+        return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if config.schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    return 1.0
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """Step-wise schedule following :func:`lr_factor`."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))

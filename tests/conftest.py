@@ -1,0 +1,27 @@
+"""Shared fixtures: a micro synthetic data set written once per session into a temp dir."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from data_pipelines.synthetic import write_shards
+
+MICRO_SIZES = {"train": 96, "val": 16, "test": 16}
+
+
+@pytest.fixture(scope="session")
+def micro_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Shapes-world shards at 32x32 (the micro preset's image size)."""
+    path = tmp_path_factory.mktemp("micro_data")
+    write_shards(path, MICRO_SIZES, seed=1, difficulty="easy", image_size=32, shard_size=40)
+    return path
+
+
+def micro_overrides(data: Path, out: Path, steps: int = 3) -> list[str]:
+    """Config overrides for a seconds-long run of the micro preset on ``data``."""
+    return [
+        f"data.path={data}", f"output_dir={out}", "model.preset=micro", f"train.steps={steps}",
+        "data.batch_size=8", "train.log_every=1", "train.progress=false", "eval.max_samples=16",
+        "train.warmup_steps=1", "model.decoder.max_length=48", "eval.generation.max_length=8",
+    ]

@@ -1,0 +1,36 @@
+import pytest
+
+from mmtl.evaluation.metrics import bleu, multilabel_scores, rouge
+from mmtl.tasks.summarization import lead_sentence
+from mmtl.builder import build_components
+from mmtl.config import resolve_config
+from mmtl.text import Vocabulary
+
+
+def test_multilabel_scores() -> None:
+    classes = ["a", "b", "c"]
+    perfect = multilabel_scores([["a"], ["b", "c"]], [["a"], ["c", "b"]], classes)
+    assert perfect == {"f1_micro": 1.0, "f1_macro": 1.0, "exact_match": 1.0}
+    half = multilabel_scores([["a"], ["b"]], [["a"], ["c"]], classes)
+    assert half["f1_micro"] == pytest.approx(0.5) and half["exact_match"] == 0.5
+
+
+def test_bleu_and_rouge_reward_matches_and_use_all_references() -> None:
+    refs = [["a large red circle left of a small blue square", "there is a red circle"]]
+    assert bleu(["a large red circle left of a small blue square"], refs)["bleu4"] == pytest.approx(100.0)
+    assert bleu(["the green triangle"], refs)["bleu4"] < 5
+    assert rouge(["there is a red circle"], refs)["rougeL"] == pytest.approx(100.0)
+    assert rouge(["nothing matches"], refs)["rougeL"] == 0.0
+
+
+def test_trivial_baselines() -> None:
+    config = resolve_config({}, ["model.preset=micro"])
+    parts = build_components(config, ["x", "y", "z"], Vocabulary.from_texts(["a"]))
+    tasks = {t.name: t for t in parts.tasks}
+    train = [{"labels": ["x", "y"], "captions": ["c1", "c2"]}, {"labels": ["x"], "captions": ["c1"]},
+             {"labels": ["x", "z"], "captions": ["c3"]}]
+    assert [n for n, _ in tasks["recognition"].fit_baseline(train)({})] == ["x", "y"]  # median 2 tags
+    assert tasks["captioning"].fit_baseline(train)({}) == "c1"
+    doc = {"document": "this note is short . anna drew it . more ."}
+    assert tasks["summarization"].fit_baseline(train)(doc) == "this note is short ."
+    assert lead_sentence("") == ""

@@ -1,0 +1,103 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from data_pipelines.loader import Collator, Example
+from mmtl.builder import build_components
+from mmtl.config import resolve_config
+from mmtl.text import Vocabulary
+
+CLASSES = ["red circle", "blue square", "green triangle"]
+VOCAB = Vocabulary.from_texts(["a red circle left of a blue square", "anna drew 2 objects : a b c"])
+ANNOTATION = {
+    "labels": ["red circle", "blue square"],
+    "captions": ["a red circle left of a blue square"],
+    "document": "anna drew a red circle . a blue square is left .",
+    "summaries": ["anna drew 2 objects : a red circle and a blue square"],
+}
+
+
+def _model(*overrides: str):
+    config = resolve_config({}, ["model.preset=micro", *overrides])
+    return config, build_components(config, CLASSES, VOCAB)
+
+
+def _batch(parts, image: bool = True, text: bool = True, tasks=None):
+    torch.manual_seed(0)
+    import random
+
+    rng = random.Random(0)
+    examples = []
+    for i in range(4):
+        targets = {t.name: t.target(ANNOTATION, rng) for t in parts.tasks if tasks is None or t.name in tasks}
+        ids = VOCAB.encode(ANNOTATION["document"], 64) if text else []
+        pixels = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8) if image else None
+        examples.append(Example(str(i), pixels, ids, targets, ANNOTATION))
+    return Collator(parts.tasks, 32)(examples)
+
+
+@pytest.mark.parametrize("task", ["recognition", "captioning", "summarization"])
+def test_one_training_step_per_task_has_finite_gradients_and_lowers_loss(task: str) -> None:
+    config, parts = _model(f"tasks=[{task}]")
+    model = parts.model
+    batch = _batch(parts)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(5):
+        loss = model(batch)[task]
+        optimizer.zero_grad()
+        loss.backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads)
+        optimizer.step()
+        losses.append(float(loss))
+    assert losses[-1] < losses[0]
+    # the task's own head received gradient
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.heads[task].parameters())
+
+
+def test_tasks_share_one_image_encoding_per_batch() -> None:
+    config, parts = _model()
+    calls = []
+    parts.model.encoders["image"].register_forward_hook(lambda *a: calls.append(1))
+    parts.model(_batch(parts))
+    assert len(calls) == 1
+
+
+def test_captioning_does_not_see_the_document() -> None:
+    """Captions must come from vision: changing the text must not change captioning's loss."""
+    config, parts = _model()
+    parts.model.eval()
+    batch = _batch(parts)
+    with torch.no_grad():
+        before = parts.model(batch)
+        batch.text = torch.flip(batch.text, dims=[1])
+        after = parts.model(batch)
+    assert torch.allclose(before["captioning"], after["captioning"])
+    assert not torch.allclose(before["summarization"], after["summarization"])
+
+
+@pytest.mark.parametrize("fusion", ["single_stream", "late"])
+@pytest.mark.parametrize("image, text", [(True, False), (False, True), (True, True)])
+def test_any_fusion_handles_missing_modalities(fusion: str, image: bool, text: bool) -> None:
+    config, parts = _model(f"model.fusion.name={fusion}")
+    batch = _batch(parts, image=image, text=text)
+    out = parts.model.predict(batch, ["recognition", "captioning", "summarization"])
+    assert all(len(v) == 4 for v in out.values())
+    fused = parts.model.fuse(batch, ("image", "text"), {})
+    assert torch.isfinite(fused.tokens).all() and torch.isfinite(fused.pooled).all()
+
+
+def test_rows_without_a_task_are_not_in_its_loss() -> None:
+    config, parts = _model("tasks=[recognition]")
+    batch = _batch(parts)
+    batch.targets["recognition"]["index"] = torch.tensor([0, 2])
+    batch.targets["recognition"]["labels"] = batch.targets["recognition"]["labels"][:2]
+    assert torch.isfinite(parts.model(batch)["recognition"])
+
+
+def test_parameter_report_splits_shared_and_task_specific() -> None:
+    config, parts = _model()
+    report = parts.model.parameter_report()
+    assert report["total"] == report["shared"] + sum(v for k, v in report.items() if k.startswith("task:"))

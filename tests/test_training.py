@@ -1,0 +1,64 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmtl.config import resolve_config
+from mmtl.errors import MMTLError
+from mmtl.inference import Predictor
+from mmtl.training.checkpoint import LATEST, load_train_state, resolve_checkpoint
+from mmtl.training.loop import Trainer, train
+from mmtl.training.optim import lr_factor
+from tests.conftest import micro_overrides
+
+
+def test_training_writes_a_complete_run_directory(micro_data: Path, tmp_path: Path) -> None:
+    config = resolve_config({}, micro_overrides(micro_data, tmp_path / "run", steps=4) + ["train.checkpoint_every=2"])
+    result = train(config)
+    run = tmp_path / "run"
+    assert (run / "config.yaml").is_file() and (run / "loss_captioning.png").is_file()
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert all(f"loss/{t}" in records[-1] for t in config.tasks)
+    assert (run / "checkpoints" / LATEST).read_text() == "step-00000004"
+    assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-00000002", "step-00000004"]
+    assert not list((run / "checkpoints").glob(".*tmp*"))  # no temp leftovers
+    assert load_train_state(result.checkpoint)["step"] == 4
+
+
+def test_predictor_reproduces_the_trained_model(micro_data: Path, tmp_path: Path) -> None:
+    config = resolve_config({}, micro_overrides(micro_data, tmp_path / "run", steps=2))
+    result = train(config)
+    predictor = Predictor.from_pretrained(tmp_path / "run")
+    trained = result.components.model.state_dict()
+    loaded = predictor.model.state_dict()
+    assert trained.keys() == loaded.keys()
+    assert all(torch.equal(trained[k].cpu(), loaded[k]) for k in trained)
+    assert predictor.components.classes == result.components.classes
+
+
+def test_resume_continues_from_the_saved_step(micro_data: Path, tmp_path: Path) -> None:
+    base = micro_overrides(micro_data, tmp_path / "run", steps=2)
+    train(resolve_config({}, base))
+    trainer = Trainer(resolve_config({}, base[:-0 or None] + ["train.steps=4"]), resume="latest")
+    assert trainer.step == 2
+    assert trainer.scheduler.last_epoch == 2
+    trainer.run()
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+
+
+def test_resume_without_checkpoint_is_a_clear_error(micro_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(MMTLError, match="no checkpoint found"):
+        Trainer(resolve_config({}, micro_overrides(micro_data, tmp_path / "empty")), resume="latest")
+    with pytest.raises(MMTLError, match="no checkpoint found"):
+        resolve_checkpoint(tmp_path)
+
+
+def test_learning_rate_schedule_warms_up_then_decays() -> None:
+    config = resolve_config({}, ["train.steps=100", "train.warmup_steps=10"]).train
+    factors = [lr_factor(s, config) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    assert factors[-1] < 0.1
