@@ -44,10 +44,18 @@ class Vocabulary:
 
     @classmethod
     def from_texts(cls, texts: Iterable[str], min_count: int = 1) -> "Vocabulary":
-        """Compact vocabulary of every BPE id that occurs at least ``min_count`` times in ``texts``."""
-        counts: Counter[int] = Counter()
+        """Compact vocabulary of every BPE id that occurs at least ``min_count`` times in ``texts``.
+
+        BPE never merges across whitespace, so encoding each distinct word once gives the same ids
+        as encoding every text, at a fraction of the cost on large corpora.
+        """
+        words: Counter[str] = Counter()
         for text in texts:
-            counts.update(bpe_encode(text))
+            words.update(text.split())
+        counts: Counter[int] = Counter()
+        for word, count in words.items():
+            for bpe_id in bpe_encode(word):
+                counts[bpe_id] += count
         return cls(sorted(b for b, c in counts.items() if c >= min_count))
 
     def encode(self, text: str, max_length: int, bos: bool = False, eos: bool = False) -> list[int]:

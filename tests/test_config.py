@@ -15,7 +15,7 @@ def test_defaults_are_the_quickstart_with_tiny_preset_applied() -> None:
     config = resolve_config({})
     assert config.model.preset == "tiny"
     assert config.model.width == MODEL_PRESETS["tiny"]["width"]
-    assert config.model.image.timm_kwargs["depth"] == MODEL_PRESETS["tiny"]["image"]["timm_kwargs"]["depth"]
+    assert config.model.image.timm_kwargs == MODEL_PRESETS["tiny"]["image"]["timm_kwargs"]
     assert config.tasks == ["recognition", "captioning", "summarization"]
 
 
@@ -28,8 +28,9 @@ def test_overrides_are_typed_and_beat_preset_and_file() -> None:
 
 
 def test_user_kwargs_replace_preset_kwargs_whole() -> None:
-    config = resolve_config({}, ["model.image.timm_model=resnet18", "model.image.timm_kwargs={}"])
-    assert config.model.image.timm_kwargs == {}
+    config = resolve_config({}, ["model.image.timm_model=vit_tiny_patch16_224",
+                                 "model.image.timm_kwargs={img_size: 64, patch_size: 8, depth: 1}"])
+    assert config.model.image.timm_kwargs == {"img_size": 64, "patch_size": 8, "depth": 1}
 
 
 @pytest.mark.parametrize("override, fragment", [

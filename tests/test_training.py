@@ -41,7 +41,7 @@ def test_predictor_reproduces_the_trained_model(micro_data: Path, tmp_path: Path
 def test_resume_continues_from_the_saved_step(micro_data: Path, tmp_path: Path) -> None:
     base = micro_overrides(micro_data, tmp_path / "run", steps=2)
     train(resolve_config({}, base))
-    trainer = Trainer(resolve_config({}, base[:-0 or None] + ["train.steps=4"]), resume="latest")
+    trainer = Trainer(resolve_config({}, base + ["train.steps=4"]), resume="latest")
     assert trainer.step == 2
     assert trainer.scheduler.last_epoch == 2
     trainer.run()

@@ -26,7 +26,8 @@ class Stream:
 class TimmImageEncoder(nn.Module):
     """Any timm model, read through ``forward_features`` (ViT tokens or CNN feature maps)."""
 
-    def __init__(self, timm_model: str, timm_kwargs: dict, width: int, pretrained_path: str | None = None) -> None:
+    def __init__(self, timm_model: str, timm_kwargs: dict, width: int, image_size: int,
+                 pretrained_path: str | None = None) -> None:
         super().__init__()
         import timm
 
@@ -47,19 +48,25 @@ class TimmImageEncoder(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
         self.proj = nn.Linear(self.backbone.num_features, width)
         self.type_embedding = nn.Parameter(torch.zeros(width))
+        # CNN feature maps carry no explicit position into the fusion; give every token one
+        num_tokens = self._features(torch.zeros(1, 3, image_size, image_size)).shape[1]
+        self.position = nn.Parameter(torch.randn(num_tokens, width) * 0.02)
 
     @classmethod
     def from_config(cls, config: ModelConfig, vocab: Vocabulary) -> "TimmImageEncoder":
         image = config.image
-        return cls(image.timm_model, image.timm_kwargs, config.width, image.pretrained_path)
+        return cls(image.timm_model, image.timm_kwargs, config.width, image.image_size, image.pretrained_path)
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.backbone.forward_features(x)
+        if features.ndim == 4:  # CNN feature map (B, C, H, W) -> tokens
+            features = features.flatten(2).transpose(1, 2)
+        return features
 
     def forward(self, image: torch.Tensor, present: torch.Tensor) -> Stream:
         """``image``: (B, 3, H, W) uint8; normalised here, on the device."""
         x = (image.to(self.mean.dtype) - self.mean) / self.std
-        features = self.backbone.forward_features(x)
-        if features.ndim == 4:  # CNN feature map (B, C, H, W) -> tokens
-            features = features.flatten(2).transpose(1, 2)
-        tokens = self.proj(features) + self.type_embedding
+        tokens = self.proj(self._features(x)) + self.position + self.type_embedding
         return Stream(tokens, present[:, None].expand(-1, tokens.shape[1]))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmtl.models.layers import Attention, DecoderBlock, key_mask
+from mmtl.models.layers import Attention, DecoderBlock, DecoderCache, key_mask
 from mmtl.text import BOS, EOS, PAD
 
 
@@ -52,14 +52,29 @@ class TextDecoder(nn.Module):
         return self.norm(x) @ self.embed.weight.t()
 
     @torch.no_grad()
-    def generate(self, memory: torch.Tensor, memory_valid: torch.Tensor, max_length: int) -> torch.Tensor:
-        """Greedy decoding, batched; each row stops at its EOS. Returns ids (B, <= max_length) without BOS."""
+    def generate(self, memory: torch.Tensor, memory_valid: torch.Tensor, max_length: int,
+                 use_cache: bool = True) -> torch.Tensor:
+        """Greedy decoding, batched; each row stops at its EOS. Returns ids (B, <= max_length) without BOS.
+
+        With ``use_cache`` each new token costs one position (keys/values of earlier positions and
+        of the memory are kept); without it every step re-runs the whole prefix. Both give the
+        same tokens.
+        """
         steps = min(max_length, self.max_length - 1)
-        ids = torch.full((memory.shape[0], 1), BOS, dtype=torch.long, device=memory.device)
-        done = torch.zeros(memory.shape[0], dtype=torch.bool, device=memory.device)
-        for _ in range(steps):
-            next_id = self(ids, memory, memory_valid)[:, -1].argmax(-1)
-            next_id = torch.where(done, torch.full_like(next_id, PAD), next_id)
+        batch = memory.shape[0]
+        ids = torch.full((batch, 1), BOS, dtype=torch.long, device=memory.device)
+        done = torch.zeros(batch, dtype=torch.bool, device=memory.device)
+        mask = key_mask(memory_valid)
+        caches = [DecoderCache(block, memory) for block in self.blocks] if use_cache else None
+        for position in range(steps):
+            if caches is None:
+                logits = self(ids, memory, memory_valid)[:, -1]
+            else:
+                x = self.embed(ids[:, -1:]) + self.position[position : position + 1]
+                for block, cache in zip(self.blocks, caches):
+                    x = block.step(x, cache, mask)
+                logits = (self.norm(x) @ self.embed.weight.t())[:, -1]
+            next_id = torch.where(done, torch.full_like(done, PAD, dtype=torch.long), logits.argmax(-1))
             ids = torch.cat([ids, next_id[:, None]], dim=1)
             done |= next_id == EOS
             if bool(done.all()):

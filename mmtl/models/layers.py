@@ -17,21 +17,31 @@ class Attention(nn.Module):
         self.out = nn.Linear(width, width)
         self.dropout = dropout
 
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, W) -> (B, heads, T, W / heads)."""
+        return x.view(x.shape[0], x.shape[1], self.num_heads, -1).transpose(1, 2)
+
+    def keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-head keys and values of ``context``, each (B, heads, S, W / heads)."""
+        k, v = self.kv(context).chunk(2, dim=-1)
+        return self.split_heads(k), self.split_heads(v)
+
+    def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+        """Queries from ``x`` attend to given keys/values."""
+        y = F.scaled_dot_product_attention(
+            self.split_heads(self.q(x)), k, v, attn_mask=mask, is_causal=causal and mask is None,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        return self.out(y.transpose(1, 2).reshape(x.shape))
+
     def forward(
         self, x: torch.Tensor, context: torch.Tensor | None = None,
         mask: torch.Tensor | None = None, causal: bool = False,
     ) -> torch.Tensor:
         """``mask``: bool (B, 1, 1, S) or broadcastable, True where a key may be attended."""
-        batch, length, width = x.shape
-        context = x if context is None else context
-        heads = self.num_heads
-        q = self.q(x).view(batch, length, heads, -1).transpose(1, 2)
-        k, v = self.kv(context).view(batch, context.shape[1], 2, heads, -1).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal and mask is None,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
-        return self.out(y.transpose(1, 2).reshape(batch, length, width))
+        k, v = self.keys_values(x if context is None else context)
+        return self.attend(x, k, v, mask, causal)
 
 
 class MLP(nn.Sequential):
@@ -70,6 +80,25 @@ class DecoderBlock(nn.Module):
         x = x + self.self_attn(self.norm1(x), causal=True)
         x = x + self.cross_attn(self.norm2(x), context=memory, mask=memory_mask)
         return x + self.mlp(self.norm3(x))
+
+    def step(self, x: torch.Tensor, cache: "DecoderCache", memory_mask: torch.Tensor | None) -> torch.Tensor:
+        """One new position ``x`` (B, 1, W): self-attends to the cached positions, which it extends."""
+        h = self.norm1(x)
+        k, v = self.self_attn.keys_values(h)
+        cache.self_k = k if cache.self_k is None else torch.cat([cache.self_k, k], dim=2)
+        cache.self_v = v if cache.self_v is None else torch.cat([cache.self_v, v], dim=2)
+        x = x + self.self_attn.attend(h, cache.self_k, cache.self_v)
+        x = x + self.cross_attn.attend(self.norm2(x), cache.cross_k, cache.cross_v, memory_mask)
+        return x + self.mlp(self.norm3(x))
+
+
+class DecoderCache:
+    """Keys/values of one decoder block: the growing self-attention ones and the fixed cross-attention ones."""
+
+    def __init__(self, block: DecoderBlock, memory: torch.Tensor) -> None:
+        self.self_k: torch.Tensor | None = None
+        self.self_v: torch.Tensor | None = None
+        self.cross_k, self.cross_v = block.cross_attn.keys_values(memory)
 
 
 def key_mask(valid: torch.Tensor) -> torch.Tensor:

@@ -52,7 +52,10 @@ class RecognitionTask(Task):
 
     def loss(self, head: nn.Module, fused: Fused, target: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = head(fused.tokens, fused.valid).float()
-        return F.binary_cross_entropy_with_logits(logits, target["labels"])
+        # summed over classes, averaged over samples: a mean over classes too would shrink each
+        # class's gradient by the number of classes and starve this task next to the others
+        loss = F.binary_cross_entropy_with_logits(logits, target["labels"], reduction="sum")
+        return loss / logits.shape[0]
 
     @torch.no_grad()
     def predict(self, head: nn.Module, fused: Fused, options: Any) -> list[Tags]:
