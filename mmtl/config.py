@@ -132,9 +132,18 @@ class BalancerConfig:
 
 @dataclass
 class GenerationConfig:
-    """Decoding options for captioning and summarization."""
+    """Decoding options for captioning and summarization (greedy when num_beams=1 and do_sample=false)."""
 
     max_length: int = 40
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    no_repeat_ngram_size: int = 0
+    repetition_penalty: float = 1.0
+    seed: int = 0
 
 
 @dataclass
