@@ -120,6 +120,8 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 200
     progress: bool = True
+    # start over in an output_dir that already holds a run (its log, plots and checkpoints are deleted)
+    overwrite: bool = False
 
 
 @dataclass

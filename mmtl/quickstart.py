@@ -26,7 +26,7 @@ def ensure_synthetic_data(config: ExperimentConfig) -> bool:
 def run_quickstart(overrides: list[str] | None = None) -> int:
     """Run the whole quickstart; returns the process exit code."""
     started = time.perf_counter()
-    config = load_config(None, overrides)
+    config = load_config(None, ["train.overwrite=true", *(overrides or [])])  # a demo: rerunning starts over
     written = ensure_synthetic_data(config)
     print(f"{'wrote' if written else 'using'} synthetic data set at {config.data.path}")
     print(f"training the {config.model.preset!r} preset on {', '.join(config.tasks)} for {config.train.steps} steps")

@@ -62,3 +62,13 @@ def test_learning_rate_schedule_warms_up_then_decays() -> None:
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
     assert factors[-1] < 0.1
+
+
+def test_fresh_run_refuses_to_mix_with_an_existing_run_unless_overwrite(micro_data: Path, tmp_path: Path) -> None:
+    base = micro_overrides(micro_data, tmp_path / "run", steps=2)
+    train(resolve_config({}, base))
+    with pytest.raises(MMTLError, match="already holds a run"):
+        Trainer(resolve_config({}, base))
+    train(resolve_config({}, base + ["train.overwrite=true"]))
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]  # the old run's records are gone, not appended to

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,22 @@ class Trainer:
         self.step = 0
         if resume:
             self._resume(resume)
+        else:
+            self._claim_run_dir()
+
+    def _claim_run_dir(self) -> None:
+        """A fresh run must not silently mix its log and checkpoints with an earlier run's."""
+        previous = [self.run_dir / "log.jsonl", self.run_dir / "checkpoints"]
+        if not any(p.exists() for p in previous):
+            return
+        if not self.config.train.overwrite:
+            raise MMTLError(f"{self.run_dir} already holds a run; continue it with --resume latest, "
+                            "or start over with train.overwrite=true (deletes its log and checkpoints)")
+        for path in previous + [self.run_dir / "tensorboard"]:
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
 
     def _resume(self, where: str) -> None:
         checkpoint = resolve_checkpoint(self.run_dir if where == "latest" else where)
