@@ -1,0 +1,116 @@
+"""Benchmark: training step time, samples/s, data-wait fraction, FLOPs and MFU of a preset.
+
+Usage: python tools/bench_train.py [--steps 20] [--warmup 5] [KEY=VALUE ...]
+       e.g. model.preset=small train.precision=bf16 data.batch_size=64
+
+Measured in the same run:
+  mmtl     the real Trainer.train_step fed by the real streaming loader (balancer, clipping,
+           schedule, scaler included), with data time measured apart from compute time;
+  baseline a bare PyTorch loop on the same architecture: one fixed pre-loaded batch, summed
+           losses, backward, AdamW step (no loader, no balancer, no clipping, no schedule).
+ratio = mmtl step time / baseline step time (1.0 = the loop adds nothing).
+FLOPs per step are counted with torch.utils.flop_counter over forward + backward; MFU uses the
+device's peak from mmtl.training.flops. Final line: one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from data_pipelines.synthetic import write_shards
+from mmtl.builder import components_from_data
+from mmtl.config import load_config
+from mmtl.training.flops import count_flops, mfu, peak_flops
+from mmtl.training.loop import Trainer
+from mmtl.training.precision import get_autocast
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_trainer(trainer: Trainer, warmup: int, steps: int) -> dict[str, float]:
+    """Seconds per step and data-wait fraction of the real training step with its loader."""
+    batches = iter(trainer._loader())
+    data_seconds, started = 0.0, 0.0
+    for index in range(warmup + steps):
+        if index == warmup:
+            _sync(trainer.device)
+            started, data_seconds = time.perf_counter(), 0.0
+        fetch = time.perf_counter()
+        batch = next(batches).to(trainer.device)
+        data_seconds += time.perf_counter() - fetch
+        trainer.train_step(batch)
+    _sync(trainer.device)
+    total = time.perf_counter() - started
+    return {"step_s": total / steps, "data_wait_fraction": data_seconds / total}
+
+
+def time_bare_loop(config, batch, device: torch.device, precision: str, warmup: int, steps: int) -> tuple[float, int]:
+    """Seconds per step of a bare loop on a fixed batch, and FLOPs of one such step."""
+    model = components_from_data(config).model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        with get_autocast(precision, device):
+            loss = sum(model(batch).values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    flops = count_flops(lambda: sum(model(batch).values()).backward())
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return (time.perf_counter() - started) / steps, flops
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--samples", type=int, default=1024, help="synthetic training samples to write")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="mmtl-bench-train-"))
+    config = load_config(None, [f"data.path={workdir / 'data'}", f"output_dir={workdir / 'run'}",
+                                "train.progress=false", *args.overrides])
+    write_shards(config.data.path, {"train": args.samples}, image_size=config.model.image.image_size)
+    trainer = Trainer(config)
+    ours = time_trainer(trainer, args.warmup, args.steps)
+    batch = next(iter(trainer._loader())).to(trainer.device)
+    bare_step_s, flops = time_bare_loop(config, batch, trainer.device, trainer.precision, args.warmup, args.steps)
+    peak, peak_source = peak_flops(trainer.device, trainer.precision)
+    size = config.data.batch_size
+    result = {
+        "bench": "train", "preset": config.model.preset, "device": str(trainer.device),
+        "precision": trainer.precision, "batch_size": size,
+        "step_s": round(ours["step_s"], 4), "samples_per_s": round(size / ours["step_s"], 1),
+        "data_wait_fraction": round(ours["data_wait_fraction"], 3),
+        "baseline_step_s": round(bare_step_s, 4), "ratio": round(ours["step_s"] / bare_step_s, 3),
+        "gflops_per_step": round(flops / 1e9, 2), "achieved_gflops_per_s": round(flops / ours["step_s"] / 1e9, 1),
+        "mfu": round(mfu(flops, ours["step_s"], peak), 4), "peak_gflops_per_s": round(peak / 1e9, 1),
+        "peak_source": peak_source,
+    }
+    print(f"{'':<10}{'step s':>10}{'samples/s':>12}{'data wait':>13}")
+    print(f"{'mmtl':<10}{ours['step_s']:>10.4f}{size / ours['step_s']:>12.1f}{ours['data_wait_fraction']:>13.1%}")
+    print(f"{'baseline':<10}{bare_step_s:>10.4f}{size / bare_step_s:>12.1f}{'  (no loader)':>13}")
+    print(f"FLOPs/step {flops / 1e9:.2f} G -> {flops / ours['step_s'] / 1e9:.1f} GFLOP/s; "
+          f"MFU {result['mfu']:.1%} of {peak / 1e9:.0f} GFLOP/s ({peak_source})")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
