@@ -14,6 +14,7 @@ from mmtl.tasks.base import Task, TaskContext
 from mmtl.text import Vocabulary
 
 VOCAB_SCAN_LIMIT = 50_000
+LABEL_MODES = ("multi", "single")  # dataset.json "label_mode": several labels per sample, or exactly one
 from mmtl import __version__
 
 
@@ -25,12 +26,14 @@ class Components:
     vocab: Vocabulary
     classes: list[str]
     model: MultiTaskModel
+    label_mode: str = "multi"
 
     def meta(self, step: int) -> dict[str, Any]:
         """What a checkpoint must store to rebuild these components without the data."""
         return {
             "mmtl_version": __version__, "step": step, "tasks": [t.name for t in self.tasks],
-            "classes": self.classes, "vocab": self.vocab.to_dict(), "parameters": self.model.parameter_report(),
+            "classes": self.classes, "label_mode": self.label_mode, "vocab": self.vocab.to_dict(),
+            "parameters": self.model.parameter_report(),
         }
 
 
@@ -43,13 +46,16 @@ def build_vocabulary(config: ExperimentConfig) -> Vocabulary:
     return Vocabulary.from_texts(texts)
 
 
-def build_components(config: ExperimentConfig, classes: list[str], vocab: Vocabulary) -> Components:
-    """Tasks and model for known classes and vocabulary."""
+def build_components(config: ExperimentConfig, classes: list[str], vocab: Vocabulary,
+                     label_mode: str = "multi") -> Components:
+    """Tasks and model for known classes, vocabulary and label mode ("multi" or "single")."""
     import mmtl.components  # noqa: F401
 
-    context = TaskContext(classes=classes, vocab=vocab, model=config.model)
+    if label_mode not in LABEL_MODES:
+        raise MMTLError(f"label_mode must be one of {', '.join(LABEL_MODES)}; got {label_mode!r}")
+    context = TaskContext(classes=classes, vocab=vocab, model=config.model, label_mode=label_mode)
     tasks = [TASKS.get(name)(context) for name in config.tasks]
-    return Components(tasks, vocab, classes, MultiTaskModel(config.model, tasks, vocab))
+    return Components(tasks, vocab, classes, MultiTaskModel(config.model, tasks, vocab), label_mode)
 
 
 def components_from_data(config: ExperimentConfig) -> Components:
@@ -58,9 +64,10 @@ def components_from_data(config: ExperimentConfig) -> Components:
     classes = list(info.get("classes", []))
     if "recognition" in config.tasks and not classes:
         raise MMTLError(f"{config.data.path}/dataset.json lists no classes, but the recognition task needs them")
-    return build_components(config, classes, build_vocabulary(config))
+    return build_components(config, classes, build_vocabulary(config), str(info.get("label_mode", "multi")))
 
 
 def components_from_meta(config: ExperimentConfig, meta: dict[str, Any]) -> Components:
     """Components for a saved checkpoint (no data needed)."""
-    return build_components(config, list(meta["classes"]), Vocabulary.from_dict(meta["vocab"]))
+    return build_components(config, list(meta["classes"]), Vocabulary.from_dict(meta["vocab"]),
+                            str(meta.get("label_mode", "multi")))

@@ -34,6 +34,36 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from data_pipelines.convert import ConvertOptions, convert_source
+
+    options = ConvertOptions(out=Path(args.out), split=args.split, maxcount=args.maxcount, resize_max=args.resize_max,
+                             jpeg_quality=args.jpeg_quality, workers=args.workers, overwrite=args.overwrite,
+                             progress=not args.no_progress)
+    result = convert_source(args.format, options, images=args.images, captions=args.captions,
+                            instances=args.instances, root=args.root, input=args.input, image_root=args.image_root,
+                            mapping=args.map or [], label_mode=args.label_mode, name=args.name)
+    print(result.summary())
+    print(f"wrote {args.out}/dataset.json ({len(result.info['classes'])} classes, label_mode {result.info['label_mode']})")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from data_pipelines.inspect import format_report, inspect_shards
+
+    report = inspect_shards(args.shards, splits=args.split, limit=args.limit)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def _cmd_preview(args: argparse.Namespace) -> int:
+    from data_pipelines.preview import contact_sheet
+
+    path = contact_sheet(args.shards, args.out, num=args.num, split=args.split, columns=args.columns)
+    print(f"wrote {path}")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from mmtl.config import load_config
     from mmtl.training.loop import train
@@ -50,6 +80,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from mmtl.evaluation.evaluate import evaluate, format_table
     from mmtl.inference import Predictor
 
+    if args.baselines:  # read first: a bad file should fail before a long evaluation
+        from mmtl.evaluation.baselines_run import read_baselines
+
+        baselines = read_baselines(args.baselines)
     predictor = Predictor.from_pretrained(args.checkpoint, device=args.device)
     config = predictor.config
     if args.max_samples is not None:
@@ -57,31 +91,152 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate(predictor.components, config, predictor.device, data_path=args.data, split=args.split)
     print(f"{result.samples} samples of split {result.split!r}")
     print(format_table(result))
+    output = result.to_dict()
+    if args.baselines:
+        from mmtl.evaluation.baselines_run import compare_with_baselines
+        from mmtl.evaluation.delta import DeltaReport, format_delta
+
+        report = compare_with_baselines(result.metrics, result.primary, result.split, baselines,
+                                        args.tolerance, predictor.model.parameter_report()["total"])
+        print()
+        print(format_delta(DeltaReport(report["delta_m"], report["per_task"], report["verdicts"],
+                                       report["tolerance"], report["skipped"])))
+        if "parameters" in report:
+            p = report["parameters"]
+            print(f"parameters: {p['multi_task']:,} in one multi-task model vs {p['separate_models']:,} "
+                  f"in separate single-task models ({p['ratio']:.2f}x)")
+        output["delta"] = report
     if args.output:
-        Path(args.output).write_text(json.dumps(result.to_dict(), indent=2))
+        Path(args.output).write_text(json.dumps(output, indent=2))
         print(f"wrote {args.output}")
     return 0
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from mmtl.inference import Predictor
+def _cmd_affinity(args: argparse.Namespace) -> int:
+    from mmtl.balancing.affinity import format_affinity, measure_affinity, plot_affinity
+    from mmtl.config import load_config
 
-    text = args.text
-    if args.text_file:
-        try:
-            text = Path(args.text_file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise MMTLError(f"cannot read --text-file {args.text_file}: {exc}") from None
-    if args.image is None and not text:
-        raise MMTLError("give --image, --text/--text-file, or both")
-    predictor = Predictor.from_pretrained(args.checkpoint, device=args.device)
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
-    result = predictor.predict(image=args.image, text=text, tasks=tasks)
+    config = load_config(args.config, args.overrides)
+    if args.every < 1 or args.lookahead_lr <= 0:
+        raise MMTLError("--every must be >= 1 and --lookahead-lr positive")
+    if len(config.tasks) < 2:
+        raise MMTLError("affinity needs at least two tasks in the config")
+    out = Path(args.out) if args.out else Path(f"{config.output_dir}-affinity")
+    config.output_dir = str(out / "run")
+    result = measure_affinity(config, args.every, args.lookahead_lr, args.max_groups)
+    print(format_affinity(result))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "affinity.json").write_text(json.dumps(result.to_dict(), indent=2))
+    print(f"wrote {out / 'affinity.json'} and {plot_affinity(result, out / 'affinity.png')}")
+    return 0
+
+
+def _cmd_baselines(args: argparse.Namespace) -> int:
+    from mmtl.config import load_config
+    from mmtl.evaluation.baselines_run import train_baselines
+
+    config = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path(f"{config.output_dir}-baselines")
+    path = train_baselines(config, out)
+    record = json.loads(path.read_text())
+    for task, entry in record["tasks"].items():
+        metric = entry["primary_metric"]
+        print(f"{task}: {metric} {entry['metrics'][metric]:.3f} (single-task model in {entry['run']})")
+    print(f"wrote {path}")
+    return 0
+
+
+GENERATION_FLAGS = {  # CLI flag dest -> GenerationConfig field
+    "max_length": "max_length", "num_beams": "num_beams", "length_penalty": "length_penalty",
+    "sample": "do_sample", "temperature": "temperature", "top_k": "top_k", "top_p": "top_p",
+    "no_repeat_ngram": "no_repeat_ngram_size", "repetition_penalty": "repetition_penalty", "seed": "seed",
+}
+
+
+def _generation_overrides(args: argparse.Namespace) -> dict:
+    """The generation fields the user set on the command line."""
+    return {key: getattr(args, dest) for dest, key in GENERATION_FLAGS.items() if getattr(args, dest) is not None}
+
+
+def _read_text_file(path: str) -> str:
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise MMTLError(f"cannot read --text-file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise MMTLError(f"--text-file {path} is not UTF-8 text") from None
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from mmtl.inference import Predictor, check_text
+
+    text = _read_text_file(args.text_file) if args.text_file else args.text
+    many = args.input is not None or args.images is not None
+    if args.input and args.images:
+        raise MMTLError("give --input or --images, not both")
+    if many and not args.output:
+        raise MMTLError("--input/--images need --output FILE (JSONL)")
+    if args.input and (args.image or text):
+        raise MMTLError("--image/--text go with a single pair; with --input, put them in the JSONL rows")
+    if args.images and args.image:
+        raise MMTLError("give --image (one file) or --images (a directory), not both")
+    if not many:
+        text = check_text(text)
+        if args.image is None and text is None:
+            raise MMTLError("give --image, --text/--text-file, or both (or --input/--images for many pairs)")
+    predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, precision=args.precision)
+    options = predictor.options(args.tasks, _generation_overrides(args), args.threshold, args.top_k_tags)
+    if many:
+        return _predict_many(predictor, options, args, text)
+    result = predictor.run([predictor.prepare(args.image, text)], options)[0]
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
         for name, output in result.outputs.items():
             print(f"{name}: {predictor.tasks[name].format(output)}")
+    return 0
+
+
+def _predict_many(predictor, options, args: argparse.Namespace, text: str | None) -> int:
+    from mmtl.batch_predict import count_rows, image_dir_pairs, predict_to_jsonl, read_jsonl_pairs
+
+    if args.input:
+        pairs, total = read_jsonl_pairs(args.input), count_rows(args.input)
+    else:
+        pairs = image_dir_pairs(args.images, text)
+        total = len(pairs)
+    try:
+        summary = predict_to_jsonl(predictor, pairs, args.output, options, args.batch_size, total,
+                                   progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"mmtl: interrupted; {args.output} keeps every finished batch, re-run the same command to continue",
+              file=sys.stderr)
+        return 130
+    print(f"{summary.written} predictions written to {args.output} ({summary.errors} with errors, "
+          f"{summary.skipped} skipped as already done)")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from mmtl.inference import Predictor
+    from mmtl.serve import ServerLimits, serve
+
+    for flag, value in (("--max-body-mb", args.max_body_mb), ("--max-pixels", args.max_pixels),
+                        ("--max-text-chars", args.max_text_chars), ("--max-beams", args.max_beams)):
+        if value <= 0:
+            raise MMTLError(f"{flag} must be positive, got {value}")
+    limits = ServerLimits(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_pixels=args.max_pixels,
+                          max_text_chars=args.max_text_chars, max_beams=args.max_beams)
+    predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, precision=args.precision)
+    serve(predictor, args.host, args.port, limits, args.max_batch, args.max_wait_ms)
+    return 0
+
+
+def _cmd_model_info(args: argparse.Namespace) -> int:
+    from mmtl.config import load_config
+    from mmtl.models.info import model_info
+
+    print(model_info(load_config(args.config, args.overrides)))
     return 0
 
 
@@ -109,6 +264,45 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--overwrite", action="store_true", help="replace an existing data set")
     synth.set_defaults(func=_cmd_synth)
 
+    conv = data.add_parser("convert", help="convert COCO JSON, an image folder, or JSONL/CSV rows into shards",
+                           description="Convert real data into webdataset shards + dataset.json (one split per run).")
+    conv.add_argument("--format", required=True, metavar="FORMAT", help="coco, imagefolder, jsonl or csv")
+    conv.add_argument("--out", required=True, help="output shard directory")
+    conv.add_argument("--split", default="train", help="split name to write (default train)")
+    conv.add_argument("--images", help="coco: directory of the image files")
+    conv.add_argument("--captions", help="coco: captions_*.json")
+    conv.add_argument("--instances", help="coco: instances_*.json (object categories -> recognition labels)")
+    conv.add_argument("--root", help="imagefolder: ROOT/<class>/<images> (single-label recognition)")
+    conv.add_argument("--input", help="jsonl/csv: the rows (fields image, labels, captions, document, summaries, source, key)")
+    conv.add_argument("--image-root", help="jsonl/csv: directory the image paths are relative to (default: the input's)")
+    conv.add_argument("--map", action="append", metavar="FIELD=COLUMN[,COLUMN]",
+                      help="jsonl/csv: read FIELD from COLUMN(s), e.g. --map document=dialogue --map summaries=summary1,summary2")
+    conv.add_argument("--label-mode", choices=["single", "multi"], help="jsonl/csv: single- or multi-label (default multi)")
+    conv.add_argument("--name", help="data set name in dataset.json")
+    conv.add_argument("--maxcount", type=int, default=1000, help="samples per shard (default 1000)")
+    conv.add_argument("--resize-max", type=int, default=0, metavar="PIXELS",
+                      help="shrink images so the long side is at most PIXELS (keeps aspect; 0: keep size)")
+    conv.add_argument("--jpeg-quality", type=int, default=90, help="quality of re-encoded JPEGs (default 90)")
+    conv.add_argument("--workers", type=int, default=1, help="processes decoding/resizing images (default 1)")
+    conv.add_argument("--overwrite", action="store_true", help="replace this split if the output already has it")
+    conv.add_argument("--no-progress", action="store_true", help="no progress bar")
+    conv.set_defaults(func=_cmd_convert)
+
+    insp = data.add_parser("inspect", help="counts, class histogram, text and image statistics, corrupt samples")
+    insp.add_argument("shards", help="shard directory (with dataset.json)")
+    insp.add_argument("--split", action="append", help="only this split (repeatable; default: all)")
+    insp.add_argument("--limit", type=int, default=0, help="read at most this many samples per split (0: all)")
+    insp.add_argument("--json", action="store_true", help="print JSON instead of text")
+    insp.set_defaults(func=_cmd_inspect)
+
+    prev = data.add_parser("preview", help="draw a contact sheet of samples with their tags and captions")
+    prev.add_argument("shards", help="shard directory (with dataset.json)")
+    prev.add_argument("--out", required=True, help="output image (.png or .jpg)")
+    prev.add_argument("--num", type=int, default=16, help="number of samples (default 16)")
+    prev.add_argument("--split", help="split to draw (default: the first in dataset.json)")
+    prev.add_argument("--columns", type=int, default=0, help="grid columns (default: about square)")
+    prev.set_defaults(func=_cmd_preview)
+
     train = sub.add_parser("train", help="train a model", epilog="overrides: dotted keys, e.g. train.steps=200 model.preset=tiny")
     train.add_argument("--config", help="experiment YAML (default: the built-in quickstart experiment)")
     train.add_argument("--resume", help="'latest' or a checkpoint directory to continue from")
@@ -122,17 +316,88 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-samples", type=int)
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--output", help="write the metrics as JSON to this file")
+    ev.add_argument("--baselines", help="baselines.json from `mmtl baselines`: also report Δm and per-task verdicts")
+    ev.add_argument("--tolerance", type=float, default=0.02,
+                    help="relative drop of a task's primary metric still counted as no regression (default 0.02)")
     ev.set_defaults(func=_cmd_eval)
 
-    pr = sub.add_parser("predict", help="run a trained model on an image-text pair")
+    analyze = sub.add_parser("analyze", help="analyses of tasks and runs").add_subparsers(
+        dest="analyze_command", required=True, metavar="ACTION")
+    af = analyze.add_parser("affinity", help="short training that measures inter-task affinity by lookahead (TAG) "
+                            "and recommends task groupings", epilog="overrides: dotted keys, e.g. train.steps=50")
+    af.add_argument("--config", help="experiment YAML (default: the built-in quickstart experiment)")
+    af.add_argument("--every", type=int, default=5, help="measure every N training steps (default 5)")
+    af.add_argument("--lookahead-lr", type=float, default=0.01, help="SGD step of the lookahead update (default 0.01)")
+    af.add_argument("--max-groups", type=int, help="recommend at most this many groups (models)")
+    af.add_argument("--out", help="output directory (default: <output_dir>-affinity)")
+    af.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    af.set_defaults(func=_cmd_affinity)
+
+    bl = sub.add_parser("baselines", help="train one single-task model per task with the same budget; store their metrics",
+                        epilog="overrides: dotted keys as for `mmtl train`; writes OUT/baselines.json and OUT/<task>/")
+    bl.add_argument("--config", help="experiment YAML of the multi-task run (default: the built-in quickstart experiment)")
+    bl.add_argument("--out", help="output directory (default: <output_dir>-baselines)")
+    bl.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    bl.set_defaults(func=_cmd_baselines)
+
+    pr = sub.add_parser(
+        "predict", help="run a trained model on one image-text pair, a JSONL file of pairs, or an image folder",
+        epilog="many pairs: --input pairs.jsonl (fields image, text, id; image paths relative to the file) "
+               "or --images DIR, with --output preds.jsonl; re-running skips ids already in the output")
     pr.add_argument("--checkpoint", required=True, help="run or checkpoint directory")
     pr.add_argument("--image", help="image file")
     pr.add_argument("--text", help="paired text (a document to summarize)")
     pr.add_argument("--text-file", help="read the paired text from this file")
     pr.add_argument("--tasks", help="comma-separated tasks (default: all the model has)")
-    pr.add_argument("--device", default="cpu")
+    pr.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    pr.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                    help="fp32, or bf16/fp16 autocast (fp16 on CUDA only)")
     pr.add_argument("--json", action="store_true", help="print JSON instead of text")
+    many = pr.add_argument_group("many pairs")
+    many.add_argument("--input", help="JSONL file of pairs (fields image, text, id)")
+    many.add_argument("--images", help="predict every image file under this directory (id = relative path)")
+    many.add_argument("--output", help="JSONL file the predictions are appended to")
+    many.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass (default 16)")
+    many.add_argument("--no-progress", action="store_true", help="no progress bar")
+    gen = pr.add_argument_group("generation (captioning, summarization)")
+    gen.add_argument("--max-length", type=int, help="most tokens to generate")
+    gen.add_argument("--num-beams", type=int, help="beam size (1 = greedy)")
+    gen.add_argument("--length-penalty", type=float, help="beam score length exponent")
+    gen.add_argument("--sample", action="store_const", const=True, help="sample instead of searching")
+    gen.add_argument("--temperature", type=float, help="sampling temperature")
+    gen.add_argument("--top-k", type=int, help="sample from the k most likely tokens (0 = all)")
+    gen.add_argument("--top-p", type=float, help="nucleus sampling mass")
+    gen.add_argument("--no-repeat-ngram", type=int, help="forbid repeating n-grams of this size")
+    gen.add_argument("--repetition-penalty", type=float, help="penalty on tokens already generated")
+    gen.add_argument("--seed", type=int, help="sampling seed")
+    rec = pr.add_argument_group("recognition")
+    rec.add_argument("--top-k-tags", type=int, help="keep at most N tags (highest scores first)")
+    rec.add_argument("--threshold", type=float, help="minimum tag score (default: the checkpoint's eval.threshold)")
     pr.set_defaults(func=_cmd_predict)
+
+    sv = sub.add_parser("serve", help="serve a trained model over HTTP: JSON API at /v1/predict, web page at /",
+                        epilog="endpoints: POST /v1/predict, GET /healthz, GET /v1/info, GET /openapi.json, GET /")
+    sv.add_argument("--checkpoint", required=True, help="run or checkpoint directory")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    sv.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    sv.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    sv.add_argument("--max-batch", type=int, default=16, help="most requests batched into one forward pass")
+    sv.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (default 5)")
+    sv.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body in MiB (default 10)")
+    sv.add_argument("--max-pixels", type=int, default=40_000_000, help="largest decoded image, in pixels")
+    sv.add_argument("--max-text-chars", type=int, default=20_000, help="longest text, in characters")
+    sv.add_argument("--max-beams", type=int, default=8, help="largest num_beams a request may ask for")
+    sv.set_defaults(func=_cmd_serve)
+
+    model = sub.add_parser("model", help="inspect models").add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    info = model.add_parser("info", help="parameters per part (shared vs per task) and forward FLOPs per task",
+                            description="Print the parameters of each model part (shared vs per task) and the "
+                                        "forward FLOPs per task of the model a config builds.",
+                            epilog="classes and vocabulary come from the config's data set when it exists")
+    info.add_argument("--config", help="experiment YAML (default: the built-in quickstart experiment)")
+    info.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. model.preset=small")
+    info.set_defaults(func=_cmd_model_info)
 
     qs = sub.add_parser("quickstart", help="synthesize data, train the tiny model on all tasks, evaluate, predict")
     qs.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=100")

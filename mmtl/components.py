@@ -1,4 +1,5 @@
 """Importing this module registers every built-in component in ``mmtl.registry``."""
+import mmtl.balancing.gradient  # noqa: F401
 import mmtl.balancing.weighting  # noqa: F401
 import mmtl.models.encoders  # noqa: F401
 import mmtl.models.fusion  # noqa: F401

@@ -47,6 +47,10 @@ class DataConfig:
     batch_size: int = 32
     num_workers: int = 0
     shuffle_buffer: int = 1000
+    # stop when more than this fraction of the samples seen (after 100) was corrupt and skipped
+    max_corrupt_fraction: float = 0.01
+    # a decoded image with more pixels than this counts as a decompression bomb and is skipped
+    max_image_pixels: int = 64_000_000
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -60,6 +64,9 @@ class ImageEncoderConfig:
     timm_kwargs: dict[str, Any] = field(default_factory=dict)
     image_size: int = 64
     pretrained_path: str | None = None
+    # name="open_clip": an open_clip model config name, and overrides of its vision_cfg
+    open_clip_model: str = "ViT-B-32"
+    open_clip_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -72,6 +79,12 @@ class TextEncoderConfig:
     # "dataset": embed only the BPE tokens seen in the training split (fast on CPU);
     # "full": all 49,408 open_clip BPE tokens (needed to load pretrained text towers).
     vocab: str = choice("dataset", "dataset", "full")
+    # name="open_clip": an open_clip model config name, overrides of its text_cfg, a local checkpoint
+    # (a full open_clip one or the text tower's), and whether tokens see later tokens
+    open_clip_model: str = "ViT-B-32"
+    open_clip_kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained_path: str | None = None
+    bidirectional: bool = False
 
 
 @dataclass
@@ -88,6 +101,8 @@ class DecoderConfig:
 
     depth: int = 2
     max_length: int = 40
+    # true: one decoder for every generation task, told the task by a learned prompt (OFA-style)
+    shared: bool = False
 
 
 @dataclass
@@ -103,6 +118,11 @@ class ModelConfig:
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    # fusion trunk across tasks: hard (one shared trunk), soft (one per task, cross-stitch mixing),
+    # hybrid (shared trunk + per-task LoRA adapters, + task-gated experts when moe_experts > 0)
+    sharing: str = choice("hard", "hard", "soft", "hybrid")
+    lora_rank: int = 4
+    moe_experts: int = 0
 
 
 @dataclass
@@ -130,6 +150,18 @@ class BalancerConfig:
 
     name: str = "equal"
     weights: dict[str, float] = field(default_factory=dict)
+    # gradient balancers: per-task gradients on all shared parameters, or on the shared
+    # representation (one backward through the trunk); recomputed every ``update_every`` steps
+    on: str = choice("params", "params", "representation")
+    update_every: int = 1
+    temperature: float = 2.0  # dwa: softmax temperature of the loss ratios
+    window: int = 20  # dwa: steps averaged into one loss estimate (the paper's epoch)
+    lr: float = 0.025  # gradnorm, famo: step size of their own weight update
+    gamma: float = 0.001  # famo: weight decay of the task logits
+    alpha: float = 1.5  # gradnorm: asymmetry (restoring force toward equal training rates)
+    c: float = 0.4  # cagrad: radius of the ball around the mean gradient
+    beta: float = 0.01  # gradvac: EMA rate of the target cosine similarities
+    iterations: int = 20  # mgda, cagrad, nash_mtl: solver iterations
 
 
 @dataclass
@@ -146,6 +178,8 @@ class GenerationConfig:
     no_repeat_ngram_size: int = 0
     repetition_penalty: float = 1.0
     seed: int = 0
+    # no EOS before this many tokens (benchmarks use it to force a fixed length)
+    min_length: int = 0
 
 
 @dataclass
@@ -207,6 +241,14 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         "image": {"timm_model": "resnet18", "image_size": 64, "timm_kwargs": _resnet([64, 128, 256, 512], [2, 2, 2, 2])},
         "text": {"depth": 4, "context_length": 160},
         "fusion": {"depth": 4}, "decoder": {"depth": 4},
+    },
+    # for GPUs: a ViT-B/16-class image encoder (timm vit_base_patch16_224 at 224 px, 196 tokens),
+    # a 12-layer text encoder with room for documents, deeper fusion and decoders
+    "base": {
+        "width": 768, "num_heads": 12,
+        "image": {"timm_model": "vit_base_patch16_224", "image_size": 224, "timm_kwargs": {"img_size": 224}},
+        "text": {"depth": 12, "context_length": 512},
+        "fusion": {"depth": 6}, "decoder": {"depth": 6, "max_length": 64},
     },
 }
 
@@ -363,6 +405,8 @@ def validate(config: ExperimentConfig) -> None:
     TEXT_ENCODERS.get(config.model.text.name)
     FUSIONS.get(config.model.fusion.name)
     BALANCERS.get(config.balancer.name)
+    if config.balancer.update_every < 1 or config.balancer.iterations < 1 or config.balancer.window < 1:
+        raise ConfigError("balancer.update_every, balancer.iterations and balancer.window must be >= 1")
     unknown = set(config.balancer.weights) - set(config.tasks)
     if unknown:
         raise ConfigError(f"balancer.weights names tasks not in tasks: {', '.join(sorted(unknown))}")
@@ -372,10 +416,13 @@ def validate(config: ExperimentConfig) -> None:
         "train.steps": config.train.steps, "data.batch_size": config.data.batch_size,
         "model.width": config.model.width, "model.text.context_length": config.model.text.context_length,
         "model.decoder.max_length": config.model.decoder.max_length,
+        "model.lora_rank": config.model.lora_rank,
     }
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")
+    if config.model.moe_experts < 0:
+        raise ConfigError(f"model.moe_experts must be >= 0, got {config.model.moe_experts}")
     if config.train.lr <= 0:
         raise ConfigError(f"train.lr must be positive, got {config.train.lr}")
 

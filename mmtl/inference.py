@@ -1,22 +1,34 @@
 """Predictor: load a checkpoint and run any of its tasks on image-text pairs."""
 from __future__ import annotations
 
+import dataclasses
+import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from data_pipelines.loader import Collator, Example
 from data_pipelines.transforms import resize_center_crop, to_uint8_tensor
 from mmtl.builder import Components, components_from_meta
-from mmtl.config import ExperimentConfig, load_config
+from mmtl.config import EvalConfig, ExperimentConfig, GenerationConfig, build_dataclass, load_config
 from mmtl.errors import MMTLError
 from mmtl.training.checkpoint import CONFIG_FILE, load_weights, read_meta, resolve_checkpoint
 from mmtl.training.precision import get_autocast, resolve_device
 
-ImageInput = Image.Image | str | Path | None
+ImageInput = Image.Image | str | Path | bytes | None
+GenerationInput = GenerationConfig | Mapping[str, Any] | None
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+# Image.open only reads the header, so the pixel count is known before any pixel is decoded
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+class InputTooLarge(MMTLError):
+    """An input exceeds a size limit (image bytes or pixels, text length): HTTP 413 in the server."""
 
 
 @dataclass
@@ -38,85 +50,250 @@ class PredictionResult:
         return self.outputs.get("summarization")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (tags become ``{"label", "score"}`` objects)."""
-        out = dict(self.outputs)
-        if self.tags is not None:
-            out["recognition"] = [{"label": name, "score": score} for name, score in self.tags]
-        return out
+        """JSON-ready form (scored labels become ``{"label", "score"}`` objects)."""
+        return {name: _jsonable(value) for name, value in self.outputs.items()}
 
 
-def load_image(image: ImageInput) -> Image.Image | None:
-    """A PIL RGB image from a PIL image or a file path, with a clear error when it is not an image."""
-    if image is None or isinstance(image, Image.Image):
-        return image.convert("RGB") if image is not None else None
-    path = Path(image)
-    if not path.is_file():
-        raise MMTLError(f"image file not found: {path}")
+def _is_scored_labels(value: Any) -> bool:
+    """True for a list of ``(label, score)`` pairs, the output shape of tagging tasks."""
+    return isinstance(value, list) and all(
+        isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], float) for v in value
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if _is_scored_labels(value) and value:
+        return [{"label": label, "score": score} for label, score in value]
+    return value
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """Resolved per-call options: which tasks run and how (``eval`` is what the tasks read as options)."""
+
+    tasks: tuple[str, ...]
+    eval: EvalConfig
+    top_k_tags: int = 0
+
+    def key(self) -> str:
+        """A string equal for equal options (requests with the same key can share one batch)."""
+        return json.dumps([self.tasks, dataclasses.asdict(self.eval), self.top_k_tags], sort_keys=True)
+
+
+def validate_generation(gen: GenerationConfig) -> None:
+    """Range checks of decoding options (types are checked when the dataclass is built)."""
+    checks = [
+        ("max_length", gen.max_length >= 1, "must be >= 1"),
+        ("num_beams", gen.num_beams >= 1, "must be >= 1"),
+        ("temperature", gen.temperature > 0, "must be > 0"),
+        ("top_k", gen.top_k >= 0, "must be >= 0"),
+        ("top_p", 0 < gen.top_p <= 1, "must be in (0, 1]"),
+        ("no_repeat_ngram_size", gen.no_repeat_ngram_size >= 0, "must be >= 0"),
+        ("repetition_penalty", gen.repetition_penalty > 0, "must be > 0"),
+    ]
+    for name, ok, rule in checks:
+        if not ok:
+            raise MMTLError(f"generation.{name} {rule}, got {getattr(gen, name)!r}")
+
+
+def check_text(text: str | None, max_chars: int | None = None) -> str | None:
+    """``text`` stripped, or None when empty; binary-looking or over-long text is a clear error."""
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise MMTLError(f"text must be a string, got {type(text).__name__}")
+    if "\x00" in text or sum(not c.isprintable() and c not in "\n\r\t" for c in text[:4096]) > 0.1 * min(len(text), 4096):
+        raise MMTLError("text looks binary (NUL or control characters); give plain UTF-8 text")
+    if max_chars is not None and len(text) > max_chars:
+        raise InputTooLarge(f"text has {len(text)} characters; the limit is {max_chars}")
+    return text.strip() or None
+
+
+def load_image(image: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image | None:
+    """A PIL RGB image from a PIL image, a file path or encoded bytes; a clear error when it is not one.
+
+    ``max_pixels`` is checked from the header, before decoding, so a decompression bomb costs nothing.
+    """
+    if image is None:
+        return None
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, (bytes, bytearray)):
+        source, name = io.BytesIO(image), "image data"
+    else:
+        path = Path(image)
+        if not path.is_file():
+            raise MMTLError(f"image file not found: {path}")
+        source, name = path, str(path)
     try:
-        with Image.open(path) as opened:
+        with Image.open(source) as opened:
+            width, height = opened.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise InputTooLarge(f"{name} has {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
             opened.load()
-            return opened.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise MMTLError(f"{path} is not a readable image ({exc.__class__.__name__})") from None
+            return ImageOps.exif_transpose(opened).convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise InputTooLarge(f"{name} is too large to decode: {exc}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise MMTLError(f"{name} is not a readable image ({exc.__class__.__name__})") from None
+
+
+def check_device(name: str) -> torch.device:
+    """cpu, cuda, cuda:N or auto as a torch device; one that this machine lacks is an MMTLError."""
+    try:
+        device = resolve_device(str(name))
+    except MMTLError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        if device is None and str(name).startswith("cuda"):
+            raise MMTLError(f"device {name!r} asked for, but no CUDA GPU is available; use --device cpu")
+        raise MMTLError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise MMTLError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return device
 
 
 class Predictor:
     """Runs a trained model on image-text pairs."""
 
     def __init__(self, components: Components, config: ExperimentConfig, device: torch.device,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", meta: dict[str, Any] | None = None) -> None:
         self.components = components
         self.config = config
         self.device = device
         self.precision = precision
+        self.meta = meta or {}
+        self.checkpoint: Path | None = None
         self.model = components.model.to(device).eval()
         self.tasks = {task.name: task for task in components.tasks}
+        self.collate = Collator(components.tasks, config.model.image.image_size)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "cpu", precision: str = "fp32") -> "Predictor":
-        """Load a checkpoint directory (or a run directory holding ``checkpoints/LATEST``)."""
+        """Load a checkpoint directory (or a run directory holding ``checkpoints/LATEST``).
+
+        ``device`` is cpu, cuda, cuda:N or auto; ``precision`` fp32, bf16 (autocast) or fp16 (CUDA only).
+        """
+        if precision not in PRECISIONS:
+            raise MMTLError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        torch_device = check_device(device)
+        if precision == "fp16" and torch_device.type != "cuda":
+            raise MMTLError("fp16 needs a CUDA GPU; use fp32 or bf16 on a CPU")
         checkpoint = resolve_checkpoint(path)
         config = load_config(checkpoint / CONFIG_FILE)
-        components = components_from_meta(config, read_meta(checkpoint))
+        meta = read_meta(checkpoint)
+        try:
+            components = components_from_meta(config, meta)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MMTLError(f"checkpoint {checkpoint} has damaged metadata: {exc!r}") from None
         load_weights(components.model, checkpoint)
-        return cls(components, config, resolve_device(device), precision)
+        predictor = cls(components, config, torch_device, precision, meta)
+        predictor.checkpoint = checkpoint
+        return predictor
 
-    def _task_names(self, tasks: Sequence[str] | None) -> list[str]:
+    # -- options -----------------------------------------------------------------------------
+    def options(self, tasks: Sequence[str] | str | None = None, generation: GenerationInput = None,
+                threshold: float | None = None, top_k_tags: int | None = None) -> PredictOptions:
+        """Resolve per-call options against the checkpoint's eval defaults (unknown task/key: MMTLError).
+
+        ``generation`` is a GenerationConfig or a mapping of overrides of its fields.
+        """
+        if isinstance(tasks, str):
+            tasks = [t.strip() for t in tasks.split(",") if t.strip()]
         names = list(tasks) if tasks else list(self.tasks)
         unknown = [n for n in names if n not in self.tasks]
         if unknown:
             raise MMTLError(f"unknown task {', '.join(unknown)}; this model has: {', '.join(self.tasks)}")
-        return names
+        base = self.config.eval
+        if generation is None:
+            gen = base.generation
+        elif isinstance(generation, GenerationConfig):
+            gen = generation
+        elif isinstance(generation, Mapping):
+            gen = build_dataclass(GenerationConfig, {**dataclasses.asdict(base.generation), **generation}, "generation")
+        else:
+            raise MMTLError(f"generation must be a GenerationConfig or a mapping, got {type(generation).__name__}")
+        validate_generation(gen)
+        if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
+            raise MMTLError(f"threshold must be in [0, 1], got {threshold}")
+        if top_k_tags is not None and int(top_k_tags) < 0:
+            raise MMTLError(f"top_k_tags must be >= 0, got {top_k_tags}")
+        eval_options = dataclasses.replace(
+            base, generation=gen, threshold=base.threshold if threshold is None else float(threshold))
+        return PredictOptions(tuple(dict.fromkeys(names)), eval_options, int(top_k_tags or 0))
 
-    def predict(self, image: ImageInput = None, text: str | None = None,
-                tasks: Sequence[str] | None = None) -> PredictionResult:
-        """Predict one image-text pair; tasks whose required input is missing are skipped."""
-        return self.predict_batch([image], [text], tasks)[0]
-
-    @torch.no_grad()
-    def predict_batch(self, images: Sequence[ImageInput], texts: Sequence[str | None],
-                      tasks: Sequence[str] | None = None) -> list[PredictionResult]:
-        """Predict a list of pairs in one batch (``images`` and ``texts`` are aligned; either may hold None)."""
-        if len(images) != len(texts):
-            raise MMTLError(f"got {len(images)} images but {len(texts)} texts")
-        names = self._task_names(tasks)
+    # -- inputs ------------------------------------------------------------------------------
+    def prepare(self, image: ImageInput = None, text: str | None = None, key: str = "0",
+                max_pixels: int | None = DEFAULT_MAX_PIXELS, max_text_chars: int | None = None) -> Example:
+        """Decode and check one pair (raises MMTLError for a bad image, binary text, or neither input)."""
+        pil = load_image(image, max_pixels)
+        text = check_text(text, max_text_chars)
+        if pil is None and text is None:
+            raise MMTLError("give an image, a text, or both")
         size = self.config.model.image.image_size
-        examples = []
-        for i, (image, text) in enumerate(zip(images, texts)):
-            pil = load_image(image)
-            if pil is None and not (text and text.strip()):
-                raise MMTLError(f"pair {i}: give an image, a text, or both")
-            pixels = to_uint8_tensor(resize_center_crop(pil, size)) if pil is not None else None
-            ids = self.components.vocab.encode(text, self.config.model.text.context_length) if text else []
-            examples.append(Example(str(i), pixels, ids, {}, {}))
-        batch = Collator(self.components.tasks, size)(examples).to(self.device)
+        pixels = to_uint8_tensor(resize_center_crop(pil, size)) if pil is not None else None
+        ids = self.components.vocab.encode(text, self.config.model.text.context_length) if text else []
+        return Example(key, pixels, ids, {}, {})
+
+    # -- prediction --------------------------------------------------------------------------
+    @torch.no_grad()
+    def run(self, examples: Sequence[Example], options: PredictOptions) -> list[PredictionResult]:
+        """Predict prepared examples in one batch."""
+        if not examples:
+            return []
+        batch = self.collate(list(examples)).to(self.device)
         with get_autocast(self.precision, self.device):
-            outputs = self.model.predict(batch, names, self.config.eval)
+            outputs = self.model.predict(batch, list(options.tasks), options.eval)
         results = []
         for row, example in enumerate(examples):
             present = {"image": example.image is not None, "text": bool(example.text)}
-            results.append(PredictionResult({
-                name: outputs[name][row] for name in names
-                if all(present[m] for m in self.tasks[name].required_inputs)
-            }))
+            row_out = {}
+            for name in options.tasks:
+                if all(present[m] for m in self.tasks[name].required_inputs):
+                    value = outputs[name][row]
+                    if options.top_k_tags and _is_scored_labels(value):
+                        value = value[: options.top_k_tags]
+                    row_out[name] = value
+            results.append(PredictionResult(row_out))
         return results
+
+    def predict(self, image: ImageInput = None, text: str | None = None, tasks: Sequence[str] | None = None, *,
+                generation: GenerationInput = None, threshold: float | None = None,
+                top_k_tags: int | None = None) -> PredictionResult:
+        """Predict one image-text pair; tasks whose required input is missing are skipped."""
+        return self.predict_batch([image], [text], tasks, generation=generation, threshold=threshold,
+                                  top_k_tags=top_k_tags)[0]
+
+    def predict_batch(self, images: Sequence[ImageInput], texts: Sequence[str | None],
+                      tasks: Sequence[str] | None = None, *, generation: GenerationInput = None,
+                      threshold: float | None = None, top_k_tags: int | None = None) -> list[PredictionResult]:
+        """Predict a list of pairs in one batch (``images`` and ``texts`` are aligned; either may hold None)."""
+        if len(images) != len(texts):
+            raise MMTLError(f"got {len(images)} images but {len(texts)} texts")
+        options = self.options(tasks, generation, threshold, top_k_tags)
+        examples = []
+        for i, (image, text) in enumerate(zip(images, texts)):
+            try:
+                examples.append(self.prepare(image, text, key=str(i)))
+            except InputTooLarge as exc:
+                raise InputTooLarge(f"pair {i}: {exc}") from None
+            except MMTLError as exc:
+                raise MMTLError(f"pair {i}: {exc}") from None
+        return self.run(examples, options)
+
+    def info(self) -> dict[str, Any]:
+        """What the model does: tasks (with their inputs), classes, parameter counts, image size."""
+        return {
+            "tasks": {name: {"inputs": list(t.inputs), "required_inputs": list(t.required_inputs)}
+                      for name, t in self.tasks.items()},
+            "classes": list(self.components.classes),
+            "parameters": self.model.parameter_report(),
+            "step": self.meta.get("step"),
+            "mmtl_version": self.meta.get("mmtl_version"),
+            "image_size": self.config.model.image.image_size,
+            "text_context_length": self.config.model.text.context_length,
+            "device": str(self.device),
+            "precision": self.precision,
+            "defaults": {"threshold": self.config.eval.threshold,
+                         "generation": dataclasses.asdict(self.config.eval.generation)},
+        }

@@ -1,5 +1,20 @@
-"""The balancer interface."""
+"""The balancer interface: loss weighting (one backward) and gradient combination (per-task gradients).
+
+Two kinds share one base class:
+
+- loss-weighting balancers (``kind = "loss"``) turn per-task losses into one scalar that the
+  trainer back-propagates once;
+- gradient balancers (``kind = "gradient"``) receive the per-task gradients ``G`` (T, D) on the
+  shared parameters or on the shared representation (``balancer.on``) and return one shared
+  gradient; on steps where they do not update (``balancer.update_every``) they act as a
+  loss-weighting balancer with their last effective weights.
+
+State (learned weights, running averages) lives in parameters and buffers, so it travels in
+``state_dict`` and therefore in checkpoints. Nothing in ``combine`` reads a value back to the host.
+"""
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -14,15 +29,78 @@ class Balancer(nn.Module):
     state travels in checkpoints through ``state_dict``.
     """
 
+    kind: ClassVar[str] = "loss"
+
     def __init__(self, tasks: list[str], config: BalancerConfig) -> None:
         super().__init__()
         self.tasks = list(tasks)
         self.config = config
+        self.index = {task: i for i, task in enumerate(self.tasks)}
+        # effective weight of every task as last used (for logging and, in gradient balancers,
+        # for the steps between two gradient updates)
+        self.register_buffer("weights", torch.ones(len(self.tasks)))
+
+    def present(self, losses: dict[str, torch.Tensor]) -> tuple[list[int], torch.Tensor]:
+        """Indices of the tasks in ``losses`` (batch order) and their losses stacked in fp32."""
+        ids = [self.index[task] for task in losses]
+        return ids, torch.stack([loss.float() for loss in losses.values()])
 
     def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One scalar from the losses of the tasks present in this batch."""
-        raise NotImplementedError
+        """One scalar from the losses of the tasks present in this batch (default: current weights)."""
+        ids, values = self.present(losses)
+        return (self.weights[ids].to(values.dtype) * values).sum()
 
     def task_weights(self) -> dict[str, float]:
-        """Current effective weight of each task (for logging; may sync with the device)."""
+        """Current effective weight of each task (for logging; syncs with the device)."""
+        return dict(zip(self.tasks, self.weights.detach().float().cpu().tolist()))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[override]
+        # some buffers (running gradient averages) take their shape from the first step: adopt the
+        # saved shape so that a resumed run restores them instead of failing on a size mismatch
+        for name, buffer in self._buffers.items():
+            saved = state_dict.get(prefix + name)
+            if buffer is not None and saved is not None and saved.shape != buffer.shape:
+                self._buffers[name] = torch.empty(saved.shape, dtype=buffer.dtype, device=buffer.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class GradientBalancer(Balancer):
+    """Combines per-task gradients ``G`` (T, D) into one shared gradient (D,).
+
+    Subclasses implement :meth:`combine_gradients`. After each update the effective weights
+    ``w`` with ``G^T w ~ d`` (least squares, exact when ``d`` lies in the span of the task
+    gradients, as it does for every method here) are stored in ``weights``; steps between
+    updates (``update_every > 1``) back-propagate ``sum_t w_t L_t`` once.
+    """
+
+    kind: ClassVar[str] = "gradient"
+    # the space the per-task gradients live in; None follows ``balancer.on``
+    space: ClassVar[str | None] = None
+
+    @property
+    def on(self) -> str:
+        """``params`` (all shared parameters) or ``representation`` (the fused outputs)."""
+        return self.space or self.config.on
+
+    def due(self, step: int) -> bool:
+        """Whether step ``step`` (0-based, before the update) computes per-task gradients."""
+        return step % max(1, self.config.update_every) == 0
+
+    def combine_gradients(self, grads: torch.Tensor, losses: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        """Shared gradient (D,) from per-task gradients ``grads`` (T, D) of tasks ``ids`` with ``losses`` (T,)."""
         raise NotImplementedError
+
+    def update(self, grads: torch.Tensor, losses: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        """Run :meth:`combine_gradients` in fp32 and record the effective weights of the tasks ``ids``."""
+        grads, losses = grads.float(), losses.float().detach()
+        combined = self.combine_gradients(grads, losses, ids)
+        self.weights[ids] = effective_weights(grads, combined).to(self.weights.dtype)
+        return combined
+
+
+def effective_weights(grads: torch.Tensor, combined: torch.Tensor) -> torch.Tensor:
+    """Least-squares ``w`` with ``grads^T w = combined`` (a small ridge keeps it finite when rank-deficient)."""
+    gram = grads @ grads.T
+    ridge = 1e-8 * gram.diagonal().mean().clamp_min(1e-30)
+    eye = torch.eye(gram.shape[0], device=gram.device, dtype=gram.dtype)
+    return torch.linalg.solve_ex(gram + ridge * eye, grads @ combined)[0]  # _ex: no error check, no sync

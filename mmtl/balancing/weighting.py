@@ -1,4 +1,9 @@
-"""Loss-weighting balancers (one backward pass per step)."""
+"""Loss-weighting balancers (one backward pass per step).
+
+Every balancer here keeps its state in parameters or buffers and updates it with tensor
+operations only (``torch.where`` instead of Python branches on values), so ``combine`` never
+waits for the device.
+"""
 from __future__ import annotations
 
 import torch
@@ -18,18 +23,12 @@ class FixedWeights(Balancer):
 
     def __init__(self, tasks: list[str], config: BalancerConfig) -> None:
         super().__init__(tasks, config)
-        self.weights = {task: float(config.weights.get(task, 1.0)) for task in tasks}
-
-    def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum(self.weights[task] * loss for task, loss in losses.items())
-
-    def task_weights(self) -> dict[str, float]:
-        return dict(self.weights)
+        self.weights.copy_(torch.tensor([float(config.weights.get(task, 1.0)) for task in tasks]))
 
 
 @BALANCERS.register("equal")
 class EqualWeights(FixedWeights):
-    """Plain sum of task losses: the baseline every other balancer is compared with."""
+    """Plain sum of task losses: the baseline every other balancer is compared with. Cost: none."""
 
     def __init__(self, tasks: list[str], config: BalancerConfig) -> None:
         super().__init__(tasks, BalancerConfig(name=config.name))
@@ -46,15 +45,126 @@ class UncertaintyWeighting(Balancer):
     def __init__(self, tasks: list[str], config: BalancerConfig) -> None:
         super().__init__(tasks, config)
         self.log_variance = nn.Parameter(torch.zeros(len(tasks)))
-        self.index = {task: i for i, task in enumerate(tasks)}
 
     def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        total = 0.0
-        for task, loss in losses.items():
-            s = self.log_variance[self.index[task]]
-            total = total + torch.exp(-s) * loss + s
-        return total
+        ids, values = self.present(losses)
+        s = self.log_variance[ids]
+        return (torch.exp(-s) * values + s).sum()
 
     def task_weights(self) -> dict[str, float]:
         weights = torch.exp(-self.log_variance.detach()).tolist()
         return {task: weights[i] for task, i in self.index.items()}
+
+
+@BALANCERS.register("dwa")
+class DynamicWeightAverage(Balancer):
+    """Dynamic Weight Average: w_t = T * softmax(r / temperature)_t with r_t = L_t(k-1) / L_t(k-2).
+
+    Liu, Johns & Davison, "End-to-End Multi-Task Learning with Attention", CVPR 2019. The paper's
+    L(k) is the mean loss of epoch k; with streamed data an "epoch" here is a window of
+    ``balancer.window`` steps. Cost: a few element-wise ops on T numbers, no extra backward.
+    """
+
+    def __init__(self, tasks: list[str], config: BalancerConfig) -> None:
+        super().__init__(tasks, config)
+        n = len(tasks)
+        for name in ("window_sum", "window_count", "last", "before_last"):
+            self.register_buffer(name, torch.zeros(n))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids, values = self.present(losses)
+        ratio = torch.where(self.before_last > 0, self.last / self.before_last.clamp_min(1e-12), torch.ones_like(self.last))
+        weights = len(self.tasks) * torch.softmax(ratio / self.config.temperature, dim=0)
+        self.weights.copy_(weights)
+        with torch.no_grad():
+            self.window_sum[ids] += values.detach()
+            self.window_count[ids] += 1
+            self.steps += 1
+            closes = (self.steps % max(1, self.config.window) == 0) & (self.window_count > 0)
+            mean = self.window_sum / self.window_count.clamp_min(1)
+            self.before_last.copy_(torch.where(closes, self.last, self.before_last))
+            self.last.copy_(torch.where(closes, mean, self.last))
+            self.window_sum.mul_(~closes)
+            self.window_count.mul_(~closes)
+        return (weights[ids] * values).sum()
+
+
+@BALANCERS.register("rlw")
+class RandomLossWeighting(Balancer):
+    """Random Loss Weighting: each step w = softmax(z), z ~ N(0, I).
+
+    Lin, Ye, Xu, Shi & Zhang, "Reasonable Effectiveness of Random Weighting: A Litmus Test for
+    Multi-Task Learning", TMLR 2022. Draws from torch's generator, which checkpoints save and
+    restore. Cost: T random numbers per step, no extra backward.
+    """
+
+    def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids, values = self.present(losses)
+        weights = torch.softmax(torch.randn(len(self.tasks), device=values.device), dim=0)
+        self.weights.copy_(weights)
+        return (weights[ids] * values).sum()
+
+
+@BALANCERS.register("gls")
+class GeometricLossStrategy(Balancer):
+    """Geometric Loss Strategy: the geometric mean (prod_t L_t)^(1/T) of the present tasks' losses.
+
+    Chennupati, Sistu, Yogamani & Rawashdeh, "MultiNet++: Multi-Stream Feature Aggregation and
+    Geometric Loss Strategy for Multi-Task Learning", CVPR Workshops 2019. Its gradient weighs
+    task t by GLS / (T * L_t), the weight logged. Cost: none beyond the sum, no extra backward.
+    """
+
+    def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids, values = self.present(losses)
+        logs = torch.log(values.clamp_min(1e-12))
+        total = torch.exp(logs.mean())
+        self.weights[ids] = (total / (len(ids) * values.clamp_min(1e-12))).detach()
+        return total
+
+
+@BALANCERS.register("famo")
+class FAMO(Balancer):
+    """Fast Adaptive Multitask Optimization: balances the rate at which each task's log-loss falls.
+
+    Liu, Liu, Stone & Liu, "FAMO: Fast Adaptive Multitask Optimization", NeurIPS 2023. Task
+    logits xi give z = softmax(xi); the back-propagated loss is sum_t z_t log L_t / c with
+    c = sum_t z_t / L_t (so the gradient weighs task t by z_t / (c L_t)). The logits follow the
+    paper's update, d xi = J_softmax^T (log L_t(prev) - log L_t(now)), with Adam (``balancer.lr``,
+    weight decay ``balancer.gamma``). Unlike the paper, "now" is the loss of the next batch
+    rather than a second forward pass on the same batch, so no extra forward is paid; this
+    makes the update noisier. Cost: O(T) element-wise ops per step, no extra backward.
+    """
+
+    def __init__(self, tasks: list[str], config: BalancerConfig) -> None:
+        super().__init__(tasks, config)
+        n = len(tasks)
+        for name in ("logits", "previous", "adam_m", "adam_v"):
+            self.register_buffer(name, torch.zeros(n))
+        self.register_buffer("seen", torch.zeros(n, dtype=torch.bool))
+        self.register_buffer("adam_t", torch.zeros(()))
+
+    @torch.no_grad()
+    def _update_logits(self, ids: list[int], log_losses: torch.Tensor) -> None:
+        delta = torch.zeros_like(self.logits)
+        known = self.seen[ids]
+        delta[ids] = torch.where(known, self.previous[ids] - log_losses, torch.zeros_like(log_losses))
+        z = torch.softmax(self.logits, dim=0)
+        grad = z * (delta - (z * delta).sum()) + self.config.gamma * self.logits
+        self.adam_t += 1
+        self.adam_m.mul_(0.9).add_(0.1 * grad)
+        self.adam_v.mul_(0.999).add_(0.001 * grad * grad)
+        m_hat = self.adam_m / (1 - 0.9 ** self.adam_t)
+        v_hat = self.adam_v / (1 - 0.999 ** self.adam_t)
+        self.logits.sub_(self.config.lr * m_hat / (v_hat.sqrt() + 1e-8))
+        self.previous[ids] = log_losses
+        self.seen[ids] = True
+
+    def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids, values = self.present(losses)
+        values = values.clamp_min(1e-8)
+        self._update_logits(ids, values.detach().log())
+        z = torch.softmax(self.logits, dim=0)[ids]
+        c = (z / values.detach()).sum()
+        self.weights[ids] = (z / (c * values.detach())).detach()
+        return (z * values.log()).sum() / c

@@ -5,21 +5,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmtl.config import ModelConfig
 from mmtl.errors import ConfigError
 from mmtl.models.layers import EncoderBlock, key_mask
 from mmtl.registry import IMAGE_ENCODERS, TEXT_ENCODERS
-from mmtl.text import PAD, Vocabulary
+from mmtl.text import BOS, EOS, FULL_BPE_SIZE, PAD, SPECIAL_TOKENS, Vocabulary
 
 
 @dataclass
 class Stream:
-    """Tokens of one modality: ``tokens`` (B, S, W) and ``valid`` (B, S) bool."""
+    """Tokens of one modality: ``tokens`` (B, S, W), ``valid`` (B, S) bool, and the modality's name."""
 
     tokens: torch.Tensor
     valid: torch.Tensor
+    modality: str = ""
 
 
 @IMAGE_ENCODERS.register("timm")
@@ -49,7 +51,11 @@ class TimmImageEncoder(nn.Module):
         self.proj = nn.Linear(self.backbone.num_features, width)
         self.type_embedding = nn.Parameter(torch.zeros(width))
         # CNN feature maps carry no explicit position into the fusion; give every token one
-        num_tokens = self._features(torch.zeros(1, 3, image_size, image_size)).shape[1]
+        # (probed in eval mode: a training-mode pass would move loaded BatchNorm statistics)
+        self.backbone.eval()
+        with torch.no_grad():
+            num_tokens = self._features(torch.zeros(1, 3, image_size, image_size)).shape[1]
+        self.backbone.train()
         self.position = nn.Parameter(torch.randn(num_tokens, width) * 0.02)
 
     @classmethod
@@ -98,3 +104,157 @@ class TransformerTextEncoder(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
         return Stream(self.norm(x) + self.type_embedding, valid)
+
+
+def load_state_file(path: str | Path, key: str) -> dict[str, torch.Tensor]:
+    """Tensors of a local checkpoint: ``.safetensors``, or a torch file loaded with ``weights_only=True``.
+
+    A ``state_dict`` / ``model`` entry is unwrapped and a ``module.`` prefix (DDP) removed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{key}: file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # damaged or foreign files raise several types
+        raise ConfigError(f"{key}: cannot read {path}: {exc}") from None
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict):
+        raise ConfigError(f"{key}: {path} holds no state dict")
+    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def load_tower(tower: nn.Module, path: str | Path, key: str, prefix: str = "") -> None:
+    """Load ``tower`` from a local file holding either a whole open_clip model (tower keys under
+    ``prefix``, or at the top level for the text tower) or the tower alone. Mismatches are named."""
+    state = load_state_file(path, key)
+    own = tower.state_dict()
+    if prefix and any(k.startswith(prefix) for k in state):
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    state = {k: v for k, v in state.items() if k in own}
+    missing = sorted(set(own) - set(state))
+    wrong = sorted(k for k in state if state[k].shape != own[k].shape)
+    if missing or wrong:
+        detail = "; ".join(filter(None, [
+            f"missing {', '.join(missing[:5])}" if missing else "",
+            ", ".join(f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in wrong[:5]),
+        ]))
+        raise ConfigError(f"{key}: {path} does not fit the configured open_clip tower: {detail}")
+    tower.load_state_dict(state)
+
+
+def open_clip_config(model_name: str, part: str, overrides: dict, key: str) -> tuple[int, dict]:
+    """(embed_dim, ``part`` config) of open_clip model config ``model_name``, updated by ``overrides``
+    (whose optional ``embed_dim`` replaces the model's: it sizes the tower's output projection)."""
+    import open_clip
+
+    config = open_clip.get_model_config(model_name)
+    if config is None:
+        raise ConfigError(f"{key}: unknown open_clip model config {model_name!r} "
+                          f"(e.g. {', '.join(open_clip.list_models()[:5])}, ...)")
+    overrides = dict(overrides)
+    embed_dim = overrides.pop("embed_dim", config["embed_dim"])
+    return embed_dim, {**config[part], **overrides}
+
+
+@IMAGE_ENCODERS.register("open_clip")
+class OpenClipImageEncoder(nn.Module):
+    """An open_clip vision transformer tower, read as tokens (patch tokens after its final norm)."""
+
+    def __init__(self, model_name: str, overrides: dict, width: int, image_size: int,
+                 pretrained_path: str | None = None) -> None:
+        super().__init__()
+        import open_clip
+        from open_clip.model import _build_vision_tower
+
+        embed_dim, cfg = open_clip_config(model_name, "vision_cfg", {**overrides, "image_size": image_size},
+                                          "model.image.open_clip_model")
+        try:
+            self.tower = _build_vision_tower(embed_dim, cfg)
+        except (TypeError, ValueError, AssertionError) as exc:
+            raise ConfigError(f"model.image: cannot build open_clip vision tower {model_name!r}: {exc}") from None
+        if not hasattr(self.tower, "output_tokens") or not hasattr(self.tower, "transformer"):
+            raise ConfigError(f"model.image: open_clip model {model_name!r} has no token-level vision "
+                              "transformer (use a ViT config)")
+        self.tower.output_tokens = True
+        if pretrained_path is not None:
+            load_tower(self.tower, pretrained_path, "model.image.pretrained_path", prefix="visual.")
+        self.register_buffer("mean", torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1) * 255, persistent=False)
+        self.proj = nn.Linear(self.tower.transformer.width, width)
+        self.type_embedding = nn.Parameter(torch.zeros(width))
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, vocab: Vocabulary) -> "OpenClipImageEncoder":
+        image = config.image
+        return cls(image.open_clip_model, image.open_clip_kwargs, config.width, image.image_size, image.pretrained_path)
+
+    def forward(self, image: torch.Tensor, present: torch.Tensor) -> Stream:
+        """``image``: (B, 3, H, W) uint8; normalised here with CLIP's mean/std."""
+        x = (image.to(self.mean.dtype) - self.mean) / self.std
+        _, tokens = self.tower(x)
+        tokens = self.proj(tokens) + self.type_embedding
+        return Stream(tokens, present[:, None].expand(-1, tokens.shape[1]))
+
+
+@TEXT_ENCODERS.register("open_clip")
+class OpenClipTextEncoder(nn.Module):
+    """open_clip's text transformer, read as tokens; causal as trained, or bidirectional for fusion.
+
+    It embeds open_clip BPE ids, so it needs the full vocabulary (``model.text.vocab=full``); each
+    row gets open_clip's start-of-text token first, whose output is dropped.
+    """
+
+    def __init__(self, model_name: str, overrides: dict, width: int, context_length: int,
+                 pretrained_path: str | None = None, bidirectional: bool = False) -> None:
+        super().__init__()
+        from open_clip.model import _build_text_tower
+
+        embed_dim, cfg = open_clip_config(
+            model_name, "text_cfg", {**overrides, "context_length": context_length + 1, "no_causal_mask": bidirectional},
+            "model.text.open_clip_model")
+        if cfg.get("vocab_size", FULL_BPE_SIZE) != FULL_BPE_SIZE or "hf_model_name" in cfg:
+            raise ConfigError(f"model.text: open_clip model {model_name!r} does not use the open_clip BPE vocabulary")
+        try:
+            self.tower = _build_text_tower(embed_dim, cfg)
+        except (TypeError, ValueError, AssertionError) as exc:
+            raise ConfigError(f"model.text: cannot build open_clip text tower {model_name!r}: {exc}") from None
+        self.tower.output_tokens = True
+        if pretrained_path is not None:
+            load_tower(self.tower, pretrained_path, "model.text.pretrained_path")
+        self.context_length = context_length + 1
+        self.proj = nn.Linear(self.tower.transformer.width, width)
+        self.type_embedding = nn.Parameter(torch.zeros(width))
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, vocab: Vocabulary) -> "OpenClipTextEncoder":
+        text = config.text
+        if text.vocab != "full" or vocab.size != FULL_BPE_SIZE + len(SPECIAL_TOKENS):
+            raise ConfigError("model.text.name=open_clip needs model.text.vocab=full "
+                              "(its embedding table is indexed by open_clip BPE ids)")
+        return cls(text.open_clip_model, text.open_clip_kwargs, config.width, text.context_length,
+                   text.pretrained_path, text.bidirectional)
+
+    @staticmethod
+    def to_open_clip_ids(ids: torch.Tensor) -> torch.Tensor:
+        """Full-vocabulary ids -> open_clip token ids (BPE, start/end of text, 0 for padding and unknown)."""
+        clip = torch.where(ids >= len(SPECIAL_TOKENS), ids - len(SPECIAL_TOKENS), torch.zeros_like(ids))
+        clip = torch.where(ids == BOS, torch.full_like(ids, FULL_BPE_SIZE - 2), clip)
+        return torch.where(ids == EOS, torch.full_like(ids, FULL_BPE_SIZE - 1), clip)
+
+    def forward(self, ids: torch.Tensor, present: torch.Tensor) -> Stream:
+        """``ids``: (B, L) PAD-padded full-vocabulary ids."""
+        start = torch.full_like(ids[:, :1], FULL_BPE_SIZE - 2)
+        clip_ids = torch.cat([start, self.to_open_clip_ids(ids)], dim=1)
+        # open_clip's causal mask is built for its full context: pad to it, then drop the padding
+        clip_ids = F.pad(clip_ids, (0, self.context_length - clip_ids.shape[1]))
+        _, tokens = self.tower(clip_ids)
+        tokens = self.proj(tokens[:, 1 : ids.shape[1] + 1]) + self.type_embedding
+        return Stream(tokens, (ids != PAD) & present[:, None])

@@ -5,6 +5,7 @@ missing one) always has something to attend to, and returns fused tokens plus a 
 """
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 
 import torch
@@ -12,7 +13,7 @@ from torch import nn
 
 from mmtl.config import ModelConfig
 from mmtl.models.encoders import Stream
-from mmtl.models.layers import MLP, EncoderBlock, key_mask
+from mmtl.models.layers import MLP, CrossBlock, EncoderBlock, key_mask
 from mmtl.registry import FUSIONS
 
 
@@ -37,17 +38,62 @@ def masked_mean(tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
-def _concat(global_token: torch.Tensor, streams: list[Stream]) -> tuple[torch.Tensor, torch.Tensor]:
-    batch = streams[0].tokens.shape[0]
-    first = global_token.expand(batch, 1, -1).to(streams[0].tokens.dtype)
+def _concat(global_token: torch.Tensor, streams: list[Stream],
+            like: Stream | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``global_token`` followed by every stream's tokens; batch size and dtype from ``like`` or the first stream."""
+    like = like or streams[0]
+    batch = like.tokens.shape[0]
+    first = global_token.expand(batch, 1, -1).to(like.tokens.dtype)
     tokens = torch.cat([first] + [s.tokens for s in streams], dim=1)
-    always = torch.ones(batch, 1, dtype=torch.bool, device=tokens.device)
+    always = torch.ones(batch, 1, dtype=torch.bool, device=first.device)
     valid = torch.cat([always] + [s.valid for s in streams], dim=1)
     return tokens, valid
 
 
+@dataclass
+class FusionState:
+    """What flows between fusion layers: ``hidden`` is what the layers update (and what soft
+    sharing mixes between task trunks); the other fields are fixed for the whole pass."""
+
+    hidden: torch.Tensor
+    valid: torch.Tensor
+    mask: torch.Tensor | None = None
+    context: torch.Tensor | None = None
+    context_valid: torch.Tensor | None = None
+
+
+class LayeredFusion(nn.Module, abc.ABC):
+    """A fusion as ``begin`` -> ``run_layer`` on each of ``layers()`` -> ``end``.
+
+    Parameter sharing (mmtl.models.sharing) drives fusions through these three steps: soft
+    sharing mixes task trunks between layers, hybrid sharing adapts the layers per task.
+    """
+
+    @abc.abstractmethod
+    def layers(self) -> list[nn.Module]:
+        """The layers that ``run_layer`` runs, in order."""
+
+    @abc.abstractmethod
+    def begin(self, streams: list[Stream]) -> FusionState:
+        """Initial state from the modality streams."""
+
+    @abc.abstractmethod
+    def run_layer(self, layer: nn.Module, state: FusionState) -> torch.Tensor:
+        """New ``hidden`` after ``layer``."""
+
+    @abc.abstractmethod
+    def end(self, state: FusionState) -> Fused:
+        """Fused tokens and pooled vector from the final state."""
+
+    def forward(self, streams: list[Stream]) -> Fused:
+        state = self.begin(streams)
+        for layer in self.layers():
+            state.hidden = self.run_layer(layer, state)
+        return self.end(state)
+
+
 @FUSIONS.register("single_stream")
-class SingleStreamFusion(nn.Module):
+class SingleStreamFusion(LayeredFusion):
     """Concatenate all streams and run a transformer encoder over them (ViLT/UNITER style)."""
 
     def __init__(self, width: int, depth: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
@@ -60,18 +106,67 @@ class SingleStreamFusion(nn.Module):
     def from_config(cls, config: ModelConfig) -> "SingleStreamFusion":
         return cls(config.width, config.fusion.depth, config.num_heads, config.mlp_ratio, config.dropout)
 
-    def forward(self, streams: list[Stream]) -> Fused:
+    def layers(self) -> list[nn.Module]:
+        return list(self.blocks)
+
+    def begin(self, streams: list[Stream]) -> FusionState:
         tokens, valid = _concat(self.global_token, streams)
-        mask = key_mask(valid)
-        for block in self.blocks:
-            tokens = block(tokens, mask)
-        tokens = self.norm(tokens)
+        return FusionState(tokens, valid, key_mask(valid))
+
+    def run_layer(self, layer: nn.Module, state: FusionState) -> torch.Tensor:
+        return layer(state.hidden, state.mask)
+
+    def end(self, state: FusionState) -> Fused:
+        tokens = self.norm(state.hidden)
+        return Fused(tokens, state.valid, masked_mean(tokens, state.valid))
+
+
+@FUSIONS.register("cross_attention")
+class CrossAttentionFusion(LayeredFusion):
+    """Text tokens attend to image tokens, layer by layer (Flamingo / BLIP style).
+
+    The query side is a learned global token plus the streams of ``QUERY_MODALITIES``; every
+    other stream is context, behind a learned null token (so a row without an image, or a task
+    without text, still attends to something). Fused tokens: the updated queries followed by the
+    normalised context tokens, so image-only tasks still read the image tokens.
+    """
+
+    QUERY_MODALITIES = ("text",)
+
+    def __init__(self, width: int, depth: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.global_token = nn.Parameter(torch.randn(1, 1, width) * 0.02)
+        self.null_token = nn.Parameter(torch.randn(1, 1, width) * 0.02)
+        self.blocks = nn.ModuleList(CrossBlock(width, num_heads, mlp_ratio, dropout) for _ in range(depth))
+        self.norm, self.context_norm = nn.LayerNorm(width), nn.LayerNorm(width)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> "CrossAttentionFusion":
+        return cls(config.width, config.fusion.depth, config.num_heads, config.mlp_ratio, config.dropout)
+
+    def layers(self) -> list[nn.Module]:
+        return list(self.blocks)
+
+    def begin(self, streams: list[Stream]) -> FusionState:
+        queries = [s for s in streams if s.modality in self.QUERY_MODALITIES]
+        context = [s for s in streams if s.modality not in self.QUERY_MODALITIES]
+        hidden, valid = _concat(self.global_token, queries, like=streams[0])
+        context_tokens, context_valid = _concat(self.null_token, context, like=streams[0])
+        return FusionState(hidden, valid, key_mask(valid), context_tokens, context_valid)
+
+    def run_layer(self, layer: nn.Module, state: FusionState) -> torch.Tensor:
+        return layer(state.hidden, state.mask, state.context, key_mask(state.context_valid))
+
+    def end(self, state: FusionState) -> Fused:
+        tokens = torch.cat([self.norm(state.hidden), self.context_norm(state.context[:, 1:])], dim=1)
+        valid = torch.cat([state.valid, state.context_valid[:, 1:]], dim=1)
         return Fused(tokens, valid, masked_mean(tokens, valid))
 
 
 @FUSIONS.register("late")
-class LateFusion(nn.Module):
-    """Cheap baseline: no cross-modal attention; pooled = MLP(sum of per-stream means)."""
+class LateFusion(LayeredFusion):
+    """Cheap baseline without cross-modal attention: pooled = MLP(sum of per-stream means + a learned
+    bias); the fused tokens are the pooled vector followed by the streams' own tokens."""
 
     def __init__(self, width: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
         super().__init__()
@@ -83,8 +178,23 @@ class LateFusion(nn.Module):
     def from_config(cls, config: ModelConfig) -> "LateFusion":
         return cls(config.width, config.mlp_ratio, config.dropout)
 
-    def forward(self, streams: list[Stream]) -> Fused:
-        tokens, valid = _concat(self.global_token, streams)
-        pooled = sum(masked_mean(s.tokens, s.valid) for s in streams)
-        pooled = self.norm(pooled + self.mlp(pooled))
-        return Fused(self.norm(tokens), valid, pooled)
+    def layers(self) -> list[nn.Module]:
+        return [self.mlp]
+
+    def begin(self, streams: list[Stream]) -> FusionState:
+        pooled = sum(masked_mean(s.tokens, s.valid) for s in streams) + self.global_token[:, 0]
+        tokens = torch.cat([s.tokens for s in streams], dim=1)
+        valid = torch.cat([s.valid for s in streams], dim=1)
+        # hidden is the pooled vector; the stream tokens ride along in ``context``
+        return FusionState(pooled, valid, context=tokens)
+
+    def run_layer(self, layer: nn.Module, state: FusionState) -> torch.Tensor:
+        return state.hidden + layer(state.hidden)
+
+    def end(self, state: FusionState) -> Fused:
+        pooled = self.norm(state.hidden)
+        # the pooled vector leads the tokens: heads that read tokens read it too, and every row
+        # keeps one valid token when a modality is missing
+        tokens = torch.cat([pooled[:, None], self.norm(state.context)], dim=1)
+        always = torch.ones_like(state.valid[:, :1])
+        return Fused(tokens, torch.cat([always, state.valid], dim=1), pooled)

@@ -92,6 +92,23 @@ class DecoderBlock(nn.Module):
         return x + self.mlp(self.norm3(x))
 
 
+class CrossBlock(nn.Module):
+    """Pre-norm self-attention over ``x``, cross-attention from ``x`` to a context, MLP (no causal mask)."""
+
+    def __init__(self, width: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(width), nn.LayerNorm(width), nn.LayerNorm(width)
+        self.self_attn = Attention(width, num_heads, dropout)
+        self.cross_attn = Attention(width, num_heads, dropout)
+        self.mlp = MLP(width, mlp_ratio, dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, context: torch.Tensor,
+                context_mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.self_attn(self.norm1(x), mask=mask)
+        x = x + self.cross_attn(self.norm2(x), context=context, mask=context_mask)
+        return x + self.mlp(self.norm3(x))
+
+
 class DecoderCache:
     """Keys/values of one decoder block: the growing self-attention ones and the fixed cross-attention ones."""
 
@@ -99,6 +116,21 @@ class DecoderCache:
         self.self_k: torch.Tensor | None = None
         self.self_v: torch.Tensor | None = None
         self.cross_k, self.cross_v = block.cross_attn.keys_values(memory)
+
+    @property
+    def length(self) -> int:
+        """Number of positions already cached."""
+        return 0 if self.self_k is None else self.self_k.shape[2]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep rows ``index`` of the self-attention cache (beam search moves hypotheses between rows).
+
+        The memory keys/values are not reordered: beam search only moves rows within one
+        sample's beams, which share the same memory.
+        """
+        if self.self_k is not None:
+            self.self_k = self.self_k.index_select(0, index)
+            self.self_v = self.self_v.index_select(0, index)
 
 
 def key_mask(valid: torch.Tensor) -> torch.Tensor:

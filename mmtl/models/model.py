@@ -1,4 +1,4 @@
-"""The multi-task model: modality encoders -> fusion -> one head per task (hard parameter sharing).
+"""The multi-task model: modality encoders -> fusion (shared hard, soft or hybrid) -> one head per task.
 
 Tasks declare which modalities they read. The model encodes each needed modality once per
 batch and fuses each distinct combination once, so recognition and captioning (image only)
@@ -6,17 +6,27 @@ share one fusion pass, and summarization (image + document) reuses the same imag
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from safetensors.torch import load_file, save_model
 from torch import nn
 
 from data_pipelines.loader import Batch
 from mmtl.config import ModelConfig
+from mmtl.errors import MMTLError
 from mmtl.models.encoders import Stream
 from mmtl.models.fusion import Fused
-from mmtl.registry import FUSIONS, IMAGE_ENCODERS, TEXT_ENCODERS
+from mmtl.models.sharing import PER_TASK, build_fusion
+from mmtl.registry import IMAGE_ENCODERS, TEXT_ENCODERS
 from mmtl.text import PAD, Vocabulary
+
+# cache key under which ``fuse`` records (shared output, detached copy) pairs when present: the
+# trainer's hook for gradient balancing on the shared representation (mmtl.balancing.backward)
+SHARED_OUTPUTS = "shared_outputs"
 
 # modality -> (batch -> (input tensor, per-row presence)); new modalities add an entry here
 MODALITY_INPUTS: dict[str, Callable[[Batch], tuple[torch.Tensor, torch.Tensor]]] = {
@@ -33,33 +43,57 @@ class MultiTaskModel(nn.Module):
         import mmtl.components  # noqa: F401  (registers built-in components)
 
         self.config = config
+        self.vocab = vocab
         self.tasks = {task.name: task for task in tasks}
         self.encoders = nn.ModuleDict({
             "image": IMAGE_ENCODERS.get(config.image.name).from_config(config, vocab),
             "text": TEXT_ENCODERS.get(config.text.name).from_config(config, vocab),
         })
-        self.fusion = FUSIONS.get(config.fusion.name).from_config(config)
-        self.heads = nn.ModuleDict({task.name: task.build_head(config) for task in tasks})
+        self.fusion = build_fusion(config, list(self.tasks))
+        # heads that several tasks use (e.g. one text decoder for all generation tasks): owned here,
+        # each task's entry in ``heads`` holds only its own parameters and refers to the shared one
+        self.shared_heads = nn.ModuleDict()
+        self.heads = nn.ModuleDict()
+        for task in tasks:
+            key = task.shared_head_key(config)
+            if key is None:
+                self.heads[task.name] = task.build_head(config)
+                continue
+            if key not in self.shared_heads:
+                self.shared_heads[key] = task.build_head(config)
+            self.heads[task.name] = task.wrap_shared_head(self.shared_heads[key])
 
-    def fuse(self, batch: Batch, modalities: tuple[str, ...], cache: dict) -> Fused:
-        """Fused representation of ``modalities``, memoised in ``cache`` for this batch."""
-        if modalities not in cache:
+    def fuse(self, batch: Batch, modalities: tuple[str, ...], cache: dict, task: str | None = None) -> Fused:
+        """Fused representation of ``modalities``, memoised in ``cache`` for this batch.
+
+        With task-specific sharing (soft, hybrid) the representation depends on ``task`` (None:
+        the first task); with hard sharing every task reading ``modalities`` gets the same one.
+        """
+        task_specific = getattr(self.fusion, "task_specific", False)
+        if task_specific:
+            task = task or next(iter(self.tasks))
+        key = (modalities, task) if task_specific else modalities
+        if key not in cache:
             streams: list[Stream] = []
             for modality in modalities:
                 if modality not in cache:
                     data, present = MODALITY_INPUTS[modality](batch)
-                    cache[modality] = self.encoders[modality](data, present)
+                    cache[modality] = dataclasses.replace(self.encoders[modality](data, present), modality=modality)
                 streams.append(cache[modality])
-            cache[modalities] = self.fusion(streams)
-        return cache[modalities]
+            outputs = self.fusion(streams, [task]) if task_specific else {None: self.fusion(streams)}
+            for name, fused in outputs.items():
+                if SHARED_OUTPUTS in cache:
+                    fused = _cut(fused, cache[SHARED_OUTPUTS])
+                cache[(modalities, name) if task_specific else modalities] = fused
+        return cache[key]
 
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Loss of every task that has targets in ``batch``."""
-        cache: dict = {}
+    def forward(self, batch: Batch, cache: dict | None = None) -> dict[str, torch.Tensor]:
+        """Loss of every task that has targets in ``batch`` (``cache``: see :meth:`fuse` and SHARED_OUTPUTS)."""
+        cache = {} if cache is None else cache
         losses = {}
         for name, target in batch.targets.items():
             task = self.tasks[name]
-            fused = self.fuse(batch, task.inputs, cache).select(target["index"])
+            fused = self.fuse(batch, task.inputs, cache, name).select(target["index"])
             losses[name] = task.loss(self.heads[name], fused, target)
         return losses
 
@@ -68,14 +102,109 @@ class MultiTaskModel(nn.Module):
         """Predictions of each named task for every row of ``batch``."""
         cache: dict = {}
         return {
-            name: self.tasks[name].predict(self.heads[name], self.fuse(batch, self.tasks[name].inputs, cache), options)
+            name: self.tasks[name].predict(self.heads[name], self.fuse(batch, self.tasks[name].inputs, cache, name), options)
             for name in task_names
         }
 
     def parameter_report(self) -> dict[str, int]:
-        """Parameters shared by all tasks (encoders, fusion) and those specific to each task."""
-        count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
-        report = {"shared": count(self.encoders) + count(self.fusion)}
-        report.update({f"task:{name}": count(head) for name, head in self.heads.items()})
-        report["total"] = count(self)
+        """Parameters shared by all tasks and those specific to each task (``task:NAME``), plus ``total``.
+
+        Task-specific: a task's head, and anything under a ``per_task.NAME`` module (soft-sharing
+        trunks, LoRA adapters, expert gates). Everything else (encoders, fusion trunk, shared
+        heads, cross-stitch units) is shared.
+        """
+        report = {"shared": 0, **{f"task:{name}": 0 for name in self.tasks}}
+        for part, task, count in self.parameter_parts():
+            report["shared" if task is None else f"task:{task}"] += count
+        report["total"] = sum(p.numel() for p in self.parameters())
         return report
+
+    def parameter_parts(self) -> list[tuple[str, str | None, int]]:
+        """(part, task or None if shared, parameter count) for every part of the model, e.g.
+        ("fusion", None, n), ("fusion", "captioning", n_adapters), ("heads.captioning", "captioning", n)."""
+        counts: dict[tuple[str, str | None], int] = {}
+        for name, param in self.named_parameters():
+            parts = name.split(".")
+            part = ".".join(parts[:2]) if parts[0] in ("encoders", "heads", "shared_heads") else parts[0]
+            task = parts[1] if parts[0] == "heads" else None
+            if PER_TASK in parts:
+                task = parts[parts.index(PER_TASK) + 1]
+            counts[(part, task)] = counts.get((part, task), 0) + param.numel()
+        return [(part, task, n) for (part, task), n in counts.items()]
+
+    def forward_flops(self, batch: Batch) -> dict[str, int]:
+        """FLOPs of one training forward per task on ``batch`` (encoders, fusion and head that the task
+        runs, counted with ``torch.utils.flop_counter``; nothing is shared between the tasks' counts)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        flops = {}
+        for name, target in batch.targets.items():
+            single = dataclasses.replace(batch, targets={name: target})
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                self(single)
+            flops[name] = counter.get_total_flops()
+        return flops
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.yaml``, ``model.safetensors`` and ``meta.json`` (classes, label mode,
+        vocabulary) to ``directory``: everything :meth:`from_pretrained` (or ``Predictor``) needs."""
+        from mmtl import __version__
+        from mmtl.config import ExperimentConfig, save_config
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        context = next(iter(self.tasks.values())).context
+        save_model(self, str(directory / "model.safetensors"))
+        save_config(ExperimentConfig(tasks=list(self.tasks), model=self.config), directory / "config.yaml")
+        meta = {"mmtl_version": __version__, "step": 0, "tasks": list(self.tasks), "classes": list(context.classes),
+                "label_mode": context.label_mode, "vocab": self.vocab.to_dict(), "parameters": self.parameter_report()}
+        (directory / "meta.json").write_text(json.dumps(meta, indent=2))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "MultiTaskModel":
+        """The model saved by :meth:`save_pretrained` (no pickle), in eval mode.
+
+        A checkpoint whose tensors do not fit the model its config builds is rejected with the
+        names of the missing, unexpected and wrongly shaped tensors.
+        """
+        from mmtl.builder import components_from_meta
+        from mmtl.config import load_config
+        from mmtl.training.checkpoint import read_meta
+
+        directory = Path(directory)
+        if not (directory / "model.safetensors").is_file():
+            raise MMTLError(f"{directory} holds no model.safetensors (write one with model.save_pretrained)")
+        model = components_from_meta(load_config(directory / "config.yaml"), read_meta(directory)).model
+        model.load_safetensors(directory / "model.safetensors")
+        return model.eval()
+
+    def load_safetensors(self, path: str | Path) -> None:
+        """Load weights from a safetensors file; every tensor must exist here with the same shape."""
+        try:
+            state = load_file(str(path))
+        except Exception as exc:  # damaged files raise several types
+            raise MMTLError(f"cannot read weights from {path}: {exc}") from None
+        own = self.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        wrong = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
+        if missing or unexpected or wrong:
+            problems = [f"missing {', '.join(missing[:5])}" if missing else "",
+                        f"unexpected {', '.join(unexpected[:5])}" if unexpected else "",
+                        "shape " + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:5])
+                        if wrong else ""]
+            raise MMTLError(f"{path} does not match the configured model: " + "; ".join(filter(None, problems)))
+        self.load_state_dict(state)
+
+
+def _cut(fused: Fused, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> Fused:
+    """``fused`` with its differentiable tensors replaced by detached leaves; records (original, leaf)."""
+    out = []
+    for tensor in (fused.tokens, fused.pooled):
+        if tensor.requires_grad:
+            leaf = tensor.detach().requires_grad_()
+            pairs.append((tensor, leaf))
+            tensor = leaf
+        out.append(tensor)
+    return Fused(out[0], fused.valid, out[1])

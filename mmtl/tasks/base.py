@@ -20,6 +20,9 @@ class TaskContext:
     classes: list[str]
     vocab: Vocabulary
     model: ModelConfig
+    # recognition labels: "multi" (any number per sample, sigmoid) or "single" (exactly one, softmax),
+    # from dataset.json's "label_mode"
+    label_mode: str = "multi"
 
 
 class Task:
@@ -44,6 +47,18 @@ class Task:
     def build_head(self, config: ModelConfig) -> nn.Module:
         """The task's head module."""
         raise NotImplementedError
+
+    def shared_head_key(self, config: ModelConfig) -> str | None:
+        """Key of a head that this task shares with others under ``config`` (None: its own head).
+
+        Tasks returning the same key get one head built by the first of them; each then gets
+        :meth:`wrap_shared_head` of it as its own head.
+        """
+        return None
+
+    def wrap_shared_head(self, shared: nn.Module) -> nn.Module:
+        """This task's view of a shared head (its task-specific parameters live in the wrapper)."""
+        return shared
 
     def loss(self, head: nn.Module, fused: Fused, target: dict[str, torch.Tensor]) -> torch.Tensor:
         """Scalar loss of the head on the fused rows that carry this task's targets."""

@@ -1,4 +1,5 @@
-"""Shared machinery of text-generation tasks: one decoder head, teacher-forced loss, greedy decoding."""
+"""Shared machinery of text-generation tasks: one decoder head, teacher-forced loss, decoding
+(greedy, beam search or sampling, as ``options.generation`` says; see mmtl.models.generation)."""
 from __future__ import annotations
 
 import random
@@ -11,7 +12,7 @@ from torch import nn
 from mmtl.config import ModelConfig
 from mmtl.evaluation.metrics import bleu, rouge
 from mmtl.models.fusion import Fused
-from mmtl.models.heads import TextDecoder
+from mmtl.models.heads import PromptedDecoder, TextDecoder
 from mmtl.tasks.base import Task
 from mmtl.text import PAD
 
@@ -44,6 +45,14 @@ class GenerationTask(Task):
         return TextDecoder(self.context.vocab.size, config.width, config.decoder.depth, config.num_heads,
                            config.decoder.max_length, config.mlp_ratio, config.dropout)
 
+    def shared_head_key(self, config: ModelConfig) -> str | None:
+        """With ``model.decoder.shared`` all generation tasks share one text decoder."""
+        return "text_decoder" if config.decoder.shared else None
+
+    def wrap_shared_head(self, shared: nn.Module) -> nn.Module:
+        """The shared decoder plus this task's learned prompt."""
+        return PromptedDecoder(shared)
+
     def loss(self, head: nn.Module, fused: Fused, target: dict[str, torch.Tensor]) -> torch.Tensor:
         tokens = target["tokens"]
         logits = head(tokens[:, :-1], fused.tokens, fused.valid).float()
@@ -51,8 +60,8 @@ class GenerationTask(Task):
 
     @torch.no_grad()
     def predict(self, head: nn.Module, fused: Fused, options: Any) -> list[str]:
-        max_length = getattr(getattr(options, "generation", None), "max_length", head.max_length)
-        ids = head.generate(fused.tokens, fused.valid, max_length).cpu().tolist()
+        generation = getattr(options, "generation", None)
+        ids = head.generate(fused.tokens, fused.valid, config=generation).cpu().tolist()
         return [self.context.vocab.decode(row) for row in ids]
 
     def format_reference(self, reference: Sequence[str]) -> str:

@@ -1,4 +1,5 @@
-"""Object recognition: multi-label tags read from the fused tokens by per-class queries."""
+"""Object recognition read from the fused tokens by per-class queries: multi-label tags (sigmoid per
+class) or, when dataset.json says ``"label_mode": "single"``, one class per sample (softmax, top-1/top-5)."""
 from __future__ import annotations
 
 import random
@@ -18,11 +19,24 @@ from mmtl.registry import TASKS
 from mmtl.tasks.base import Task
 
 Tags = list[tuple[str, float]]
+SINGLE_TOP_K = 5
+
+
+def single_label_scores(ranked: Sequence[Sequence[str]], references: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Top-1 and top-5 accuracy of ranked class names against each sample's (first) label.
+
+    ``f1_micro`` equals top-1 accuracy here (one prediction, one reference per sample), so the
+    task keeps one primary metric in both label modes.
+    """
+    n = max(len(references), 1)
+    top1 = sum(bool(r) and bool(p) and p[0] == r[0] for p, r in zip(ranked, references)) / n
+    top5 = sum(bool(r) and r[0] in list(p)[:SINGLE_TOP_K] for p, r in zip(ranked, references)) / n
+    return {"top1": top1, "top5": top5, "f1_micro": top1}
 
 
 @TASKS.register("recognition")
 class RecognitionTask(Task):
-    """Multi-label recognition (sigmoid per class); the class list travels with the checkpoint."""
+    """Recognition; the class list and label mode travel with the checkpoint."""
 
     name = "recognition"
     inputs = ("image",)
@@ -33,11 +47,19 @@ class RecognitionTask(Task):
         classes = self.context.classes
         return [classes[label] if isinstance(label, int) else str(label) for label in labels]
 
+    @property
+    def single(self) -> bool:
+        """One class per sample (softmax) instead of any number (sigmoid)."""
+        return self.context.label_mode == "single"
+
     def target(self, annotation: dict[str, Any], rng: random.Random) -> torch.Tensor | None:
         labels = annotation.get("labels")
         if not labels:
             return None
         index = {name: i for i, name in enumerate(self.context.classes)}
+        if self.single:  # the first known label is the class
+            known = [index[name] for name in self._label_names(labels) if name in index]
+            return torch.tensor(known[0]) if known else None
         target = torch.zeros(len(index))
         for name in self._label_names(labels):
             if name in index:
@@ -52,6 +74,8 @@ class RecognitionTask(Task):
 
     def loss(self, head: nn.Module, fused: Fused, target: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = head(fused.tokens, fused.valid).float()
+        if self.single:
+            return F.cross_entropy(logits, target["labels"])
         # summed over classes, averaged over samples: a mean over classes too would shrink each
         # class's gradient by the number of classes and starve this task next to the others
         loss = F.binary_cross_entropy_with_logits(logits, target["labels"], reduction="sum")
@@ -59,7 +83,12 @@ class RecognitionTask(Task):
 
     @torch.no_grad()
     def predict(self, head: nn.Module, fused: Fused, options: Any) -> list[Tags]:
-        probs = torch.sigmoid(head(fused.tokens, fused.valid).float()).cpu()
+        logits = head(fused.tokens, fused.valid).float()
+        if self.single:  # the top 5 classes, most probable first
+            top = logits.softmax(-1).cpu().topk(min(SINGLE_TOP_K, logits.shape[-1]), dim=-1)
+            return [[(self.context.classes[i], round(float(p), 4)) for p, i in zip(ps.tolist(), ix.tolist())]
+                    for ps, ix in zip(top.values, top.indices)]
+        probs = torch.sigmoid(logits).cpu()
         threshold = getattr(options, "threshold", 0.5)
         out = []
         for row in probs:
@@ -72,14 +101,20 @@ class RecognitionTask(Task):
         return self._label_names(labels) if labels else None
 
     def score(self, predictions: Sequence[Any], references: Sequence[Sequence[str]]) -> dict[str, float]:
-        names = [[p[0] if isinstance(p, tuple) else p for p in tags] for tags in predictions]
+        names = [[p[0] if isinstance(p, (tuple, list)) else p for p in tags] for tags in predictions]
+        if self.single:
+            return single_label_scores(names, references)
         return multilabel_scores(names, references, self.context.classes)
 
     def fit_baseline(self, train_annotations: Sequence[dict[str, Any]]) -> Callable[[dict[str, Any]], Tags]:
-        """Majority tags: the k most frequent training tags, k = the median number of tags per sample."""
+        """Majority tags: the k most frequent training tags, k = the median number of tags per sample
+        (single-label: the most frequent classes, ranked)."""
         label_sets = [self._label_names(a["labels"]) for a in train_annotations if a.get("labels")]
+        if self.single:
+            label_sets = [labels[:1] for labels in label_sets]
         counts = Counter(label for labels in label_sets for label in labels)
         k = max(1, round(statistics.median(len(s) for s in label_sets))) if label_sets else 1
+        k = SINGLE_TOP_K if self.single else k
         majority = [(name, 1.0) for name, _ in counts.most_common(k)]
         return lambda annotation: majority
 

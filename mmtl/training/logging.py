@@ -65,3 +65,41 @@ def plot_losses(log_path: Path, out_dir: Path, tasks: list[str]) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+# quantity prefix in the log -> (PNG name, title); one PNG per quantity, one line per task or pair
+MONITOR_PLOTS = {
+    "grad_norm/": ("task_grad_norm.png", "per-task gradient norm (shared parameters)"),
+    "grad_cos/": ("task_grad_cosine.png", "cosine between task gradients"),
+    "weight/": ("task_weights.png", "task weights"),
+}
+
+
+def plot_task_monitor(log_path: Path, out_dir: Path) -> list[Path]:
+    """PNGs of the per-task gradient norms, pairwise gradient cosines and task weights; returns the files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_log(log_path)
+    written = []
+    for prefix, (name, title) in MONITOR_PLOTS.items():
+        keys = sorted({k for r in records for k in r if k.startswith(prefix)})
+        if not keys:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+        for key in keys:
+            points = [(r["step"], r[key]) for r in records if key in r]
+            ax.plot(*zip(*points), label=key[len(prefix):])
+        ax.set(title=title, xlabel="step")
+        if prefix == "grad_cos/":
+            ax.axhline(0.0, color="grey", lw=0.8)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = out_dir / name
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written

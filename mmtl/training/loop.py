@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from data_pipelines.loader import make_loader
+from mmtl.balancing.backward import BalancedBackward
 from mmtl.builder import Components, components_from_data
 from mmtl.config import ExperimentConfig, save_config
 from mmtl.errors import MMTLError
@@ -19,7 +20,7 @@ from mmtl.registry import BALANCERS
 from mmtl.training.checkpoint import (
     load_train_state, load_weights, resolve_checkpoint, rng_state, save_run_checkpoint, set_rng_state,
 )
-from mmtl.training.logging import RunLogger, plot_losses
+from mmtl.training.logging import RunLogger, plot_losses, plot_task_monitor
 from mmtl.training.optim import build_optimizer, build_scheduler
 from mmtl.training.precision import get_autocast, make_grad_scaler, resolve_device, resolve_precision
 
@@ -51,6 +52,7 @@ class Trainer:
         self.optimizer = build_optimizer([self.model, self.balancer], config.train, self.device)
         self.scheduler = build_scheduler(self.optimizer, config.train)
         self.scaler = make_grad_scaler(self.precision, self.device)
+        self.backward = BalancedBackward(self.model, self.balancer, self.scaler)
         self.step = 0
         if resume:
             self._resume(resume)
@@ -101,23 +103,29 @@ class Trainer:
             image_size=model.image.image_size, context_length=model.text.context_length,
             batch_size=data.batch_size, train=True, num_workers=data.num_workers,
             shuffle_buffer=data.shuffle_buffer, seed=self.config.seed + self.step,
+            max_corrupt_fraction=data.max_corrupt_fraction, max_image_pixels=data.max_image_pixels,
         )
 
-    def train_step(self, batch) -> dict[str, torch.Tensor]:
-        """Forward, balance, backward and update on one batch; returns detached per-task losses."""
+    def train_step(self, batch, monitor: bool | None = None) -> dict[str, torch.Tensor]:
+        """Forward, balance, backward and update on one batch; returns detached per-task losses.
+
+        ``monitor`` (default: on log steps) adds per-task gradient norms and cosines on the shared parameters.
+        """
         self.model.train()
+        if monitor is None:
+            monitor = (self.step + 1) % self.config.train.log_every == 0 or self.step + 1 == self.config.train.steps
+        cache = self.backward.new_cache(self.step)
         with get_autocast(self.precision, self.device):
-            losses = self.model(batch)
-        total = self.balancer.combine(losses)
+            losses = self.model(batch, cache)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
+        balanced = self.backward(losses, cache, self.step, monitor)
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
-        return {**{k: v.detach() for k, v in losses.items()}, "total": total.detach(), "grad_norm": grad_norm}
+        return {**{k: v.detach() for k, v in losses.items()}, **balanced, "grad_norm": grad_norm}
 
     def run(self) -> TrainResult:
         """Train until ``train.steps``; Ctrl-C saves a checkpoint before stopping."""
@@ -126,7 +134,8 @@ class Trainer:
         save_config(self.config, self.run_dir / "config.yaml")
         logger = RunLogger(self.run_dir)
         progress = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not cfg.progress, dynamic_ncols=True)
-        batches = iter(self._loader())
+        self.data_loader = self._loader()
+        batches = iter(self.data_loader)
         started, last_log, data_wait, samples = time.perf_counter(), time.perf_counter(), 0.0, 0
         final: dict[str, float] = {}
         try:
@@ -153,19 +162,24 @@ class Trainer:
             logger.close()
         checkpoint = self.save()
         plot_losses(logger.path, self.run_dir, [t.name for t in self.components.tasks])
+        plot_task_monitor(logger.path, self.run_dir)
         return TrainResult(self.run_dir, checkpoint, self.components, final, time.perf_counter() - started)
 
     def _log(self, logger: RunLogger, progress: tqdm, out: dict[str, torch.Tensor],
              samples_per_s: float, data_wait_fraction: float) -> dict[str, float]:
         values = {name: float(value) for name, value in out.items()}
+        stats = {name: values.pop(name) for name in [n for n in values if "/" in n]}  # gradient monitor
         bad = [name for name, value in values.items() if not math.isfinite(value) and name != "grad_norm"]
         if bad:
             raise MMTLError(f"loss became non-finite at step {self.step} for: {', '.join(bad)} "
                             "(try a lower train.lr or train.precision=fp32)")
         record = {f"loss/{name}": value for name, value in values.items() if name not in ("grad_norm",)}
         record.update({f"weight/{t}": w for t, w in self.balancer.task_weights().items()})
+        record.update(stats)
         record.update({"lr": self.scheduler.get_last_lr()[0], "grad_norm": values["grad_norm"],
                        "samples_per_s": samples_per_s, "data_wait_fraction": data_wait_fraction})
+        corrupt = getattr(self.data_loader, "corrupt", None)  # skipped corrupt samples so far
+        record.update(corrupt.log_record() if corrupt is not None else {})
         logger.log(self.step, record)
         progress.set_postfix({n: f"{v:.3f}" for n, v in values.items() if n not in ("grad_norm", "total")}, refresh=False)
         return {name: value for name, value in values.items() if name != "grad_norm"}

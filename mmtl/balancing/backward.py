@@ -1,0 +1,99 @@
+"""Turns a balancer's decision into gradients: one backward for loss weighting, per-task gradients otherwise.
+
+Shared parameters are the encoders and the fusion; each head belongs to one task. For a
+gradient balancer on an update step, each task's (scaled) loss is differentiated separately
+with ``torch.autograd.grad(retain_graph=True)`` with respect to
+
+- ``on: params``: the shared parameters (T backward passes through the trunk), or
+- ``on: representation``: the fused outputs, cut from the trunk by ``MultiTaskModel.fuse``
+  (T cheap passes through the heads, then a single backward through the trunk),
+
+and to the task's own head. The per-task gradients are unscaled (GradScaler), rows that are not
+finite are zeroed so they cannot poison the others, the balancer combines them, and the result
+is written to ``.grad`` (scaled again, so that ``scaler.unscale_`` and its overflow check work as
+for one loss). Heads keep their own task's gradient.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mmtl.balancing.base import Balancer
+from mmtl.balancing.monitor import task_gradient_stats
+from mmtl.models.model import SHARED_OUTPUTS
+
+
+def _flatten(grads: tuple[torch.Tensor | None, ...], like: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([(g if g is not None else torch.zeros_like(t)).reshape(-1).float() for g, t in zip(grads, like)])
+
+
+def _split(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    out, start = [], 0
+    for tensor in like:
+        out.append(flat[start:start + tensor.numel()].view_as(tensor).to(tensor.dtype))
+        start += tensor.numel()
+    return out
+
+
+def sanitize(grads: torch.Tensor) -> torch.Tensor:
+    """``grads`` (T, D) with every row that holds a NaN or an infinity replaced by zeros (no host sync)."""
+    finite = torch.isfinite(grads).all(dim=1, keepdim=True)
+    return torch.where(finite, grads, torch.zeros_like(grads))
+
+
+class BalancedBackward:
+    """Back-propagates per-task losses as ``balancer`` says, for ``model`` under ``scaler``."""
+
+    def __init__(self, model: nn.Module, balancer: Balancer, scaler: torch.amp.GradScaler) -> None:
+        self.balancer, self.scaler = balancer, scaler
+        self.shared = [p for m in (model.encoders, model.fusion) for p in m.parameters() if p.requires_grad]
+        self.heads = {name: [p for p in head.parameters() if p.requires_grad] for name, head in model.heads.items()}
+
+    def per_task_step(self, step: int) -> bool:
+        """Whether step ``step`` computes per-task gradients for the balancer."""
+        return self.balancer.kind == "gradient" and self.balancer.due(step)
+
+    def new_cache(self, step: int) -> dict:
+        """The model's fusion cache for this step (asks it to cut the representation when needed)."""
+        if self.per_task_step(step) and self.balancer.on == "representation":
+            return {SHARED_OUTPUTS: []}
+        return {}
+
+    def _grads(self, losses: dict[str, torch.Tensor], inputs: list[torch.Tensor], heads: bool) -> torch.Tensor:
+        """Unscaled per-task gradients (T, D) on ``inputs``; with ``heads`` each head's gradient goes to ``.grad``."""
+        rows = []
+        for task, loss in losses.items():
+            own = self.heads[task] if heads else []
+            grads = torch.autograd.grad(self.scaler.scale(loss), inputs + own, retain_graph=True, allow_unused=True)
+            rows.append(_flatten(grads[:len(inputs)], inputs))
+            for param, grad in zip(own, grads[len(inputs):]):
+                if grad is not None:
+                    param.grad = grad if param.grad is None else param.grad + grad
+        scale = self.scaler.scale(torch.ones((), device=rows[0].device))
+        return torch.stack(rows) / scale
+
+    def __call__(self, losses: dict[str, torch.Tensor], cache: dict, step: int, monitor: bool) -> dict[str, torch.Tensor]:
+        """Back-propagate; returns the (detached) balanced total and, when ``monitor``, gradient statistics."""
+        names = list(losses)
+        if not self.per_task_step(step):
+            total = self.balancer.combine(losses)
+            stats = task_gradient_stats(names, self._grads(losses, self.shared, heads=False)) if monitor else {}
+            self.scaler.scale(total).backward()
+            return {"total": total.detach(), **stats}
+        pairs = cache.get(SHARED_OUTPUTS)
+        inputs = [leaf for _, leaf in pairs] if pairs is not None else self.shared
+        grads = sanitize(self._grads(losses, inputs, heads=True))
+        ids, values = self.balancer.present(losses)
+        combined = self.balancer.update(grads, values, ids) * self.scaler.scale(torch.ones((), device=grads.device))
+        if pairs is None:
+            for param, grad in zip(self.shared, _split(combined, self.shared)):
+                param.grad = grad
+        else:
+            outputs = [original for original, _ in pairs]
+            if monitor:  # per-task gradients on the parameters: J^T g_t, one trunk pass each, log steps only
+                grads = torch.stack([_flatten(torch.autograd.grad(
+                    outputs, self.shared, _split(row, outputs), retain_graph=True, allow_unused=True), self.shared)
+                    for row in grads])
+            torch.autograd.backward(outputs, _split(combined, outputs))
+        total = (self.balancer.weights[ids] * values).sum().detach()
+        return {"total": total, **(task_gradient_stats(names, grads) if monitor else {})}

@@ -1,0 +1,236 @@
+"""Decoding for text decoders: greedy, beam search, top-k / top-p sampling, batched, with a KV cache.
+
+A decoder here is any module with ``forward(ids, memory, memory_valid) -> logits (B, T, V)``,
+``new_caches(memory)``, ``step(ids_last, caches, memory_mask) -> logits (B, V)`` and ``max_length``
+(``TextDecoder`` and ``PromptedDecoder``). Outputs are ids (B, T) without BOS; a row that ended
+(EOS) is padded with PAD. Logits processors follow the usual definitions (Keskar et al. 2019 for
+the repetition penalty; Paulus et al. 2017 for no-repeat n-grams).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmtl.config import GenerationConfig
+from mmtl.models.layers import key_mask
+from mmtl.text import BOS, EOS, PAD
+
+
+class DecodingSession:
+    """Next-token logits for a growing prefix, from the KV cache or by re-running the whole prefix."""
+
+    def __init__(self, decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Tensor, use_cache: bool) -> None:
+        self.decoder, self.memory, self.memory_valid = decoder, memory, memory_valid
+        self.mask = key_mask(memory_valid)
+        self.caches = decoder.new_caches(memory) if use_cache else None
+
+    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits (N, V) of the token after ``ids`` (N, t); with a cache only ``ids[:, -1]`` is new."""
+        if self.caches is None:
+            return self.decoder(ids, self.memory, self.memory_valid)[:, -1]
+        return self.decoder.step(ids[:, -1:], self.caches, self.mask)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep rows ``index`` (beams of the same sample: memory rows are identical)."""
+        if self.caches is not None:
+            for cache in self.caches:
+                cache.reorder(index)
+
+
+def apply_repetition_penalty(logits: torch.Tensor, generated: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Make every token already in ``generated`` (N, t) less likely: positive logits / p, negative * p."""
+    if penalty == 1.0 or generated.shape[1] == 0:
+        return logits
+    seen = logits.gather(1, generated)
+    seen = torch.where(seen < 0, seen * penalty, seen / penalty)
+    return logits.scatter(1, generated, seen)
+
+
+def banned_ngram_tokens(generated: list[list[int]], n: int) -> list[set[int]]:
+    """Per row, the tokens that would complete an n-gram already present in that row."""
+    banned: list[set[int]] = []
+    for row in generated:
+        tokens: set[int] = set()
+        if n > 0 and len(row) >= n - 1:
+            prefix = tuple(row[len(row) - n + 1:]) if n > 1 else ()
+            for i in range(len(row) - n + 1):
+                if tuple(row[i : i + n - 1]) == prefix:
+                    tokens.add(row[i + n - 1])
+        banned.append(tokens)
+    return banned
+
+
+def process_logits(logits: torch.Tensor, generated: torch.Tensor, config: GenerationConfig,
+                   min_length: int) -> torch.Tensor:
+    """Repetition penalty, no-repeat n-grams and the minimum length (no EOS before it), on (N, V) logits."""
+    logits = apply_repetition_penalty(logits, generated, config.repetition_penalty)
+    if config.no_repeat_ngram_size > 0:
+        banned = banned_ngram_tokens(generated.tolist(), config.no_repeat_ngram_size)
+        rows = [r for r, tokens in enumerate(banned) for _ in tokens]
+        cols = [t for tokens in banned for t in tokens]
+        if rows:
+            logits = logits.index_put((torch.tensor(rows, device=logits.device), torch.tensor(cols, device=logits.device)),
+                                      torch.tensor(float("-inf"), device=logits.device))
+    if generated.shape[1] < min_length:
+        logits = logits.clone()
+        logits[:, EOS] = float("-inf")
+    return logits
+
+
+def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Keep the ``top_k`` largest logits (0: all), then the smallest set whose probability reaches ``top_p``."""
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        # drop a token when the tokens before it already reach top_p (the first one always stays)
+        drop = (cumulative - sorted_logits.softmax(-1)) >= top_p
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return logits
+
+
+def generate(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Tensor,
+             config: GenerationConfig | None = None, *, max_length: int | None = None,
+             use_cache: bool = True) -> torch.Tensor:
+    """Decode a batch: beam search when ``config.num_beams > 1``, else sampling or greedy.
+
+    ``max_length`` (default ``config.max_length``) counts generated tokens and is capped by the
+    decoder's positions. Each row stops at its own EOS; the batch stops when every row has.
+    """
+    config = config or GenerationConfig()
+    steps = min(max_length if max_length is not None else config.max_length, decoder.max_length - 1)
+    if config.num_beams > 1:
+        return beam_search(decoder, memory, memory_valid, config, steps, use_cache)
+    return sample(decoder, memory, memory_valid, config, steps, use_cache)
+
+
+@torch.no_grad()
+def sample(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Tensor, config: GenerationConfig,
+           steps: int, use_cache: bool = True) -> torch.Tensor:
+    """Greedy decoding, or sampling (``do_sample``) with temperature, top-k and top-p from a seeded generator."""
+    batch = memory.shape[0]
+    session = DecodingSession(decoder, memory, memory_valid, use_cache)
+    ids = torch.full((batch, 1), BOS, dtype=torch.long, device=memory.device)
+    done = torch.zeros(batch, dtype=torch.bool, device=memory.device)
+    generator = None
+    if config.do_sample:
+        generator = torch.Generator(device=memory.device).manual_seed(config.seed)
+    for _ in range(steps):
+        logits = process_logits(session.logits(ids).float(), ids[:, 1:], config, config.min_length)
+        if generator is None:
+            next_id = logits.argmax(-1)
+        else:
+            logits = filter_top_k_top_p(logits / config.temperature, config.top_k, config.top_p)
+            next_id = torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+        next_id = torch.where(done, torch.full_like(next_id, PAD), next_id)
+        ids = torch.cat([ids, next_id[:, None]], dim=1)
+        done |= next_id == EOS
+        if bool(done.all()):
+            break
+    return ids[:, 1:]
+
+
+class _Hypotheses:
+    """The best ``size`` finished hypotheses of one sample, scored by sum log-prob / length ** penalty."""
+
+    def __init__(self, size: int, length_penalty: float) -> None:
+        self.size, self.length_penalty = size, length_penalty
+        self.items: list[tuple[float, list[int]]] = []
+
+    def score(self, logprob: float, length: int) -> float:
+        return logprob / (max(length, 1) ** self.length_penalty)
+
+    def add(self, logprob: float, tokens: list[int]) -> None:
+        if logprob == float("-inf"):
+            return
+        self.items.append((self.score(logprob, len(tokens)), tokens))
+        self.items.sort(key=lambda item: item[0], reverse=True)
+        del self.items[self.size :]
+
+    def is_done(self, best_alive_logprob: float, length: int) -> bool:
+        """Full, and no alive beam can beat the worst kept one (the usual non-exhaustive criterion)."""
+        return len(self.items) == self.size and self.items[-1][0] >= self.score(best_alive_logprob, length)
+
+    def best(self) -> list[int]:
+        return self.items[0][1]
+
+
+@torch.no_grad()
+def beam_search(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Tensor, config: GenerationConfig,
+                steps: int, use_cache: bool = True) -> torch.Tensor:
+    """Batched beam search with length penalty; the KV cache follows the surviving beams.
+
+    Each step ranks the 2K best continuations of a sample's K beams: EOS among the top K
+    finishes a hypothesis, the best K others continue. A sample stops once K hypotheses are
+    finished and no alive beam can beat them; the highest-scoring finished one is returned.
+    """
+    batch, beams = memory.shape[0], config.num_beams
+    device = memory.device
+    memory, memory_valid = memory.repeat_interleave(beams, 0), memory_valid.repeat_interleave(beams, 0)
+    session = DecodingSession(decoder, memory, memory_valid, use_cache)
+    ids = torch.full((batch * beams, 1), BOS, dtype=torch.long, device=device)
+    scores = torch.zeros(batch, beams, device=device)
+    scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first
+    scores = scores.view(-1)
+    finished = [_Hypotheses(beams, config.length_penalty) for _ in range(batch)]
+    done = [False] * batch
+    min_length = config.min_length
+    for step in range(steps):
+        logits = process_logits(session.logits(ids).float(), ids[:, 1:], config, min_length)
+        candidates = (scores[:, None] + F.log_softmax(logits, -1)).view(batch, -1)
+        vocab = logits.shape[-1]
+        top_scores, top_index = candidates.topk(min(2 * beams, candidates.shape[1]), dim=1)
+        origin, token = (top_index // vocab).tolist(), (top_index % vocab).tolist()
+        top_scores_list = top_scores.tolist()
+        new_origin = [[0] * beams for _ in range(batch)]
+        new_token = [[PAD] * beams for _ in range(batch)]
+        new_score = [[float("-inf")] * beams for _ in range(batch)]
+        generated = ids[:, 1:].tolist()
+        for b in range(batch):
+            if done[b]:
+                new_origin[b] = list(range(beams))
+                continue
+            slot = 0
+            for rank, (o, t, s) in enumerate(zip(origin[b], token[b], top_scores_list[b])):
+                if t == EOS:
+                    if rank < beams:
+                        finished[b].add(s, generated[b * beams + o] + [EOS])
+                    continue
+                new_origin[b][slot], new_token[b][slot], new_score[b][slot] = o, t, s
+                slot += 1
+                if slot == beams:
+                    break
+            done[b] = finished[b].is_done(max(new_score[b]), step + 1)
+        index = (torch.arange(batch, device=device)[:, None] * beams + torch.tensor(new_origin, device=device)).view(-1)
+        ids = torch.cat([ids.index_select(0, index), torch.tensor(new_token, device=device).view(-1, 1)], dim=1)
+        scores = torch.tensor(new_score, device=device).view(-1)
+        session.reorder(index)
+        if all(done):
+            break
+    generated, alive_scores = ids[:, 1:].tolist(), scores.tolist()
+    outputs = []
+    for b in range(batch):
+        if not done[b]:  # ran out of steps: alive beams compete with the finished ones
+            for k in range(beams):
+                finished[b].add(alive_scores[b * beams + k], generated[b * beams + k])
+        outputs.append(finished[b].best() if finished[b].items else generated[b * beams])
+    width = max(1, max(len(o) for o in outputs))
+    result = torch.full((batch, width), PAD, dtype=torch.long, device=device)
+    for b, tokens in enumerate(outputs):
+        result[b, : len(tokens)] = torch.tensor(tokens, dtype=torch.long, device=device)
+    return result
+
+
+def sequence_logprob(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Tensor,
+                     tokens: torch.Tensor) -> torch.Tensor:
+    """Sum of log-probabilities (B,) the decoder gives ``tokens`` (B, T, no BOS), up to each row's EOS."""
+    ids = torch.cat([torch.full_like(tokens[:, :1], BOS), tokens], dim=1)
+    logp = F.log_softmax(decoder(ids[:, :-1], memory, memory_valid).float(), -1)
+    picked = logp.gather(2, tokens[..., None])[..., 0]
+    ended_before = torch.cumsum((tokens == EOS).long(), 1) - (tokens == EOS).long() > 0
+    keep = (tokens != PAD) & ~ended_before
+    return (picked * keep).sum(1)
+

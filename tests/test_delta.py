@@ -1,0 +1,108 @@
+"""Δm arithmetic against a hand-computed case, and `mmtl baselines` + `mmtl eval --baselines` as a user runs them."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmtl.cli import main
+from mmtl.evaluation.delta import delta_m, format_delta
+from tests.conftest import micro_overrides
+
+
+def test_delta_m_matches_a_hand_computed_case() -> None:
+    model = {"a": {"acc": 0.8, "f1": 0.6, "new": 1.0}, "b": {"err": 0.2}, "c": {"bleu": 0.0}}
+    base = {"a": {"acc": 0.5, "f1": 0.6}, "b": {"err": 0.25}, "c": {"bleu": 0.0}}
+    report = delta_m(model, base, {"a": "acc", "b": "err"}, {"b": ["err"]}, tolerance=0.0)
+    # a: acc +60%, f1 0% -> +30%; b: error 0.25 -> 0.2 is better: -(0.2-0.25)/0.25 = +20%; c: baseline 0, left out
+    assert report.per_task == pytest.approx({"a": 0.3, "b": 0.2})
+    assert report.delta_m == pytest.approx(0.25)
+    assert report.skipped == ["c/bleu"] and report.no_regression
+    assert "Δm = +25.00%" in format_delta(report)
+
+
+def test_non_regression_verdict_uses_the_tolerance() -> None:
+    model, base = {"a": {"f1": 0.57}, "b": {"f1": 0.9}}, {"a": {"f1": 0.6}, "b": {"f1": 0.5}}
+    strict = delta_m(model, base, {"a": "f1", "b": "f1"}, tolerance=0.02)
+    assert strict.delta_m == pytest.approx((-0.05 + 0.8) / 2)
+    assert not strict.verdicts["a"]["ok"] and strict.verdicts["b"]["ok"] and not strict.no_regression
+    assert "REGRESSED" in format_delta(strict)
+    assert delta_m(model, base, {"a": "f1", "b": "f1"}, tolerance=0.06).no_regression
+    with pytest.raises(ValueError):
+        delta_m({"a": {"f1": 1.0}}, {"b": {"f1": 1.0}}, {})
+
+
+def test_baselines_then_eval_reports_delta_m(micro_data: Path, tmp_path: Path, capsys) -> None:
+    base_dir, run = tmp_path / "base", tmp_path / "run"
+    overrides = micro_overrides(micro_data, run, steps=2)
+    assert main(["baselines", *overrides, "--out", str(base_dir)]) == 0
+    record = json.loads((base_dir / "baselines.json").read_text())
+    assert set(record["tasks"]) == {"recognition", "captioning", "summarization"}
+    assert record["steps"] == 2 and record["split"] == "test"
+    assert (base_dir / "captioning" / "checkpoints" / "LATEST").is_file()
+    meta = json.loads(next((base_dir / "recognition" / "checkpoints").glob("step-*/meta.json")).read_text())
+    assert meta["tasks"] == ["recognition"]
+
+    assert main(["train", *overrides]) == 0
+    capsys.readouterr()
+    out = tmp_path / "m.json"
+    assert main(["eval", "--checkpoint", str(run), "--baselines", str(base_dir / "baselines.json"),
+                 "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Δm = " in printed and "single-task" in printed and "parameters:" in printed
+    result = json.loads(out.read_text())
+    expected = delta_m(result["model"], {t: e["metrics"] for t, e in record["tasks"].items()},
+                       result["primary_metric"]).delta_m
+    assert result["delta"]["delta_m"] == pytest.approx(expected)
+    for task, verdict in result["delta"]["verdicts"].items():
+        metric = result["primary_metric"][task]
+        base = record["tasks"][task]["metrics"][metric]
+        assert verdict["change"] == pytest.approx((result["model"][task][metric] - base) / base)
+    assert result["delta"]["parameters"]["separate_models"] > result["delta"]["parameters"]["multi_task"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["baselines", "train.stpes=2"], "train.stpes"),
+    (["baselines", "--config", "missing.yaml"], "config file not found"),
+])
+def test_baselines_bad_input_exits_2(argv: list[str], message: str, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_eval_with_a_missing_or_bad_baselines_file_exits_2(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"tasks": {"recognition": {"metrics": 3}}}')
+    for path, message in ((tmp_path / "none.json", "baselines file not found"), (bad, "not a baselines file")):
+        # the baselines are read before the checkpoint, so no trained run is needed to see the error
+        assert main(["eval", "--checkpoint", str(tmp_path), "--baselines", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_affinity_grouping_prefers_tasks_that_help_each_other() -> None:
+    from mmtl.balancing.affinity import partitions, recommend_groups
+
+    assert len(list(partitions(["a", "b", "c", "d"]))) == 15  # Bell number B4
+    tasks = ["a", "b", "c", "d"]
+    z = torch.tensor([[1.0, 0.5, -0.4, -0.3], [0.6, 1.0, -0.2, -0.5], [-0.3, -0.6, 1.0, 0.4], [-0.2, -0.1, 0.3, 1.0]])
+    assert sorted(map(sorted, recommend_groups(tasks, z))) == [["a", "b"], ["c", "d"]]
+    assert recommend_groups(tasks, torch.full((4, 4), 0.2)) == [tasks]  # all help each other: one model
+    assert len(recommend_groups(tasks, z, max_groups=1)) == 1
+
+
+def test_analyze_affinity_cli(micro_data: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "aff"
+    argv = ["analyze", "affinity", *micro_overrides(micro_data, tmp_path / "r", steps=1), "--every", "1", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "recommended grouping" in printed
+    result = json.loads((out / "affinity.json").read_text())
+    z = torch.tensor(result["affinity"])
+    assert z.shape == (3, 3) and result["measurements"] == 1
+    assert (z.diagonal() > 0).all()  # a small step on a task's own loss lowers that loss
+    assert (out / "affinity.png").stat().st_size > 1000
+    assert main(["analyze", "affinity", "--every", "0"]) == 2
+    assert "--every must be >= 1" in capsys.readouterr().err
