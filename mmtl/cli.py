@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from mmtl.errors import MMTLError
+from mmtl.errors import MMTLError, TrainingInterrupted
 
 EXIT_USER_ERROR = 2
 
@@ -412,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
+    except TrainingInterrupted as exc:
+        print(f"mmtl: {exc}", file=sys.stderr)
+        return exc.exit_code
     except MMTLError as exc:
         print(f"mmtl: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -72,3 +72,28 @@ def test_fresh_run_refuses_to_mix_with_an_existing_run_unless_overwrite(micro_da
     train(resolve_config({}, base + ["train.overwrite=true"]))
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]  # the old run's records are gone, not appended to
+
+
+def test_sigterm_saves_a_checkpoint_exits_143_and_the_run_resumes(micro_data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    import os
+    import signal
+
+    from mmtl.cli import main
+
+    original = Trainer.train_step
+
+    def step_then_sigterm(self, batch, *args, **kwargs):
+        out = original(self, batch, *args, **kwargs)
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_sigterm)
+    overrides = micro_overrides(micro_data, tmp_path / "run", steps=5)
+    assert main(["train", *overrides]) == 143
+    err = capsys.readouterr().err
+    assert "SIGTERM at step 2" in err and "--resume latest" in err and "Traceback" not in err
+    assert load_train_state(resolve_checkpoint(tmp_path / "run"))["step"] == 2
+    monkeypatch.setattr(Trainer, "train_step", original)
+    assert main(["train", *overrides, "--resume", "latest"]) == 0
+    assert load_train_state(resolve_checkpoint(tmp_path / "run"))["step"] == 5

@@ -15,13 +15,14 @@ from data_pipelines.loader import make_loader
 from mmtl.balancing.backward import BalancedBackward
 from mmtl.builder import Components, components_from_data
 from mmtl.config import ExperimentConfig, save_config
-from mmtl.errors import MMTLError
+from mmtl.errors import MMTLError, TrainingInterrupted
 from mmtl.registry import BALANCERS
 from mmtl.training.checkpoint import (
     load_train_state, load_weights, resolve_checkpoint, rng_state, save_run_checkpoint, set_rng_state,
 )
 from mmtl.training.logging import RunLogger, plot_losses, plot_task_monitor
 from mmtl.training.optim import build_optimizer, build_scheduler
+from mmtl.training.signals import GracefulStop
 from mmtl.training.precision import get_autocast, make_grad_scaler, resolve_device, resolve_precision
 
 
@@ -128,7 +129,7 @@ class Trainer:
         return {**{k: v.detach() for k, v in losses.items()}, **balanced, "grad_norm": grad_norm}
 
     def run(self) -> TrainResult:
-        """Train until ``train.steps``; Ctrl-C saves a checkpoint before stopping."""
+        """Train until ``train.steps``; SIGTERM or Ctrl-C saves a checkpoint, then raises TrainingInterrupted."""
         cfg = self.config.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.config, self.run_dir / "config.yaml")
@@ -138,29 +139,31 @@ class Trainer:
         batches = iter(self.data_loader)
         started, last_log, data_wait, samples = time.perf_counter(), time.perf_counter(), 0.0, 0
         final: dict[str, float] = {}
-        try:
-            while self.step < cfg.steps:
-                fetch = time.perf_counter()
-                batch = next(batches).to(self.device)
-                data_wait += time.perf_counter() - fetch
-                samples += len(batch)
-                out = self.train_step(batch)
-                progress.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    now = time.perf_counter()
-                    final = self._log(logger, progress, out, samples / (now - last_log), data_wait / (now - last_log))
-                    last_log, data_wait, samples = now, 0.0, 0
-                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
-                    self.save()
-        except KeyboardInterrupt:
-            progress.close()
-            path = self.save()
-            raise MMTLError(f"interrupted at step {self.step}; checkpoint saved to {path} "
-                            f"(continue with `mmtl train --config {self.run_dir}/config.yaml --resume latest`)") from None
-        finally:
-            progress.close()
-            logger.close()
+        with GracefulStop() as stop:
+            try:
+                while self.step < cfg.steps and stop.requested is None:
+                    fetch = time.perf_counter()
+                    batch = next(batches).to(self.device)
+                    data_wait += time.perf_counter() - fetch
+                    samples += len(batch)
+                    out = self.train_step(batch)
+                    progress.update(1)
+                    if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                        now = time.perf_counter()
+                        final = self._log(logger, progress, out, samples / (now - last_log), data_wait / (now - last_log))
+                        last_log, data_wait, samples = now, 0.0, 0
+                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
+                        self.save()
+            except KeyboardInterrupt:  # a Ctrl-C that arrived outside the handler (e.g. not the main thread)
+                stop.requested = "SIGINT"
+            finally:
+                progress.close()
+                logger.close()
         checkpoint = self.save()
+        if stop.requested is not None:
+            raise TrainingInterrupted(
+                f"{stop.requested} at step {self.step}: checkpoint saved to {checkpoint}; continue with "
+                f"`mmtl train --config {self.run_dir}/config.yaml --resume latest`", signal_name=stop.requested)
         plot_losses(logger.path, self.run_dir, [t.name for t in self.components.tasks])
         plot_task_monitor(logger.path, self.run_dir)
         return TrainResult(self.run_dir, checkpoint, self.components, final, time.perf_counter() - started)
