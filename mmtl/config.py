@@ -138,6 +138,9 @@ class TrainConfig:
     precision: str = choice("auto", "auto", "fp32", "bf16", "fp16")
     device: str = "auto"
     log_every: int = 10
+    # per-task gradient norms and cosines on the shared parameters cost one backward per task for
+    # loss-weighting balancers: measured on log steps that fall every this many steps (0: never)
+    monitor_every: int = 50
     checkpoint_every: int = 200
     progress: bool = True
     # start over in an output_dir that already holds a run (its log, plots and checkpoints are deleted)

@@ -1,9 +1,13 @@
 """Shared fixtures: a micro synthetic data set written once per session into a temp dir."""
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
+import torch
 
 from data_pipelines.synthetic import write_shards
 
@@ -25,3 +29,25 @@ def micro_overrides(data: Path, out: Path, steps: int = 3) -> list[str]:
         "data.batch_size=8", "train.log_every=1", "train.progress=false", "eval.max_samples=16",
         "train.warmup_steps=1", "model.decoder.max_length=48", "eval.generation.max_length=8",
     ]
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Micro models run fastest on one thread (and do not stall when the cores are shared)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@contextmanager
+def serving(server: Any) -> Iterator[Any]:
+    """Run an HTTP server (``serve_forever``) in a daemon thread; shut it down afterwards."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

@@ -259,7 +259,7 @@ def test_every_balancer_trains_and_its_state_survives_resume(name: str, micro_da
 
 def test_training_logs_and_plots_the_task_monitor(micro_data: Path, tmp_path: Path) -> None:
     overrides = micro_overrides(micro_data, tmp_path / "run", steps=2) + [
-        "balancer.name=pcgrad", "balancer.on=representation"]
+        "balancer.name=pcgrad", "balancer.on=representation", "train.monitor_every=1"]
     train(resolve_config({}, overrides))
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     for record in records:

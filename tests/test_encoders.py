@@ -13,13 +13,7 @@ from mmtl.text import Vocabulary
 import mmtl.components  # noqa: F401
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Micro models run fastest on one thread (and do not stall when the cores are shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 VISION = {"patch_size": 16, "width": 32, "layers": 1, "head_width": 16}
 TEXT = {"width": 32, "heads": 2, "layers": 1}

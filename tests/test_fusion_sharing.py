@@ -17,13 +17,7 @@ from mmtl.text import Vocabulary
 import mmtl.components  # noqa: F401
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Micro models run fastest on one thread (and do not stall when the cores are shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CLASSES = ["red circle", "blue square", "green triangle"]
 VOCAB = Vocabulary.from_texts(["a red circle left of a blue square", "anna drew 2 objects : a b c"])

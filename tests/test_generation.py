@@ -16,13 +16,7 @@ from mmtl.models.heads import TextDecoder
 from mmtl.text import BOS, EOS, PAD
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Micro models run fastest on one thread (and do not stall when the cores are shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Bigram(nn.Module):

@@ -7,7 +7,6 @@ import io
 import json
 import subprocess
 import sys
-import threading
 import urllib.error
 import urllib.request
 import uuid
@@ -21,7 +20,7 @@ from PIL import Image
 from mmtl.cli import main
 from mmtl.inference import Predictor
 from mmtl.serve import ServerLimits, make_server
-from tests.conftest import micro_overrides
+from tests.conftest import micro_overrides, serving
 
 LIMITS = ServerLimits(max_body_bytes=200_000, max_pixels=100_000, max_text_chars=500)
 
@@ -40,13 +39,8 @@ def predictor(run_dir: Path) -> Predictor:
 
 @pytest.fixture(scope="module")
 def server(predictor: Predictor) -> Iterator[Any]:
-    srv = make_server(predictor, "127.0.0.1", 0, LIMITS, max_batch=8, max_wait_ms=100)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join(timeout=10)
+    with serving(make_server(predictor, "127.0.0.1", 0, LIMITS, max_batch=8, max_wait_ms=100)) as srv:
+        yield srv
 
 
 def png_bytes(color=(200, 30, 30), size=(40, 30), mode="RGB") -> bytes:

@@ -21,6 +21,9 @@ def test_training_writes_a_complete_run_directory(micro_data: Path, tmp_path: Pa
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert all(f"loss/{t}" in records[-1] for t in config.tasks)
+    # per-task gradient statistics cost extra backward passes: only every train.monitor_every
+    # steps (default 50) and at the last step, not on every log step
+    assert [any(k.startswith("grad_norm/") for k in r) for r in records] == [False, False, False, True]
     assert (run / "checkpoints" / LATEST).read_text() == "step-00000004"
     assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-00000002", "step-00000004"]
     assert not list((run / "checkpoints").glob(".*tmp*"))  # no temp leftovers

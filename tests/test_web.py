@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -17,7 +16,7 @@ from PIL import Image
 from mmtl.cli import main
 from mmtl.inference import Predictor
 from mmtl.serve import make_server
-from tests.conftest import micro_overrides
+from tests.conftest import micro_overrides, serving
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -36,13 +35,8 @@ BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 def server(micro_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     run = tmp_path_factory.mktemp("web_run") / "run"
     assert main(["train", *micro_overrides(micro_data, run, steps=2)]) == 0
-    srv = make_server(Predictor.from_pretrained(run), "127.0.0.1", 0, max_wait_ms=1)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join(timeout=10)
+    with serving(make_server(Predictor.from_pretrained(run), "127.0.0.1", 0, max_wait_ms=1)) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from torch import nn
 
 from mmtl.config import ModelConfig
 from mmtl.models.encoders import Stream
-from mmtl.models.layers import MLP, CrossBlock, EncoderBlock, key_mask
+from mmtl.models.layers import MLP, DecoderBlock, EncoderBlock, key_mask
 from mmtl.registry import FUSIONS
 
 
@@ -137,7 +137,9 @@ class CrossAttentionFusion(LayeredFusion):
         super().__init__()
         self.global_token = nn.Parameter(torch.randn(1, 1, width) * 0.02)
         self.null_token = nn.Parameter(torch.randn(1, 1, width) * 0.02)
-        self.blocks = nn.ModuleList(CrossBlock(width, num_heads, mlp_ratio, dropout) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            DecoderBlock(width, num_heads, mlp_ratio, dropout, causal=False) for _ in range(depth)
+        )
         self.norm, self.context_norm = nn.LayerNorm(width), nn.LayerNorm(width)
 
     @classmethod
@@ -155,7 +157,7 @@ class CrossAttentionFusion(LayeredFusion):
         return FusionState(hidden, valid, key_mask(valid), context_tokens, context_valid)
 
     def run_layer(self, layer: nn.Module, state: FusionState) -> torch.Tensor:
-        return layer(state.hidden, state.mask, state.context, key_mask(state.context_valid))
+        return layer(state.hidden, state.context, key_mask(state.context_valid), state.mask)
 
     def end(self, state: FusionState) -> Fused:
         tokens = torch.cat([self.norm(state.hidden), self.context_norm(state.context[:, 1:])], dim=1)

@@ -67,17 +67,25 @@ class EncoderBlock(nn.Module):
 
 
 class DecoderBlock(nn.Module):
-    """Pre-norm causal self-attention, cross-attention to a memory, MLP."""
+    """Pre-norm self-attention, cross-attention to a memory, MLP.
 
-    def __init__(self, width: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
+    ``causal=True`` (a text decoder): each position sees only earlier ones. ``causal=False``: the
+    queries see each other freely (cross-attention fusion, where text attends to image tokens).
+    """
+
+    def __init__(self, width: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0,
+                 causal: bool = True) -> None:
         super().__init__()
+        self.causal = causal
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(width), nn.LayerNorm(width), nn.LayerNorm(width)
         self.self_attn = Attention(width, num_heads, dropout)
         self.cross_attn = Attention(width, num_heads, dropout)
         self.mlp = MLP(width, mlp_ratio, dropout)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.self_attn(self.norm1(x), causal=True)
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` restricts which of the queries ``x`` each query may see (on top of causality)."""
+        x = x + self.self_attn(self.norm1(x), mask=mask, causal=self.causal)
         x = x + self.cross_attn(self.norm2(x), context=memory, mask=memory_mask)
         return x + self.mlp(self.norm3(x))
 
@@ -89,23 +97,6 @@ class DecoderBlock(nn.Module):
         cache.self_v = v if cache.self_v is None else torch.cat([cache.self_v, v], dim=2)
         x = x + self.self_attn.attend(h, cache.self_k, cache.self_v)
         x = x + self.cross_attn.attend(self.norm2(x), cache.cross_k, cache.cross_v, memory_mask)
-        return x + self.mlp(self.norm3(x))
-
-
-class CrossBlock(nn.Module):
-    """Pre-norm self-attention over ``x``, cross-attention from ``x`` to a context, MLP (no causal mask)."""
-
-    def __init__(self, width: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(width), nn.LayerNorm(width), nn.LayerNorm(width)
-        self.self_attn = Attention(width, num_heads, dropout)
-        self.cross_attn = Attention(width, num_heads, dropout)
-        self.mlp = MLP(width, mlp_ratio, dropout)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, context: torch.Tensor,
-                context_mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.self_attn(self.norm1(x), mask=mask)
-        x = x + self.cross_attn(self.norm2(x), context=context, mask=context_mask)
         return x + self.mlp(self.norm3(x))
 
 

@@ -110,11 +110,14 @@ class Trainer:
     def train_step(self, batch, monitor: bool | None = None) -> dict[str, torch.Tensor]:
         """Forward, balance, backward and update on one batch; returns detached per-task losses.
 
-        ``monitor`` (default: on log steps) adds per-task gradient norms and cosines on the shared parameters.
+        ``monitor`` (default: on log steps that are also ``train.monitor_every`` steps, and the last)
+        adds per-task gradient norms and cosines on the shared parameters.
         """
         self.model.train()
         if monitor is None:
-            monitor = (self.step + 1) % self.config.train.log_every == 0 or self.step + 1 == self.config.train.steps
+            cfg, next_step = self.config.train, self.step + 1
+            logged = next_step % cfg.log_every == 0 or next_step == cfg.steps
+            monitor = logged and cfg.monitor_every > 0 and (next_step % cfg.monitor_every == 0 or next_step == cfg.steps)
         cache = self.backward.new_cache(self.step)
         with get_autocast(self.precision, self.device):
             losses = self.model(batch, cache)
