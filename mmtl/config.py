@@ -129,7 +129,7 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation and bookkeeping of a training run."""
 
-    steps: int = 350
+    steps: int = 320
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_steps: int = 30
