@@ -241,8 +241,10 @@ def make_loader(
     """
     urls = split_shards(path, split)
     if train:
-        stages = [wds.ResampledShards(urls, seed=seed), wds.tarfile_to_samples(handler=wds.warn_and_continue),
-                  wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100))]
+        # both seeded: webdataset's defaults mix in the time and pid, and a run must be reproducible
+        stages = [wds.ResampledShards(urls, seed=seed, deterministic=True),
+                  wds.tarfile_to_samples(handler=wds.warn_and_continue),
+                  wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed)]
     else:
         stages = [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker,
                   wds.tarfile_to_samples(handler=wds.warn_and_continue)]

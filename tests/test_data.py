@@ -88,3 +88,16 @@ def test_missing_data_set_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(MMTLError, match="split 'nope'"):
         (tmp_path / "dataset.json").write_text(json.dumps({"splits": {}}))
         split_shards(tmp_path, "nope")
+
+
+def test_training_stream_is_reproducible_from_its_seed(micro_data: Path) -> None:
+    config, parts = _parts(micro_data)
+
+    def keys(seed: int) -> list[str]:
+        loader = make_loader(str(micro_data), "train", tasks=parts.tasks, vocab=parts.vocab, image_size=32,
+                             context_length=64, batch_size=16, train=True, shuffle_buffer=64, seed=seed)
+        it = iter(loader)
+        return [k for _ in range(4) for k in next(it).keys]
+
+    assert keys(3) == keys(3)
+    assert keys(3) != keys(4)

@@ -100,3 +100,12 @@ def test_sigterm_saves_a_checkpoint_exits_143_and_the_run_resumes(micro_data: Pa
     monkeypatch.setattr(Trainer, "train_step", original)
     assert main(["train", *overrides, "--resume", "latest"]) == 0
     assert load_train_state(resolve_checkpoint(tmp_path / "run"))["step"] == 5
+
+
+def test_same_config_and_seed_give_the_same_run(micro_data: Path, tmp_path: Path) -> None:
+    def losses(run: str) -> list[float]:
+        train(resolve_config({}, micro_overrides(micro_data, tmp_path / run, steps=3)))
+        records = [json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+        return [r["loss/total"] for r in records]
+
+    assert losses("a") == losses("b")
