@@ -107,6 +107,10 @@ class Trainer:
             max_corrupt_fraction=data.max_corrupt_fraction, max_image_pixels=data.max_image_pixels,
         )
 
+    def _logs_at(self, step: int) -> bool:
+        """Whether the run logs after reaching ``step``: every ``train.log_every`` steps and the last."""
+        return step % self.config.train.log_every == 0 or step == self.config.train.steps
+
     def train_step(self, batch, monitor: bool | None = None) -> dict[str, torch.Tensor]:
         """Forward, balance, backward and update on one batch; returns detached per-task losses.
 
@@ -116,8 +120,8 @@ class Trainer:
         self.model.train()
         if monitor is None:
             cfg, next_step = self.config.train, self.step + 1
-            logged = next_step % cfg.log_every == 0 or next_step == cfg.steps
-            monitor = logged and cfg.monitor_every > 0 and (next_step % cfg.monitor_every == 0 or next_step == cfg.steps)
+            monitor = self._logs_at(next_step) and cfg.monitor_every > 0 and (
+                next_step % cfg.monitor_every == 0 or next_step == cfg.steps)
         cache = self.backward.new_cache(self.step)
         with get_autocast(self.precision, self.device):
             losses = self.model(batch, cache)
@@ -151,7 +155,7 @@ class Trainer:
                     samples += len(batch)
                     out = self.train_step(batch)
                     progress.update(1)
-                    if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    if self._logs_at(self.step):
                         now = time.perf_counter()
                         final = self._log(logger, progress, out, samples / (now - last_log), data_wait / (now - last_log))
                         last_log, data_wait, samples = now, 0.0, 0
@@ -184,8 +188,7 @@ class Trainer:
         record.update(stats)
         record.update({"lr": self.scheduler.get_last_lr()[0], "grad_norm": values["grad_norm"],
                        "samples_per_s": samples_per_s, "data_wait_fraction": data_wait_fraction})
-        corrupt = getattr(self.data_loader, "corrupt", None)  # skipped corrupt samples so far
-        record.update(corrupt.log_record() if corrupt is not None else {})
+        record.update(self.data_loader.corrupt.log_record())  # skipped corrupt samples so far
         logger.log(self.step, record)
         progress.set_postfix({n: f"{v:.3f}" for n, v in values.items() if n not in ("grad_norm", "total")}, refresh=False)
         return {name: value for name, value in values.items() if name != "grad_norm"}
