@@ -51,7 +51,7 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
         raise _image_error(exc) from None
     width, height = image.size
     if width * height > max_pixels:
-        raise CorruptSampleError("decompression_bomb", f"{width}x{height} pixels > limit {max_pixels}")
+        raise CorruptSampleError("decompression_bomb", f"{width}x{height} = {width * height} pixels; the limit is {max_pixels}")
     return image
 
 

@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from data_pipelines.loader import Collator, Example
-from data_pipelines.transforms import resize_center_crop, to_uint8_tensor
+from data_pipelines.transforms import (
+    CorruptSampleError, decode_image, resize_center_crop, to_rgb, to_uint8_tensor,
+)
 from mmtl.builder import Components, components_from_meta
 from mmtl.config import EvalConfig, ExperimentConfig, GenerationConfig, build_dataclass, load_config
 from mmtl.errors import MMTLError
@@ -112,30 +114,27 @@ def check_text(text: str | None, max_chars: int | None = None) -> str | None:
 def load_image(image: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image | None:
     """A PIL RGB image from a PIL image, a file path or encoded bytes; a clear error when it is not one.
 
-    ``max_pixels`` is checked from the header, before decoding, so a decompression bomb costs nothing.
+    Decoded exactly as training data is (:func:`data_pipelines.transforms.decode_image`: EXIF
+    orientation, transparency onto white), and ``max_pixels`` is checked from the header, before
+    decoding, so a decompression bomb costs nothing.
     """
     if image is None:
         return None
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return to_rgb(image)
     if isinstance(image, (bytes, bytearray)):
-        source, name = io.BytesIO(image), "image data"
+        data, name = bytes(image), "image data"
     else:
         path = Path(image)
         if not path.is_file():
             raise MMTLError(f"image file not found: {path}")
-        source, name = path, str(path)
+        data, name = path.read_bytes(), str(path)
     try:
-        with Image.open(source) as opened:
-            width, height = opened.size
-            if max_pixels is not None and width * height > max_pixels:
-                raise InputTooLarge(f"{name} has {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
-            opened.load()
-            return ImageOps.exif_transpose(opened).convert("RGB")
-    except Image.DecompressionBombError as exc:
-        raise InputTooLarge(f"{name} is too large to decode: {exc}") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise MMTLError(f"{name} is not a readable image ({exc.__class__.__name__})") from None
+        return decode_image(data, max_pixels if max_pixels is not None else sys.maxsize)
+    except CorruptSampleError as exc:
+        if exc.reason == "decompression_bomb":
+            raise InputTooLarge(f"{name}: {exc.detail}") from None
+        raise MMTLError(f"{name} is not a readable image ({exc.detail})") from None
 
 
 def check_device(name: str) -> torch.device:

@@ -197,3 +197,13 @@ def test_interrupt_then_rerun_finishes_without_repeats(run_dir: Path, pairs_file
     assert main(argv) == 0
     ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
     assert sorted(ids) == sorted({"a", "b", "t", "missing", "fake", "empty", "line-7", "c"}) and len(ids) == 8
+
+
+def test_inference_decodes_images_like_training_data(tmp_path: Path) -> None:
+    """Transparency becomes white at inference exactly as in the loader (one decoder for both)."""
+    from data_pipelines.transforms import decode_image
+    from mmtl.inference import load_image
+
+    path = tmp_path / "clear.png"
+    Image.new("RGBA", (4, 4), (255, 0, 0, 0)).save(path)
+    assert load_image(path).getpixel((0, 0)) == decode_image(path.read_bytes()).getpixel((0, 0)) == (255, 255, 255)
