@@ -33,7 +33,10 @@ from mmtl.errors import MMTLError
 FORMATS = ("coco", "imagefolder", "jsonl", "csv")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 # fields a JSONL/CSV row may fill (see the sample contract); "image" and "key" are not annotations
-TABLE_FIELDS = ("image", "key", "labels", "captions", "document", "summaries", "source")
+TABLE_FIELDS = ("image", "key", "labels", "captions", "document", "summaries", "source", "depth", "audio", "count")
+# row fields naming files of further modalities (paths like ``image``): field -> how the file is stored
+EXTRA_FILE_FIELDS = ("depth", "audio")
+AUDIO_SUFFIXES = (".wav", ".flac")
 _LIST_FIELDS = ("labels", "captions", "summaries")
 # text that is not UTF-8 is decoded with these, in order (latin-1 accepts any byte)
 FALLBACK_ENCODINGS = ("cp1252", "latin-1")
@@ -46,6 +49,9 @@ class Record:
     key: str
     annotation: dict[str, Any]
     image_path: str | None = None
+    # further modalities: row field (depth, audio) -> file path; their checked bytes by sample key
+    extra_paths: dict[str, str] = field(default_factory=dict)
+    extra_data: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -329,13 +335,45 @@ def read_table(path: Path, fmt: str, image_root: Path | None, mapping: dict[str,
             value = _row_field(row, name, mapping, fmt == "csv")
             if value:
                 annotation[name] = value
+        count = _row_field(row, "count", mapping, fmt == "csv")
+        if count not in (None, ""):
+            try:
+                annotation["count"] = int(count)
+            except (TypeError, ValueError):
+                report.skipped["malformed_row"] += 1
+                continue
         image = _row_field(row, "image", mapping, fmt == "csv")
+        extras = {name: str(base / value) for name in EXTRA_FILE_FIELDS
+                  if (value := _row_field(row, name, mapping, fmt == "csv"))}
         if not supervised_tasks(annotation):
             report.skipped["no_annotations"] += 1
             continue
         key = _row_field(row, "key", mapping, fmt == "csv") or (Path(image).stem if image else f"row{number:08d}")
-        records.append(Record(keys(str(key)), annotation, str(base / image) if image else None))
+        records.append(Record(keys(str(key)), annotation, str(base / image) if image else None, extras))
     return records
+
+
+def prepare_extra(name: str, path: str) -> tuple[str, bytes]:
+    """(sample key, bytes) of a further modality's file: depth maps are stored as PNG (``depth.png``, re-encoded
+    when the source is another format), audio as it is under ``wav`` / ``flac``. Raises CorruptSampleError."""
+    data = Path(path).read_bytes()
+    if name == "depth":
+        image = load_pixels(open_image(data))
+        if image.format == "PNG":
+            return "depth.png", data
+        buffer = io.BytesIO()
+        (image if image.mode in ("L", "I;16", "I") else to_rgb(image).convert("L")).save(buffer, format="PNG")
+        return "depth.png", buffer.getvalue()
+    suffix = Path(path).suffix.lower()
+    if suffix not in AUDIO_SUFFIXES:
+        raise CorruptSampleError("undecodable_audio", f"{path}: audio must be {' or '.join(AUDIO_SUFFIXES)}")
+    import soundfile
+
+    try:
+        soundfile.info(io.BytesIO(data))
+    except Exception as exc:  # noqa: BLE001  libsndfile reports bad streams as several types
+        raise CorruptSampleError("undecodable_audio", f"{path}: {exc}") from None
+    return suffix[1:], data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,7 +416,7 @@ def _process(job: tuple[Record, int, int, int]) -> tuple[Record, bytes | None, b
     """Pool worker: read and prepare one record's image; returns (record, jpg, re-encoded, skip reason)."""
     record, resize_max, quality, max_pixels = job
     if record.image_path is None:
-        return record, None, False, None
+        return _with_extras(record, None, False)
     try:
         data = Path(record.image_path).read_bytes()
     except OSError:
@@ -387,6 +425,19 @@ def _process(job: tuple[Record, int, int, int]) -> tuple[Record, bytes | None, b
         jpg, reencoded = prepare_image(data, resize_max, quality, max_pixels)
     except CorruptSampleError as exc:
         return record, None, False, exc.reason
+    return _with_extras(record, jpg, reencoded)
+
+
+def _with_extras(record: Record, jpg: bytes | None, reencoded: bool) -> tuple[Record, bytes | None, bool, str | None]:
+    """Read and check the record's further modality files (a bad one skips the record, like a bad image)."""
+    for name, path in record.extra_paths.items():
+        try:
+            key, data = prepare_extra(name, path)
+        except OSError:
+            return record, None, False, f"missing_{name}_file"
+        except CorruptSampleError as exc:
+            return record, None, False, exc.reason
+        record.extra_data[key] = data
     return record, jpg, reencoded, None
 
 
@@ -447,6 +498,7 @@ def convert(records: list[Record], report: ReadReport, options: ConvertOptions, 
             sample = {"__key__": record.key, "json": record.annotation}
             if jpg is not None:
                 sample["jpg"] = jpg
+            sample.update(record.extra_data)
             yield sample
 
     if options.workers > 1:

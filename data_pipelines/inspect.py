@@ -32,7 +32,8 @@ def iter_raw(url: str, errors: list[dict[str, str]]) -> Iterator[dict[str, Any]]
         errors.append({"shard": Path(url).name, "key": "?", "reason": "unreadable_shard", "detail": str(exc)})
         return True
 
-    yield from wds.WebDataset(url, shardshuffle=False, empty_check=False, handler=handler)
+    yield from wds.WebDataset(url, shardshuffle=False, empty_check=False, handler=handler, nodesplitter=None,
+                               workersplitter=None)
 
 
 def check_sample(raw: dict[str, Any], max_pixels: int) -> tuple[dict[str, Any], tuple[int, int] | None]:

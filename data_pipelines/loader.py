@@ -1,5 +1,8 @@
 """Streaming loader: webdataset shards -> decoded samples -> multi-task batches.
 
+The raw stream (shard order, rank/worker split, epochs, mixing of sources, grouping into batches,
+skipping on resume) is built in ``data_pipelines.stream``; this module decodes and collates.
+
 One sample feeds every task it has annotations for, so an image is decoded and encoded once
 however many tasks use it. Tasks turn annotations into targets themselves; the loader never
 looks at a task's name.
@@ -16,13 +19,14 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
-import webdataset as wds
 
+from data_pipelines.mixing import MixPlan, Source, plan_mixing
 from data_pipelines.sample import IMAGE_KEYS, TEXT_INPUT_FIELD
 from data_pipelines.shards import split_shards
+from data_pipelines.stream import MODES, StreamDataset, StreamSpec, resolve_rank, sub_seed
 from data_pipelines.transforms import DEFAULT_MAX_PIXELS, CorruptSampleError, image_tensor, parse_annotation
 from mmtl.errors import MMTLError
 from mmtl.text import PAD, Vocabulary
@@ -39,6 +43,31 @@ class Example:
     text: list[int]
     targets: dict[str, Any]
     annotation: dict[str, Any]
+    # modalities beyond image and text (mmtl.modalities), by name
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class ModalityInput:
+    """One extra modality of a batch: ``data`` (B, ...), per-row ``present`` (B,) and how many rows have it."""
+
+    data: torch.Tensor
+    present: torch.Tensor
+    rows: int
+
+    def to(self, device: torch.device | str) -> "ModalityInput":
+        return ModalityInput(self.data.to(device, non_blocking=True), self.present.to(device, non_blocking=True),
+                             self.rows)
+
+
+def extra_modalities_of(tasks: Sequence[Any]) -> dict[str, Any]:
+    """The extra modality units of the model the tasks belong to (their context's ModelConfig)."""
+    model = next((t.context.model for t in tasks if getattr(getattr(t, "context", None), "model", None)), None)
+    if model is None or not getattr(model, "modalities", None):
+        return {}
+    from mmtl.modalities import extra_modalities  # here: mmtl.modalities imports the model package
+
+    return extra_modalities(model)
 
 
 @dataclass
@@ -55,16 +84,35 @@ class Batch:
     # shard -> count (they travel with the batch because the decoder lives in worker processes)
     skipped: dict[str, int] = field(default_factory=dict)
     skipped_shards: dict[str, int] = field(default_factory=dict)
+    # modalities beyond image and text that at least one row carries (see mmtl.modalities)
+    inputs: dict[str, ModalityInput] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def subset(self, rows: Sequence[int]) -> "Batch":
+        """The batch of ``rows`` only (targets re-indexed; skip counts stay with the original)."""
+        rows = list(rows)
+        where = {row: i for i, row in enumerate(rows)}
+        targets = {}
+        for task, target in self.targets.items():
+            keep = [i for i, row in enumerate(target["index"].tolist()) if row in where]
+            if keep:
+                picked = {k: v[keep] for k, v in target.items() if k != "index"}
+                index = torch.tensor([where[target["index"][i].item()] for i in keep], dtype=torch.long,
+                                     device=target["index"].device)
+                targets[task] = {"index": index, **picked}
+        text = self.text[rows]
+        length = max(1, int((text != PAD).sum(1).max())) if len(rows) else 1
+        return Batch([self.keys[r] for r in rows], self.image[rows], self.has_image[rows], text[:, :length], targets,
+                     [self.annotations[r] for r in rows] if self.annotations else [])
 
     def to(self, device: torch.device | str) -> "Batch":
         """Move tensors to ``device`` (non-blocking where the memory is pinned)."""
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
         targets = {task: {k: move(v) for k, v in t.items()} for task, t in self.targets.items()}
         return Batch(self.keys, move(self.image), move(self.has_image), move(self.text), targets, self.annotations,
-                     self.skipped, self.skipped_shards)
+                     self.skipped, self.skipped_shards, {k: v.to(device) for k, v in self.inputs.items()})
 
 
 @dataclass
@@ -86,9 +134,13 @@ class SampleDecoder:
     context_length: int
     seed: int = 0
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # extra modality units to decode (mmtl.modalities); None: those of the tasks' model config
+    modalities: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
+        if self.modalities is None:
+            self.modalities = extra_modalities_of(self.tasks)
 
     def __call__(self, raw: dict[str, Any]) -> Example | Skipped:
         key = str(raw.get("__key__", "?"))
@@ -104,16 +156,33 @@ class SampleDecoder:
 
     def decode(self, raw: dict[str, Any]) -> Example:
         annotation = parse_annotation(raw.get("json"))
+        targets = self.targets(annotation)  # before the image: advance() must draw the same random numbers
         image_key = next((k for k in IMAGE_KEYS if k in raw), None)
         image = image_tensor(raw[image_key], self.image_size, self.max_pixels) if image_key else None
         document = annotation.get(TEXT_INPUT_FIELD) or ""
         text = self.vocab.encode(document, self.context_length) if document else []
+        inputs = {}
+        for name, modality in self.modalities.items():
+            value = modality.decode(raw)
+            if value is not None:
+                inputs[name] = value
+        return Example(str(raw.get("__key__")), image, text, targets, annotation, inputs)
+
+    def targets(self, annotation: dict[str, Any]) -> dict[str, Any]:
+        """Each task's target from one annotation (tasks that find nothing to learn are left out)."""
         targets = {}
         for task in self.tasks:
             target = task.target(annotation, self.rng)
             if target is not None:
                 targets[task.name] = target
-        return Example(str(raw.get("__key__")), image, text, targets, annotation)
+        return targets
+
+    def advance(self, raw: dict[str, Any]) -> None:
+        """Skip ``raw`` without decoding its image or text, drawing the random numbers its decode would draw."""
+        try:
+            self.targets(parse_annotation(raw.get("json")))
+        except Exception:  # noqa: BLE001  decode() would have skipped it at the same point
+            pass
 
 
 @dataclass
@@ -122,6 +191,12 @@ class Collator:
 
     tasks: Sequence[Any]
     image_size: int
+    # extra modality units that stack their inputs (mmtl.modalities); None: those of the tasks' model config
+    modalities: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.modalities is None:
+            self.modalities = extra_modalities_of(self.tasks)
 
     def __call__(self, examples: list[Example]) -> Batch:
         size = len(examples)
@@ -141,26 +216,38 @@ class Collator:
             if rows:
                 collated = task.collate([examples[r].targets[task.name] for r in rows])
                 targets[task.name] = {"index": torch.tensor(rows, dtype=torch.long), **collated}
-        return Batch([e.key for e in examples], image, has_image, text, targets, [e.annotation for e in examples])
+        inputs = {}
+        for name, modality in self.modalities.items():
+            items = [e.inputs.get(name) for e in examples]
+            rows = sum(item is not None for item in items)
+            if rows:  # a modality no row carries is left out, so models skip its encoder
+                inputs[name] = ModalityInput(*modality.collate(items), rows)
+        return Batch([e.key for e in examples], image, has_image, text, targets, [e.annotation for e in examples],
+                     inputs=inputs)
 
 
-def batch_examples(source: Iterator[Example | Skipped], batch_size: int, collate: Collator,
-                   partial: bool) -> Iterator[Batch]:
-    """Group decoded examples into batches; each batch carries the skips counted since the last one."""
-    examples: list[Example] = []
+def batch_groups(groups: Iterable[list[tuple[int, dict[str, Any]]]], decoders: Sequence[SampleDecoder],
+                 collate: Collator) -> Iterator[Batch]:
+    """Decode each group of raw samples (source index, sample) into one batch of its good samples.
+
+    A batch is always one group, so batch k is a fixed set of raw samples (what makes resuming
+    exact); corrupt samples leave it shorter. Each batch carries the skips counted since the last
+    one (a group with no good sample yields nothing; its skips travel with the next batch).
+    """
     reasons: Counter = Counter()
     shards: Counter = Counter()
-    for item in source:
-        if isinstance(item, Skipped):
-            reasons[item.reason] += 1
-            shards[item.shard] += 1
-            continue
-        examples.append(item)
-        if len(examples) == batch_size:
+    for chunk in groups:
+        examples: list[Example] = []
+        for source, raw in chunk:
+            item = decoders[source](raw)
+            if isinstance(item, Skipped):
+                reasons[item.reason] += 1
+                shards[item.shard] += 1
+            else:
+                examples.append(item)
+        if examples:
             yield _with_skips(collate(examples), reasons, shards)
-            examples, reasons, shards = [], Counter(), Counter()
-    if examples and partial:
-        yield _with_skips(collate(examples), reasons, shards)
+            reasons, shards = Counter(), Counter()
 
 
 def _with_skips(batch: Batch, reasons: Counter, shards: Counter) -> Batch:
@@ -206,18 +293,27 @@ class CorruptCounter:
 
 
 class CountingLoader(torch.utils.data.DataLoader):
-    """A DataLoader whose batches update :attr:`corrupt` (skip totals) as they arrive."""
+    """A DataLoader whose batches update :attr:`corrupt` (skip totals) as they arrive.
+
+    :attr:`position` is the index of the next batch it will yield (``start_batch`` + batches yielded):
+    what a resumed run passes back as ``start_batch``. :attr:`plan` is the source mixture.
+    """
 
     corrupt: CorruptCounter
+    plan: MixPlan
+    start_batch: int = 0
+    position: int = 0
 
     def __iter__(self) -> Iterator[Batch]:
+        self.position = self.start_batch
         for batch in super().__iter__():
             self.corrupt.update(batch)
+            self.position += 1
             yield batch
 
 
 def make_loader(
-    path: str,
+    path: str | Sequence[Source],
     split: str,
     *,
     tasks: Sequence[Any],
@@ -231,30 +327,55 @@ def make_loader(
     seed: int = 0,
     max_corrupt_fraction: float | None = 0.01,
     max_image_pixels: int = DEFAULT_MAX_PIXELS,
-) -> torch.utils.data.DataLoader:
-    """A DataLoader of :class:`Batch` over one split.
+    mode: str = "resampled",
+    epochs: int | None = None,
+    mixing: str = "natural",
+    mixing_temperature: float = 2.0,
+    length_buckets: int = 0,
+    rank: int | None = None,
+    world_size: int | None = None,
+    start_batch: int = 0,
+) -> CountingLoader:
+    """A DataLoader of :class:`Batch` over one split, or over several sources mixed.
 
-    ``train=True``: shards resampled forever with a sample shuffle buffer (the loop counts steps).
-    ``train=False``: each sample exactly once, in order.
-    Corrupt samples are skipped and counted in ``loader.corrupt``; past ``max_corrupt_fraction``
-    of the samples seen (after at least 100) iterating raises :class:`MMTLError`.
+    ``path``: a shard directory (its ``split`` is read), or a list of :class:`Source` (``split``
+    unused) mixed by ``mixing`` (see ``data_pipelines.mixing``).
+    ``train=True``: ``mode="resampled"`` draws shards with replacement forever; ``mode="epoch"``
+    passes over the data in a new shard order each epoch (``epochs`` passes, None: forever). Both
+    shuffle samples in a buffer of ``shuffle_buffer``, and give each rank and worker its own part
+    (see ``data_pipelines.stream``). ``length_buckets`` > 0 groups documents of similar length.
+    ``train=False``: each sample exactly once, in order (split over ranks and workers).
+    ``rank``/``world_size``: this process among the data-parallel ones (default: torch.distributed's,
+    else 0 of 1). ``start_batch=k`` starts at batch k of the very stream a fresh loader with the same
+    arguments yields: the first k batches are read as raw samples and skipped, not decoded.
+    Batch k is raw samples k*B ... k*B+B-1 of its worker; corrupt ones are skipped (the batch is
+    shorter) and counted in ``loader.corrupt``; past ``max_corrupt_fraction`` of the samples seen
+    (after at least 100) iterating raises :class:`MMTLError`.
     """
-    urls = split_shards(path, split)
-    if train:
-        # both seeded: webdataset's defaults mix in the time and pid, and a run must be reproducible
-        stages = [wds.ResampledShards(urls, seed=seed, deterministic=True),
-                  wds.tarfile_to_samples(handler=wds.warn_and_continue),
-                  wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed)]
-    else:
-        stages = [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker,
-                  wds.tarfile_to_samples(handler=wds.warn_and_continue)]
-    decoder = SampleDecoder(tasks, vocab, image_size, context_length, seed=seed, max_pixels=max_image_pixels)
-    collate = Collator(tasks, image_size)
-    pipeline = wds.DataPipeline(
-        *stages,
-        wds.map(decoder),
-        functools.partial(batch_examples, batch_size=batch_size, collate=collate, partial=not train),
+    if mode not in MODES:
+        raise MMTLError(f"data.mode must be one of {', '.join(MODES)}; got {mode!r}")
+    if start_batch < 0 or length_buckets < 0:
+        raise MMTLError(f"start_batch and length_buckets must be >= 0; got {start_batch}, {length_buckets}")
+    sources = [Source(path, split)] if isinstance(path, (str, Path)) else list(path)
+    names = [t.name for t in tasks]
+    for source in sources:
+        unknown = sorted(set(source.tasks or ()) - set(names))
+        if unknown:
+            raise MMTLError(f"source {source.path} names tasks {', '.join(unknown)}, not among {', '.join(names)}")
+    rank, world_size = resolve_rank(rank, world_size)
+    spec = StreamSpec(
+        shards=[split_shards(s.path, s.split) for s in sources],
+        plan=plan_mixing(sources, names, mixing, mixing_temperature),
+        batch_size=batch_size, mode=mode if train else "epoch", shuffle=train, shuffle_buffer=shuffle_buffer,
+        seed=seed, epochs=epochs if train else 1, length_buckets=length_buckets if train else 0,
+        rank=rank, world_size=world_size,
     )
-    loader = CountingLoader(pipeline, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0)
+    decoders = [SampleDecoder([t for t in tasks if s.tasks is None or t.name in s.tasks], vocab, image_size,
+                              context_length, seed=sub_seed(seed, 0, i), max_pixels=max_image_pixels)
+                for i, s in enumerate(sources)]
+    batches = functools.partial(batch_groups, collate=Collator(tasks, image_size))
+    dataset = StreamDataset(spec, decoders, batches, start_batch)
+    loader = CountingLoader(dataset, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0)
     loader.corrupt = CorruptCounter(max_corrupt_fraction)
+    loader.plan, loader.start_batch, loader.position = spec.plan, start_batch, start_batch
     return loader

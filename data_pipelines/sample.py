@@ -1,7 +1,8 @@
 """The sample contract shared by converters, the loader and the tasks (see docs/architecture.md).
 
 A webdataset sample is ``__key__`` + optional image bytes (``jpg``/``png``/``webp``) + ``json``
-annotations. Which tasks a sample supervises follows from which annotation fields it has.
+annotations, plus optional inputs of further modalities under their own keys (``depth.png``,
+``wav``/``flac``; see ``mmtl.modalities``). Which tasks a sample supervises follows from which annotation fields it has.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ TASK_FIELDS: dict[str, tuple[str, ...]] = {
     "recognition": ("labels",),
     "captioning": ("captions",),
     "summarization": ("document", "summaries"),
+    "counting": ("count",),
 }
 
 # Annotation fields holding free text (used to build compact vocabularies).

@@ -120,7 +120,7 @@ def iter_annotations(path: str | Path, split: str, limit: int = 0) -> Iterator[d
 
     count = 0
     for url in split_shards(path, split):
-        for sample in wds.WebDataset(url, shardshuffle=False, empty_check=False):
+        for sample in wds.WebDataset(url, shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None):
             try:
                 annotation = parse_annotation(sample.get("json"))
             except CorruptSampleError:

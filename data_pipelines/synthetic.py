@@ -30,7 +30,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 from functools import lru_cache
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -275,11 +275,11 @@ def _noise_field(size: int, noise: float) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")
 
 
-def _draw_object(draw: ImageDraw.ImageDraw, obj: ShapeObject, size: int) -> None:
-    """Fill one object's shape in its colour."""
+def _draw_object(draw: ImageDraw.ImageDraw, obj: ShapeObject, size: int, fill: int | tuple | None = None) -> None:
+    """Fill one object's shape in its colour (or in ``fill``)."""
     cx, cy = obj.x * size, obj.y * size
     h = SIZE_HALF_EXTENT[obj.size] * size
-    fill = COLOUR_RGB[obj.colour]
+    fill = COLOUR_RGB[obj.colour] if fill is None else fill
     if obj.shape == "circle":
         draw.ellipse((cx - h, cy - h, cx + h, cy + h), fill=fill)
     elif obj.shape == "square":
@@ -536,10 +536,99 @@ def sample_rng(seed: int, index: int) -> random.Random:
 
 def generate_sample(index: int, seed: int, difficulty: Difficulty, image_size: int = 64) -> tuple[dict, Image.Image]:
     """Sample ``index`` of the data set ``seed``: its annotation dict and RGB image."""
+    annotation, image, _ = generate_scene_sample(index, seed, difficulty, image_size)
+    return annotation, image
+
+
+def generate_scene_sample(index: int, seed: int, difficulty: Difficulty,
+                          image_size: int = 64) -> tuple[dict, Image.Image, Scene]:
+    """:func:`generate_sample` plus the scene it draws (for the depth map and sound of the same scene)."""
     rng = sample_rng(seed, index)
     scene = make_scene(rng, difficulty)
     image = render(scene, image_size, rng, difficulty.noise)
-    return annotate(scene, rng, difficulty), image
+    return annotate(scene, rng, difficulty), image, scene
+
+
+# --------------------------------------------------------------------------- depth and sound
+
+# Shapes world's physics: every colour stands at its own distance (nearer = brighter in the depth
+# map), so a depth map shows colour as depth and shape as outline.
+DEPTH_BY_COLOUR: dict[str, int] = {"red": 240, "green": 210, "blue": 180, "yellow": 150, "purple": 120, "orange": 90}
+_DEPTH_JITTER = 6  # per-object depth varies by up to this much around its colour's level
+_DEPTH_FLOOR = (20, 60)  # the background floor: far at the top, nearer at the bottom
+AUDIO_SAMPLE_RATE = 8000
+AUDIO_SECONDS = 1.0
+
+
+def extra_rng(seed: int, index: int, what: str) -> random.Random:
+    """A generator for ``what`` (depth, audio) of sample ``index``, independent of the sample's own stream,
+    so adding a modality changes nothing in the image or the annotations."""
+    digest = hashlib.sha256(f"{seed}:{index}:{what}".encode("ascii")).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def render_depth(scene: Scene, size: int, rng: random.Random) -> Image.Image:
+    """The scene as an 8-bit depth map ("L"): a floor receding upwards, each object at its colour's depth."""
+    floor = np.linspace(_DEPTH_FLOOR[0], _DEPTH_FLOOR[1], size, dtype=np.float32)[:, None].repeat(size, 1)
+    noise = np.random.default_rng(rng.getrandbits(32)).uniform(-3, 3, (size, size)).astype(np.float32)
+    image = Image.fromarray(np.clip(np.rint(floor + noise), 0, 255).astype(np.uint8), "L")
+    draw = ImageDraw.Draw(image)
+    for obj in sorted(scene.objects, key=lambda o: DEPTH_BY_COLOUR[o.colour]):  # far objects first
+        level = DEPTH_BY_COLOUR[obj.colour] + rng.randint(-_DEPTH_JITTER, _DEPTH_JITTER)
+        _draw_object(draw, obj, size, fill=level)
+    return image
+
+
+def tone_frequency(colour: str, shape: str) -> float:
+    """Pitch of a class: one of 30 notes 1/7 octave apart from 150 Hz, by (colour, shape)."""
+    index = list(COLOUR_RGB).index(colour) * len(SHAPES) + SHAPES.index(shape)
+    return 150.0 * 2.0 ** (index / 7.0)
+
+
+def render_audio(scene: Scene, rng: random.Random, sample_rate: int = AUDIO_SAMPLE_RATE,
+                 seconds: float = AUDIO_SECONDS) -> np.ndarray:
+    """The scene as a sound: one tone per object at its class's pitch, loud for large objects, sounding
+    from left to right (onsets by x), plus faint noise. float32 in [-1, 1]."""
+    samples = int(round(sample_rate * seconds))
+    t = np.arange(samples, dtype=np.float64) / sample_rate
+    wave = np.zeros(samples, dtype=np.float64)
+    for obj in scene.objects:
+        onset = 0.5 * obj.x * seconds
+        envelope = np.clip((t - onset) / 0.02, 0.0, 1.0) * np.clip((seconds - t) / 0.02, 0.0, 1.0)
+        amplitude = 0.3 if obj.size == "large" else 0.15
+        phase = rng.uniform(0.0, 2.0 * np.pi)
+        wave += amplitude * envelope * np.sin(2.0 * np.pi * tone_frequency(obj.colour, obj.shape) * t + phase)
+    wave += np.random.default_rng(rng.getrandbits(32)).normal(0.0, 0.005, samples)
+    return np.clip(wave, -1.0, 1.0).astype(np.float32)
+
+
+def encode_wav(wave: np.ndarray, sample_rate: int) -> bytes:
+    """16-bit PCM mono WAV bytes (standard library only)."""
+    import io
+    import wave as wavefile
+
+    buffer = io.BytesIO()
+    with wavefile.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes((np.clip(wave, -1.0, 1.0) * 32767).astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
+# modality -> (sample key, (scene, seed, index, image size) -> encoded bytes)
+SYNTH_MODALITIES: dict[str, tuple[str, Callable[[Scene, int, int, int], bytes]]] = {
+    "depth": ("depth.png", lambda scene, seed, index, size: _encode_png(
+        render_depth(scene, size, extra_rng(seed, index, "depth")))),
+    "audio": ("wav", lambda scene, seed, index, size: encode_wav(
+        render_audio(scene, extra_rng(seed, index, "audio")), AUDIO_SAMPLE_RATE)),
+}
+
+
+def _encode_png(image: Image.Image) -> bytes:
+    from data_pipelines.shards import encode_image
+
+    return encode_image(image)
 
 
 def iter_samples(
@@ -560,20 +649,46 @@ SPLIT_OFFSETS = {"train": 0, "val": 1_000_000_000, "test": 2_000_000_000}
 
 
 def write_shards(out_dir: str | Path, sizes: dict[str, int], seed: int = 0, difficulty: str = "medium",
-                 image_size: int = 64, shard_size: int = 1000) -> dict:
-    """Write shapes world as webdataset shards (``{split}-NNNNNN.tar``) plus ``dataset.json``; returns the info."""
+                 image_size: int = 64, shard_size: int = 1000, modalities: Sequence[str] = ("image",),
+                 count: bool = False) -> dict:
+    """Write shapes world as webdataset shards (``{split}-NNNNNN.tar``) plus ``dataset.json``; returns the info.
+
+    ``modalities``: which renderings of each scene a sample carries: ``image`` (png), ``depth``
+    (``depth.png``), ``audio`` (``wav``). ``count``: add the ``count`` annotation (number of objects).
+    """
     from data_pipelines.shards import encode_image, write_dataset_info, write_split
 
+    unknown = [m for m in modalities if m != "image" and m not in SYNTH_MODALITIES]
+    if unknown or not modalities:
+        raise ValueError(f"unknown synthetic modalities {unknown}; choose from image, {', '.join(SYNTH_MODALITIES)}")
     out = Path(out_dir)
     level = resolve_difficulty(difficulty)
     stats = {}
     for split, num in sizes.items():
         start = SPLIT_OFFSETS.get(split, 3_000_000_000)
-        samples = (
-            {"__key__": f"{split}-{start + i:010d}", "png": encode_image(image), "json": annotation}
-            for i, (annotation, image) in enumerate(iter_samples(num, seed, level, image_size, start=start))
-        )
+        samples = (_sample(split, start + i, seed, level, image_size, modalities, count) for i in range(num))
         stats[split] = write_split(out, split, samples, shard_size)
     options = {"generator": "shapes_world", "seed": seed, "difficulty": difficulty, "image_size": image_size,
                "sizes": sizes}
+    if tuple(modalities) != ("image",) or count:
+        options.update(modalities=list(modalities), count=count)
     return write_dataset_info(out, SOURCE, stats, class_names(level), options)
+
+
+def _sample(split: str, index: int, seed: int, level: Difficulty, image_size: int, modalities: Sequence[str],
+            count: bool) -> dict:
+    """One webdataset sample of scene ``index`` with the asked-for renderings."""
+    from data_pipelines.shards import encode_image
+
+    annotation, image, scene = generate_scene_sample(index, seed, level, image_size)
+    sample: dict = {"__key__": f"{split}-{index:010d}"}
+    if "image" in modalities:
+        sample["png"] = encode_image(image)
+    for name in modalities:
+        if name in SYNTH_MODALITIES:
+            key, render_bytes = SYNTH_MODALITIES[name]
+            sample[key] = render_bytes(scene, seed, index, image_size)
+    if count:
+        annotation["count"] = len(scene.objects)
+    sample["json"] = annotation
+    return sample

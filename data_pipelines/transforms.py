@@ -20,7 +20,7 @@ DEFAULT_MAX_PIXELS = 64_000_000
 
 CORRUPT_REASONS = (
     "undecodable_image", "truncated_image", "decompression_bomb", "missing_json", "malformed_json",
-    "empty_text", "invalid_annotation",
+    "empty_text", "invalid_annotation", "undecodable_audio",
 )
 
 # annotation field -> whether it holds a list of strings (else one string)

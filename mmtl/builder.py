@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from data_pipelines.mixing import training_sources
 from data_pipelines.sample import annotation_texts
 from data_pipelines.shards import iter_annotations, read_dataset_info
 from mmtl.config import ExperimentConfig
@@ -41,8 +42,8 @@ def build_vocabulary(config: ExperimentConfig) -> Vocabulary:
     """Full BPE table, or the compact one of BPE ids seen in (up to 50k samples of) the training split."""
     if config.model.text.vocab == "full":
         return Vocabulary(None)
-    texts = (t for a in iter_annotations(config.data.path, config.data.train_split, VOCAB_SCAN_LIMIT)
-             for t in annotation_texts(a))
+    texts = (t for source in training_sources(config.data)
+             for a in iter_annotations(source.path, source.split, VOCAB_SCAN_LIMIT) for t in annotation_texts(a))
     return Vocabulary.from_texts(texts)
 
 
@@ -59,9 +60,11 @@ def build_components(config: ExperimentConfig, classes: list[str], vocab: Vocabu
 
 
 def components_from_data(config: ExperimentConfig) -> Components:
-    """Components for training on ``config.data.path``."""
-    info = read_dataset_info(config.data.path)
+    """Components for training on ``config.data.path`` (or ``data.sources``: their classes in order of appearance)."""
+    info = read_dataset_info(config.data.path if not config.data.sources else config.data.sources[0].path)
     classes = list(info.get("classes", []))
+    for source in training_sources(config.data)[1:]:
+        classes += [c for c in read_dataset_info(source.path).get("classes", []) if c not in classes]
     if "recognition" in config.tasks and not classes:
         raise MMTLError(f"{config.data.path}/dataset.json lists no classes, but the recognition task needs them")
     return build_components(config, classes, build_vocabulary(config), str(info.get("label_mode", "multi")))

@@ -26,8 +26,13 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     for split, n in sizes.items():
         if n < 0:
             raise MMTLError(f"--{'num' if split == 'train' else split} must be >= 0, got {n}")
-    info = write_shards(out, {k: v for k, v in sizes.items() if v > 0}, seed=args.seed,
-                        difficulty=args.difficulty, image_size=args.image_size, shard_size=args.shard_size)
+    modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
+    try:
+        info = write_shards(out, {k: v for k, v in sizes.items() if v > 0}, seed=args.seed,
+                            difficulty=args.difficulty, image_size=args.image_size, shard_size=args.shard_size,
+                            modalities=modalities, count=args.count)
+    except ValueError as exc:  # unknown --modalities
+        raise MMTLError(f"--modalities: {exc}") from None
     for split, stats in info["splits"].items():
         print(f"{split}: {stats['samples']} samples in {len(stats['shards'])} shard(s), tasks {stats['tasks']}")
     print(f"wrote {out}/dataset.json ({len(info['classes'])} classes)")
@@ -73,6 +78,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     losses = ", ".join(f"{k}={v:.3f}" for k, v in result.final_losses.items())
     print(f"trained {config.train.steps} steps in {result.seconds:.0f}s ({losses})")
     print(f"checkpoint: {result.checkpoint}")
+    summary = result.run_dir / "validation.json"
+    if config.train.eval_every and summary.is_file():
+        record = json.loads(summary.read_text())
+        if record["stop_reason"]:
+            print(record["stop_reason"])
+        print(f"best checkpoint (validation.select={record['select']}): {record['best_checkpoint']} "
+              f"(step {record['best_step']})")
     return 0
 
 
@@ -95,16 +107,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.baselines:
         from mmtl.evaluation.baselines_run import compare_with_baselines
         from mmtl.evaluation.delta import DeltaReport, format_delta
+        from mmtl.evaluation.savings import format_savings, forward_flops_per_sample
 
         report = compare_with_baselines(result.metrics, result.primary, result.split, baselines,
-                                        args.tolerance, predictor.model.parameter_report()["total"])
+                                        args.tolerance, predictor.model.parameter_report()["total"],
+                                        forward_flops_per_sample(predictor.components, config))
         print()
         print(format_delta(DeltaReport(report["delta_m"], report["per_task"], report["verdicts"],
                                        report["tolerance"], report["skipped"])))
         if "parameters" in report:
-            p = report["parameters"]
-            print(f"parameters: {p['multi_task']:,} in one multi-task model vs {p['separate_models']:,} "
-                  f"in separate single-task models ({p['ratio']:.2f}x)")
+            print(format_savings("parameters", report["parameters"]))
+        if "flops" in report:
+            print(format_savings("forward FLOPs per sample", report["flops"], unit="FLOP"))
         output["delta"] = report
     if args.output:
         Path(args.output).write_text(json.dumps(output, indent=2))
@@ -180,15 +194,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise MMTLError("--image/--text go with a single pair; with --input, put them in the JSONL rows")
     if args.images and args.image:
         raise MMTLError("give --image (one file) or --images (a directory), not both")
+    extra = _modality_files(args.modality or [])
+    if extra and many:
+        raise MMTLError("--modality goes with a single input; it cannot be combined with --input/--images")
     if not many:
         text = check_text(text)
-        if args.image is None and text is None:
+        if args.image is None and text is None and not extra:
             raise MMTLError("give --image, --text/--text-file, or both (or --input/--images for many pairs)")
     predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, precision=args.precision)
     options = predictor.options(args.tasks, _generation_overrides(args), args.threshold, args.top_k_tags)
     if many:
         return _predict_many(predictor, options, args, text)
-    result = predictor.run([predictor.prepare(args.image, text)], options)[0]
+    result = predictor.run([predictor.prepare(args.image, text, inputs=extra)], options)[0]
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
@@ -240,6 +257,43 @@ def _cmd_model_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _modality_files(values: list[str]) -> dict[str, str]:
+    """``--modality NAME=FILE`` values as {name: file}."""
+    out = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name.strip() or not path:
+            raise MMTLError(f"--modality {value!r} is not of the form NAME=FILE (e.g. depth=scene.depth.png)")
+        out[name.strip()] = path
+    return out
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from mmtl.config import load_config
+    from mmtl.finetune import format_regression, run_finetune
+
+    listed = lambda values: [v.strip() for value in values or [] for v in value.split(",") if v.strip()]  # noqa: E731
+    overrides = list(args.overrides)
+    if args.add_modality:
+        overrides.append(f"finetune.add_modalities=[{','.join(listed(args.add_modality))}]")
+    if args.add_task:
+        overrides.append(f"finetune.add_tasks=[{','.join(listed(args.add_task))}]")
+    if args.strategy:
+        overrides.append(f"finetune.strategy={args.strategy}")
+    if args.align_weight is not None:
+        overrides.append(f"finetune.align_weight={args.align_weight}")
+    config = load_config(args.config, overrides)
+    result = run_finetune(args.checkpoint, config)
+    losses = ", ".join(f"{k}={v:.3f}" for k, v in result.final_losses.items())
+    print(f"fine-tuned {config.train.steps} steps in {result.seconds:.0f}s ({result.trained_parameters:,} trained "
+          f"parameters; {losses})")
+    if result.regression:
+        print(f"old tasks on their own {config.finetune.regression_split} data, before and after:")
+        print(format_regression(result.regression))
+    print(f"fine-tuned model: {result.directory} (new tensors only; loads with the base checkpoint)")
+    return 0
+
+
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from mmtl.quickstart import run_quickstart
 
@@ -262,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--image-size", type=int, default=64)
     synth.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
     synth.add_argument("--overwrite", action="store_true", help="replace an existing data set")
+    synth.add_argument("--modalities", default="image",
+                       help="comma-separated renderings of each scene: image (png), depth (depth.png), audio (wav); "
+                            "default image")
+    synth.add_argument("--count", action="store_true", help="add the 'count' annotation (objects per scene)")
     synth.set_defaults(func=_cmd_synth)
 
     conv = data.add_parser("convert", help="convert COCO JSON, an image folder, or JSONL/CSV rows into shards",
@@ -273,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--captions", help="coco: captions_*.json")
     conv.add_argument("--instances", help="coco: instances_*.json (object categories -> recognition labels)")
     conv.add_argument("--root", help="imagefolder: ROOT/<class>/<images> (single-label recognition)")
-    conv.add_argument("--input", help="jsonl/csv: the rows (fields image, labels, captions, document, summaries, source, key)")
+    conv.add_argument("--input", help="jsonl/csv: the rows (fields image, labels, captions, document, summaries, source, key; "
+                                       "depth (a depth map file), audio (a wav/flac file), count)")
     conv.add_argument("--image-root", help="jsonl/csv: directory the image paths are relative to (default: the input's)")
     conv.add_argument("--map", action="append", metavar="FIELD=COLUMN[,COLUMN]",
                       help="jsonl/csv: read FIELD from COLUMN(s), e.g. --map document=dialogue --map summaries=summary1,summary2")
@@ -348,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--image", help="image file")
     pr.add_argument("--text", help="paired text (a document to summarize)")
     pr.add_argument("--text-file", help="read the paired text from this file")
+    pr.add_argument("--modality", action="append", metavar="NAME=FILE",
+                    help="an input of a further modality of the model, e.g. depth=scene.depth.png or audio=scene.wav "
+                         "(repeatable)")
     pr.add_argument("--tasks", help="comma-separated tasks (default: all the model has)")
     pr.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     pr.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
@@ -398,6 +460,22 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--config", help="experiment YAML (default: the built-in quickstart experiment)")
     info.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. model.preset=small")
     info.set_defaults(func=_cmd_model_info)
+
+    ft = sub.add_parser("finetune", help="fine-tune a trained model for a new modality and/or a new task",
+                        description="Add a modality encoder and/or task heads to a trained model, train them on the "
+                                    "config's data, check the old tasks for regressions, and save only what is new.",
+                        epilog="overrides: dotted keys, e.g. train.steps=200 finetune.align_weight=1.0 "
+                               "model.modalities.audio.n_mels=64")
+    ft.add_argument("--checkpoint", required=True, help="the trained run or checkpoint directory to start from")
+    ft.add_argument("--config", help="experiment YAML: data, training, output_dir and the finetune section")
+    ft.add_argument("--add-modality", action="append", metavar="NAME", help="a modality to add (e.g. depth, audio)")
+    ft.add_argument("--add-task", action="append", metavar="NAME", help="a task head to add (e.g. counting)")
+    ft.add_argument("--strategy", choices=["frozen", "lora", "full"],
+                    help="frozen: train only new parts; lora: plus adapters on fusion and heads; full: everything, "
+                         "old parts at finetune.old_lr_scale x the learning rate (default: the config's, frozen)")
+    ft.add_argument("--align-weight", type=float, help="weight of the loss pulling the new modality toward its paired one")
+    ft.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    ft.set_defaults(func=_cmd_finetune)
 
     qs = sub.add_parser("quickstart", help="synthesize data, train the tiny model on all tasks, evaluate, predict")
     qs.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=100")

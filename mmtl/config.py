@@ -38,6 +38,16 @@ class SyntheticConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One training source of ``data.sources``: a shard directory, its split, the tasks it feeds, a weight."""
+
+    path: str = ""
+    split: str | None = None  # None: data.train_split
+    tasks: list[str] | None = None  # None: every task of the run it has annotations for
+    weight: float = 1.0  # data.mixing=fixed: sources are drawn in proportion to their weights
+
+
+@dataclass
 class DataConfig:
     """Where the shards are and how they are streamed."""
 
@@ -52,6 +62,15 @@ class DataConfig:
     # a decoded image with more pixels than this counts as a decompression bomb and is skipped
     max_image_pixels: int = 64_000_000
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    # training stream: shards resampled forever, or epochs (new shard order each; every sample once
+    # per epoch over all ranks and workers)
+    mode: str = choice("resampled", "resampled", "epoch")
+    # several training sources (empty: data.path alone), mixed by a strategy (data_pipelines/mixing.py)
+    sources: list[SourceConfig] = field(default_factory=list)
+    mixing: str = choice("natural", "natural", "proportional", "temperature", "fixed", "round_robin")
+    mixing_temperature: float = 2.0  # mixing=temperature: task shares p_t ∝ n_t^(1/T)
+    # >0: batches drawn from a buffer of this many batches grouped by document length (less padding)
+    length_buckets: int = 0
 
 
 @dataclass
@@ -106,6 +125,35 @@ class DecoderConfig:
 
 
 @dataclass
+class ModalityConfig:
+    """An input modality beyond image and text (``model.modalities.<name>``; name = its MODALITIES key).
+
+    Fields a modality does not use are ignored (a 2-D map reads the timm fields, audio the
+    spectrogram ones).
+    """
+
+    # MODALITY_ENCODERS key ("": the modality's default encoder)
+    encoder: str = ""
+    # an existing modality whose place this one takes for the tasks that read it (depth -> image):
+    # a batch that carries this modality feeds it to those tasks instead ("": the modality's default)
+    stands_for: str = ""
+    # fine-tuning: start this modality's encoder from a trained one's weights where they fit (first
+    # convolution summed over its input channels), e.g. depth from image ("": a fresh encoder)
+    init_from: str = ""
+    # 2-D maps: side in pixels and timm model (0 / "": the image encoder's), timm arguments ({}: the image's)
+    size: int = 0
+    timm_model: str = ""
+    timm_kwargs: dict[str, Any] = field(default_factory=dict)
+    # audio: waveforms are resampled to sample_rate and cut or padded to seconds; log-mel settings
+    sample_rate: int = 8000
+    seconds: float = 1.0
+    n_fft: int = 256
+    hop_length: int = 128
+    n_mels: int = 48
+    channels: int = 32
+
+
+@dataclass
 class ModelConfig:
     """The model; ``preset`` fills every field first, the rest of the config overrides it."""
 
@@ -123,6 +171,8 @@ class ModelConfig:
     sharing: str = choice("hard", "hard", "soft", "hybrid")
     lora_rank: int = 4
     moe_experts: int = 0
+    # further input modalities (mmtl.modalities): name -> its settings; image and text are above
+    modalities: dict[str, ModalityConfig] = field(default_factory=dict)
 
 
 @dataclass
@@ -135,16 +185,31 @@ class TrainConfig:
     warmup_steps: int = 30
     schedule: str = choice("cosine", "cosine", "linear", "constant")
     grad_clip: float = 1.0
-    precision: str = choice("auto", "auto", "fp32", "bf16", "fp16")
+    # auto: bf16 autocast on a GPU, fp32 on a CPU; pure_bf16: bf16 weights, gradients and optimiser state
+    precision: str = choice("auto", "auto", "fp32", "bf16", "fp16", "pure_bf16")
     device: str = "auto"
+    # micro-batches of data.batch_size per optimiser step (global batch = batch x accum x ranks)
+    grad_accum: int = 1
+    # torch.compile every transformer block and the image backbone (the first steps compile)
+    compile: bool = False
+    # recompute encoder, fusion and decoder activations in the backward pass (less memory, ~30% more compute)
+    grad_checkpointing: bool = False
+    # exponential moving average of the weights (0: off); checkpoints then hold ema.safetensors,
+    # which evaluation and inference use
+    ema_decay: float = 0.0
+    # a step whose loss or gradient is not finite is skipped; this many in a row stop the run
+    max_nonfinite_steps: int = 5
     log_every: int = 10
     # per-task gradient norms and cosines on the shared parameters cost one backward per task for
     # loss-weighting balancers: measured on log steps that fall every this many steps (0: never)
     monitor_every: int = 50
     checkpoint_every: int = 200
+    keep_checkpoints: int = 3
     progress: bool = True
     # start over in an output_dir that already holds a run (its log, plots and checkpoints are deleted)
     overwrite: bool = False
+    # validate on data.val_split every this many steps and at the last step (0: never); see ValidationConfig
+    eval_every: int = 0
 
 
 @dataclass
@@ -198,6 +263,50 @@ class EvalConfig:
 
 
 @dataclass
+class ValidationConfig:
+    """Periodic validation during training (``train.eval_every``): drift alarm, best checkpoint, early stop.
+
+    Scores compare each validation's metrics with a reference: the single-task ``baselines`` file
+    when given (Δm), else the run's first validation (mean relative improvement over it).
+    """
+
+    # samples of data.val_split per validation (0: the whole split)
+    max_samples: int = 0
+    # baselines.json from `mmtl baselines` (evaluated on the same split as data.val_split)
+    baselines: str | None = None
+    # a task regresses when its primary metric is more than this fraction below the reference
+    tolerance: float = 0.02
+    # which validation's weights go to checkpoints/best: highest Δm, lowest summed validation loss,
+    # or the latest; with delta_m/loss a validation where a task regressed is best only if all did
+    select: str = choice("delta_m", "delta_m", "loss", "last")
+    # stop when the selection score (Δm for select=last) has not improved for this many validations (0: never)
+    early_stop_patience: int = 0
+    # smallest score gain that counts as an improvement for early stopping and best selection
+    min_improvement: float = 0.0
+    # warn when a task's primary metric worsened for this many consecutive validations while the
+    # mean of the other tasks' primary metrics improved (0: no drift alarm)
+    drift_patience: int = 3
+
+
+@dataclass
+class FinetuneConfig:
+    """``mmtl finetune``: what is added to a trained model and how it is trained (mmtl.finetune)."""
+
+    # frozen: only new parts train; lora: new parts + low-rank adapters on fusion and decoders, used
+    # only for inputs of the new modalities and for new tasks; full: everything, old parts at a lower LR
+    strategy: str = choice("frozen", "frozen", "lora", "full")
+    add_modalities: list[str] = field(default_factory=list)
+    add_tasks: list[str] = field(default_factory=list)
+    # weight of the loss pulling a new modality's pooled representation toward its paired one's (0: off)
+    align_weight: float = 0.0
+    old_lr_scale: float = 0.1  # full: learning-rate factor of the trained parts
+    lora_rank: int = 8
+    # non-regression check: the old tasks on the base model's data, this split, at most this many samples
+    regression_split: str = "val"
+    regression_samples: int = 200
+
+
+@dataclass
 class ExperimentConfig:
     """Everything a run needs. The defaults are the quickstart experiment."""
 
@@ -210,6 +319,8 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     balancer: BalancerConfig = field(default_factory=BalancerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML-serialisable)."""
@@ -420,14 +531,65 @@ def validate(config: ExperimentConfig) -> None:
         "model.width": config.model.width, "model.text.context_length": config.model.text.context_length,
         "model.decoder.max_length": config.model.decoder.max_length,
         "model.lora_rank": config.model.lora_rank,
+        "train.grad_accum": config.train.grad_accum, "train.max_nonfinite_steps": config.train.max_nonfinite_steps,
+        "train.keep_checkpoints": config.train.keep_checkpoints,
     }
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")
+    data = config.data
+    if data.mixing_temperature <= 0 or data.length_buckets < 0:
+        raise ConfigError("data.mixing_temperature must be positive and data.length_buckets >= 0")
+    for i, source in enumerate(data.sources):
+        if not source.path:
+            raise ConfigError(f"data.sources[{i}].path is required")
+        extra = sorted(set(source.tasks or []) - set(config.tasks))
+        if extra:
+            raise ConfigError(f"data.sources[{i}].tasks names {', '.join(extra)}, not in tasks: {', '.join(config.tasks)}")
+        if source.weight < 0:
+            raise ConfigError(f"data.sources[{i}].weight must be >= 0, got {source.weight}")
     if config.model.moe_experts < 0:
         raise ConfigError(f"model.moe_experts must be >= 0, got {config.model.moe_experts}")
+    if not 0.0 <= config.train.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay must be in [0, 1), got {config.train.ema_decay}")
     if config.train.lr <= 0:
         raise ConfigError(f"train.lr must be positive, got {config.train.lr}")
+    non_negative = {
+        "train.eval_every": config.train.eval_every, "validation.max_samples": config.validation.max_samples,
+        "validation.tolerance": config.validation.tolerance, "validation.min_improvement": config.validation.min_improvement,
+        "validation.early_stop_patience": config.validation.early_stop_patience,
+        "validation.drift_patience": config.validation.drift_patience,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
+    _validate_modalities(config)
+
+
+def _validate_modalities(config: ExperimentConfig) -> None:
+    """Extra modalities and fine-tuning additions name registered components."""
+    from mmtl.registry import MODALITIES, MODALITY_ENCODERS, TASKS
+
+    import mmtl.modalities  # noqa: F401  (registers the built-in modalities)
+
+    for name, modality in config.model.modalities.items():
+        if name in ("image", "text"):
+            raise ConfigError(f"model.modalities.{name}: image and text are configured in model.image / model.text")
+        MODALITIES.get(name)
+        if modality.encoder:
+            MODALITY_ENCODERS.get(modality.encoder)
+        if modality.stands_for and modality.stands_for not in ("image", "text", *config.model.modalities):
+            raise ConfigError(f"model.modalities.{name}.stands_for must name a modality of the model "
+                              f"(image, text, {', '.join(config.model.modalities)}); got {modality.stands_for!r}")
+        if modality.init_from and modality.init_from not in ("image", "text", *config.model.modalities):
+            raise ConfigError(f"model.modalities.{name}.init_from must name a modality of the model; "
+                              f"got {modality.init_from!r}")
+    for name in config.finetune.add_modalities:
+        MODALITIES.get(name)
+    for name in config.finetune.add_tasks:
+        TASKS.get(name)
+    if config.finetune.align_weight < 0 or config.finetune.old_lr_scale <= 0 or config.finetune.lora_rank <= 0:
+        raise ConfigError("finetune.align_weight must be >= 0, finetune.old_lr_scale and finetune.lora_rank > 0")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:

@@ -18,7 +18,7 @@ from data_pipelines.transforms import (
 from mmtl.builder import Components, components_from_meta
 from mmtl.config import EvalConfig, ExperimentConfig, GenerationConfig, build_dataclass, load_config
 from mmtl.errors import MMTLError
-from mmtl.training.checkpoint import CONFIG_FILE, load_weights, read_meta, resolve_checkpoint
+from mmtl.training.checkpoint import CONFIG_FILE, inference_weights, load_weights, read_meta, resolve_checkpoint
 from mmtl.training.precision import get_autocast, resolve_device
 
 ImageInput = Image.Image | str | Path | bytes | None
@@ -178,6 +178,13 @@ class Predictor:
         torch_device = check_device(device)
         if precision == "fp16" and torch_device.type != "cuda":
             raise MMTLError("fp16 needs a CUDA GPU; use fp32 or bf16 on a CPU")
+        from mmtl.finetune import is_finetuned, load_finetuned
+
+        if is_finetuned(path):  # a fine-tuned model: its base checkpoint plus the saved delta
+            components, config, meta = load_finetuned(path)
+            predictor = cls(components, config, torch_device, precision, meta)
+            predictor.checkpoint = Path(path)
+            return predictor
         checkpoint = resolve_checkpoint(path)
         config = load_config(checkpoint / CONFIG_FILE)
         meta = read_meta(checkpoint)
@@ -185,7 +192,7 @@ class Predictor:
             components = components_from_meta(config, meta)
         except (KeyError, TypeError, ValueError) as exc:
             raise MMTLError(f"checkpoint {checkpoint} has damaged metadata: {exc!r}") from None
-        load_weights(components.model, checkpoint)
+        load_weights(components.model, checkpoint, inference_weights(checkpoint))
         predictor = cls(components, config, torch_device, precision, meta)
         predictor.checkpoint = checkpoint
         return predictor
@@ -223,16 +230,27 @@ class Predictor:
 
     # -- inputs ------------------------------------------------------------------------------
     def prepare(self, image: ImageInput = None, text: str | None = None, key: str = "0",
-                max_pixels: int | None = DEFAULT_MAX_PIXELS, max_text_chars: int | None = None) -> Example:
-        """Decode and check one pair (raises MMTLError for a bad image, binary text, or neither input)."""
+                max_pixels: int | None = DEFAULT_MAX_PIXELS, max_text_chars: int | None = None,
+                inputs: Mapping[str, str | Path | bytes] | None = None) -> Example:
+        """Decode and check one pair (raises MMTLError for a bad image, binary text, or neither input).
+
+        ``inputs``: files (paths or bytes) of the model's further modalities by name, e.g. ``{"depth": "d.png"}``.
+        """
         pil = load_image(image, max_pixels)
         text = check_text(text, max_text_chars)
-        if pil is None and text is None:
+        extra = {}
+        for name, source in (inputs or {}).items():
+            unit = self.model.modalities.get(name)
+            if unit is None or name in ("image", "text"):
+                others = [m for m in self.model.modalities if m not in ("image", "text")]
+                raise MMTLError(f"this model has no modality {name!r}; its further modalities: {', '.join(others) or '(none)'}")
+            extra[name] = unit.load(source)
+        if pil is None and text is None and not extra:
             raise MMTLError("give an image, a text, or both")
         size = self.config.model.image.image_size
         pixels = to_uint8_tensor(resize_center_crop(pil, size)) if pil is not None else None
         ids = self.components.vocab.encode(text, self.config.model.text.context_length) if text else []
-        return Example(key, pixels, ids, {}, {})
+        return Example(key, pixels, ids, {}, {}, extra)
 
     # -- prediction --------------------------------------------------------------------------
     @torch.no_grad()
@@ -245,10 +263,11 @@ class Predictor:
             outputs = self.model.predict(batch, list(options.tasks), options.eval)
         results = []
         for row, example in enumerate(examples):
-            present = {"image": example.image is not None, "text": bool(example.text)}
+            present = {"image"} if example.image is not None else set()
+            present |= ({"text"} if example.text else set()) | set(example.inputs)
             row_out = {}
             for name in options.tasks:
-                if all(present[m] for m in self.tasks[name].required_inputs):
+                if self.model.has_inputs(self.tasks[name], present):
                     value = outputs[name][row]
                     if options.top_k_tags and _is_scored_labels(value):
                         value = value[: options.top_k_tags]
@@ -258,22 +277,28 @@ class Predictor:
 
     def predict(self, image: ImageInput = None, text: str | None = None, tasks: Sequence[str] | None = None, *,
                 generation: GenerationInput = None, threshold: float | None = None,
-                top_k_tags: int | None = None) -> PredictionResult:
-        """Predict one image-text pair; tasks whose required input is missing are skipped."""
+                top_k_tags: int | None = None,
+                inputs: Mapping[str, str | Path | bytes] | None = None) -> PredictionResult:
+        """Predict one image-text pair (plus ``inputs`` of further modalities, e.g. ``{"depth": "d.png"}``);
+        tasks whose required input is missing are skipped."""
         return self.predict_batch([image], [text], tasks, generation=generation, threshold=threshold,
-                                  top_k_tags=top_k_tags)[0]
+                                  top_k_tags=top_k_tags, inputs=[inputs or {}])[0]
 
     def predict_batch(self, images: Sequence[ImageInput], texts: Sequence[str | None],
                       tasks: Sequence[str] | None = None, *, generation: GenerationInput = None,
-                      threshold: float | None = None, top_k_tags: int | None = None) -> list[PredictionResult]:
-        """Predict a list of pairs in one batch (``images`` and ``texts`` are aligned; either may hold None)."""
+                      threshold: float | None = None, top_k_tags: int | None = None,
+                      inputs: Sequence[Mapping[str, str | Path | bytes]] | None = None) -> list[PredictionResult]:
+        """Predict a list of pairs in one batch (``images``, ``texts`` and ``inputs`` are aligned; any may hold None)."""
         if len(images) != len(texts):
             raise MMTLError(f"got {len(images)} images but {len(texts)} texts")
+        inputs = list(inputs) if inputs is not None else [{}] * len(images)
+        if len(inputs) != len(images):
+            raise MMTLError(f"got {len(images)} images but {len(inputs)} sets of further inputs")
         options = self.options(tasks, generation, threshold, top_k_tags)
         examples = []
         for i, (image, text) in enumerate(zip(images, texts)):
             try:
-                examples.append(self.prepare(image, text, key=str(i)))
+                examples.append(self.prepare(image, text, key=str(i), inputs=inputs[i]))
             except InputTooLarge as exc:
                 raise InputTooLarge(f"pair {i}: {exc}") from None
             except MMTLError as exc:
@@ -286,6 +311,7 @@ class Predictor:
             "tasks": {name: {"inputs": list(t.inputs), "required_inputs": list(t.required_inputs)}
                       for name, t in self.tasks.items()},
             "classes": list(self.components.classes),
+            "modalities": {name: {"stands_for": unit.stands_for} for name, unit in self.model.modalities.items()},
             "parameters": self.model.parameter_report(),
             "step": self.meta.get("step"),
             "mmtl_version": self.meta.get("mmtl_version"),

@@ -51,3 +51,14 @@ def serving(server: Any) -> Iterator[Any]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+def without_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with its BatchNorm layers replaced by identities: a half batch's BatchNorm
+    statistics differ from the full batch's, so tests that compare gradients across batch splits
+    (accumulation, data parallelism) take it out."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.modules.batchnorm._BatchNorm):
+                setattr(module, name, torch.nn.Identity())
+    return model

@@ -42,6 +42,9 @@ def test_baselines_then_eval_reports_delta_m(micro_data: Path, tmp_path: Path, c
     assert (base_dir / "captioning" / "checkpoints" / "LATEST").is_file()
     meta = json.loads(next((base_dir / "recognition" / "checkpoints").glob("step-*/meta.json")).read_text())
     assert meta["tasks"] == ["recognition"]
+    for entry in record["tasks"].values():  # also on the val split (for validation during training), and FLOPs
+        assert set(entry["split_metrics"]) == {"test", "val"} and entry["split_metrics"]["test"] == entry["metrics"]
+        assert entry["flops_per_sample"] > 0
 
     assert main(["train", *overrides]) == 0
     capsys.readouterr()
@@ -50,6 +53,7 @@ def test_baselines_then_eval_reports_delta_m(micro_data: Path, tmp_path: Path, c
                  "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "Δm = " in printed and "single-task" in printed and "parameters:" in printed
+    assert "forward FLOPs per sample:" in printed
     result = json.loads(out.read_text())
     expected = delta_m(result["model"], {t: e["metrics"] for t, e in record["tasks"].items()},
                        result["primary_metric"]).delta_m
@@ -59,6 +63,16 @@ def test_baselines_then_eval_reports_delta_m(micro_data: Path, tmp_path: Path, c
         base = record["tasks"][task]["metrics"][metric]
         assert verdict["change"] == pytest.approx((result["model"][task][metric] - base) / base)
     assert result["delta"]["parameters"]["separate_models"] > result["delta"]["parameters"]["multi_task"]
+    flops = result["delta"]["flops"]  # one forward shares the image encoding and fusion passes across tasks
+    assert flops["separate_models"] == sum(e["flops_per_sample"] for e in record["tasks"].values())
+    assert flops["multi_task"] < flops["separate_models"]
+    assert flops["ratio"] == pytest.approx(flops["separate_models"] / flops["multi_task"])
+    # an older baselines file without stored FLOPs: counted from the single-task checkpoints it names
+    from mmtl.evaluation.baselines_run import baseline_flops
+
+    entry = dict(record["tasks"]["captioning"])
+    stored = entry.pop("flops_per_sample")
+    assert baseline_flops(entry) == stored
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -106,3 +120,27 @@ def test_analyze_affinity_cli(micro_data: Path, tmp_path: Path, capsys) -> None:
     assert (out / "affinity.png").stat().st_size > 1000
     assert main(["analyze", "affinity", "--every", "0"]) == 2
     assert "--every must be >= 1" in capsys.readouterr().err
+
+
+def test_balancer_table_summarises_seeds(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("balancer_table", Path(__file__).parents[1] / "tools" / "balancer_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    assert table.parse_balancer("pcgrad@representation") == (
+        "pcgrad@representation", ["balancer.name=pcgrad", "balancer.on=representation"])
+    bases, results = {}, {}
+    for seed, (acc, delta, ok) in enumerate([(0.5, 0.1, True), (0.7, 0.3, False)]):
+        path = tmp_path / f"b{seed}.json"
+        path.write_text(json.dumps({"split": "test", "tasks": {"a": {"metrics": {"acc": 0.4 + seed / 10}}}}))
+        bases[seed] = path
+        results[("equal", seed)] = {"primary_metric": {"a": "acc"}, "model": {"a": {"acc": acc}},
+                                    "delta": {"delta_m": delta, "verdicts": {"a": {"ok": ok}}}}
+    report = table.collect(["equal"], [0, 1], bases, results, ["mmtl train ..."])
+    row = report["balancers"]["equal"]
+    assert row["delta_m"]["mean"] == pytest.approx(0.2) and row["delta_m"]["std"] == pytest.approx(0.1414, abs=1e-4)
+    assert row["metrics"]["a"]["acc"]["mean"] == pytest.approx(0.6) and row["regressed"] == {"a": 1}
+    assert report["baselines"]["a"]["acc"]["mean"] == pytest.approx(0.45)
+    text = table.markdown(report)
+    assert "| equal | +20.00 ± 14.14 | 0.600 ± 0.141 | a 1/2 |" in text and "mmtl train ..." in text

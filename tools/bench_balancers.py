@@ -1,7 +1,9 @@
 """Benchmark: training step time of every balancer relative to equal weighting, measured in the same run.
 
-Usage: python tools/bench_balancers.py [--preset tiny] [--steps 5] [--warmup 2] [--rounds 3] [KEY=VALUE ...]
-       e.g. --preset small train.device=cuda train.precision=bf16
+Usage: python tools/bench_balancers.py [--preset tiny] [--steps 5] [--warmup 2] [--rounds 3]
+           [--device auto|cpu|cuda] [--precision auto|fp32|bf16|fp16] [KEY=VALUE ...]
+       e.g. --preset small --device cuda --precision bf16 --batch-size 64
+On CUDA the timer synchronises the device before and after each timed block.
 
 Every balancer trains the same model (same seed, three tasks) on one fixed synthetic batch
 written to a temp dir, through the real ``Trainer.train_step`` (non-log steps: no gradient
@@ -55,8 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", help="comma-separated labels to run (equal is always included)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="train.precision (auto: bf16 autocast on CUDA, fp32 on CPU)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available here")
     chosen = variants()
     if args.only:
         wanted = {"equal", *args.only.split(",")}
@@ -65,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         data = Path(tmp) / "data"
         write_shards(data, {"train": args.batch_size}, seed=0, difficulty="medium", image_size=64, shard_size=1000)
         base = [f"data.path={data}", f"model.preset={args.preset}", f"data.batch_size={args.batch_size}",
-                "train.progress=false", "train.steps=1000000", "train.log_every=1000000", *args.overrides]
+                "train.progress=false", "train.steps=1000000", "train.log_every=1000000",
+                f"train.device={args.device}", f"train.precision={args.precision}", *args.overrides]
         trainers, batch = {}, None
         for label, extra in chosen:
             trainer = Trainer(resolve_config({}, base + [f"output_dir={tmp}/run-{label}"] + extra))
@@ -90,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     for label, seconds in median.items():
         print(f"{label:<22}{1000 * seconds:>10.1f}{seconds / equal:>8.2f}")
     result = {
-        "preset": args.preset, "device": str(device), "batch_size": args.batch_size, "tasks": 3,
+        "preset": args.preset, "device": str(device), "precision": next(iter(trainers.values())).precision,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "batch_size": args.batch_size, "tasks": 3,
         "equal_ms_per_step": round(1000 * equal, 2),
         "ratio": {label: round(seconds / equal, 3) for label, seconds in median.items()},
     }

@@ -1,7 +1,10 @@
 """Benchmark: training step time, samples/s, data-wait fraction, FLOPs and MFU of a preset.
 
-Usage: python tools/bench_train.py [--steps 20] [--warmup 5] [KEY=VALUE ...]
-       e.g. model.preset=small train.precision=bf16 data.batch_size=64
+Usage: python tools/bench_train.py [--steps 20] [--warmup 5] [--in-memory] [KEY=VALUE ...]
+       e.g. model.preset=small train.precision=bf16 data.batch_size=64 train.compile=true
+
+``--in-memory`` feeds pre-loaded batches from the device (the compute ceiling, no data wait);
+without it the real streaming loader feeds the step (data.num_workers sets its processes).
 
 Measured in the same run:
   mmtl     the real Trainer.train_step fed by the real streaming loader (balancer, clipping,
@@ -15,6 +18,7 @@ device's peak from mmtl.training.flops. Final line: one JSON object.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import tempfile
@@ -26,6 +30,7 @@ import torch
 from data_pipelines.synthetic import write_shards
 from mmtl.builder import components_from_data
 from mmtl.config import load_config
+from mmtl.training.acceleration import compile_blocks
 from mmtl.training.flops import count_flops, mfu, peak_flops
 from mmtl.training.loop import Trainer
 from mmtl.training.precision import get_autocast
@@ -36,9 +41,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_trainer(trainer: Trainer, warmup: int, steps: int) -> dict[str, float]:
-    """Seconds per step and data-wait fraction of the real training step with its loader."""
-    batches = iter(trainer._loader())
+def time_trainer(trainer: Trainer, warmup: int, steps: int, in_memory: list | None = None) -> dict[str, float]:
+    """Seconds per step and data-wait fraction of the real training step with its loader (or cycling
+    through ``in_memory`` batches already on the device)."""
+    batches = itertools.cycle(in_memory) if in_memory else iter(trainer._loader())
     data_seconds, started = 0.0, 0.0
     for index in range(warmup + steps):
         if index == warmup:
@@ -54,9 +60,12 @@ def time_trainer(trainer: Trainer, warmup: int, steps: int) -> dict[str, float]:
 
 
 def time_bare_loop(config, batch, device: torch.device, precision: str, warmup: int, steps: int) -> tuple[float, int]:
-    """Seconds per step of a bare loop on a fixed batch, and FLOPs of one such step."""
+    """Seconds per step of a bare loop on a fixed batch, and FLOPs of one such step (compiled like
+    the Trainer's model when train.compile is set)."""
     model = components_from_data(config).model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    if precision == "pure_bf16":
+        model.to(torch.bfloat16)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
 
     def step() -> None:
         with get_autocast(precision, device):
@@ -66,6 +75,8 @@ def time_bare_loop(config, batch, device: torch.device, precision: str, warmup: 
         optimizer.step()
 
     flops = count_flops(lambda: sum(model(batch).values()).backward())
+    if config.train.compile:
+        compile_blocks(model)
     for _ in range(warmup):
         step()
     _sync(device)
@@ -81,6 +92,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--samples", type=int, default=1024, help="synthetic training samples to write")
+    parser.add_argument("--in-memory", type=int, default=0, metavar="N",
+                        help="cycle through N batches pre-loaded on the device instead of streaming")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="mmtl-bench-train-"))
@@ -88,14 +101,20 @@ def main() -> int:
                                 "train.progress=false", *args.overrides])
     write_shards(config.data.path, {"train": args.samples}, image_size=config.model.image.image_size)
     trainer = Trainer(config)
-    ours = time_trainer(trainer, args.warmup, args.steps)
-    batch = next(iter(trainer._loader())).to(trainer.device)
+    loader = iter(trainer._loader())
+    batch = next(loader).to(trainer.device)
+    in_memory = [batch] + [next(loader).to(trainer.device) for _ in range(args.in_memory - 1)] if args.in_memory else None
+    if config.train.compile:
+        compile_blocks(trainer.model)
+    ours = time_trainer(trainer, args.warmup, args.steps, in_memory)
     bare_step_s, flops = time_bare_loop(config, batch, trainer.device, trainer.precision, args.warmup, args.steps)
     peak, peak_source = peak_flops(trainer.device, trainer.precision)
     size = config.data.batch_size
     result = {
         "bench": "train", "preset": config.model.preset, "device": str(trainer.device),
-        "precision": trainer.precision, "batch_size": size,
+        "device_name": torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else "cpu",
+        "precision": trainer.precision, "compile": config.train.compile, "in_memory": bool(in_memory),
+        "batch_size": size, "num_workers": config.data.num_workers, "tasks": config.tasks,
         "step_s": round(ours["step_s"], 4), "samples_per_s": round(size / ours["step_s"], 1),
         "data_wait_fraction": round(ours["data_wait_fraction"], 3),
         "baseline_step_s": round(bare_step_s, 4), "ratio": round(ours["step_s"] / bare_step_s, 3),

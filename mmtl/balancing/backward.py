@@ -15,6 +15,8 @@ for one loss). Heads keep their own task's gradient.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -44,8 +46,12 @@ def sanitize(grads: torch.Tensor) -> torch.Tensor:
 class BalancedBackward:
     """Back-propagates per-task losses as ``balancer`` says, for ``model`` under ``scaler``."""
 
-    def __init__(self, model: nn.Module, balancer: Balancer, scaler: torch.amp.GradScaler) -> None:
+    def __init__(self, model: nn.Module, balancer: Balancer, scaler: torch.amp.GradScaler,
+                 reduce_task_grads: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.balancer, self.scaler = balancer, scaler
+        # data-parallel training averages per-task parameter gradients over ranks here, so that every
+        # rank's balancer decides on the global batch (see mmtl.training.distributed)
+        self.reduce_task_grads = reduce_task_grads or (lambda grads: grads)
         self.shared = [p for m in (model.encoders, model.fusion) for p in m.parameters() if p.requires_grad]
         self.heads = {name: [p for p in head.parameters() if p.requires_grad] for name, head in model.heads.items()}
 
@@ -59,35 +65,49 @@ class BalancedBackward:
             return {SHARED_OUTPUTS: []}
         return {}
 
-    def _grads(self, losses: dict[str, torch.Tensor], inputs: list[torch.Tensor], heads: bool) -> torch.Tensor:
-        """Unscaled per-task gradients (T, D) on ``inputs``; with ``heads`` each head's gradient goes to ``.grad``."""
+    def _grads(self, losses: dict[str, torch.Tensor], inputs: list[torch.Tensor], heads: bool,
+               factor: float = 1.0) -> torch.Tensor:
+        """Unscaled per-task gradients (T, D) on ``inputs``; with ``heads`` each head's gradient
+        (times ``factor``) is added to its ``.grad``."""
         rows = []
         for task, loss in losses.items():
             own = self.heads[task] if heads else []
+            if not loss.requires_grad:  # a task present only on other ranks (data-parallel training)
+                loss = loss.detach().requires_grad_()
             grads = torch.autograd.grad(self.scaler.scale(loss), inputs + own, retain_graph=True, allow_unused=True)
             rows.append(_flatten(grads[:len(inputs)], inputs))
             for param, grad in zip(own, grads[len(inputs):]):
                 if grad is not None:
+                    grad = grad * factor if factor != 1.0 else grad
                     param.grad = grad if param.grad is None else param.grad + grad
         scale = self.scaler.scale(torch.ones((), device=rows[0].device))
         return torch.stack(rows) / scale
 
-    def __call__(self, losses: dict[str, torch.Tensor], cache: dict, step: int, monitor: bool) -> dict[str, torch.Tensor]:
-        """Back-propagate; returns the (detached) balanced total and, when ``monitor``, gradient statistics."""
+    def __call__(self, losses: dict[str, torch.Tensor], cache: dict, step: int, monitor: bool,
+                 factor: float = 1.0) -> dict[str, torch.Tensor]:
+        """Back-propagate; returns the (detached) balanced total and, when ``monitor``, gradient statistics.
+
+        Gradients are added to ``.grad`` (times ``factor``), so micro-batches accumulate.
+        """
         names = list(losses)
         if not self.per_task_step(step):
             total = self.balancer.combine(losses)
             stats = task_gradient_stats(names, self._grads(losses, self.shared, heads=False)) if monitor else {}
-            self.scaler.scale(total).backward()
+            self.scaler.scale(total * factor if factor != 1.0 else total).backward()
             return {"total": total.detach(), **stats}
         pairs = cache.get(SHARED_OUTPUTS)
         inputs = [leaf for _, leaf in pairs] if pairs is not None else self.shared
-        grads = sanitize(self._grads(losses, inputs, heads=True))
+        grads = self._grads(losses, inputs, heads=True, factor=factor)
+        if pairs is None:
+            grads = self.reduce_task_grads(grads)
+        grads = sanitize(grads)
         ids, values = self.balancer.present(losses)
         combined = self.balancer.update(grads, values, ids) * self.scaler.scale(torch.ones((), device=grads.device))
+        if factor != 1.0:
+            combined = combined * factor
         if pairs is None:
             for param, grad in zip(self.shared, _split(combined, self.shared)):
-                param.grad = grad
+                param.grad = grad if param.grad is None else param.grad + grad
         else:
             outputs = [original for original, _ in pairs]
             if monitor:  # per-task gradients on the parameters: J^T g_t, one trunk pass each, log steps only

@@ -26,24 +26,39 @@ class EvalResult:
     baselines: dict[str, dict[str, float]]
     primary: dict[str, str]
     examples: list[dict[str, Any]] = field(default_factory=list)
+    # mean teacher-forced loss per task (per row that carries the task), when asked for
+    losses: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"split": self.split, "samples": self.samples, "primary_metric": self.primary,
-                "model": self.metrics, "baseline": self.baselines}
+        out = {"split": self.split, "samples": self.samples, "primary_metric": self.primary,
+               "model": self.metrics, "baseline": self.baselines}
+        if self.losses:
+            out["loss"] = self.losses
+        return out
 
 
 @torch.no_grad()
 def evaluate(components: Components, config: ExperimentConfig, device: torch.device,
-             data_path: str | None = None, split: str | None = None, precision: str = "fp32") -> EvalResult:
-    """Predict every task on ``split`` and score it; baselines are fitted on the training split."""
+             data_path: str | None = None, split: str | None = None, precision: str = "fp32",
+             max_samples: int | None = None, trivial_baselines: bool = True, losses: bool = False) -> EvalResult:
+    """Predict every task on ``split`` and score it; baselines are fitted on the training split.
+
+    ``max_samples`` (default ``config.eval.max_samples``; 0: all) caps the samples read;
+    ``trivial_baselines=False`` skips fitting and scoring the trivial baselines (``baselines`` is
+    then empty); ``losses=True`` also averages each task's teacher-forced loss.
+    """
     data_path = data_path or config.data.path
     split = split or config.eval.split
+    limit = config.eval.max_samples if max_samples is None else max_samples
+    loss_sums: dict[str, float] = defaultdict(float)
+    loss_rows: dict[str, int] = defaultdict(int)
     model = components.model.eval()
     names = [t.name for t in components.tasks]
     loader = make_loader(
         data_path, split, tasks=components.tasks, vocab=components.vocab,
         image_size=config.model.image.image_size, context_length=config.model.text.context_length,
         batch_size=config.eval.batch_size, train=False,
+        max_corrupt_fraction=config.data.max_corrupt_fraction, max_image_pixels=config.data.max_image_pixels,
     )
     predictions: dict[str, list] = defaultdict(list)
     references: dict[str, list] = defaultdict(list)
@@ -53,6 +68,11 @@ def evaluate(components: Components, config: ExperimentConfig, device: torch.dev
         batch = batch.to(device)
         with get_autocast(precision, device):
             predicted = model.predict(batch, names, config.eval)
+            batch_losses = model(batch) if losses else {}
+        for task, loss in batch_losses.items():
+            rows = len(batch.targets[task]["index"])
+            loss_sums[task] += float(loss) * rows
+            loss_rows[task] += rows
         for row, annotation in enumerate(batch.annotations):
             example = {"key": batch.keys[row], "predictions": {}, "references": {}}
             for task in components.tasks:
@@ -67,18 +87,22 @@ def evaluate(components: Components, config: ExperimentConfig, device: torch.dev
             if len(examples) < config.eval.num_examples:
                 examples.append(example)
         seen += len(batch)
-        if config.eval.max_samples and seen >= config.eval.max_samples:
+        if limit and seen >= limit:
             break
-    train_annotations = list(iter_annotations(data_path, config.data.train_split, BASELINE_FIT_LIMIT))
+    train_annotations = list(iter_annotations(data_path, config.data.train_split, BASELINE_FIT_LIMIT)) \
+        if trivial_baselines else []
     metrics, baselines = {}, {}
     for task in components.tasks:
         if not references[task.name]:
             continue
         metrics[task.name] = task.score(predictions[task.name], references[task.name])
+        if not trivial_baselines:
+            continue
         baseline = task.fit_baseline(train_annotations)
         baselines[task.name] = task.score([baseline(a) for a in annotations[task.name]], references[task.name])
     primary = {t.name: t.primary_metric for t in components.tasks if t.name in metrics}
-    return EvalResult(split, seen, metrics, baselines, primary, examples)
+    mean_losses = {t: loss_sums[t] / loss_rows[t] for t in loss_rows if loss_rows[t]}
+    return EvalResult(split, seen, metrics, baselines, primary, examples, mean_losses)
 
 
 def format_table(result: EvalResult) -> str:

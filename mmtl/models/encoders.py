@@ -29,32 +29,38 @@ class TimmImageEncoder(nn.Module):
     """Any timm model, read through ``forward_features`` (ViT tokens or CNN feature maps)."""
 
     def __init__(self, timm_model: str, timm_kwargs: dict, width: int, image_size: int,
-                 pretrained_path: str | None = None) -> None:
+                 pretrained_path: str | None = None, in_chans: int = 3, key: str = "model.image") -> None:
         super().__init__()
         import timm
 
         overlay = None
         if pretrained_path is not None:
             if not Path(pretrained_path).is_file():
-                raise ConfigError(f"model.image.pretrained_path: file not found: {pretrained_path}")
+                raise ConfigError(f"{key}.pretrained_path: file not found: {pretrained_path}")
             overlay = {"file": str(pretrained_path)}
+        # in_chans only when it differs, so RGB models are created exactly as before
+        channels = {} if in_chans == 3 else {"in_chans": in_chans}
         try:
             self.backbone = timm.create_model(
-                timm_model, pretrained=overlay is not None, pretrained_cfg_overlay=overlay, num_classes=0, **timm_kwargs
+                timm_model, pretrained=overlay is not None, pretrained_cfg_overlay=overlay, num_classes=0,
+                **timm_kwargs, **channels
             )
         except (RuntimeError, TypeError) as exc:
-            raise ConfigError(f"model.image: cannot build timm model {timm_model!r}: {exc}") from None
-        mean = self.backbone.pretrained_cfg.get("mean", (0.5, 0.5, 0.5))
-        std = self.backbone.pretrained_cfg.get("std", (0.5, 0.5, 0.5))
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
+            raise ConfigError(f"{key}: cannot build timm model {timm_model!r}: {exc}") from None
+        # per-channel statistics of RGB models; other channel counts use their mean
+        mean = torch.tensor(self.backbone.pretrained_cfg.get("mean", (0.5, 0.5, 0.5)))
+        std = torch.tensor(self.backbone.pretrained_cfg.get("std", (0.5, 0.5, 0.5)))
+        if in_chans != 3:
+            mean, std = mean.mean().repeat(in_chans), std.mean().repeat(in_chans)
+        self.register_buffer("mean", mean.view(1, in_chans, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", std.view(1, in_chans, 1, 1) * 255, persistent=False)
         self.proj = nn.Linear(self.backbone.num_features, width)
         self.type_embedding = nn.Parameter(torch.zeros(width))
         # CNN feature maps carry no explicit position into the fusion; give every token one
         # (probed in eval mode: a training-mode pass would move loaded BatchNorm statistics)
         self.backbone.eval()
         with torch.no_grad():
-            num_tokens = self._features(torch.zeros(1, 3, image_size, image_size)).shape[1]
+            num_tokens = self._features(torch.zeros(1, in_chans, image_size, image_size)).shape[1]
         self.backbone.train()
         self.position = nn.Parameter(torch.randn(num_tokens, width) * 0.02)
 
@@ -70,7 +76,7 @@ class TimmImageEncoder(nn.Module):
         return features
 
     def forward(self, image: torch.Tensor, present: torch.Tensor) -> Stream:
-        """``image``: (B, 3, H, W) uint8; normalised here, on the device."""
+        """``image``: (B, C, H, W) uint8 (C = 3 for RGB); normalised here, on the device."""
         x = (image.to(self.mean.dtype) - self.mean) / self.std
         tokens = self.proj(self._features(x)) + self.position + self.type_embedding
         return Stream(tokens, present[:, None].expand(-1, tokens.shape[1]))

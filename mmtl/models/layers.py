@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class Attention(nn.Module):
@@ -52,7 +53,22 @@ class MLP(nn.Sequential):
         super().__init__(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width), nn.Dropout(dropout))
 
 
-class EncoderBlock(nn.Module):
+class Block(nn.Module):
+    """A transformer block; with ``checkpointing`` set, its activations are recomputed in the backward pass."""
+
+    checkpointing = False
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(self.compute, *args, use_reentrant=False, **kwargs)
+        return self.compute(*args, **kwargs)
+
+    def compute(self, *args, **kwargs) -> torch.Tensor:
+        """The block's function (subclasses define it)."""
+        raise NotImplementedError
+
+
+class EncoderBlock(Block):
     """Pre-norm self-attention + MLP."""
 
     def __init__(self, width: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
@@ -61,12 +77,12 @@ class EncoderBlock(nn.Module):
         self.attn = Attention(width, num_heads, dropout)
         self.mlp = MLP(width, mlp_ratio, dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def compute(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), mask=mask)
         return x + self.mlp(self.norm2(x))
 
 
-class DecoderBlock(nn.Module):
+class DecoderBlock(Block):
     """Pre-norm self-attention, cross-attention to a memory, MLP.
 
     ``causal=True`` (a text decoder): each position sees only earlier ones. ``causal=False``: the
@@ -82,7 +98,7 @@ class DecoderBlock(nn.Module):
         self.cross_attn = Attention(width, num_heads, dropout)
         self.mlp = MLP(width, mlp_ratio, dropout)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None,
+    def compute(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         """``mask`` restricts which of the queries ``x`` each query may see (on top of causality)."""
         x = x + self.self_attn(self.norm1(x), mask=mask, causal=self.causal)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from safetensors.torch import load_file, save_model
@@ -20,19 +21,13 @@ from mmtl.config import ModelConfig
 from mmtl.errors import MMTLError
 from mmtl.models.encoders import Stream
 from mmtl.models.fusion import Fused
-from mmtl.models.sharing import PER_TASK, build_fusion
-from mmtl.registry import IMAGE_ENCODERS, TEXT_ENCODERS
-from mmtl.text import PAD, Vocabulary
+from mmtl.models.sharing import PER_TASK, build_fusion, set_adapters
+from mmtl.text import Vocabulary
 
 # cache key under which ``fuse`` records (shared output, detached copy) pairs when present: the
 # trainer's hook for gradient balancing on the shared representation (mmtl.balancing.backward)
 SHARED_OUTPUTS = "shared_outputs"
 
-# modality -> (batch -> (input tensor, per-row presence)); new modalities add an entry here
-MODALITY_INPUTS: dict[str, Callable[[Batch], tuple[torch.Tensor, torch.Tensor]]] = {
-    "image": lambda batch: (batch.image, batch.has_image),
-    "text": lambda batch: (batch.text, (batch.text != PAD).any(1)),
-}
 
 
 class MultiTaskModel(nn.Module):
@@ -42,13 +37,25 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         import mmtl.components  # noqa: F401  (registers built-in components)
 
+        from mmtl.modalities import model_modalities
+
         self.config = config
         self.vocab = vocab
         self.tasks = {task.name: task for task in tasks}
-        self.encoders = nn.ModuleDict({
-            "image": IMAGE_ENCODERS.get(config.image.name).from_config(config, vocab),
-            "text": TEXT_ENCODERS.get(config.text.name).from_config(config, vocab),
-        })
+        # one registered unit per modality (image, text, then model.modalities), each with its encoder
+        self.modalities = model_modalities(config)
+        self.encoders = nn.ModuleDict({name: unit.build_encoder(vocab) for name, unit in self.modalities.items()})
+        # modality -> the modalities that take its place for the tasks reading it, when a batch carries them
+        self.substitutes: dict[str, list[str]] = {}
+        for name, unit in self.modalities.items():
+            if unit.stands_for:
+                self.substitutes.setdefault(unit.stands_for, []).append(name)
+        # fine-tuning hooks (mmtl.finetune): extra losses, the modalities and tasks whose computations run
+        # with adapters switched on, parts kept in eval mode, learning-rate factors by parameter-name prefix
+        self.auxiliary = nn.ModuleDict()
+        self.adapted: frozenset[str] = frozenset()
+        self.frozen_parts: list[str] = []
+        self.lr_scales: dict[str, float] = {}
         self.fusion = build_fusion(config, list(self.tasks))
         # heads that several tasks use (e.g. one text decoder for all generation tasks): owned here,
         # each task's entry in ``heads`` holds only its own parameters and refers to the shared one
@@ -72,20 +79,73 @@ class MultiTaskModel(nn.Module):
         task_specific = getattr(self.fusion, "task_specific", False)
         if task_specific:
             task = task or next(iter(self.tasks))
+        on = self.adapters_on(modalities, task)
         key = (modalities, task) if task_specific else modalities
+        key = (key, on) if self.adapted else key
         if key not in cache:
             streams: list[Stream] = []
             for modality in modalities:
                 if modality not in cache:
-                    data, present = MODALITY_INPUTS[modality](batch)
+                    data, present = self.modalities[modality].batch_input(batch)
                     cache[modality] = dataclasses.replace(self.encoders[modality](data, present), modality=modality)
                 streams.append(cache[modality])
-            outputs = self.fusion(streams, [task]) if task_specific else {None: self.fusion(streams)}
+            with self.adapters([self.fusion], on):
+                outputs = self.fusion(streams, [task]) if task_specific else {None: self.fusion(streams)}
             for name, fused in outputs.items():
                 if SHARED_OUTPUTS in cache:
                     fused = _cut(fused, cache[SHARED_OUTPUTS])
-                cache[(modalities, name) if task_specific else modalities] = fused
+                own = (modalities, name) if task_specific else modalities
+                cache[(own, on) if self.adapted else own] = fused
         return cache[key]
+
+    def task_inputs(self, task: Any, batch: Batch) -> tuple[str, ...]:
+        """The modalities ``task`` reads from ``batch``: its declared inputs, each replaced by the
+        modalities standing for it that the batch carries (kept beside them when only some rows do)."""
+        out: list[str] = []
+        for modality in task.inputs:
+            present = [s for s in self.substitutes.get(modality, ()) if s in batch.inputs]
+            partial = any(batch.inputs[s].rows < len(batch) for s in present)
+            out.extend(([modality] if partial or not present else []) + present)
+        return tuple(out)
+
+    def has_inputs(self, task: Any, present: set[str]) -> bool:
+        """Whether a row with the modalities ``present`` can run ``task`` (directly or through a substitute)."""
+        return all(m in present or any(s in present for s in self.substitutes.get(m, ())) for m in task.required_inputs)
+
+    def adapters_on(self, modalities: Sequence[str], task: str | None) -> bool:
+        """Whether fine-tuning adapters take part in fusing ``modalities`` for ``task`` (see ``adapted``)."""
+        return bool(self.adapted) and (task in self.adapted or any(m in self.adapted for m in modalities))
+
+    @contextmanager
+    def adapters(self, modules: Sequence[nn.Module], on: bool) -> Iterator[None]:
+        """Switch the adapters inside ``modules`` on for the duration (a no-op for models without adapters)."""
+        if not (self.adapted and on):
+            yield
+            return
+        for module in modules:
+            set_adapters(module, True)
+        try:
+            yield
+        finally:
+            for module in modules:
+                set_adapters(module, False)
+
+    def train(self, mode: bool = True) -> "MultiTaskModel":
+        """Set training mode; parts frozen by fine-tuning (``frozen_parts``) stay in eval mode, so their
+        BatchNorm statistics do not move either."""
+        super().train(mode)
+        for name in self.frozen_parts:
+            self.get_submodule(name).train(False)
+        return self
+
+    def lr_scale_of(self, name: str) -> float:
+        """Learning-rate factor of parameter ``name`` (``lr_scales`` by longest matching prefix; default 1)."""
+        matches = [prefix for prefix in self.lr_scales if name == prefix or name.startswith(prefix + ".")]
+        return self.lr_scales[max(matches, key=len)] if matches else 1.0
+
+    def objectives(self) -> list[str]:
+        """Names of every loss ``forward`` can return: the tasks, then the auxiliary losses."""
+        return [*self.tasks, *self.auxiliary]
 
     def forward(self, batch: Batch, cache: dict | None = None) -> dict[str, torch.Tensor]:
         """Loss of every task that has targets in ``batch`` (``cache``: see :meth:`fuse` and SHARED_OUTPUTS)."""
@@ -93,18 +153,27 @@ class MultiTaskModel(nn.Module):
         losses = {}
         for name, target in batch.targets.items():
             task = self.tasks[name]
-            fused = self.fuse(batch, task.inputs, cache, name).select(target["index"])
-            losses[name] = task.loss(self.heads[name], fused, target)
+            inputs = self.task_inputs(task, batch)
+            fused = self.fuse(batch, inputs, cache, name).select(target["index"])
+            with self.adapters([self.heads[name], self.shared_heads], self.adapters_on(inputs, name)):
+                losses[name] = task.loss(self.heads[name], fused, target)
+        for name, objective in self.auxiliary.items():
+            loss = objective(self, batch, cache)
+            if loss is not None:
+                losses[name] = loss
         return losses
 
     @torch.no_grad()
     def predict(self, batch: Batch, task_names: Sequence[str], options: Any = None) -> dict[str, list[Any]]:
         """Predictions of each named task for every row of ``batch``."""
         cache: dict = {}
-        return {
-            name: self.tasks[name].predict(self.heads[name], self.fuse(batch, self.tasks[name].inputs, cache, name), options)
-            for name in task_names
-        }
+        out = {}
+        for name in task_names:
+            inputs = self.task_inputs(self.tasks[name], batch)
+            fused = self.fuse(batch, inputs, cache, name)
+            with self.adapters([self.heads[name], self.shared_heads], self.adapters_on(inputs, name)):
+                out[name] = self.tasks[name].predict(self.heads[name], fused, options)
+        return out
 
     def parameter_report(self) -> dict[str, int]:
         """Parameters shared by all tasks and those specific to each task (``task:NAME``), plus ``total``.

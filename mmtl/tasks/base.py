@@ -48,6 +48,14 @@ class Task:
         """The task's head module."""
         raise NotImplementedError
 
+    def loss_count(self, target: dict[str, torch.Tensor]) -> torch.Tensor | int:
+        """How many terms the task's loss averages over in a batch (rows; generation: target tokens).
+
+        Data-parallel training weights each rank's loss by it, so that the gradient equals one
+        process's on the global batch.
+        """
+        return target["index"].numel()
+
     def shared_head_key(self, config: ModelConfig) -> str | None:
         """Key of a head that this task shares with others under ``config`` (None: its own head).
 

@@ -53,6 +53,10 @@ class GenerationTask(Task):
         """The shared decoder plus this task's learned prompt."""
         return PromptedDecoder(shared)
 
+    def loss_count(self, target: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Target tokens (the loss is a mean over them, PAD excluded)."""
+        return (target["tokens"][:, 1:] != PAD).sum()
+
     def loss(self, head: nn.Module, fused: Fused, target: dict[str, torch.Tensor]) -> torch.Tensor:
         tokens = target["tokens"]
         logits = head(tokens[:, :-1], fused.tokens, fused.valid).float()

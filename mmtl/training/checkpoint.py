@@ -2,6 +2,7 @@
 
 Layout of a checkpoint directory (what ``Predictor.from_pretrained`` and ``--resume`` read):
     model.safetensors   model weights
+    ema.safetensors     moving average of the weights (with train.ema_decay > 0); inference prefers it
     meta.json           tasks, class list, vocabulary, step, parameter counts
     config.yaml         the resolved experiment config
     train_state.pt      optimiser, scheduler, scaler, balancer, RNG (tensors and plain types only)
@@ -24,6 +25,7 @@ from mmtl.config import ExperimentConfig, save_config
 from mmtl.errors import MMTLError
 
 MODEL_FILE, META_FILE, CONFIG_FILE, STATE_FILE = "model.safetensors", "meta.json", "config.yaml", "train_state.pt"
+EMA_FILE = "ema.safetensors"
 LATEST = "LATEST"
 
 
@@ -49,13 +51,15 @@ def _as_tuple(value: Any) -> Any:
 
 def write_checkpoint(
     directory: Path, model: torch.nn.Module, meta: dict[str, Any], config: ExperimentConfig,
-    train_state: dict[str, Any] | None = None,
+    train_state: dict[str, Any] | None = None, ema: torch.nn.Module | None = None,
 ) -> Path:
     """Write a complete checkpoint to ``directory`` atomically (temp dir, then rename)."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         save_model(model, str(tmp / MODEL_FILE))
+        if ema is not None:
+            save_model(ema, str(tmp / EMA_FILE))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
         save_config(config, tmp / CONFIG_FILE)
         if train_state is not None:
@@ -103,12 +107,17 @@ def read_meta(checkpoint: Path) -> dict[str, Any]:
         raise MMTLError(f"unreadable checkpoint metadata in {checkpoint}: {exc}") from None
 
 
-def load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
-    """Load ``model.safetensors`` into ``model`` (strict: every key must match)."""
+def inference_weights(checkpoint: Path) -> str:
+    """The weights file that evaluation and inference use: the moving average when there is one."""
+    return EMA_FILE if (checkpoint / EMA_FILE).is_file() else MODEL_FILE
+
+
+def load_weights(model: torch.nn.Module, checkpoint: Path, file: str = MODEL_FILE) -> None:
+    """Load ``file`` (default ``model.safetensors``) of ``checkpoint`` into ``model`` (strict: every key must match)."""
     try:
-        missing, unexpected = load_model(model, str(checkpoint / MODEL_FILE), strict=False)
+        missing, unexpected = load_model(model, str(checkpoint / file), strict=False)
     except Exception as exc:  # safetensors raises several types for damaged files
-        raise MMTLError(f"cannot load weights from {checkpoint / MODEL_FILE}: {exc}") from None
+        raise MMTLError(f"cannot load weights from {checkpoint / file}: {exc}") from None
     if missing or unexpected:
         raise MMTLError(
             f"checkpoint {checkpoint} does not match the model: missing {sorted(missing)[:5]}, "

@@ -103,3 +103,36 @@ def plot_task_monitor(log_path: Path, out_dir: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+def plot_validation(log_path: Path, out_dir: Path) -> Path | None:
+    """``val_metrics.png``: one panel per task with its validation metrics over steps, plus a Δm panel
+    when the run computed it; None when the log has no validation records."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [r for r in read_log(log_path) if any(k.startswith("val/") for k in r)]
+    panels: dict[str, list[str]] = {}
+    for key in sorted({k for r in records for k in r if k.count("/") == 2 and k.startswith("val/")}):
+        _, task, metric = key.split("/")
+        if metric != "loss":
+            panels.setdefault(task, []).append(key)
+    if any("val/delta_m" in r for r in records):
+        panels["Δm vs reference"] = ["val/delta_m"]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), dpi=100, squeeze=False)
+    for ax, (title, keys) in zip(axes[0], panels.items()):
+        for key in keys:
+            points = [(r["step"], r[key]) for r in records if key in r]
+            ax.plot(*zip(*points), marker="o", ms=3, label=key.rsplit("/", 1)[-1])
+        ax.set(title=title, xlabel="step")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = out_dir / "val_metrics.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path

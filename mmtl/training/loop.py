@@ -7,23 +7,36 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from data_pipelines.loader import make_loader
+from data_pipelines.loader import Batch, make_loader
+from data_pipelines.mixing import training_sources
 from mmtl.balancing.backward import BalancedBackward
 from mmtl.builder import Components, components_from_data
 from mmtl.config import ExperimentConfig, save_config
 from mmtl.errors import MMTLError, TrainingInterrupted
 from mmtl.registry import BALANCERS
+from mmtl.training import distributed as dist
+from mmtl.training.acceleration import compile_blocks, enable_grad_checkpointing, peak_memory_gb
 from mmtl.training.checkpoint import (
-    load_train_state, load_weights, resolve_checkpoint, rng_state, save_run_checkpoint, set_rng_state,
+    EMA_FILE, load_train_state, load_weights, resolve_checkpoint, rng_state, save_run_checkpoint, set_rng_state,
 )
+from mmtl.training.ema import WeightEMA
+from mmtl.training.environment import save_environment
+from mmtl.training.flops import count_flops, mfu, peak_flops
 from mmtl.training.logging import RunLogger, plot_losses, plot_task_monitor
+from mmtl.training.nonfinite import NonFiniteGuard
 from mmtl.training.optim import build_optimizer, build_scheduler
-from mmtl.training.signals import GracefulStop
 from mmtl.training.precision import get_autocast, make_grad_scaler, resolve_device, resolve_precision
+from mmtl.training.signals import GracefulStop
+from mmtl.training.validation import Validator
+
+OOM_ADVICE = ("out of GPU memory at step {step} (data.batch_size={batch}); try a smaller data.batch_size with "
+              "train.grad_accum to keep the global batch, train.grad_checkpointing=true, or train.precision=bf16. "
+              "Continue from the last checkpoint with --resume latest")
 
 
 @dataclass
@@ -38,27 +51,57 @@ class TrainResult:
 
 
 class Trainer:
-    """Owns the model, optimiser and bookkeeping of one run; ``run()`` trains to ``train.steps``."""
+    """Owns the model, optimiser and bookkeeping of one run; ``run()`` trains to ``train.steps``.
 
-    def __init__(self, config: ExperimentConfig, resume: str | None = None) -> None:
+    Under torchrun every rank builds the same Trainer; rank 0 alone writes logs and checkpoints.
+    """
+
+    def __init__(self, config: ExperimentConfig, resume: str | None = None,
+                 components: Components | None = None) -> None:
+        """``components``: a prepared model (e.g. by mmtl.finetune) instead of one built from ``config``;
+        only its parameters that require gradients are trained."""
         self.config = config
         self.run_dir = Path(config.output_dir)
         torch.manual_seed(config.seed)
         random.seed(config.seed)
-        self.device = resolve_device(config.train.device)
+        self.dist = dist.init_from_env(resolve_device(config.train.device).type)
+        self.device = resolve_device(dist.local_device(config.train.device, self.dist))
         self.precision = resolve_precision(config.train.precision, self.device)
-        self.components = components_from_data(config)
+        self.components = components if components is not None else components_from_data(config)
         self.model = self.components.model.to(self.device)
-        self.balancer = BALANCERS.get(config.balancer.name)(config.tasks, config.balancer).to(self.device)
+        if self.precision == "pure_bf16":
+            self.model.to(torch.bfloat16)
+        if config.train.grad_checkpointing:
+            enable_grad_checkpointing(self.model)
+        self.task_names = [t.name for t in self.components.tasks]
+        self.objectives = self.components.model.objectives()  # the tasks, then any auxiliary losses
+        self.balancer = BALANCERS.get(config.balancer.name)(self.objectives, config.balancer).to(self.device)
         self.optimizer = build_optimizer([self.model, self.balancer], config.train, self.device)
         self.scheduler = build_scheduler(self.optimizer, config.train)
         self.scaler = make_grad_scaler(self.precision, self.device)
-        self.backward = BalancedBackward(self.model, self.balancer, self.scaler)
+        reduce = (lambda grads: dist.all_reduce_mean(grads, self.dist)) if self.dist.enabled else None
+        self.backward = BalancedBackward(self.model, self.balancer, self.scaler, reduce)
+        self.ema = WeightEMA(self.model, config.train.ema_decay) if config.train.ema_decay > 0 else None
+        self.guard = NonFiniteGuard(config.train.max_nonfinite_steps)
         self.step = 0
+        self.batches_consumed = 0  # the data position: micro-batches this rank has trained on
+        self.flops_per_step: float | None = None
+        self.validator = Validator(config, self.run_dir)  # periodic validation, best checkpoint, early stop
         if resume:
             self._resume(resume)
         else:
-            self._claim_run_dir()
+            refusal = None
+            if self.dist.is_main:
+                try:
+                    self._claim_run_dir()
+                except MMTLError as exc:
+                    refusal = exc
+            if dist.all_ranks_agree(refusal is not None, self.dist, self.device):  # no rank may wait for ever
+                raise refusal or MMTLError(f"rank 0 refused to start a run in {self.run_dir}")
+            if self.dist.enabled:
+                dist.broadcast_module(self.model)
+                if self.ema is not None:
+                    self.ema.averaged.module.load_state_dict(self.model.state_dict())
 
     def _claim_run_dir(self) -> None:
         """A fresh run must not silently mix its log and checkpoints with an earlier run's."""
@@ -82,116 +125,210 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.balancer.load_state_dict(state["balancer"])
+        self.validator.load_state_dict(state.get("validator", {}))
+        self.guard.load_state_dict(state.get("nonfinite", {"skipped": 0, "streak": 0}))
+        if self.ema is not None:
+            if not (checkpoint / EMA_FILE).is_file():
+                raise MMTLError(f"train.ema_decay is set but {checkpoint} has no {EMA_FILE} to resume the average from")
+            load_weights(self.ema.module, checkpoint, EMA_FILE)
+            self.ema.updates = int(state.get("ema_updates", 0))
         set_rng_state(state["rng"])
         self.step = int(state["step"])
+        self.batches_consumed = int(state.get("data", {}).get("batches", self.step * self.config.train.grad_accum))
 
-    def save(self) -> Path:
-        """Write a resumable checkpoint of the current step."""
-        train_state = {
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(), "balancer": self.balancer.state_dict(),
-            "rng": rng_state(), "step": self.step,
-        }
-        return save_run_checkpoint(
-            self.run_dir, self.step, model=self.model, meta=self.components.meta(self.step),
-            config=self.config, train_state=train_state,
-        )
+    def save(self) -> Path | None:
+        """Write a resumable checkpoint of the current step (rank 0; other ranks wait and get None)."""
+        path = None
+        if self.dist.is_main:
+            train_state = {
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "balancer": self.balancer.state_dict(),
+                "rng": rng_state(), "step": self.step, "validator": self.validator.state_dict(),
+                "nonfinite": self.guard.state_dict(), "data": {"batches": self.batches_consumed},
+                "ema_updates": self.ema.updates if self.ema is not None else 0,
+            }
+            path = save_run_checkpoint(
+                self.run_dir, self.step, keep=self.config.train.keep_checkpoints, model=self.model,
+                meta=self.components.meta(self.step), config=self.config, train_state=train_state,
+                ema=self.ema.module if self.ema is not None else None,
+            )
+        dist.barrier(self.dist)
+        return path
 
     def _loader(self) -> torch.utils.data.DataLoader:
+        """This rank's training stream, continuing at the data position (exact on resume)."""
         data, model = self.config.data, self.config.model
         return make_loader(
-            data.path, data.train_split, tasks=self.components.tasks, vocab=self.components.vocab,
+            training_sources(data), data.train_split, tasks=self.components.tasks, vocab=self.components.vocab,
             image_size=model.image.image_size, context_length=model.text.context_length,
             batch_size=data.batch_size, train=True, num_workers=data.num_workers,
-            shuffle_buffer=data.shuffle_buffer, seed=self.config.seed + self.step,
+            shuffle_buffer=data.shuffle_buffer, seed=self.config.seed, mode=data.mode, mixing=data.mixing,
+            mixing_temperature=data.mixing_temperature, length_buckets=data.length_buckets,
             max_corrupt_fraction=data.max_corrupt_fraction, max_image_pixels=data.max_image_pixels,
+            rank=self.dist.rank, world_size=self.dist.world_size, start_batch=self.batches_consumed,
         )
 
     def _logs_at(self, step: int) -> bool:
         """Whether the run logs after reaching ``step``: every ``train.log_every`` steps and the last."""
         return step % self.config.train.log_every == 0 or step == self.config.train.steps
 
-    def train_step(self, batch, monitor: bool | None = None) -> dict[str, torch.Tensor]:
-        """Forward, balance, backward and update on one batch; returns detached per-task losses.
+    def _monitors_at(self, step: int) -> bool:
+        cfg = self.config.train
+        return self._logs_at(step) and cfg.monitor_every > 0 and (step % cfg.monitor_every == 0 or step == cfg.steps)
 
-        ``monitor`` (default: on log steps that are also ``train.monitor_every`` steps, and the last)
-        adds per-task gradient norms and cosines on the shared parameters.
-        """
-        self.model.train()
-        if monitor is None:
-            cfg, next_step = self.config.train, self.step + 1
-            monitor = self._logs_at(next_step) and cfg.monitor_every > 0 and (
-                next_step % cfg.monitor_every == 0 or next_step == cfg.steps)
-        cache = self.backward.new_cache(self.step)
+    def _task_losses(self, batch: Batch, cache: dict) -> dict[str, torch.Tensor]:
         with get_autocast(self.precision, self.device):
             losses = self.model(batch, cache)
+        if not self.dist.enabled:
+            return losses
+        counts: dict[str, torch.Tensor | int] = {name: len(batch) for name in losses}  # auxiliary losses: per row
+        counts.update({t.name: t.loss_count(batch.targets[t.name]) for t in self.components.tasks if t.name in losses})
+        return dist.global_losses(losses, counts, self.objectives, self.dist)
+
+    def train_step(self, batch: Batch | Sequence[Batch], monitor: bool | None = None) -> dict[str, torch.Tensor]:
+        """One optimiser step on ``batch`` (or on micro-batches whose gradients accumulate).
+
+        Forward, balance and backward per micro-batch; then gradients are averaged over ranks,
+        clipped, checked for NaN/inf (a bad step is skipped and counted) and applied. Returns the
+        detached per-task losses (mean over micro-batches), the balanced total and ``grad_norm``.
+        ``monitor`` (default: on log steps that are also ``train.monitor_every`` steps, and the
+        last) adds per-task gradient norms and cosines on the shared parameters.
+        """
+        micro = list(batch) if isinstance(batch, (list, tuple)) else [batch]
+        self.model.train()
+        if monitor is None:
+            monitor = self._monitors_at(self.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
-        balanced = self.backward(losses, cache, self.step, monitor)
+        sums: dict[str, torch.Tensor] = {}
+        for index, part in enumerate(micro):
+            cache = self.backward.new_cache(self.step)
+            losses = self._task_losses(part, cache)
+            last = index == len(micro) - 1
+            balanced = self.backward(losses, cache, self.step, monitor and last, factor=1.0 / len(micro))
+            for name, value in {**losses, "total": balanced.pop("total")}.items():
+                sums[name] = sums.get(name, 0) + value.detach() / len(micro)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        dist.average_gradients(params, self.dist)
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
-        self.scaler.step(self.optimizer)
+        task_losses = {name: value for name, value in sums.items() if name != "total"}
+        if self.guard.allows(task_losses, grad_norm, self.step, scaler_handles_inf=self.scaler.is_enabled()):
+            self.scaler.step(self.optimizer)
+            if self.ema is not None:
+                self.ema.update(self.model)
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
-        return {**{k: v.detach() for k, v in losses.items()}, **balanced, "grad_norm": grad_norm}
+        return {**sums, **balanced, "grad_norm": grad_norm}
+
+    def _count_step_flops(self, batch: Batch) -> float:
+        """Model FLOPs of one optimiser step (forward + backward of the summed losses; eval mode and a
+        forked RNG, so counting changes neither BatchNorm statistics nor the random stream)."""
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            self.model.eval()
+            flops = count_flops(lambda: sum(self.model(batch).values()).backward())
+            self.model.zero_grad(set_to_none=True)
+        return float(flops * self.config.train.grad_accum)
+
+    def _next_step_batches(self, batches) -> list[Batch]:
+        parts = [next(batches).to(self.device) for _ in range(self.config.train.grad_accum)]
+        self.batches_consumed += len(parts)
+        return parts
 
     def run(self) -> TrainResult:
         """Train until ``train.steps``; SIGTERM or Ctrl-C saves a checkpoint, then raises TrainingInterrupted."""
         cfg = self.config.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(self.config, self.run_dir / "config.yaml")
-        logger = RunLogger(self.run_dir)
-        progress = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not cfg.progress, dynamic_ncols=True)
+        main = self.dist.is_main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.config, self.run_dir / "config.yaml")
+            save_environment(self.run_dir, self.device, self.dist.world_size)
+        logger = RunLogger(self.run_dir) if main else None
+        progress = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not (cfg.progress and main),
+                        dynamic_ncols=True)
         self.data_loader = self._loader()
         batches = iter(self.data_loader)
-        started, last_log, data_wait, samples = time.perf_counter(), time.perf_counter(), 0.0, 0
+        started = last_log = time.perf_counter()
+        data_wait, samples, steps_since_log = 0.0, 0, 0
         final: dict[str, float] = {}
         with GracefulStop() as stop:
             try:
-                while self.step < cfg.steps and stop.requested is None:
+                while self.step < cfg.steps:
+                    # every rank must leave the loop at the same step: 1 = a signal, 2 = early stopping
+                    reason = dist.max_over_ranks(
+                        1 if stop.requested is not None else 2 if self.validator.stop_reason is not None else 0,
+                        self.dist, self.device)
+                    if reason == 1:
+                        stop.requested = stop.requested or "SIGTERM"
+                    if reason:
+                        break
                     fetch = time.perf_counter()
-                    batch = next(batches).to(self.device)
+                    parts = self._next_step_batches(batches)
                     data_wait += time.perf_counter() - fetch
-                    samples += len(batch)
-                    out = self.train_step(batch)
+                    samples += sum(len(p) for p in parts) * self.dist.world_size
+                    if self.flops_per_step is None:
+                        self.flops_per_step = self._count_step_flops(parts[0])
+                        if cfg.compile:  # after counting: the FLOP counter cannot see inside compiled graphs
+                            compile_blocks(self.model)
+                    try:
+                        out = self.train_step(parts)
+                    except torch.cuda.OutOfMemoryError:
+                        raise MMTLError(OOM_ADVICE.format(step=self.step + 1, batch=self.config.data.batch_size)) from None
                     progress.update(1)
+                    steps_since_log += 1
                     if self._logs_at(self.step):
                         now = time.perf_counter()
-                        final = self._log(logger, progress, out, samples / (now - last_log), data_wait / (now - last_log))
-                        last_log, data_wait, samples = now, 0.0, 0
+                        if main:
+                            final = self._log(logger, progress, out, {
+                                "samples_per_s": samples / (now - last_log),
+                                "data_wait_fraction": data_wait / (now - last_log),
+                                "mfu": self._mfu(steps_since_log, now - last_log),
+                                "gpu_memory_gb": peak_memory_gb(self.device),
+                            })
+                        last_log, data_wait, samples, steps_since_log = now, 0.0, 0, 0
+                    if main:
+                        self.validator.after_step(self, logger, progress)
                     if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                         self.save()
             except KeyboardInterrupt:  # a Ctrl-C that arrived outside the handler (e.g. not the main thread)
                 stop.requested = "SIGINT"
             finally:
                 progress.close()
-                logger.close()
+                if logger is not None:
+                    logger.close()
         checkpoint = self.save()
         if stop.requested is not None:
+            dist.shutdown(self.dist)
             raise TrainingInterrupted(
                 f"{stop.requested} at step {self.step}: checkpoint saved to {checkpoint}; continue with "
                 f"`mmtl train --config {self.run_dir}/config.yaml --resume latest`", signal_name=stop.requested)
-        plot_losses(logger.path, self.run_dir, [t.name for t in self.components.tasks])
-        plot_task_monitor(logger.path, self.run_dir)
+        if main:
+            plot_losses(logger.path, self.run_dir, self.task_names)
+            plot_task_monitor(logger.path, self.run_dir)
+            self.validator.finish(logger.path)
+        dist.shutdown(self.dist)
         return TrainResult(self.run_dir, checkpoint, self.components, final, time.perf_counter() - started)
 
+    def _mfu(self, steps: int, seconds: float) -> float:
+        peak, _ = peak_flops(self.device, self.precision)
+        return mfu((self.flops_per_step or 0.0) * steps, seconds, peak)
+
     def _log(self, logger: RunLogger, progress: tqdm, out: dict[str, torch.Tensor],
-             samples_per_s: float, data_wait_fraction: float) -> dict[str, float]:
+             throughput: dict[str, float]) -> dict[str, float]:
         values = {name: float(value) for name, value in out.items()}
         stats = {name: values.pop(name) for name in [n for n in values if "/" in n]}  # gradient monitor
-        bad = [name for name, value in values.items() if not math.isfinite(value) and name != "grad_norm"]
-        if bad:
-            raise MMTLError(f"loss became non-finite at step {self.step} for: {', '.join(bad)} "
-                            "(try a lower train.lr or train.precision=fp32)")
         record = {f"loss/{name}": value for name, value in values.items() if name not in ("grad_norm",)}
         record.update({f"weight/{t}": w for t, w in self.balancer.task_weights().items()})
         record.update(stats)
         record.update({"lr": self.scheduler.get_last_lr()[0], "grad_norm": values["grad_norm"],
-                       "samples_per_s": samples_per_s, "data_wait_fraction": data_wait_fraction})
+                       "nonfinite_skipped": self.guard.skipped, **throughput})
         record.update(self.data_loader.corrupt.log_record())  # skipped corrupt samples so far
         logger.log(self.step, record)
-        progress.set_postfix({n: f"{v:.3f}" for n, v in values.items() if n not in ("grad_norm", "total")}, refresh=False)
-        return {name: value for name, value in values.items() if name != "grad_norm"}
+        postfix = {n: f"{v:.3f}" for n, v in values.items() if n not in ("grad_norm", "total")}
+        progress.set_postfix({**postfix, "samples/s": f"{throughput['samples_per_s']:.0f}"}, refresh=False)
+        return {name: value for name, value in values.items() if name != "grad_norm" and math.isfinite(value)}
 
 
 def train(config: ExperimentConfig, resume: str | None = None) -> TrainResult:

@@ -16,14 +16,21 @@ def _no_decay(name: str, param: nn.Parameter) -> bool:
 
 
 def build_optimizer(modules: Iterable[nn.Module], config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over the parameters of ``modules`` (fused kernel on CUDA)."""
-    decay, no_decay = [], []
+    """AdamW over the trainable parameters of ``modules`` (fused kernel on CUDA).
+
+    A module with ``lr_scale_of(name)`` (MultiTaskModel, set up by fine-tuning) puts parameters whose
+    factor is not 1 into extra groups at ``lr * factor``, after the two usual groups.
+    """
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {(False, 1.0): [], (True, 1.0): []}
     for module in modules:
+        scale_of = getattr(module, "lr_scale_of", None)
         for name, param in module.named_parameters():
             if param.requires_grad:
-                (no_decay if _no_decay(name, param) else decay).append(param)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), fused=device.type == "cuda")
+                scale = scale_of(name) if scale_of is not None else 1.0
+                groups.setdefault((_no_decay(name, param), scale), []).append(param)
+    param_groups = [{"params": params, "weight_decay": 0.0 if no_decay else config.weight_decay,
+                     "lr": config.lr * scale} for (no_decay, scale), params in groups.items()]
+    return torch.optim.AdamW(param_groups, lr=config.lr, betas=(0.9, 0.98), fused=device.type == "cuda")
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:

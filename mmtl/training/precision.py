@@ -8,7 +8,9 @@ import torch
 
 from mmtl.errors import ConfigError
 
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# pure_bf16 keeps weights in bf16 and still runs under bf16 autocast, which casts fp32 inputs and
+# keeps losses and softmaxes in fp32
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "pure_bf16": torch.bfloat16}
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,0 +1,207 @@
+"""Fine-tuning for new modalities and tasks: strategies, delta save/load, non-regression, CLI."""
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from data_pipelines.loader import make_loader
+from data_pipelines.synthetic import write_shards
+from mmtl.cli import main
+from mmtl.config import load_config
+from mmtl.errors import MMTLError
+from mmtl.finetune import (
+    DELTA_FILE, REGRESSION_FILE, build_finetuned, finetune_config, load_base, load_finetuned, run_finetune, save_delta,
+)
+from mmtl.inference import Predictor
+from mmtl.training.loop import train
+from tests.conftest import micro_overrides
+
+FT_EXTRA = ["finetune.regression_samples=8", "eval.max_samples=8", "train.checkpoint_every=0"]
+
+
+@pytest.fixture(scope="module")
+def base_run(micro_data: Path, tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Path:
+    """A micro model trained for two steps on the micro shapes data (image + text)."""
+    out = tmp_path_factory.mktemp("base") / "run"
+    train(load_config(None, micro_overrides(micro_data, out, steps=2)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def depth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """New scenes with image, depth map, sound and object count (same classes as micro_data)."""
+    path = tmp_path_factory.mktemp("depth_data")
+    write_shards(path, {"train": 32, "val": 8, "test": 8}, seed=5, difficulty="easy", image_size=32, shard_size=40,
+                 modalities=("image", "depth", "audio"), count=True)
+    return path
+
+
+def _config(data: Path, out: Path, *extra: str, steps: int = 2):
+    return load_config(None, micro_overrides(data, out, steps=steps) + FT_EXTRA + list(extra))
+
+
+def _batch(data: Path, components, split: str = "val"):
+    loader = make_loader(str(data), split, tasks=components.tasks, vocab=components.vocab, image_size=32,
+                         context_length=64, batch_size=8, train=False)
+    return next(iter(loader))
+
+
+def _tuned_key(key: str, tuned: dict) -> str:
+    """The name of base tensor ``key`` in the fine-tuned model (a layer wrapped by an adapter moves to ``.base``)."""
+    if key in tuned:
+        return key
+    owner, leaf = key.rsplit(".", 1)
+    assert f"{owner}.base.{leaf}" in tuned, key
+    return f"{owner}.base.{leaf}"
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "checkpoints" / (path / "checkpoints" / "LATEST").read_text().strip() / "model.safetensors"))
+
+
+@pytest.mark.parametrize("strategy", ["frozen", "lora", "full"])
+def test_strategy_trains_the_intended_parameters(strategy: str, base_run: Path, depth_data: Path, tmp_path: Path,
+                                                 one_thread: None) -> None:
+    check = "finetune.regression_samples=0" if strategy == "full" else "finetune.regression_samples=8"
+    # frozen adds only a task head (nothing shared trains); lora and full add depth and the head
+    modalities = "[]" if strategy == "frozen" else "[depth]"
+    config = _config(depth_data, tmp_path / "ft", f"finetune.strategy={strategy}", f"finetune.add_modalities={modalities}",
+                     "finetune.add_tasks=[counting]", "finetune.align_weight=1.0", check)
+    result = run_finetune(base_run, config)
+    components, _, meta = load_finetuned(result.directory)
+    base = _state(base_run)
+    tuned = components.model.state_dict()
+    changed = {k for k, v in base.items() if not torch.equal(v, tuned[_tuned_key(k, tuned)])}
+    delta = load_file(str(result.directory / DELTA_FILE))
+    assert meta["finetune"]["strategy"] == strategy
+    assert any(k.startswith("encoders.depth.") for k in delta) == (strategy != "frozen")
+    assert any(k.startswith("heads.counting.") for k in delta)
+    if strategy == "full":
+        assert changed and set(base) <= set(delta)  # old parts trained too (at a lower learning rate)
+        assert result.regression == []  # regression_samples=0 turns the check off
+    else:
+        assert not changed, sorted(changed)[:5]  # old parameters and buffers bitwise unchanged
+        assert not set(delta) & set(base)  # only new tensors were saved
+        adapters = [k for k in delta if ".adapter." in k]
+        assert bool(adapters) == (strategy == "lora")
+        # the non-regression report: the old tasks' metrics are exactly unchanged
+        report = json.loads((result.directory / REGRESSION_FILE).read_text())
+        assert report["rows"] and all(row["change"] == 0.0 for row in report["rows"])
+        assert {r.task for r in result.regression} == {"recognition", "captioning", "summarization"}
+
+
+def test_full_strategy_uses_a_lower_learning_rate_on_old_parts(base_run: Path, depth_data: Path, tmp_path: Path) -> None:
+    from mmtl.training.optim import build_optimizer
+
+    config = _config(depth_data, tmp_path / "ft", "finetune.strategy=full", "finetune.add_modalities=[depth]",
+                     "finetune.old_lr_scale=0.25")
+    components, _ = build_finetuned(load_base(base_run), finetune_config(load_base(base_run), config))
+    optimizer = build_optimizer([components.model], config.train, torch.device("cpu"))
+    depth_param = components.model.encoders["depth"].proj.weight
+    fusion_param = next(components.model.fusion.parameters())
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert lr_of[id(depth_param)] == pytest.approx(config.train.lr)
+    assert lr_of[id(fusion_param)] == pytest.approx(0.25 * config.train.lr)
+
+
+def test_new_encoder_can_start_from_the_trained_one(base_run: Path, depth_data: Path, tmp_path: Path) -> None:
+    config = _config(depth_data, tmp_path / "ft", "finetune.add_modalities=[depth]",
+                     "model.modalities={depth: {init_from: image}}")
+    components, _ = build_finetuned(load_base(base_run), finetune_config(load_base(base_run), config))
+    image, depth = components.model.encoders["image"], components.model.encoders["depth"]
+    assert torch.equal(image.backbone.layer1[0].conv1.weight, depth.backbone.layer1[0].conv1.weight)
+    assert torch.allclose(image.backbone.conv1.weight.sum(1, keepdim=True), depth.backbone.conv1.weight)
+    assert torch.equal(image.proj.weight, depth.proj.weight)
+    # position and type embeddings start as the image's too: depth enters the fusion where images did
+    assert torch.equal(image.position, depth.position) and torch.equal(image.type_embedding, depth.type_embedding)
+    assert image.type_embedding is not depth.type_embedding  # copies, not shared tensors
+
+
+def test_frozen_model_gives_bitwise_identical_outputs_on_old_inputs(base_run: Path, micro_data: Path, depth_data: Path,
+                                                                    tmp_path: Path, one_thread: None) -> None:
+    for strategy in ("frozen", "lora"):
+        config = _config(depth_data, tmp_path / strategy, f"finetune.strategy={strategy}",
+                         "finetune.add_modalities=[depth]", "finetune.add_tasks=[counting]")
+        base = load_base(base_run)
+        components, delta = build_finetuned(base, finetune_config(base, config))
+        with torch.no_grad():  # pretend training moved every new tensor (adapters included)
+            for name, tensor in components.model.state_dict(keep_vars=True).items():
+                if name in delta and tensor.is_floating_point():
+                    tensor.add_(torch.randn_like(tensor) * 0.1)
+        reference = Predictor.from_pretrained(base_run).model.eval()
+        model = components.model.eval()
+        batch = _batch(micro_data, components)
+        old = {k: v for k, v in batch.targets.items() if k != "counting"}
+        torch.manual_seed(0)
+        expected = reference(type(batch)(**{**batch.__dict__, "targets": old}))
+        got = model(type(batch)(**{**batch.__dict__, "targets": old}))
+        assert all(torch.equal(expected[k], got[k]) for k in expected), strategy
+        # on depth inputs the new parts (and adapters) are used: recognition's loss differs from the image route
+        depth_batch = _batch(depth_data, components)
+        assert model.task_inputs(components.tasks[0], depth_batch) == ("depth",)
+
+
+def test_delta_round_trip_and_bad_base(base_run: Path, depth_data: Path, tmp_path: Path, one_thread: None) -> None:
+    base_copy = tmp_path / "base"
+    shutil.copytree(base_run, base_copy)
+    config = _config(depth_data, tmp_path / "ft", "finetune.strategy=lora", "finetune.add_modalities=[depth]",
+                     "finetune.add_tasks=[counting]")
+    base = load_base(base_copy)
+    tuned = finetune_config(base, config)
+    components, delta = build_finetuned(base, tuned)
+    with torch.no_grad():
+        for name, tensor in components.model.state_dict(keep_vars=True).items():
+            if name in delta and tensor.is_floating_point():
+                tensor.add_(torch.randn_like(tensor) * 0.1)
+    out = save_delta(tmp_path / "ft", components, tuned, base, delta, step=2)
+    batch = _batch(depth_data, components, "test")
+    names = ["recognition", "captioning", "counting"]
+    expected = components.model.eval().predict(batch, names, tuned.eval)
+    loaded = Predictor.from_pretrained(out)
+    assert loaded.model.predict(batch, names, tuned.eval) == expected
+    assert sum(t.numel() for t in load_file(str(out / DELTA_FILE)).values()) < 0.5 * sum(
+        p.numel() for p in components.model.parameters())
+    # a changed base checkpoint is refused, by its hash
+    checkpoint = base.path / "model.safetensors"
+    state = load_file(str(checkpoint))
+    first = sorted(state)[0]
+    state[first] = state[first] + 1
+    save_file(state, str(checkpoint))
+    with pytest.raises(MMTLError, match="changed since"):
+        Predictor.from_pretrained(out)
+
+
+def test_finetune_cli_happy_path_predict_and_bad_inputs(base_run: Path, depth_data: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture, one_thread: None) -> None:
+    out = tmp_path / "ft"
+    code = main(["finetune", "--checkpoint", str(base_run), "--add-modality", "audio", "--strategy", "frozen",
+                 *micro_overrides(depth_data, out, steps=2), *FT_EXTRA, "model.modalities={audio: {seconds: 0.5}}"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "recognition" in printed and "+0.0000" in printed and (out / DELTA_FILE).is_file()
+    with tarfile.open(sorted(depth_data.glob("test-*.tar"))[0]) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".wav"))
+        (tmp_path / "scene.wav").write_bytes(tar.extractfile(member).read())
+    assert main(["predict", "--checkpoint", str(out), "--modality", f"audio={tmp_path / 'scene.wav'}", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) == {"recognition", "captioning"}  # summarization needs text
+    assert main(["eval", "--checkpoint", str(out), "--data", str(depth_data), "--max-samples", "8"]) == 0
+    assert "recognition" in capsys.readouterr().out
+    bad = [
+        ["finetune", "--checkpoint", str(tmp_path / "missing"), "--add-modality", "depth"],
+        ["finetune", "--checkpoint", str(base_run), "--add-modality", "smell"],
+        ["finetune", "--checkpoint", str(base_run), "--add-task", "juggling"],
+        ["finetune", "--checkpoint", str(base_run)],
+        ["predict", "--checkpoint", str(out), "--modality", f"depth={tmp_path / 'scene.wav'}"],
+        ["data", "synth", "--out", str(tmp_path / "synth"), "--num", "2", "--modalities", "image,smell"],
+    ]
+    for argv in bad:
+        capsys.readouterr()
+        assert main(argv + ([f"output_dir={tmp_path / 'x'}"] if argv[0] == "finetune" else [])) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("mmtl: error:") and "\n" not in err, err
