@@ -210,6 +210,9 @@ class TrainConfig:
     overwrite: bool = False
     # validate on data.val_split every this many steps and at the last step (0: never); see ValidationConfig
     eval_every: int = 0
+    # under torchrun: shard parameters, gradients and optimiser state over the ranks with FSDP2
+    # (loss-weighting balancers only; no EMA or periodic validation); one process trains unsharded
+    fsdp: bool = False
 
 
 @dataclass
@@ -564,6 +567,23 @@ def validate(config: ExperimentConfig) -> None:
         if value < 0:
             raise ConfigError(f"{key} must be >= 0, got {value}")
     _validate_modalities(config)
+    _validate_fsdp(config)
+
+
+def _validate_fsdp(config: ExperimentConfig) -> None:
+    """Settings that sharded training (train.fsdp) cannot honour."""
+    from mmtl.registry import BALANCERS
+
+    if not config.train.fsdp:
+        return
+    if BALANCERS.get(config.balancer.name).kind == "gradient":
+        raise ConfigError(f"balancer.name={config.balancer.name} needs per-task gradients of whole parameters, "
+                          "which train.fsdp=true shards; use train.fsdp=false (DDP) or a loss-weighting balancer")
+    if config.train.ema_decay > 0:
+        raise ConfigError("train.ema_decay > 0 is not supported with train.fsdp=true; use train.fsdp=false (DDP)")
+    if config.train.eval_every > 0:
+        raise ConfigError("train.eval_every > 0 (validation on rank 0) is not supported with train.fsdp=true; "
+                          "use train.eval_every=0 and `mmtl eval` on the checkpoints, or train.fsdp=false")
 
 
 def _validate_modalities(config: ExperimentConfig) -> None:

@@ -62,3 +62,22 @@ def without_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
             if isinstance(child, torch.nn.modules.batchnorm._BatchNorm):
                 setattr(module, name, torch.nn.Identity())
     return model
+
+
+def sigterm_after_step(monkeypatch: pytest.MonkeyPatch, step: int) -> Any:
+    """Make the Trainer send itself SIGTERM once it reaches ``step``; returns the original train_step."""
+    import os
+    import signal
+
+    from mmtl.training.loop import Trainer
+
+    original = Trainer.train_step
+
+    def step_then_sigterm(self, batch, *args, **kwargs):
+        out = original(self, batch, *args, **kwargs)
+        if self.step == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_sigterm)
+    return original

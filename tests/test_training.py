@@ -10,7 +10,7 @@ from mmtl.inference import Predictor
 from mmtl.training.checkpoint import LATEST, load_train_state, resolve_checkpoint
 from mmtl.training.loop import Trainer, train
 from mmtl.training.optim import lr_factor
-from tests.conftest import micro_overrides
+from tests.conftest import micro_overrides, sigterm_after_step
 
 
 def test_training_writes_a_complete_run_directory(micro_data: Path, tmp_path: Path) -> None:
@@ -78,20 +78,9 @@ def test_fresh_run_refuses_to_mix_with_an_existing_run_unless_overwrite(micro_da
 
 
 def test_sigterm_saves_a_checkpoint_exits_143_and_the_run_resumes(micro_data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
-    import os
-    import signal
-
     from mmtl.cli import main
 
-    original = Trainer.train_step
-
-    def step_then_sigterm(self, batch, *args, **kwargs):
-        out = original(self, batch, *args, **kwargs)
-        if self.step == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return out
-
-    monkeypatch.setattr(Trainer, "train_step", step_then_sigterm)
+    original = sigterm_after_step(monkeypatch, 2)
     overrides = micro_overrides(micro_data, tmp_path / "run", steps=5)
     assert main(["train", *overrides]) == 143
     err = capsys.readouterr().err

@@ -13,7 +13,7 @@ from mmtl.inference import Predictor
 from mmtl.training.acceleration import enable_grad_checkpointing
 from mmtl.training.checkpoint import EMA_FILE, resolve_checkpoint
 from mmtl.training.loop import Trainer
-from tests.conftest import micro_overrides, without_batchnorm
+from tests.conftest import micro_overrides, sigterm_after_step, without_batchnorm
 
 # exact comparisons run in fp32 on the CPU (a GPU would default to bf16 autocast)
 RECOGNITION = ["tasks=[recognition]", "data.batch_size=8", "train.device=cpu"]
@@ -150,9 +150,6 @@ def test_keep_checkpoints_bounds_the_number_kept(micro_data: Path, tmp_path: Pat
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_stopped_and_resumed_run_ends_bitwise_where_an_uninterrupted_one_does(
         micro_data: Path, tmp_path: Path, monkeypatch, one_thread, workers: int) -> None:
-    import os
-    import signal
-
     from safetensors.torch import load_file
 
     from mmtl.errors import TrainingInterrupted
@@ -160,15 +157,7 @@ def test_a_stopped_and_resumed_run_ends_bitwise_where_an_uninterrupted_one_does(
     extra = [f"data.num_workers={workers}", "train.steps=6", "train.device=cpu", "data.shuffle_buffer=20",
              "train.ema_decay=0.9", "balancer.name=dwa", "train.monitor_every=2"]
     _trainer(micro_data, tmp_path / "whole", *extra).run()
-    original = Trainer.train_step
-
-    def step_then_sigterm(self, batch, *args, **kwargs):
-        out = original(self, batch, *args, **kwargs)
-        if self.step == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return out
-
-    monkeypatch.setattr(Trainer, "train_step", step_then_sigterm)
+    original = sigterm_after_step(monkeypatch, 3)
     with pytest.raises(TrainingInterrupted):
         _trainer(micro_data, tmp_path / "split", *extra).run()
     monkeypatch.setattr(Trainer, "train_step", original)
@@ -183,3 +172,22 @@ def test_a_stopped_and_resumed_run_ends_bitwise_where_an_uninterrupted_one_does(
             for name in ("whole", "split")]
     losses = [[{k: v for k, v in r.items() if k.startswith(("loss/", "weight/"))} for r in log] for log in logs]
     assert losses[0] == losses[1] and len(losses[0]) == 6
+
+
+def test_compiled_blocks_compute_what_eager_blocks_do(one_thread) -> None:
+    from mmtl.models.layers import EncoderBlock
+    from mmtl.training.acceleration import compile_blocks
+
+    torch.manual_seed(0)
+    eager = torch.nn.Sequential(EncoderBlock(16, 2))
+    compiled = torch.nn.Sequential(EncoderBlock(16, 2))
+    compiled.load_state_dict(eager.state_dict())
+    assert compile_blocks(compiled) == 1
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    y_eager, y_compiled = eager(x), compiled(x)
+    assert torch.allclose(y_eager, y_compiled, atol=1e-5)
+    # per-task gradients differentiate one graph several times: compiled blocks must allow it
+    first = torch.autograd.grad(y_compiled.sum(), x, retain_graph=True)[0]
+    second = torch.autograd.grad(y_compiled.pow(2).sum(), x)[0]
+    assert torch.allclose(first, torch.autograd.grad(y_eager.sum(), x, retain_graph=True)[0], atol=1e-5)
+    assert torch.allclose(second, torch.autograd.grad(y_eager.pow(2).sum(), x)[0], atol=1e-4)

@@ -27,8 +27,6 @@ class MapModality(Modality):
         return self.settings.size or self.model.image.image_size
 
     def decode_bytes(self, data: bytes) -> torch.Tensor:
-        from PIL import Image
-
         from data_pipelines.transforms import decode_image, load_pixels, open_image, resize_center_crop, to_rgb
 
         if self.channels == 3:

@@ -20,9 +20,10 @@ from mmtl.config import ExperimentConfig, save_config
 from mmtl.errors import MMTLError, TrainingInterrupted
 from mmtl.registry import BALANCERS
 from mmtl.training import distributed as dist
+from mmtl.training import fsdp
 from mmtl.training.acceleration import compile_blocks, enable_grad_checkpointing, peak_memory_gb
 from mmtl.training.checkpoint import (
-    EMA_FILE, load_train_state, load_weights, resolve_checkpoint, rng_state, save_run_checkpoint, set_rng_state,
+    EMA_FILE, MODEL_FILE, load_train_state, load_weights, resolve_checkpoint, rng_state, save_run_checkpoint, set_rng_state,
 )
 from mmtl.training.ema import WeightEMA
 from mmtl.training.environment import save_environment
@@ -73,6 +74,7 @@ class Trainer:
             self.model.to(torch.bfloat16)
         if config.train.grad_checkpointing:
             enable_grad_checkpointing(self.model)
+        self.sharded = fsdp.shard_for_training(self.model, config.train, self.dist)  # before the optimiser
         self.task_names = [t.name for t in self.components.tasks]
         self.objectives = self.components.model.objectives()  # the tasks, then any auxiliary losses
         self.balancer = BALANCERS.get(config.balancer.name)(self.objectives, config.balancer).to(self.device)
@@ -98,7 +100,7 @@ class Trainer:
                     refusal = exc
             if dist.all_ranks_agree(refusal is not None, self.dist, self.device):  # no rank may wait for ever
                 raise refusal or MMTLError(f"rank 0 refused to start a run in {self.run_dir}")
-            if self.dist.enabled:
+            if self.dist.enabled and not self.sharded:  # sharded: broadcast before sharding
                 dist.broadcast_module(self.model)
                 if self.ema is not None:
                     self.ema.averaged.module.load_state_dict(self.model.state_dict())
@@ -119,9 +121,15 @@ class Trainer:
 
     def _resume(self, where: str) -> None:
         checkpoint = resolve_checkpoint(self.run_dir if where == "latest" else where)
-        load_weights(self.model, checkpoint)
+        if self.sharded:
+            fsdp.load_model_state(self.model, checkpoint / MODEL_FILE)
+        else:
+            load_weights(self.model, checkpoint)
         state = load_train_state(checkpoint)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            fsdp.load_optimizer_state(self.optimizer, state["optimizer"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.balancer.load_state_dict(state["balancer"])
@@ -139,16 +147,21 @@ class Trainer:
     def save(self) -> Path | None:
         """Write a resumable checkpoint of the current step (rank 0; other ranks wait and get None)."""
         path = None
+        if self.sharded:  # collectives: every rank gathers, rank 0 keeps the full tensors
+            weights = fsdp.StateDictModule(fsdp.gather_model_state(self.model, self.dist.is_main))
+            optimizer = fsdp.gather_optimizer_state(self.optimizer, self.dist.is_main)
+        else:
+            weights, optimizer = self.model, None
         if self.dist.is_main:
             train_state = {
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "optimizer": optimizer if self.sharded else self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "balancer": self.balancer.state_dict(),
                 "rng": rng_state(), "step": self.step, "validator": self.validator.state_dict(),
                 "nonfinite": self.guard.state_dict(), "data": {"batches": self.batches_consumed},
                 "ema_updates": self.ema.updates if self.ema is not None else 0,
             }
             path = save_run_checkpoint(
-                self.run_dir, self.step, keep=self.config.train.keep_checkpoints, model=self.model,
+                self.run_dir, self.step, keep=self.config.train.keep_checkpoints, model=weights,
                 meta=self.components.meta(self.step), config=self.config, train_state=train_state,
                 ema=self.ema.module if self.ema is not None else None,
             )
@@ -174,7 +187,7 @@ class Trainer:
 
     def _monitors_at(self, step: int) -> bool:
         cfg = self.config.train
-        return self._logs_at(step) and cfg.monitor_every > 0 and (step % cfg.monitor_every == 0 or step == cfg.steps)
+        return not self.sharded and self._logs_at(step) and cfg.monitor_every > 0 and (step % cfg.monitor_every == 0 or step == cfg.steps)
 
     def _task_losses(self, batch: Batch, cache: dict) -> dict[str, torch.Tensor]:
         with get_autocast(self.precision, self.device):
@@ -207,10 +220,11 @@ class Trainer:
             balanced = self.backward(losses, cache, self.step, monitor and last, factor=1.0 / len(micro))
             for name, value in {**losses, "total": balanced.pop("total")}.items():
                 sums[name] = sums.get(name, 0) + value.detach() / len(micro)
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        # sharded parameters got averaged gradients from FSDP's reduce-scatter already
+        params = [p for group in self.optimizer.param_groups for p in group["params"] if not fsdp.is_sharded(p)]
         dist.average_gradients(params, self.dist)
         self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+        grad_norm = fsdp.full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip))
         task_losses = {name: value for name, value in sums.items() if name != "total"}
         if self.guard.allows(task_losses, grad_norm, self.step, scaler_handles_inf=self.scaler.is_enabled()):
             self.scaler.step(self.optimizer)
