@@ -30,7 +30,7 @@ import torch
 from data_pipelines.synthetic import write_shards
 from mmtl.builder import components_from_data
 from mmtl.config import load_config
-from mmtl.training.acceleration import compile_blocks
+from mmtl.training.acceleration import compile_blocks, peak_memory_gb
 from mmtl.training.flops import count_flops, mfu, peak_flops
 from mmtl.training.loop import Trainer
 from mmtl.training.precision import get_autocast
@@ -120,7 +120,7 @@ def main() -> int:
         "baseline_step_s": round(bare_step_s, 4), "ratio": round(ours["step_s"] / bare_step_s, 3),
         "gflops_per_step": round(flops / 1e9, 2), "achieved_gflops_per_s": round(flops / ours["step_s"] / 1e9, 1),
         "mfu": round(mfu(flops, ours["step_s"], peak), 4), "peak_gflops_per_s": round(peak / 1e9, 1),
-        "peak_source": peak_source,
+        "peak_source": peak_source, "gpu_memory_gb": round(peak_memory_gb(trainer.device), 2),
     }
     print(f"{'':<10}{'step s':>10}{'samples/s':>12}{'data wait':>13}")
     print(f"{'mmtl':<10}{ours['step_s']:>10.4f}{size / ours['step_s']:>12.1f}{ours['data_wait_fraction']:>13.1%}")
