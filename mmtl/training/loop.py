@@ -5,6 +5,7 @@ import math
 import random
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -226,14 +227,18 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         grad_norm = fsdp.full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip))
         task_losses = {name: value for name, value in sums.items() if name != "total"}
-        if self.guard.allows(task_losses, grad_norm, self.step, scaler_handles_inf=self.scaler.is_enabled()):
+        applied = self.guard.allows(task_losses, grad_norm, self.step, scaler_handles_inf=self.scaler.is_enabled())
+        if applied:
             self.scaler.step(self.optimizer)
             if self.ema is not None:
                 self.ema.update(self.model)
         else:
             self.optimizer.zero_grad(set_to_none=True)
         self.scaler.update()
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            if not applied:  # the schedule keeps counting skipped steps; torch warns when no update preceded it
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+            self.scheduler.step()
         self.step += 1
         return {**sums, **balanced, "grad_norm": grad_norm}
 
