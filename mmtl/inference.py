@@ -18,6 +18,7 @@ from data_pipelines.transforms import (
 from mmtl.builder import Components, components_from_meta
 from mmtl.config import EvalConfig, ExperimentConfig, GenerationConfig, build_dataclass, load_config
 from mmtl.errors import MMTLError
+from mmtl.modalities.base import read_input
 from mmtl.training.checkpoint import CONFIG_FILE, inference_weights, load_weights, read_meta, resolve_checkpoint
 from mmtl.training.precision import get_autocast, resolve_device
 
@@ -122,13 +123,7 @@ def load_image(image: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS) -
         return None
     if isinstance(image, Image.Image):
         return to_rgb(image)
-    if isinstance(image, (bytes, bytearray)):
-        data, name = bytes(image), "image data"
-    else:
-        path = Path(image)
-        if not path.is_file():
-            raise MMTLError(f"image file not found: {path}")
-        data, name = path.read_bytes(), str(path)
+    data, name = read_input(image, "image")
     try:
         return decode_image(data, max_pixels if max_pixels is not None else sys.maxsize)
     except CorruptSampleError as exc:

@@ -17,6 +17,16 @@ from mmtl.config import ModalityConfig, ModelConfig
 from mmtl.errors import MMTLError
 
 
+def read_input(source: str | Path | bytes, kind: str) -> tuple[bytes, str]:
+    """The bytes of a user's input (a file path or the bytes themselves) and a label for messages."""
+    if isinstance(source, (bytes, bytearray)):
+        return bytes(source), f"{kind} data"
+    path = Path(source)
+    if not path.is_file():
+        raise MMTLError(f"{kind} file not found: {path}")
+    return path.read_bytes(), str(path)
+
+
 class Modality:
     """Base class; subclasses register in ``mmtl.registry.MODALITIES`` under their ``name``."""
 
@@ -50,13 +60,7 @@ class Modality:
         """A user's input (a file path or its bytes) as a tensor; an unreadable one is an MMTLError."""
         from data_pipelines.transforms import CorruptSampleError
 
-        if isinstance(source, (bytes, bytearray)):
-            data, label = bytes(source), f"{self.name} data"
-        else:
-            path = Path(source)
-            if not path.is_file():
-                raise MMTLError(f"{self.name} file not found: {path}")
-            data, label = path.read_bytes(), str(path)
+        data, label = read_input(source, self.name)
         try:
             return self.decode_bytes(data)
         except CorruptSampleError as exc:
