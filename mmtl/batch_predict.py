@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -18,6 +18,14 @@ from mmtl.errors import MMTLError
 from mmtl.inference import PredictOptions, Predictor
 
 log = logging.getLogger(__name__)
+
+def further_modalities() -> list[str]:
+    """Registered modality names besides image and text (JSONL fields holding their file paths)."""
+    import mmtl.components  # noqa: F401  (registers the built-in modalities)
+    from mmtl.registry import MODALITIES
+
+    return [name for name in MODALITIES.keys() if name not in ("image", "text")]
+
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -30,6 +38,8 @@ class Pair:
     image: str | None = None
     text: str | None = None
     error: str | None = None
+    # files of the model's further modalities by name (e.g. "depth"), resolved like ``image``
+    inputs: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -43,7 +53,8 @@ class BatchSummary:
 
 
 def read_jsonl_pairs(path: str | Path) -> Iterator[Pair]:
-    """Pairs from a JSONL file with fields ``image`` (relative to the file's folder), ``text``, ``id``.
+    """Pairs from a JSONL file with fields ``image`` (relative to the file's folder), ``text``, ``id``,
+    and a path field per further modality (``depth``, ``audio``: any registered modality name).
 
     A row without ``id`` gets ``line-N``. An unreadable row becomes a Pair with ``error`` set.
     """
@@ -55,6 +66,7 @@ def read_jsonl_pairs(path: str | Path) -> Iterator[Pair]:
 
 def _iter_jsonl(path: Path) -> Iterator[Pair]:
     base = path.parent
+    names = further_modalities()
     with path.open("rb") as f:
         for n, raw in enumerate(f, 1):
             if not raw.strip():
@@ -74,12 +86,16 @@ def _iter_jsonl(path: Path) -> Iterator[Pair]:
             pair_id = row.get("id")
             pair_id = fallback if pair_id is None or pair_id == "" else str(pair_id)
             image, text = row.get("image"), row.get("text")
-            if image is not None and not isinstance(image, str):
-                yield Pair(pair_id, error=f"line {n}: 'image' must be a path string")
+            further = {name: row[name] for name in names if row.get(name) is not None}
+            bad_path = next((name for name, value in {"image": image, **further}.items()
+                             if value is not None and not isinstance(value, str)), None)
+            if bad_path is not None:
+                yield Pair(pair_id, error=f"line {n}: '{bad_path}' must be a path string")
             elif text is not None and not isinstance(text, str):
                 yield Pair(pair_id, error=f"line {n}: 'text' must be a string")
             else:
-                yield Pair(pair_id, str(base / image) if image else None, text)
+                yield Pair(pair_id, str(base / image) if image else None, text,
+                           inputs={name: str(base / value) for name, value in further.items()})
 
 
 def image_dir_pairs(directory: str | Path, text: str | None = None) -> list[Pair]:
@@ -129,7 +145,7 @@ def _predict_chunk(predictor: Predictor, chunk: list[Pair], options: PredictOpti
             rows[i] = {"id": pair.id, "error": pair.error}
             continue
         try:
-            examples.append(predictor.prepare(pair.image, pair.text, key=pair.id))
+            examples.append(predictor.prepare(pair.image, pair.text, key=pair.id, inputs=pair.inputs))
             ready.append(i)
         except MMTLError as exc:
             rows[i] = {"id": pair.id, "error": str(exc)}

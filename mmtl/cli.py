@@ -416,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fp32, or bf16/fp16 autocast (fp16 on CUDA only)")
     pr.add_argument("--json", action="store_true", help="print JSON instead of text")
     many = pr.add_argument_group("many pairs")
-    many.add_argument("--input", help="JSONL file of pairs (fields image, text, id)")
+    many.add_argument("--input", help="JSONL file of pairs (fields image, text, id; depth/audio paths for models that have them)")
     many.add_argument("--images", help="predict every image file under this directory (id = relative path)")
     many.add_argument("--output", help="JSONL file the predictions are appended to")
     many.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass (default 16)")

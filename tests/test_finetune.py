@@ -190,6 +190,14 @@ def test_finetune_cli_happy_path_predict_and_bad_inputs(base_run: Path, depth_da
     assert main(["predict", "--checkpoint", str(out), "--modality", f"audio={tmp_path / 'scene.wav'}", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result) == {"recognition", "captioning"}  # summarization needs text
+    # many pairs: a JSONL field per further modality, a path relative to the file
+    (tmp_path / "pairs.jsonl").write_text(
+        '{"id": "a", "audio": "scene.wav"}\n{"id": "b", "audio": "missing.wav"}\n{"id": "c", "audio": 3}\n')
+    assert main(["predict", "--checkpoint", str(out), "--input", str(tmp_path / "pairs.jsonl"),
+                 "--output", str(tmp_path / "pred.jsonl"), "--no-progress"]) == 0
+    rows = {r["id"]: r for r in map(json.loads, (tmp_path / "pred.jsonl").read_text().splitlines())}
+    assert rows["a"]["recognition"] == result["recognition"] and "error" not in rows["a"]
+    assert "audio file not found" in rows["b"]["error"] and "'audio' must be a path" in rows["c"]["error"]
     assert main(["eval", "--checkpoint", str(out), "--data", str(depth_data), "--max-samples", "8"]) == 0
     assert "recognition" in capsys.readouterr().out
     bad = [
