@@ -72,8 +72,6 @@ class BalancedBackward:
         rows = []
         for task, loss in losses.items():
             own = self.heads[task] if heads else []
-            if not loss.requires_grad:  # a task present only on other ranks (data-parallel training)
-                loss = loss.detach().requires_grad_()
             grads = torch.autograd.grad(self.scaler.scale(loss), inputs + own, retain_graph=True, allow_unused=True)
             rows.append(_flatten(grads[:len(inputs)], inputs))
             for param, grad in zip(own, grads[len(inputs):]):

@@ -221,9 +221,9 @@ class Trainer:
             balanced = self.backward(losses, cache, self.step, monitor and last, factor=1.0 / len(micro))
             for name, value in {**losses, "total": balanced.pop("total")}.items():
                 sums[name] = sums.get(name, 0) + value.detach() / len(micro)
-        # sharded parameters got averaged gradients from FSDP's reduce-scatter already
-        params = [p for group in self.optimizer.param_groups for p in group["params"] if not fsdp.is_sharded(p)]
-        dist.average_gradients(params, self.dist)
+        if self.dist.enabled:  # sharded parameters got averaged gradients from FSDP's reduce-scatter already
+            params = [p for group in self.optimizer.param_groups for p in group["params"] if not fsdp.is_sharded(p)]
+            dist.average_gradients(params, self.dist)
         self.scaler.unscale_(self.optimizer)
         grad_norm = fsdp.full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip))
         task_losses = {name: value for name, value in sums.items() if name != "total"}
