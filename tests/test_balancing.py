@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import mmtl.components  # noqa: F401
-from mmtl.balancing.backward import BalancedBackward, sanitize
+from mmtl.balancing.backward import BalancedBackward, gram_factor, sanitize
 from mmtl.balancing.base import GradientBalancer
 from mmtl.balancing.gradient import min_norm_weights, nash_weights
 from mmtl.config import BalancerConfig, resolve_config
@@ -129,6 +129,42 @@ def test_non_finite_task_gradient_does_not_poison_the_others() -> None:
         balancer = make(name, tasks=["a", "b", "c"])
         assert torch.isfinite(balancer.update(clean, torch.ones(3), [0, 1, 2])).all(), name
         assert torch.isfinite(balancer.weights).all(), name
+
+
+GRADIENT_BALANCERS = [n for n in BALANCERS.keys() if BALANCERS.get(n).kind == "gradient"]
+
+
+@pytest.mark.parametrize("name", GRADIENT_BALANCERS)
+def test_balancing_stand_in_rows_with_the_same_gram_matrix_gives_the_same_weights(name: str) -> None:
+    # data-parallel training on the representation balances gram_factor(G G^T) instead of G; a
+    # balancer flagged inner_products_only must then take exactly the same decision, twice in a row
+    # (state such as GradVac's targets or GradNorm's weights carries over)
+    torch.manual_seed(0)
+    grads = [torch.randn(3, 40) + torch.tensor([[0.0], [0.5], [-0.3]]) for _ in range(2)]
+    losses = torch.tensor([1.0, 2.0, 0.5])
+    direct, proxy = make(name, tasks=["a", "b", "c"]), make(name, tasks=["a", "b", "c"])
+    if not BALANCERS.get(name).inner_products_only:
+        pytest.skip(f"{name} averages gradient vectors (refused with on=representation under data parallelism)")
+    for g in grads:
+        factor = gram_factor(g @ g.T)
+        assert factor.shape == (3, 3) and torch.allclose(factor @ factor.T, g @ g.T, atol=1e-4)
+        combined = direct.update(g, losses, [0, 1, 2])
+        proxy.update(factor, losses, [0, 1, 2])
+        assert torch.allclose(proxy.weights, direct.weights, atol=1e-4, rtol=1e-3), (proxy.weights, direct.weights)
+        assert torch.allclose(proxy.weights @ g, combined, atol=1e-4, rtol=1e-3)
+
+
+def test_balancer_random_draws_come_from_its_own_checkpointed_generator() -> None:
+    first = make("pcgrad", tasks=["a", "b", "c", "d"])
+    orders = [first.random_order(4) for _ in range(2)]
+    torch.randn(1000)  # other consumers of torch's global generator (dropout) change nothing
+    second = make("pcgrad", tasks=["a", "b", "c", "d"])
+    assert [second.random_order(4) for _ in range(2)] == orders
+    state = second.state_dict()
+    upcoming = second.random_order(4)
+    third = make("pcgrad", tasks=["a", "b", "c", "d"])
+    third.load_state_dict(state)
+    assert third.random_order(4) == upcoming
 
 
 # ---------------------------------------------------------------- loss weighting
@@ -254,6 +290,9 @@ def test_every_balancer_trains_and_its_state_survives_resume(name: str, micro_da
     restored = resumed.balancer.state_dict()
     assert state.keys() == restored.keys() and resumed.step == 2
     for key, value in state.items():
+        if key == "_extra_state":  # the balancer's own random stream
+            assert torch.equal(restored[key]["generator"], value["generator"])
+            continue
         assert torch.equal(restored[key].cpu(), value), key
 
 

@@ -14,8 +14,9 @@ import torch.multiprocessing as mp
 
 from data_pipelines.loader import make_loader
 from mmtl.config import resolve_config
-from mmtl.errors import MMTLError
+from mmtl.errors import ConfigError, MMTLError
 from mmtl.training import fsdp
+from mmtl.training.distributed import DistContext
 from mmtl.training.loop import Trainer
 from tests.conftest import micro_overrides, without_batchnorm
 
@@ -64,10 +65,13 @@ def _worker(rank: int, world_size: int, port: int, overrides: list[str], out_dir
     torch.distributed.destroy_process_group()
 
 
-@pytest.mark.parametrize("balancer", ["uncertainty", "mgda"])
+@pytest.mark.parametrize("balancer", ["uncertainty", "rlw", "mgda", "pcgrad@representation", "nash_mtl@representation"])
 def test_two_gloo_ranks_match_one_process_on_the_same_global_batch(micro_data: Path, tmp_path: Path, balancer: str) -> None:
+    # gradient balancers on the representation balance the global Gram matrix (rows are per sample);
+    # on the parameters they balance the all-reduced per-task gradients; rlw and pcgrad draw random numbers
+    name, _, on = balancer.partition("@")
     overrides = micro_overrides(micro_data, tmp_path / "run") + [
-        f"balancer.name={balancer}", "train.device=cpu", "train.monitor_every=0"]
+        f"balancer.name={name}", f"balancer.on={on or 'params'}", "train.device=cpu", "train.monitor_every=0"]
     single = _train(overrides + ["train.overwrite=true"], 0, 1)
     mp.spawn(_worker, args=(2, _free_port(), overrides + ["train.overwrite=true"], str(tmp_path)), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
@@ -179,3 +183,15 @@ def test_fsdp_with_a_gradient_balancer_is_a_one_line_config_error(micro_data: Pa
     assert main(["train", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "balancer.name=pcgrad" in err and "train.fsdp=false" in err
+
+
+def test_db_mtl_on_the_representation_is_refused_under_data_parallelism(micro_data: Path, tmp_path: Path) -> None:
+    # its running average is of gradient vectors, and each rank's representation rows are other samples
+    overrides = [*micro_overrides(micro_data, tmp_path / "run"), "train.device=cpu", "balancer.name=db_mtl"]
+    trainer = Trainer(resolve_config({}, overrides + ["balancer.on=representation"]))
+    trainer.dist = DistContext(rank=0, world_size=2)
+    with pytest.raises(ConfigError, match="balancer.on=params"):
+        trainer._balanced_backward()
+    trainer = Trainer(resolve_config({}, overrides + ["balancer.on=params", "train.overwrite=true"]))
+    trainer.dist = DistContext(rank=0, world_size=2)
+    assert trainer._balanced_backward().reduce_gram is not None

@@ -5,7 +5,7 @@ Usage: python tools/bench_balancers.py [--preset tiny] [--steps 5] [--warmup 2] 
        e.g. --preset small --device cuda --precision bf16 --batch-size 64
 On CUDA the timer synchronises the device before and after each timed block.
 
-Every balancer trains the same model (same seed, three tasks) on one fixed synthetic batch
+Every balancer trains the same model (one shared instance, three tasks) on one fixed synthetic batch
 written to a temp dir, through the real ``Trainer.train_step`` (non-log steps: no gradient
 monitor). Gradient balancers run on the shared representation (the issue's target, <= 1.5x)
 and on all shared parameters. Rounds interleave the balancers so that drifting machine load
@@ -74,9 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         base = [f"data.path={data}", f"model.preset={args.preset}", f"data.batch_size={args.batch_size}",
                 "train.progress=false", "train.steps=1000000", "train.log_every=1000000",
                 f"train.device={args.device}", f"train.precision={args.precision}", *args.overrides]
-        trainers, batch = {}, None
+        trainers, batch, shared = {}, None, None
         for label, extra in chosen:
-            trainer = Trainer(resolve_config({}, base + [f"output_dir={tmp}/run-{label}"] + extra))
+            # one model for all: each trainer brings only its balancer, optimiser state and scheduler,
+            # so that the small preset's 26 trainers fit in memory; the weights a balancer starts a
+            # timing block from do not change what a step costs
+            trainer = Trainer(resolve_config({}, base + [f"output_dir={tmp}/run-{label}"] + extra), components=shared)
+            shared = trainer.components
             if batch is None:
                 batch = next(iter(trainer._loader())).to(trainer.device)
             for _ in range(args.warmup):

@@ -37,6 +37,13 @@ def _split(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
+def gram_factor(gram: torch.Tensor) -> torch.Tensor:
+    """Rows (T, T) whose inner products are ``gram`` (T, T): ``R R^T = gram`` (negative eigenvalues of
+    rounding are clipped)."""
+    values, vectors = torch.linalg.eigh(gram)
+    return vectors * values.clamp_min(0).sqrt()
+
+
 def sanitize(grads: torch.Tensor) -> torch.Tensor:
     """``grads`` (T, D) with every row that holds a NaN or an infinity replaced by zeros (no host sync)."""
     finite = torch.isfinite(grads).all(dim=1, keepdim=True)
@@ -47,11 +54,14 @@ class BalancedBackward:
     """Back-propagates per-task losses as ``balancer`` says, for ``model`` under ``scaler``."""
 
     def __init__(self, model: nn.Module, balancer: Balancer, scaler: torch.amp.GradScaler,
-                 reduce_task_grads: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 reduce_task_grads: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 reduce_gram: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """Under data parallelism, ``reduce_task_grads`` averages per-task parameter gradients (T, D)
+        over ranks, and ``reduce_gram`` turns one rank's Gram matrix of representation gradients into
+        the global batch's; both are left out for a single process."""
         self.balancer, self.scaler = balancer, scaler
-        # data-parallel training averages per-task parameter gradients over ranks here, so that every
-        # rank's balancer decides on the global batch (see mmtl.training.distributed)
         self.reduce_task_grads = reduce_task_grads or (lambda grads: grads)
+        self.reduce_gram = reduce_gram
         self.shared = [p for m in (model.encoders, model.fusion) for p in m.parameters() if p.requires_grad]
         self.heads = {name: [p for p in head.parameters() if p.requires_grad] for name, head in model.heads.items()}
 
@@ -100,7 +110,16 @@ class BalancedBackward:
             grads = self.reduce_task_grads(grads)
         grads = sanitize(grads)
         ids, values = self.balancer.present(losses)
-        combined = self.balancer.update(grads, values, ids) * self.scaler.scale(torch.ones((), device=grads.device))
+        if pairs is not None and self.reduce_gram is not None:
+            # Representation gradients are per sample: ranks hold different rows of the global (T, D)
+            # matrix, so they cannot be averaged. The balancers see them only through inner products,
+            # so every rank balances stand-in rows with the global Gram matrix (the same decision on
+            # every rank) and applies the resulting task weights to its own rows.
+            self.balancer.update(gram_factor(self.reduce_gram(grads @ grads.T)), values, ids)
+            combined = self.balancer.weights[ids].to(grads.dtype) @ grads
+        else:
+            combined = self.balancer.update(grads, values, ids)
+        combined = combined * self.scaler.scale(torch.ones((), device=grads.device))
         if factor != 1.0:
             combined = combined * factor
         if pairs is None:

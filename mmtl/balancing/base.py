@@ -39,6 +39,20 @@ class Balancer(nn.Module):
         # effective weight of every task as last used (for logging and, in gradient balancers,
         # for the steps between two gradient updates)
         self.register_buffer("weights", torch.ones(len(self.tasks)))
+        # the balancer's own random stream (task orders, random weights): seeded from the run's seed
+        # (the trainer seeds torch first) and advanced only by the balancer, so that every rank of a
+        # data-parallel run draws the same numbers whatever its dropout consumed; saved in checkpoints
+        self.generator = torch.Generator().manual_seed(torch.initial_seed())
+
+    def random_order(self, n: int) -> list[int]:
+        """A random permutation of ``range(n)`` from the balancer's own generator (on the CPU: no sync)."""
+        return torch.randperm(n, generator=self.generator).tolist()
+
+    def get_extra_state(self) -> dict[str, torch.Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def set_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
 
     def present(self, losses: dict[str, torch.Tensor]) -> tuple[list[int], torch.Tensor]:
         """Indices of the tasks in ``losses`` (batch order) and their losses stacked in fp32."""
@@ -61,6 +75,8 @@ class Balancer(nn.Module):
             saved = state_dict.get(prefix + name)
             if buffer is not None and saved is not None and saved.shape != buffer.shape:
                 self._buffers[name] = torch.empty(saved.shape, dtype=buffer.dtype, device=buffer.device)
+        if prefix + "_extra_state" not in state_dict:  # a checkpoint from before the balancer had a generator
+            state_dict = {**state_dict, prefix + "_extra_state": self.get_extra_state()}
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
@@ -76,6 +92,9 @@ class GradientBalancer(Balancer):
     kind: ClassVar[str] = "gradient"
     # the space the per-task gradients live in; None follows ``balancer.on``
     space: ClassVar[str | None] = None
+    # whether the result depends on G only through inner products and linear combinations of its
+    # rows; data-parallel training on the representation needs this (mmtl.balancing.backward)
+    inner_products_only: ClassVar[bool] = True
 
     @property
     def on(self) -> str:

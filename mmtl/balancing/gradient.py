@@ -50,7 +50,7 @@ class PCGrad(GradientBalancer):
         sq_norms = (grads * grads).sum(1).clamp_min(EPS)
         n = grads.shape[0]
         for i in range(n):
-            for j in torch.randperm(n).tolist():  # CPU permutation: no device sync
+            for j in self.random_order(n):
                 if j == i:
                     continue
                 dot = projected[i] @ grads[j]
@@ -185,7 +185,7 @@ class GradVac(GradientBalancer):
         beta, adjusted = self.config.beta, grads.clone()
         norms = grads.norm(dim=1)
         for i in range(len(ids)):
-            for j in torch.randperm(len(ids)).tolist():
+            for j in self.random_order(len(ids)):
                 if j == i:
                     continue
                 gi_norm = adjusted[i].norm()
@@ -227,9 +227,12 @@ class DBMTL(GradientBalancer):
     Lin, Ye, Xu, Shi & Zhang, "Dual-Balancing for Multi-Task Learning", 2023 (arXiv:2308.12029).
     Per-task gradients of log L_t (= g_t / L_t) are averaged with momentum
     beta_k = 0.9 / k^0.5 (the paper's defaults), and d = sum_t (max_s ||h_s|| / ||h_t||) h_t.
-    With ``on: representation`` the average restarts whenever the representation's shape changes.
+    With ``on: representation`` the average restarts whenever the representation's shape changes,
+    and data-parallel training needs ``on: params`` (the average is of the gradient vectors themselves).
     Cost: O(T D), a (T, D) running-average buffer (saved in checkpoints).
     """
+
+    inner_products_only = False
 
     def __init__(self, tasks: list[str], config: BalancerConfig) -> None:
         super().__init__(tasks, config)

@@ -95,13 +95,14 @@ class RandomLossWeighting(Balancer):
     """Random Loss Weighting: each step w = softmax(z), z ~ N(0, I).
 
     Lin, Ye, Xu, Shi & Zhang, "Reasonable Effectiveness of Random Weighting: A Litmus Test for
-    Multi-Task Learning", TMLR 2022. Draws from torch's generator, which checkpoints save and
-    restore. Cost: T random numbers per step, no extra backward.
+    Multi-Task Learning", TMLR 2022. Draws from the balancer's own generator, which checkpoints
+    save and restore. Cost: T random numbers per step, no extra backward.
     """
 
     def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         ids, values = self.present(losses)
-        weights = torch.softmax(torch.randn(len(self.tasks), device=values.device), dim=0)
+        draw = torch.randn(len(self.tasks), generator=self.generator)
+        weights = torch.softmax(draw.to(values.device, non_blocking=True), dim=0)
         self.weights.copy_(weights)
         return (weights[ids] * values).sum()
 

@@ -8,7 +8,9 @@ synchronisation is explicit and happens once per optimiser step, *after* the bal
    tokens each rank had), and each loss carries the global value while keeping its local
    gradient. Every balancer therefore sees the same numbers on every rank and takes the same
    decision, and averaging the resulting gradients gives exactly the gradient of one process on
-   the global batch.
+   the global batch. Gradient balancers on the parameters balance the all-reduced per-task
+   gradients (``all_reduce_mean``); on the representation they balance rows with the global Gram
+   matrix (``mmtl.balancing.backward``).
 2. ``average_gradients``: the ranks first agree on which parameters received a gradient anywhere
    (a task may be absent from one rank's batch), then all-reduce the gradients in one flat buffer
    per dtype.

@@ -18,7 +18,7 @@ from data_pipelines.mixing import training_sources
 from mmtl.balancing.backward import BalancedBackward
 from mmtl.builder import Components, components_from_data
 from mmtl.config import ExperimentConfig, save_config
-from mmtl.errors import MMTLError, TrainingInterrupted
+from mmtl.errors import ConfigError, MMTLError, TrainingInterrupted
 from mmtl.registry import BALANCERS
 from mmtl.training import distributed as dist
 from mmtl.training import fsdp
@@ -82,8 +82,7 @@ class Trainer:
         self.optimizer = build_optimizer([self.model, self.balancer], config.train, self.device)
         self.scheduler = build_scheduler(self.optimizer, config.train)
         self.scaler = make_grad_scaler(self.precision, self.device)
-        reduce = (lambda grads: dist.all_reduce_mean(grads, self.dist)) if self.dist.enabled else None
-        self.backward = BalancedBackward(self.model, self.balancer, self.scaler, reduce)
+        self.backward = self._balanced_backward()
         self.ema = WeightEMA(self.model, config.train.ema_decay) if config.train.ema_decay > 0 else None
         self.guard = NonFiniteGuard(config.train.max_nonfinite_steps)
         self.step = 0
@@ -105,6 +104,23 @@ class Trainer:
                 dist.broadcast_module(self.model)
                 if self.ema is not None:
                     self.ema.averaged.module.load_state_dict(self.model.state_dict())
+
+    def _balanced_backward(self) -> BalancedBackward:
+        """The backward pass the balancer asks for, synchronised over ranks under data parallelism."""
+        if not self.dist.enabled:
+            return BalancedBackward(self.model, self.balancer, self.scaler)
+        balancer = self.balancer
+        if (balancer.kind == "gradient" and balancer.on == "representation"
+                and not balancer.inner_products_only):
+            raise ConfigError(f"balancer.name={self.config.balancer.name} with balancer.on=representation cannot "
+                              "be trained on several processes (it averages the gradient vectors themselves, "
+                              "and each rank holds other samples); use balancer.on=params")
+        context = self.dist
+        return BalancedBackward(self.model, balancer, self.scaler,
+                                reduce_task_grads=lambda grads: dist.all_reduce_mean(grads, context),
+                                # the mean of the ranks' Gram matrices is world_size x the global one,
+                                # because each rank's gradients carry the factor world_size (global_losses)
+                                reduce_gram=lambda gram: dist.all_reduce_mean(gram, context) / context.world_size)
 
     def _claim_run_dir(self) -> None:
         """A fresh run must not silently mix its log and checkpoints with an earlier run's."""
