@@ -238,11 +238,12 @@ class SumOfGradients(GradientBalancer):
         return grads.sum(0)
 
 
-def _grads_of(trainer: Trainer, batch, balancer=None, scaler=None) -> dict[str, torch.Tensor]:
+def _grads_of(trainer: Trainer, batch, balancer=None, scaler=None, autocast=None) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     backward = BalancedBackward(trainer.model, balancer or trainer.balancer, scaler or trainer.scaler)
     cache = backward.new_cache(0)
-    losses = trainer.model(batch, cache)
+    with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):  # the forward only, as in the trainer
+        losses = trainer.model(batch, cache)
     trainer.model.zero_grad(set_to_none=True)
     backward(losses, cache, 0, monitor=False)
     if scaler is not None:
@@ -272,6 +273,47 @@ def test_per_task_gradients_sum_to_the_gradient_of_the_summed_loss(micro_trainer
     scaled = _grads_of(trainer, batch, balancer=double, scaler=torch.amp.GradScaler("cpu", init_scale=1024.0))
     for name, grad in reference.items():
         assert torch.allclose(scaled[name], grad, atol=1e-5, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("on", ["params", "representation"])
+def test_fp16_autocast_gives_the_fp32_combined_gradient(micro_trainer, on: str) -> None:
+    # per-task gradients are unscaled before MGDA combines them and rescaled after, so fp16 autocast
+    # under a GradScaler agrees with fp32 up to fp16 rounding (the GPU path, run on the CPU here)
+    trainer, batch = micro_trainer
+    reference = _grads_of(trainer, batch, balancer=make("mgda", tasks=trainer.config.tasks, on=on))
+    half = _grads_of(trainer, batch, balancer=make("mgda", tasks=trainer.config.tasks, on=on),
+                     scaler=torch.amp.GradScaler("cpu", init_scale=2.0**16), autocast=torch.float16)
+    shared = [n for n in reference if n.startswith(("encoders.", "fusion."))]
+    assert shared and reference.keys() == half.keys()
+    for name in shared:
+        assert torch.isfinite(half[name]).all(), name
+    flat = lambda grads: torch.cat([grads[n].flatten() for n in shared])  # noqa: E731
+    cosine = torch.nn.functional.cosine_similarity(flat(reference), flat(half), dim=0)
+    assert cosine > 0.999 and torch.allclose(flat(half).norm(), flat(reference).norm(), rtol=0.02)
+
+
+@pytest.mark.parametrize("on", ["params", "representation"])
+def test_an_fp16_overflow_in_a_task_gradient_makes_the_scaler_skip_the_step(micro_trainer, on: str) -> None:
+    trainer, batch = micro_trainer
+    model = trainer.model
+    balancer = make("pcgrad", tasks=trainer.config.tasks, on=on)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    backward = BalancedBackward(model, balancer, scaler)
+    cache = backward.new_cache(0)
+    losses = model(batch, cache)
+    losses["captioning"] = losses["captioning"] * 1e36  # its scaled gradient overflows, the others' do not
+    model.zero_grad(set_to_none=True)
+    backward(losses, cache, 0, monitor=False)
+    # the overflow reaches the shared gradient (not zeroed away), so the scaler sees it ...
+    assert not all(torch.isfinite(p.grad).all() for p in backward.shared if p.grad is not None)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler.step(optimizer)
+    scaler.update()
+    # ... skips the update and lowers the scale
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert scaler.get_scale() < 2.0**16
+    model.zero_grad(set_to_none=True)
 
 
 @pytest.mark.parametrize("name", BALANCERS.keys())

@@ -11,7 +11,8 @@ with ``torch.autograd.grad(retain_graph=True)`` with respect to
 and to the task's own head. The per-task gradients are unscaled (GradScaler), rows that are not
 finite are zeroed so they cannot poison the others, the balancer combines them, and the result
 is written to ``.grad`` (scaled again, so that ``scaler.unscale_`` and its overflow check work as
-for one loss). Heads keep their own task's gradient.
+for one loss; under an enabled scaler a non-finite row makes the written gradient infinite, so the
+scaler skips the step and lowers the scale). Heads keep their own task's gradient.
 """
 from __future__ import annotations
 
@@ -108,6 +109,7 @@ class BalancedBackward:
         grads = self._grads(losses, inputs, heads=True, factor=factor)
         if pairs is None:
             grads = self.reduce_task_grads(grads)
+        finite = torch.isfinite(grads).all()
         grads = sanitize(grads)
         ids, values = self.balancer.present(losses)
         if pairs is not None and self.reduce_gram is not None:
@@ -119,6 +121,11 @@ class BalancedBackward:
             combined = self.balancer.weights[ids].to(grads.dtype) @ grads
         else:
             combined = self.balancer.update(grads, values, ids)
+        if self.scaler.is_enabled():
+            # under fp16 an overflow in any task's gradient must reach .grad: it is the scaler's signal
+            # to skip the step and lower the scale (zeroing the row would drop that task's gradient
+            # at every step while the scale stayed too high)
+            combined = torch.where(finite, combined, torch.full_like(combined, float("inf")))
         combined = combined * self.scaler.scale(torch.ones((), device=grads.device))
         if factor != 1.0:
             combined = combined * factor

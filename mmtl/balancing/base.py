@@ -112,8 +112,9 @@ class GradientBalancer(Balancer):
     def update(self, grads: torch.Tensor, losses: torch.Tensor, ids: list[int]) -> torch.Tensor:
         """Run :meth:`combine_gradients` in fp32 and record the effective weights of the tasks ``ids``."""
         grads, losses = grads.float(), losses.float().detach()
-        combined = self.combine_gradients(grads, losses, ids)
-        self.weights[ids] = effective_weights(grads, combined).to(self.weights.dtype)
+        with torch.autocast(grads.device.type, enabled=False):  # fp32 solvers even if called under autocast
+            combined = self.combine_gradients(grads, losses, ids)
+            self.weights[ids] = effective_weights(grads, combined).to(self.weights.dtype)
         return combined
 
 
