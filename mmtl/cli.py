@@ -283,7 +283,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     if args.align_weight is not None:
         overrides.append(f"finetune.align_weight={args.align_weight}")
     config = load_config(args.config, overrides)
-    result = run_finetune(args.checkpoint, config)
+    result = run_finetune(args.checkpoint, config, resume=args.resume)
     losses = ", ".join(f"{k}={v:.3f}" for k, v in result.final_losses.items())
     print(f"fine-tuned {config.train.steps} steps in {result.seconds:.0f}s ({result.trained_parameters:,} trained "
           f"parameters; {losses})")
@@ -474,6 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="frozen: train only new parts; lora: plus adapters on fusion and heads; full: everything, "
                          "old parts at finetune.old_lr_scale x the learning rate (default: the config's, frozen)")
     ft.add_argument("--align-weight", type=float, help="weight of the loss pulling the new modality toward its paired one")
+    ft.add_argument("--resume", help="continue an interrupted fine-tuning: 'latest' or a checkpoint directory "
+                                     "(pass --config OUTPUT_DIR/finetune.yaml, as the interrupted run says)")
     ft.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     ft.set_defaults(func=_cmd_finetune)
 

@@ -34,6 +34,7 @@ from mmtl.training.checkpoint import CONFIG_FILE, META_FILE, MODEL_FILE, read_me
 
 DELTA_FILE = "delta.safetensors"
 REGRESSION_FILE = "regression.json"
+FINETUNE_CONFIG_FILE = "finetune.yaml"  # the settings a fine-tuning started with (for --resume)
 
 
 @dataclass
@@ -283,11 +284,14 @@ class FinetuneResult:
     trained_parameters: int
 
 
-def run_finetune(checkpoint: str | Path, config: ExperimentConfig) -> FinetuneResult:
+def run_finetune(checkpoint: str | Path, config: ExperimentConfig, resume: str | None = None) -> FinetuneResult:
     """Fine-tune the model in ``checkpoint`` as ``config.finetune`` says; write the delta to ``config.output_dir``.
 
     The old tasks are evaluated on the base model's data before and after (skipped when
     ``finetune.regression_samples`` is 0); the table is printed by the CLI and saved as regression.json.
+    ``resume`` ('latest' or a checkpoint directory) continues an interrupted fine-tuning: its step
+    checkpoints live in ``output_dir/train`` until the delta is written, and ``output_dir/finetune.yaml``
+    holds the settings it was started with.
     """
     from data_pipelines.shards import read_dataset_info
     from mmtl.training.loop import Trainer
@@ -296,7 +300,7 @@ def run_finetune(checkpoint: str | Path, config: ExperimentConfig) -> FinetuneRe
     base = load_base(checkpoint)
     tuned = finetune_config(base, config)
     out = Path(tuned.output_dir)
-    if is_finetuned(out) and not tuned.train.overwrite:
+    if resume is None and is_finetuned(out) and not tuned.train.overwrite:
         raise MMTLError(f"{out} already holds a fine-tuned model; choose another output_dir or set train.overwrite=true")
     classes = set(read_dataset_info(tuned.data.path).get("classes", []))
     unknown = sorted(classes - set(base.meta["classes"])) if "recognition" in tuned.tasks else []
@@ -304,6 +308,7 @@ def run_finetune(checkpoint: str | Path, config: ExperimentConfig) -> FinetuneRe
         raise MMTLError(f"{tuned.data.path} has classes the base model does not know: {', '.join(unknown[:5])}")
     if tuned.finetune.align_weight > 0 and tuned.balancer.name not in ("equal", "fixed", "uncertainty", "dwa"):
         raise MMTLError("finetune.align_weight needs a loss-weighting balancer (equal, fixed, uncertainty or dwa)")
+    torch.manual_seed(tuned.seed)  # the new parts' initial weights follow the run's seed
     components, delta = build_finetuned(base, tuned)
     model = components.model
     if not any(p.requires_grad for part in (model.encoders, model.fusion) for p in part.parameters()):
@@ -313,7 +318,13 @@ def run_finetune(checkpoint: str | Path, config: ExperimentConfig) -> FinetuneRe
     old_tasks = list(base.config.tasks)
     check = tuned.finetune.regression_samples > 0
     before = old_task_metrics(components, old_tasks, base, tuned, device) if check else {}
-    trainer = Trainer(dataclasses.replace(tuned, output_dir=str(out / "train")), components=components)
+    settings = out / FINETUNE_CONFIG_FILE
+    if resume is None:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, settings)
+    resume_command = f"mmtl finetune --checkpoint {checkpoint} --config {settings} --resume latest"
+    trainer = Trainer(dataclasses.replace(tuned, output_dir=str(out / "train")), resume=resume,
+                      components=components, resume_command=resume_command)
     result = trainer.run()
     model = components.model.cpu()
     save_delta(out, components, tuned, base, delta, trainer.step)

@@ -20,7 +20,7 @@ from mmtl.finetune import (
 )
 from mmtl.inference import Predictor
 from mmtl.training.loop import train
-from tests.conftest import micro_overrides
+from tests.conftest import micro_overrides, sigterm_after_step
 
 FT_EXTRA = ["finetune.regression_samples=8", "eval.max_samples=8", "train.checkpoint_every=0"]
 
@@ -213,3 +213,27 @@ def test_finetune_cli_happy_path_predict_and_bad_inputs(base_run: Path, depth_da
         assert main(argv + ([f"output_dir={tmp_path / 'x'}"] if argv[0] == "finetune" else [])) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("mmtl: error:") and "\n" not in err, err
+
+
+def test_an_interrupted_finetune_resumes_through_the_cli_to_the_same_delta(
+        base_run: Path, depth_data: Path, tmp_path: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    extra = ["finetune.strategy=lora", "finetune.add_modalities=[depth]", "finetune.add_tasks=[counting]",
+             "finetune.regression_samples=0", "train.checkpoint_every=2"]
+    whole = run_finetune(base_run, _config(depth_data, tmp_path / "whole", *extra, steps=4))
+    sigterm_after_step(monkeypatch, 2)
+    out = tmp_path / "stopped"
+    code = main(["finetune", "--checkpoint", str(base_run), *micro_overrides(depth_data, out, steps=4),
+                 *FT_EXTRA, *extra])
+    message = capsys.readouterr().err
+    assert code == 143 and "--resume latest" in message and "mmtl finetune" in message
+    assert not (out / DELTA_FILE).exists()
+    monkeypatch.undo()
+    command = message.split("`")[1].split()  # the command the user is told to run
+    assert command[:2] == ["mmtl", "finetune"]
+    assert main(command[1:]) == 0
+    resumed, finished = load_file(str(out / DELTA_FILE)), load_file(str(whole.directory / DELTA_FILE))
+    assert resumed.keys() == finished.keys()
+    assert all(torch.equal(resumed[k], finished[k]) for k in finished)
+    steps = [json.loads(line)["step"] for line in (out / "train" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]  # continued after step 2, not started over

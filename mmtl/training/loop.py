@@ -59,10 +59,12 @@ class Trainer:
     """
 
     def __init__(self, config: ExperimentConfig, resume: str | None = None,
-                 components: Components | None = None) -> None:
+                 components: Components | None = None, resume_command: str | None = None) -> None:
         """``components``: a prepared model (e.g. by mmtl.finetune) instead of one built from ``config``;
-        only its parameters that require gradients are trained."""
+        only its parameters that require gradients are trained. ``resume_command``: what an interrupted
+        run tells the user to run to continue (default: ``mmtl train ... --resume latest``)."""
         self.config = config
+        self.resume_command = resume_command or f"mmtl train --config {config.output_dir}/config.yaml --resume latest"
         self.run_dir = Path(config.output_dir)
         torch.manual_seed(config.seed)
         random.seed(config.seed)
@@ -338,7 +340,7 @@ class Trainer:
             dist.shutdown(self.dist)
             raise TrainingInterrupted(
                 f"{stop.requested} at step {self.step}: checkpoint saved to {checkpoint}; continue with "
-                f"`mmtl train --config {self.run_dir}/config.yaml --resume latest`", signal_name=stop.requested)
+                f"`{self.resume_command}`", signal_name=stop.requested)
         if main:
             plot_losses(logger.path, self.run_dir, self.task_names)
             plot_task_monitor(logger.path, self.run_dir)
