@@ -22,7 +22,7 @@ from email.parser import BytesParser
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from typing import Any
+from typing import Any, Collection
 
 from data_pipelines.loader import Example
 from mmtl import __version__
@@ -171,8 +171,9 @@ def _decode_text(data: bytes, name: str) -> str:
         raise HTTPError(400, f"field {name!r} is not UTF-8 text") from None
 
 
-def parse_multipart(content_type: str, body: bytes) -> dict[str, Any]:
-    """Fields of a multipart/form-data body: ``image`` as bytes, every other field as text."""
+def parse_multipart(content_type: str, body: bytes, files: Collection[str] = ("image",)) -> dict[str, Any]:
+    """Fields of a multipart/form-data body: the ``files`` (image, further modalities) as bytes, every
+    other field as text."""
     message = BytesParser(policy=policy.HTTP).parsebytes(
         b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
     if not message.is_multipart():
@@ -183,32 +184,35 @@ def parse_multipart(content_type: str, body: bytes) -> dict[str, Any]:
         if not name:
             continue
         payload = part.get_payload(decode=True) or b""
-        if name == "image":
+        if name in files:
             if payload:  # a browser sends an empty file part when no file was chosen
-                fields["image"] = payload
+                fields[name] = payload
         else:
             fields[name] = _decode_text(payload, name)
     return fields
 
 
-def parse_json_body(body: bytes) -> dict[str, Any]:
-    """Fields of a JSON body; ``image`` is base64 (a ``data:`` URL prefix is allowed)."""
+def parse_json_body(body: bytes, files: Collection[str] = ("image",)) -> dict[str, Any]:
+    """Fields of a JSON body; the ``files`` (image, further modalities) are base64 (a ``data:`` URL
+    prefix is allowed)."""
     try:
         fields = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise HTTPError(400, f"body is not valid JSON: {exc}") from None
     if not isinstance(fields, dict):
         raise HTTPError(400, "JSON body must be an object with fields image (base64) and/or text")
-    image = fields.get("image")
-    if image is not None:
-        if not isinstance(image, str):
-            raise HTTPError(400, "field 'image' must be a base64 string")
-        if image.startswith("data:") and "," in image:
-            image = image.split(",", 1)[1]
+    for name in files:
+        value = fields.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise HTTPError(400, f"field {name!r} must be a base64 string")
+        if value.startswith("data:") and "," in value:
+            value = value.split(",", 1)[1]
         try:
-            fields["image"] = base64.b64decode(image, validate=True) if image else None
+            fields[name] = base64.b64decode(value, validate=True) if value else None
         except (binascii.Error, ValueError):
-            raise HTTPError(400, "field 'image' is not valid base64") from None
+            raise HTTPError(400, f"field {name!r} is not valid base64") from None
     return fields
 
 
@@ -256,6 +260,8 @@ class App:
         self.limits = limits or ServerLimits()
         self.batcher = DynamicBatcher(predictor, max_batch, max_wait_ms, self.limits.max_queue)
         self.started = time.time()
+        # modalities a fine-tuned model reads besides image and text (e.g. depth): file fields named after them
+        self.further = tuple(m for m in predictor.model.modalities if m not in ("image", "text"))
 
     def info(self) -> dict[str, Any]:
         return {
@@ -268,24 +274,25 @@ class App:
     def predict(self, content_type: str, body: bytes) -> dict[str, Any]:
         start = time.perf_counter()
         media = content_type.split(";", 1)[0].strip().lower()
+        files = ("image", *self.further)
         if media == "application/json":
-            fields = parse_json_body(body)
+            fields = parse_json_body(body, files)
         elif media == "multipart/form-data":
-            fields = parse_multipart(content_type, body)
+            fields = parse_multipart(content_type, body, files)
         else:
             raise HTTPError(415, f"unsupported Content-Type {media or '(none)'!r}; "
                                  "use multipart/form-data or application/json")
-        unknown = set(fields) - {"image", "text", "tasks", "threshold", "top_k_tags", "generation",
-                                 *GENERATION_FIELDS}
+        valid = [*files, "text", "tasks", "threshold", "top_k_tags", "generation", *GENERATION_FIELDS]
+        unknown = set(fields) - set(valid)
         if unknown:
-            raise HTTPError(400, f"unknown field(s) {', '.join(sorted(unknown))}; valid: image, text, tasks, "
-                                 f"threshold, top_k_tags, generation, {', '.join(GENERATION_FIELDS)}")
+            raise HTTPError(400, f"unknown field(s) {', '.join(sorted(unknown))}; valid: {', '.join(valid)}")
         text = fields.get("text")
         if text is not None and not isinstance(text, str):
             raise HTTPError(400, "field 'text' must be a string")
         options = request_options(self.predictor, fields, self.limits)
         example = self.predictor.prepare(fields.get("image"), text, max_pixels=self.limits.max_pixels,
-                                         max_text_chars=self.limits.max_text_chars)
+                                         max_text_chars=self.limits.max_text_chars,
+                                         inputs={m: fields[m] for m in self.further if fields.get(m) is not None})
         future = self.batcher.submit(example, options)
         try:
             result, batch_size = future.result(timeout=self.limits.request_timeout_s)
@@ -440,6 +447,8 @@ def openapi_spec() -> dict[str, Any]:
         "paths": {
             "/v1/predict": {"post": {
                 "summary": "Predict on one image-text pair",
+                "description": "A fine-tuned model's further modalities (GET /v1/info, 'modalities') are file "
+                               "fields named after them, like image: e.g. depth (a PNG depth map) or audio (wav/flac).",
                 "requestBody": {"required": True, "content": {
                     "multipart/form-data": {"schema": {"type": "object", "properties": {
                         "image": {"type": "string", "format": "binary"}, **options}}},

@@ -1,6 +1,7 @@
 """Fine-tuning for new modalities and tasks: strategies, delta save/load, non-regression, CLI."""
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import tarfile
@@ -20,7 +21,8 @@ from mmtl.finetune import (
 )
 from mmtl.inference import Predictor
 from mmtl.training.loop import train
-from tests.conftest import micro_overrides, sigterm_after_step
+from mmtl.serve import ServerLimits, make_server
+from tests.conftest import micro_overrides, serving, sigterm_after_step
 
 FT_EXTRA = ["finetune.regression_samples=8", "eval.max_samples=8", "train.checkpoint_every=0"]
 
@@ -200,6 +202,18 @@ def test_finetune_cli_happy_path_predict_and_bad_inputs(base_run: Path, depth_da
     assert "audio file not found" in rows["b"]["error"] and "'audio' must be a path" in rows["c"]["error"]
     assert main(["eval", "--checkpoint", str(out), "--data", str(depth_data), "--max-samples", "8"]) == 0
     assert "recognition" in capsys.readouterr().out
+    # the HTTP server takes the further modality as a file field, multipart or base64 JSON
+    from tests.test_serve import multipart, post_json, request
+    wav = (tmp_path / "scene.wav").read_bytes()
+    with serving(make_server(Predictor.from_pretrained(out), "127.0.0.1", 0, ServerLimits())) as server:
+        status, answer = request(server, "/v1/predict", *multipart({}, files={"audio": wav}))
+        assert status == 200 and answer["predictions"] == result, answer
+        status, answer = post_json(server, {"audio": base64.b64encode(wav).decode(), "tasks": ["recognition"]})
+        assert status == 200 and answer["predictions"] == {"recognition": result["recognition"]}
+        status, answer = post_json(server, {"audio": base64.b64encode(b"not a sound").decode()})
+        assert status == 400 and "audio" in answer["error"]
+        status, answer = post_json(server, {"depth": ""})
+        assert status == 400 and "unknown field(s) depth" in answer["error"] and "audio" in answer["error"]
     bad = [
         ["finetune", "--checkpoint", str(tmp_path / "missing"), "--add-modality", "depth"],
         ["finetune", "--checkpoint", str(base_run), "--add-modality", "smell"],

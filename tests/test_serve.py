@@ -49,13 +49,13 @@ def png_bytes(color=(200, 30, 30), size=(40, 30), mode="RGB") -> bytes:
     return buf.getvalue()
 
 
-def multipart(fields: dict[str, str], image: bytes | None = None) -> tuple[bytes, str]:
+def multipart(fields: dict[str, str], image: bytes | None = None, files: dict[str, bytes] | None = None) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
     parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
              for k, v in fields.items()]
-    if image is not None:
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n'
-                     f"Content-Type: image/png\r\n\r\n".encode() + image + b"\r\n")
+    for name, data in {**({"image": image} if image is not None else {}), **(files or {})}.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="x"\r\n'
+                     f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
