@@ -19,17 +19,22 @@ def build_optimizer(modules: Iterable[nn.Module], config: TrainConfig, device: t
     """AdamW over the trainable parameters of ``modules`` (fused kernel on CUDA).
 
     A module with ``lr_scale_of(name)`` (MultiTaskModel, set up by fine-tuning) puts parameters whose
-    factor is not 1 into extra groups at ``lr * factor``, after the two usual groups.
+    factor is not 1 into extra groups at ``lr * factor``, after the two usual groups; the parameters
+    of every further module (the balancer's) come in groups of their own.
     """
-    groups: dict[tuple[bool, float], list[nn.Parameter]] = {(False, 1.0): [], (True, 1.0): []}
-    for module in modules:
+    # each module's parameters get groups of their own: under FSDP the model's are DTensors and a
+    # balancer's are not, and the fused kernel refuses a list that mixes them; keying by module (not by
+    # type) keeps the layout of a sharded run's optimiser equal to a single process's, so that either
+    # resumes the other's checkpoint
+    groups: dict[tuple[int, bool, float], list[nn.Parameter]] = {(0, False, 1.0): [], (0, True, 1.0): []}
+    for index, module in enumerate(modules):
         scale_of = getattr(module, "lr_scale_of", None)
         for name, param in module.named_parameters():
             if param.requires_grad:
                 scale = scale_of(name) if scale_of is not None else 1.0
-                groups.setdefault((_no_decay(name, param), scale), []).append(param)
+                groups.setdefault((index, _no_decay(name, param), scale), []).append(param)
     param_groups = [{"params": params, "weight_decay": 0.0 if no_decay else config.weight_decay,
-                     "lr": config.lr * scale} for (no_decay, scale), params in groups.items()]
+                     "lr": config.lr * scale} for (_, no_decay, scale), params in groups.items()]
     return torch.optim.AdamW(param_groups, lr=config.lr, betas=(0.9, 0.98), fused=device.type == "cuda")
 
 
