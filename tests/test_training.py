@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmtl.cli import main
 from mmtl.config import resolve_config
 from mmtl.errors import MMTLError
 from mmtl.inference import Predictor
@@ -52,6 +53,16 @@ def test_resume_continues_from_the_saved_step(micro_data: Path, tmp_path: Path) 
     assert [r["step"] for r in records] == [1, 2, 3, 4]
 
 
+def test_resuming_with_other_settings_is_a_one_line_error(micro_data: Path, tmp_path: Path, capsys) -> None:
+    base = micro_overrides(micro_data, tmp_path / "run", steps=2)
+    assert main(["train", *base]) == 0
+    capsys.readouterr()
+    for changed in ("balancer.name=uncertainty", "model.width=64"):
+        assert main(["train", *base, "train.steps=3", changed, "--resume", "latest"]) == 2, changed
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("mmtl: error:") and "\n" not in err and "step-00000002" in err, err
+
+
 def test_resume_without_checkpoint_is_a_clear_error(micro_data: Path, tmp_path: Path) -> None:
     with pytest.raises(MMTLError, match="no checkpoint found"):
         Trainer(resolve_config({}, micro_overrides(micro_data, tmp_path / "empty")), resume="latest")
@@ -78,7 +89,6 @@ def test_fresh_run_refuses_to_mix_with_an_existing_run_unless_overwrite(micro_da
 
 
 def test_sigterm_saves_a_checkpoint_exits_143_and_the_run_resumes(micro_data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
-    from mmtl.cli import main
 
     original = sigterm_after_step(monkeypatch, 2)
     overrides = micro_overrides(micro_data, tmp_path / "run", steps=5)

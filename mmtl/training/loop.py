@@ -145,13 +145,19 @@ class Trainer:
         else:
             load_weights(self.model, checkpoint)
         state = load_train_state(checkpoint)
-        if self.sharded:
-            fsdp.load_optimizer_state(self.optimizer, state["optimizer"])
-        else:
-            self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.balancer.load_state_dict(state["balancer"])
+        try:
+            if self.sharded:
+                fsdp.load_optimizer_state(self.optimizer, state["optimizer"])
+            else:
+                self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.balancer.load_state_dict(state["balancer"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MMTLError(f"{checkpoint} was saved by a run with other settings (optimiser or balancer state "
+                            f"does not fit: {first_line}); resume with the settings it was started with, "
+                            f"e.g. --config {checkpoint}/config.yaml") from None
         self.validator.load_state_dict(state.get("validator", {}))
         self.guard.load_state_dict(state.get("nonfinite", {"skipped": 0, "streak": 0}))
         if self.ema is not None:
