@@ -154,6 +154,12 @@ def test_balancing_stand_in_rows_with_the_same_gram_matrix_gives_the_same_weight
         assert torch.allclose(proxy.weights @ g, combined, atol=1e-4, rtol=1e-3)
 
 
+def test_gram_factor_of_parallel_and_zero_gradients_is_finite() -> None:
+    g = torch.tensor([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [0.0, 0.0, 0.0]])
+    factor = gram_factor(g @ g.T)
+    assert torch.isfinite(factor).all() and torch.allclose(factor @ factor.T, g @ g.T, atol=1e-3)
+
+
 def test_balancer_random_draws_come_from_its_own_checkpointed_generator() -> None:
     first = make("pcgrad", tasks=["a", "b", "c", "d"])
     orders = [first.random_order(4) for _ in range(2)]

@@ -39,10 +39,13 @@ def _split(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def gram_factor(gram: torch.Tensor) -> torch.Tensor:
-    """Rows (T, T) whose inner products are ``gram`` (T, T): ``R R^T = gram`` (negative eigenvalues of
-    rounding are clipped)."""
-    values, vectors = torch.linalg.eigh(gram)
-    return vectors * values.clamp_min(0).sqrt()
+    """Rows (T, T) whose inner products are ``gram`` (T, T): ``R R^T = gram`` up to a relative ridge of
+    1e-7, which keeps zero or parallel task gradients factorable. A Cholesky factor in float64 without
+    its status check, so no host sync (an eigendecomposition would wait for the GPU)."""
+    gram = gram.double()
+    ridge = 1e-7 * gram.diagonal().mean().clamp_min(1e-30)
+    eye = torch.eye(gram.shape[0], device=gram.device, dtype=gram.dtype)
+    return torch.linalg.cholesky_ex(gram + ridge * eye)[0].float()
 
 
 def sanitize(grads: torch.Tensor) -> torch.Tensor:
