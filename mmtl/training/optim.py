@@ -16,7 +16,7 @@ def _no_decay(name: str, param: nn.Parameter) -> bool:
 
 
 def build_optimizer(modules: Iterable[nn.Module], config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters of ``modules`` (fused kernel on CUDA).
+    """AdamW over the trainable parameters of ``modules`` (one fused kernel, on CUDA and on the CPU).
 
     A module with ``lr_scale_of(name)`` (MultiTaskModel, set up by fine-tuning) puts parameters whose
     factor is not 1 into extra groups at ``lr * factor``, after the two usual groups; the parameters
@@ -35,7 +35,8 @@ def build_optimizer(modules: Iterable[nn.Module], config: TrainConfig, device: t
                 groups.setdefault((index, _no_decay(name, param), scale), []).append(param)
     param_groups = [{"params": params, "weight_decay": 0.0 if no_decay else config.weight_decay,
                      "lr": config.lr * scale} for (_, no_decay, scale), params in groups.items()]
-    return torch.optim.AdamW(param_groups, lr=config.lr, betas=(0.9, 0.98), fused=device.type == "cuda")
+    # fused on the CPU too: the default per-tensor loop took ~50 ms per tiny-preset step there, fused ~14 ms
+    return torch.optim.AdamW(param_groups, lr=config.lr, betas=(0.9, 0.98), fused=device.type in ("cuda", "cpu"))
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
