@@ -251,3 +251,7 @@ def test_an_interrupted_finetune_resumes_through_the_cli_to_the_same_delta(
     assert all(torch.equal(resumed[k], finished[k]) for k in finished)
     steps = [json.loads(line)["step"] for line in (out / "train" / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]  # continued after step 2, not started over
+    capsys.readouterr()
+    assert main(command[1:]) == 2  # finished: its step checkpoints are gone, nothing to resume
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mmtl: error:") and "no checkpoint" in err and "\n" not in err, err
