@@ -1,6 +1,6 @@
 import pytest
 
-from mmtl.evaluation.metrics import bleu, multilabel_scores, rouge
+from mmtl.evaluation.metrics import bleu, cider, multilabel_average_precision, multilabel_scores, rouge
 from mmtl.tasks.summarization import lead_sentence
 from mmtl.builder import build_components
 from mmtl.config import resolve_config
@@ -34,3 +34,24 @@ def test_trivial_baselines() -> None:
     doc = {"document": "this note is short . anna drew it . more ."}
     assert tasks["summarization"].fit_baseline(train)(doc) == "this note is short ."
     assert lead_sentence("") == ""
+
+
+def test_multilabel_average_precision_by_hand() -> None:
+    classes = ["a", "b", "c"]
+    refs = [["a"], ["b"], ["a", "b"]]
+    # class a ranks its two positives first: AP 1. Class b scores s0 0.9 (negative), s1 0.8 and s2 0.1
+    # (positives): precision 1/2 and 2/3 at its two positives, AP (1/2 + 2/3) / 2 = 7/12. Class c has
+    # no positive and is left out of the mean
+    scored = [[("a", 0.9), ("b", 0.9)], [("b", 0.8)], [("a", 0.7), ("b", 0.1), ("c", 0.5)]]
+    assert multilabel_average_precision(scored, refs, classes)["mAP"] == pytest.approx((1 + 7 / 12) / 2)
+    perfect = [[("a", 1.0)], [("b", 1.0)], [("a", 1.0), ("b", 1.0)]]
+    assert multilabel_average_precision(perfect, refs, classes)["mAP"] == pytest.approx(1.0)
+
+
+def test_cider_rewards_consensus_with_the_references() -> None:
+    refs = [["a red circle near the top", "a red circle"], ["a blue square", "a small blue square ."],
+            ["a green triangle left of a red circle"]]
+    exact = cider(["a red circle near the top", "a blue square", "a green triangle left of a red circle"], refs)
+    wrong = cider(["a blue square", "a green triangle", "a red circle near the top"], refs)
+    assert exact["cider"] > 100 > wrong["cider"] >= 0
+    assert cider(["A Blue square."] * 1, [["a blue square"]]) == cider(["a blue square"], [["a blue square"]])

@@ -1,8 +1,9 @@
 """Held-out evaluation of every task, next to each task's trivial baseline."""
 from __future__ import annotations
 
+
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -64,10 +65,14 @@ def evaluate(components: Components, config: ExperimentConfig, device: torch.dev
     references: dict[str, list] = defaultdict(list)
     annotations: dict[str, list] = defaultdict(list)
     examples, seen = [], 0
+    threshold = config.eval.threshold
+    ranked = replace(config.eval, threshold=0.0)
     for batch in loader:
         batch = batch.to(device)
         with get_autocast(precision, device):
-            predicted = model.predict(batch, names, config.eval)
+            # threshold 0: every class with its score, for ranking metrics (mAP); scoring and the
+            # printed examples cut at config.eval.threshold
+            predicted = model.predict(batch, names, ranked)
             batch_losses = model(batch) if losses else {}
         for task, loss in batch_losses.items():
             rows = len(batch.targets[task]["index"])
@@ -82,7 +87,7 @@ def evaluate(components: Components, config: ExperimentConfig, device: torch.dev
                 predictions[task.name].append(predicted[task.name][row])
                 references[task.name].append(reference)
                 annotations[task.name].append(annotation)
-                example["predictions"][task.name] = task.format(predicted[task.name][row])
+                example["predictions"][task.name] = task.format(task.thresholded(predicted[task.name][row], threshold))
                 example["references"][task.name] = task.format_reference(reference)
             if len(examples) < config.eval.num_examples:
                 examples.append(example)
@@ -95,11 +100,12 @@ def evaluate(components: Components, config: ExperimentConfig, device: torch.dev
     for task in components.tasks:
         if not references[task.name]:
             continue
-        metrics[task.name] = task.score(predictions[task.name], references[task.name])
+        metrics[task.name] = task.score(predictions[task.name], references[task.name], threshold)
         if not trivial_baselines:
             continue
         baseline = task.fit_baseline(train_annotations)
-        baselines[task.name] = task.score([baseline(a) for a in annotations[task.name]], references[task.name])
+        baselines[task.name] = task.score([baseline(a) for a in annotations[task.name]], references[task.name],
+                                          threshold)
     primary = {t.name: t.primary_metric for t in components.tasks if t.name in metrics}
     mean_losses = {t: loss_sums[t] / loss_rows[t] for t in loss_rows if loss_rows[t]}
     return EvalResult(split, seen, metrics, baselines, primary, examples, mean_losses)

@@ -1,6 +1,7 @@
-"""Metric functions, computed with torchmetrics, sacrebleu and rouge-score rather than by hand."""
+"""Metric functions, computed with torchmetrics, sacrebleu, rouge-score and pycocoevalcap rather than by hand."""
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Sequence
 
@@ -29,6 +30,50 @@ def multilabel_scores(predicted: Sequence[Sequence[str]], references: Sequence[S
         "f1_macro": float(multilabel_f1_score(pred, ref, num_labels=n, average="macro")),
         "exact_match": float((pred == ref).all(1).float().mean()) if len(pred) else 0.0,
     }
+
+
+def multilabel_average_precision(scored: Sequence[Sequence[tuple[str, float]]], references: Sequence[Sequence[str]],
+                                 classes: Sequence[str]) -> dict[str, float]:
+    """Mean average precision over classes (torchmetrics, macro) of per-class scores against reference sets.
+
+    ``scored`` holds each sample's (class, score) pairs; a class a sample does not list scores 0.
+    Classes with no positive reference are left out of the mean (their precision is undefined).
+    """
+    from torchmetrics.functional.classification import multilabel_average_precision as average_precision
+
+    index = {name: i for i, name in enumerate(classes)}
+    scores = torch.zeros(len(scored), len(classes))
+    target = torch.zeros(len(scored), len(classes), dtype=torch.long)
+    for row, (pairs, labels) in enumerate(zip(scored, references)):
+        for name, value in pairs:
+            if name in index:
+                scores[row, index[name]] = float(value)
+        for label in labels:
+            if label in index:
+                target[row, index[label]] = 1
+    present = target.sum(0) > 0
+    if not len(scored) or not present.any():
+        return {"mAP": 0.0}
+    per_class = average_precision(scores[:, present], target[:, present], num_labels=int(present.sum()), average="none")
+    return {"mAP": float(per_class.mean())}
+
+
+def _cider_tokens(text: str) -> str:
+    # the COCO toolkit's PTB tokenizer needs Java; lower-cased word tokens without punctuation match it
+    # on plain captions
+    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def cider(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Corpus CIDEr-D (pycocoevalcap; x100, as captioning papers report it) with any number of references."""
+    from pycocoevalcap.cider.cider import Cider
+
+    if not hypotheses:
+        return {"cider": 0.0}
+    gts = {i: [_cider_tokens(r) for r in refs] or [""] for i, refs in enumerate(references)}
+    res = {i: [_cider_tokens(h)] for i, h in enumerate(hypotheses)}
+    score, _ = Cider().compute_score(gts, res)
+    return {"cider": 100.0 * float(score)}
 
 
 def bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:

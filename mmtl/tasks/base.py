@@ -80,9 +80,17 @@ class Task:
         """What a prediction is scored against, or None if the annotation lacks it."""
         raise NotImplementedError
 
-    def score(self, predictions: Sequence[Any], references: Sequence[Any]) -> dict[str, float]:
-        """Metrics (including ``primary_metric``) of predictions against references."""
+    def score(self, predictions: Sequence[Any], references: Sequence[Any], threshold: float = 0.5) -> dict[str, float]:
+        """Metrics (including ``primary_metric``) of predictions against references.
+
+        Evaluation predicts at threshold 0 (scored outputs list every candidate with its score), so
+        that ranking metrics see all scores; ``threshold`` is where set-valued metrics cut them.
+        """
         raise NotImplementedError
+
+    def thresholded(self, prediction: Any, threshold: float) -> Any:
+        """What a user sees at ``threshold`` of a prediction made at threshold 0 (default: the same)."""
+        return prediction
 
     def fit_baseline(self, train_annotations: Sequence[dict[str, Any]]) -> Callable[[dict[str, Any]], Any]:
         """A trivial predictor (annotation -> prediction) fitted on training annotations."""

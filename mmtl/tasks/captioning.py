@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Callable, Sequence
 
+from mmtl.evaluation.metrics import cider
 from mmtl.registry import TASKS
 from mmtl.tasks.generation import GenerationTask
 
@@ -17,6 +18,11 @@ class CaptioningTask(GenerationTask):
     required_inputs = ("image",)
     primary_metric = "bleu4"
     reference_field = "captions"
+
+    def score(self, predictions: Sequence[str], references: Sequence[Sequence[str]],
+              threshold: float = 0.5) -> dict[str, float]:
+        """BLEU-4 and ROUGE (as every generation task), plus CIDEr-D, the captioning metric."""
+        return {**super().score(predictions, references, threshold), **cider(predictions, references)}
 
     def fit_baseline(self, train_annotations: Sequence[dict[str, Any]]) -> Callable[[dict[str, Any]], str]:
         """Most frequent training caption, for every image."""

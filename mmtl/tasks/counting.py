@@ -50,7 +50,7 @@ class CountingTask(Task):
     def predict(self, head: nn.Module, fused: Fused, options: Any) -> list[int]:
         return head(fused.tokens, fused.valid).argmax(-1).cpu().tolist()
 
-    def score(self, predictions: Sequence[int], references: Sequence[int]) -> dict[str, float]:
+    def score(self, predictions: Sequence[int], references: Sequence[int], threshold: float = 0.5) -> dict[str, float]:
         n = max(len(references), 1)
         return {"accuracy": sum(p == r for p, r in zip(predictions, references)) / n,
                 "mae": sum(abs(p - r) for p, r in zip(predictions, references)) / n}

@@ -71,5 +71,6 @@ class GenerationTask(Task):
     def format_reference(self, reference: Sequence[str]) -> str:
         return reference[0]
 
-    def score(self, predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
+    def score(self, predictions: Sequence[str], references: Sequence[Sequence[str]],
+              threshold: float = 0.5) -> dict[str, float]:
         return {**bleu(predictions, references), **rouge(predictions, references)}

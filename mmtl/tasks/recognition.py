@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmtl.config import ModelConfig
-from mmtl.evaluation.metrics import multilabel_scores
+from mmtl.evaluation.metrics import multilabel_average_precision, multilabel_scores
 from mmtl.models.fusion import Fused
 from mmtl.models.heads import ClassQueryHead
 from mmtl.registry import TASKS
@@ -107,11 +107,21 @@ class RecognitionTask(Task):
         labels = annotation.get("labels")
         return self._label_names(labels) if labels else None
 
-    def score(self, predictions: Sequence[Any], references: Sequence[Sequence[str]]) -> dict[str, float]:
-        names = [[p[0] if isinstance(p, (tuple, list)) else p for p in tags] for tags in predictions]
+    def score(self, predictions: Sequence[Any], references: Sequence[Sequence[str]],
+              threshold: float = 0.5) -> dict[str, float]:
+        """Single-label: top-1/top-5 accuracy. Multi-label: F1 and exact match of the tags at ``threshold``,
+        and mAP over every class's score."""
         if self.single:
+            names = [[p[0] if isinstance(p, (tuple, list)) else p for p in tags] for tags in predictions]
             return single_label_scores(names, references)
-        return multilabel_scores(names, references, self.context.classes)
+        scored = [[p if isinstance(p, (tuple, list)) else (p, 1.0) for p in tags] for tags in predictions]
+        shown = [[name for name, value in self.thresholded(tags, threshold)] for tags in scored]
+        return {**multilabel_scores(shown, references, self.context.classes),
+                **multilabel_average_precision(scored, references, self.context.classes)}
+
+    def thresholded(self, prediction: Tags, threshold: float) -> Tags:
+        """Multi-label: the tags scoring at least ``threshold``; single-label: the ranking as it is."""
+        return prediction if self.single else [(name, value) for name, value in prediction if value >= threshold]
 
     def fit_baseline(self, train_annotations: Sequence[dict[str, Any]]) -> Callable[[dict[str, Any]], Tags]:
         """Majority tags: the k most frequent training tags, k = the median number of tags per sample
