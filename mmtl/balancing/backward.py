@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from mmtl.balancing.base import Balancer
+from mmtl.balancing.base import Balancer, with_ridge
 from mmtl.balancing.monitor import task_gradient_stats
 from mmtl.models.model import SHARED_OUTPUTS
 
@@ -42,10 +42,7 @@ def gram_factor(gram: torch.Tensor) -> torch.Tensor:
     """Rows (T, T) whose inner products are ``gram`` (T, T): ``R R^T = gram`` up to a relative ridge of
     1e-7, which keeps zero or parallel task gradients factorable. A Cholesky factor in float64 without
     its status check, so no host sync (an eigendecomposition would wait for the GPU)."""
-    gram = gram.double()
-    ridge = 1e-7 * gram.diagonal().mean().clamp_min(1e-30)
-    eye = torch.eye(gram.shape[0], device=gram.device, dtype=gram.dtype)
-    return torch.linalg.cholesky_ex(gram + ridge * eye)[0].float()
+    return torch.linalg.cholesky_ex(with_ridge(gram.double(), 1e-7))[0].float()
 
 
 def sanitize(grads: torch.Tensor) -> torch.Tensor:

@@ -118,9 +118,13 @@ class GradientBalancer(Balancer):
         return combined
 
 
+def with_ridge(gram: torch.Tensor, relative: float) -> torch.Tensor:
+    """``gram`` plus ``relative`` x its mean diagonal on the diagonal (keeps a rank-deficient Gram matrix solvable)."""
+    ridge = relative * gram.diagonal().mean().clamp_min(1e-30)
+    return gram + ridge * torch.eye(gram.shape[0], device=gram.device, dtype=gram.dtype)
+
+
 def effective_weights(grads: torch.Tensor, combined: torch.Tensor) -> torch.Tensor:
     """Least-squares ``w`` with ``grads^T w = combined`` (a small ridge keeps it finite when rank-deficient)."""
-    gram = grads @ grads.T
-    ridge = 1e-8 * gram.diagonal().mean().clamp_min(1e-30)
-    eye = torch.eye(gram.shape[0], device=gram.device, dtype=gram.dtype)
-    return torch.linalg.solve_ex(gram + ridge * eye, grads @ combined)[0]  # _ex: no error check, no sync
+    gram = with_ridge(grads @ grads.T, 1e-8)
+    return torch.linalg.solve_ex(gram, grads @ combined)[0]  # _ex: no error check, no sync

@@ -1,7 +1,6 @@
 """Held-out evaluation of every task, next to each task's trivial baseline."""
 from __future__ import annotations
 
-
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any

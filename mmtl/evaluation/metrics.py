@@ -8,22 +8,23 @@ from typing import Sequence
 import torch
 
 
+def _multi_hot(sets: Sequence[Sequence[str]], classes: Sequence[str]) -> torch.Tensor:
+    """(samples, classes) 0/1 matrix of label-name sets; names outside ``classes`` are ignored."""
+    index = {name: i for i, name in enumerate(classes)}
+    out = torch.zeros(len(sets), len(classes), dtype=torch.long)
+    for row, labels in enumerate(sets):
+        for label in labels:
+            if label in index:
+                out[row, index[label]] = 1
+    return out
+
+
 def multilabel_scores(predicted: Sequence[Sequence[str]], references: Sequence[Sequence[str]],
                       classes: Sequence[str]) -> dict[str, float]:
     """Micro F1, macro F1 and exact-set accuracy of predicted tag sets against reference tag sets."""
     from torchmetrics.functional.classification import multilabel_f1_score
 
-    index = {name: i for i, name in enumerate(classes)}
-
-    def multi_hot(sets: Sequence[Sequence[str]]) -> torch.Tensor:
-        out = torch.zeros(len(sets), len(classes), dtype=torch.long)
-        for row, labels in enumerate(sets):
-            for label in labels:
-                if label in index:
-                    out[row, index[label]] = 1
-        return out
-
-    pred, ref = multi_hot(predicted), multi_hot(references)
+    pred, ref = _multi_hot(predicted, classes), _multi_hot(references, classes)
     n = len(classes)
     return {
         "f1_micro": float(multilabel_f1_score(pred, ref, num_labels=n, average="micro")),
@@ -43,14 +44,11 @@ def multilabel_average_precision(scored: Sequence[Sequence[tuple[str, float]]], 
 
     index = {name: i for i, name in enumerate(classes)}
     scores = torch.zeros(len(scored), len(classes))
-    target = torch.zeros(len(scored), len(classes), dtype=torch.long)
-    for row, (pairs, labels) in enumerate(zip(scored, references)):
+    for row, pairs in enumerate(scored):
         for name, value in pairs:
             if name in index:
                 scores[row, index[name]] = float(value)
-        for label in labels:
-            if label in index:
-                target[row, index[label]] = 1
+    target = _multi_hot(references, classes)
     present = target.sum(0) > 0
     if not len(scored) or not present.any():
         return {"mAP": 0.0}

@@ -117,13 +117,13 @@ def load_weights(model: torch.nn.Module, checkpoint: Path, file: str = MODEL_FIL
     try:
         missing, unexpected = load_model(model, str(checkpoint / file), strict=False)
     except Exception as exc:  # safetensors raises several types for damaged files, torch one for shapes
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        detail = lines[-1] if "size mismatch" in str(exc) else (lines[0] if lines else type(exc).__name__)
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
         mismatched = str(exc).count("size mismatch")
+        detail = lines[0]
         if mismatched:  # one line, not torch's list of every tensor
-            detail = f"{mismatched} tensor(s) differ in shape, e.g. {detail.removeprefix('size mismatch for ')}"
-        raise MMTLError(f"cannot load weights from {checkpoint / file}: {detail} (was the model built with other "
-                        "settings?)") from None
+            detail = (f"{mismatched} tensor(s) differ in shape, e.g. {lines[-1].removeprefix('size mismatch for ')} "
+                      "(was the model built with other settings?)")
+        raise MMTLError(f"cannot load weights from {checkpoint / file}: {detail}") from None
     if missing or unexpected:
         raise MMTLError(
             f"checkpoint {checkpoint} does not match the model: missing {sorted(missing)[:5]}, "
