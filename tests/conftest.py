@@ -1,7 +1,11 @@
 """Shared fixtures: a micro synthetic data set written once per session into a temp dir."""
 from __future__ import annotations
 
+import json
 import threading
+import urllib.error
+import urllib.request
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -81,3 +85,30 @@ def sigterm_after_step(monkeypatch: pytest.MonkeyPatch, step: int) -> Any:
 
     monkeypatch.setattr(Trainer, "train_step", step_then_sigterm)
     return original
+
+
+# -- HTTP requests against a served model (test_serve, test_finetune) --------------------------------
+def multipart(fields: dict[str, str], image: bytes | None = None, files: dict[str, bytes] | None = None) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in fields.items()]
+    for name, data in {**({"image": image} if image is not None else {}), **(files or {})}.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="x"\r\n'
+                     f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def request(server, path: str, body: bytes | None = None, content_type: str | None = None,
+            method: str | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(server.url + path, data=body, method=method)
+    if content_type:
+        req.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def post_json(server, payload: dict) -> tuple[int, dict]:
+    return request(server, "/v1/predict", json.dumps(payload).encode(), "application/json")

@@ -22,7 +22,7 @@ from mmtl.finetune import (
 from mmtl.inference import Predictor
 from mmtl.training.loop import train
 from mmtl.serve import ServerLimits, make_server
-from tests.conftest import micro_overrides, serving, sigterm_after_step
+from tests.conftest import micro_overrides, multipart, post_json, request, serving, sigterm_after_step
 
 FT_EXTRA = ["finetune.regression_samples=8", "eval.max_samples=8", "train.checkpoint_every=0"]
 
@@ -203,7 +203,6 @@ def test_finetune_cli_happy_path_predict_and_bad_inputs(base_run: Path, depth_da
     assert main(["eval", "--checkpoint", str(out), "--data", str(depth_data), "--max-samples", "8"]) == 0
     assert "recognition" in capsys.readouterr().out
     # the HTTP server takes the further modality as a file field, multipart or base64 JSON
-    from tests.test_serve import multipart, post_json, request
     wav = (tmp_path / "scene.wav").read_bytes()
     with serving(make_server(Predictor.from_pretrained(out), "127.0.0.1", 0, ServerLimits())) as server:
         status, answer = request(server, "/v1/predict", *multipart({}, files={"audio": wav}))

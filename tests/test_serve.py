@@ -7,9 +7,7 @@ import io
 import json
 import subprocess
 import sys
-import urllib.error
 import urllib.request
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,7 +18,7 @@ from PIL import Image
 from mmtl.cli import main
 from mmtl.inference import Predictor
 from mmtl.serve import ServerLimits, make_server
-from tests.conftest import micro_overrides, serving
+from tests.conftest import micro_overrides, multipart, post_json, request, serving
 
 LIMITS = ServerLimits(max_body_bytes=200_000, max_pixels=100_000, max_text_chars=500)
 
@@ -47,32 +45,6 @@ def png_bytes(color=(200, 30, 30), size=(40, 30), mode="RGB") -> bytes:
     buf = io.BytesIO()
     Image.new(mode, size, color).save(buf, "PNG")
     return buf.getvalue()
-
-
-def multipart(fields: dict[str, str], image: bytes | None = None, files: dict[str, bytes] | None = None) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-             for k, v in fields.items()]
-    for name, data in {**({"image": image} if image is not None else {}), **(files or {})}.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="x"\r\n'
-                     f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
-
-
-def request(server, path: str, body: bytes | None = None, content_type: str | None = None,
-            method: str | None = None) -> tuple[int, dict]:
-    req = urllib.request.Request(server.url + path, data=body, method=method)
-    if content_type:
-        req.add_header("Content-Type", content_type)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
-def post_json(server, payload: dict) -> tuple[int, dict]:
-    return request(server, "/v1/predict", json.dumps(payload).encode(), "application/json")
 
 
 def test_health_info_openapi_and_unknown_routes(server, predictor: Predictor) -> None:
