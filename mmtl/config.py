@@ -122,6 +122,8 @@ class DecoderConfig:
     max_length: int = 40
     # true: one decoder for every generation task, told the task by a learned prompt (OFA-style)
     shared: bool = False
+    # pointer-generator: decoders may copy tokens of the fused text (names, rare words of a document)
+    copy: bool = True
 
 
 @dataclass

@@ -173,7 +173,10 @@ def test_generation_task_uses_options_generation() -> None:
     config = resolve_config({}, ["model.preset=micro", "tasks=[captioning]"])
     parts = build_components(config, [], vocab)
     task, head = parts.tasks[0], parts.model.heads["captioning"].eval()
-    fused = type("F", (), {"tokens": torch.randn(2, 3, 32), "valid": torch.ones(2, 3, dtype=torch.bool)})()
+    from mmtl.models.fusion import Fused
+
+    tokens = torch.randn(2, 3, 32)
+    fused = Fused(tokens, torch.ones(2, 3, dtype=torch.bool), tokens.mean(1))
     options = EvalConfig(generation=GenerationConfig(max_length=4, min_length=4))
     outputs = task.predict(head, fused, options)
     ids = head.generate(fused.tokens, fused.valid, config=options.generation)

@@ -17,11 +17,16 @@ from mmtl.text import BOS, EOS, FULL_BPE_SIZE, PAD, SPECIAL_TOKENS, Vocabulary
 
 @dataclass
 class Stream:
-    """Tokens of one modality: ``tokens`` (B, S, W), ``valid`` (B, S) bool, and the modality's name."""
+    """Tokens of one modality: ``tokens`` (B, S, W), ``valid`` (B, S) bool, and the modality's name.
+
+    ``ids`` (B, S): the vocabulary id each token was embedded from, for text streams (None for
+    other modalities); decoders with a copy mechanism copy from them.
+    """
 
     tokens: torch.Tensor
     valid: torch.Tensor
     modality: str = ""
+    ids: torch.Tensor | None = None
 
 
 @IMAGE_ENCODERS.register("timm")
@@ -109,7 +114,7 @@ class TransformerTextEncoder(nn.Module):
         mask = key_mask(valid | ~valid.any(1, keepdim=True))
         for block in self.blocks:
             x = block(x, mask)
-        return Stream(self.norm(x) + self.type_embedding, valid)
+        return Stream(self.norm(x) + self.type_embedding, valid, ids=ids)
 
 
 def load_state_file(path: str | Path, key: str) -> dict[str, torch.Tensor]:
@@ -263,4 +268,4 @@ class OpenClipTextEncoder(nn.Module):
         clip_ids = F.pad(clip_ids, (0, self.context_length - clip_ids.shape[1]))
         _, tokens = self.tower(clip_ids)
         tokens = self.proj(tokens[:, 1 : ids.shape[1] + 1]) + self.type_embedding
-        return Stream(tokens, (ids != PAD) & present[:, None])
+        return Stream(tokens, (ids != PAD) & present[:, None], ids=ids)

@@ -15,27 +15,46 @@ from mmtl.config import ModelConfig
 from mmtl.models.encoders import Stream
 from mmtl.models.layers import MLP, DecoderBlock, EncoderBlock, key_mask
 from mmtl.registry import FUSIONS
+from mmtl.text import PAD
 
 
 @dataclass
 class Fused:
-    """Shared representation: ``tokens`` (B, S, W), ``valid`` (B, S) bool, ``pooled`` (B, W)."""
+    """Shared representation: ``tokens`` (B, S, W), ``valid`` (B, S) bool, ``pooled`` (B, W).
+
+    ``ids`` (B, S): the vocabulary id behind each fused token that came from a text stream (PAD
+    for every other token), or None when no text was fused: what a copying decoder copies.
+    """
 
     tokens: torch.Tensor
     valid: torch.Tensor
     pooled: torch.Tensor
+    ids: torch.Tensor | None = None
 
     def select(self, rows: torch.Tensor) -> "Fused":
         """The rows ``rows`` of every tensor (a task's subset of the batch)."""
         if rows.numel() == self.tokens.shape[0]:
             return self
-        return Fused(self.tokens[rows], self.valid[rows], self.pooled[rows])
+        ids = None if self.ids is None else self.ids[rows]
+        return Fused(self.tokens[rows], self.valid[rows], self.pooled[rows], ids)
 
 
 def masked_mean(tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Mean over the valid tokens of each row."""
     weights = valid.to(tokens.dtype).unsqueeze(-1)
     return (tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+def stream_ids(streams: list[Stream], leading: int = 0) -> torch.Tensor | None:
+    """Token ids of ``streams`` concatenated (PAD for streams without ids), after ``leading`` PAD
+    columns for tokens that come first (a global token); None when no stream carries ids."""
+    if all(s.ids is None for s in streams):
+        return None
+    first = streams[0].tokens
+    parts = [torch.full((first.shape[0], leading), PAD, dtype=torch.long, device=first.device)]
+    parts += [s.ids if s.ids is not None else torch.full(s.valid.shape, PAD, dtype=torch.long, device=first.device)
+              for s in streams]
+    return torch.cat(parts, dim=1)
 
 
 def _concat(global_token: torch.Tensor, streams: list[Stream],
@@ -60,6 +79,7 @@ class FusionState:
     mask: torch.Tensor | None = None
     context: torch.Tensor | None = None
     context_valid: torch.Tensor | None = None
+    ids: torch.Tensor | None = None  # vocabulary ids of the tokens ``end`` returns (see Fused.ids)
 
 
 class LayeredFusion(nn.Module, abc.ABC):
@@ -111,14 +131,14 @@ class SingleStreamFusion(LayeredFusion):
 
     def begin(self, streams: list[Stream]) -> FusionState:
         tokens, valid = _concat(self.global_token, streams)
-        return FusionState(tokens, valid, key_mask(valid))
+        return FusionState(tokens, valid, key_mask(valid), ids=stream_ids(streams, leading=1))
 
     def run_layer(self, layer: nn.Module, state: FusionState) -> torch.Tensor:
         return layer(state.hidden, state.mask)
 
     def end(self, state: FusionState) -> Fused:
         tokens = self.norm(state.hidden)
-        return Fused(tokens, state.valid, masked_mean(tokens, state.valid))
+        return Fused(tokens, state.valid, masked_mean(tokens, state.valid), state.ids)
 
 
 @FUSIONS.register("cross_attention")
@@ -154,7 +174,9 @@ class CrossAttentionFusion(LayeredFusion):
         context = [s for s in streams if s.modality not in self.QUERY_MODALITIES]
         hidden, valid = _concat(self.global_token, queries, like=streams[0])
         context_tokens, context_valid = _concat(self.null_token, context, like=streams[0])
-        return FusionState(hidden, valid, key_mask(valid), context_tokens, context_valid)
+        ordered = queries + context  # the order of the tokens ``end`` returns
+        ids = stream_ids(ordered, leading=1) if ordered else None
+        return FusionState(hidden, valid, key_mask(valid), context_tokens, context_valid, ids)
 
     def run_layer(self, layer: nn.Module, state: FusionState) -> torch.Tensor:
         return layer(state.hidden, state.context, key_mask(state.context_valid), state.mask)
@@ -162,7 +184,7 @@ class CrossAttentionFusion(LayeredFusion):
     def end(self, state: FusionState) -> Fused:
         tokens = torch.cat([self.norm(state.hidden), self.context_norm(state.context[:, 1:])], dim=1)
         valid = torch.cat([state.valid, state.context_valid[:, 1:]], dim=1)
-        return Fused(tokens, valid, masked_mean(tokens, valid))
+        return Fused(tokens, valid, masked_mean(tokens, valid), state.ids)
 
 
 @FUSIONS.register("late")
@@ -188,7 +210,7 @@ class LateFusion(LayeredFusion):
         tokens = torch.cat([s.tokens for s in streams], dim=1)
         valid = torch.cat([s.valid for s in streams], dim=1)
         # hidden is the pooled vector; the stream tokens ride along in ``context``
-        return FusionState(pooled, valid, context=tokens)
+        return FusionState(pooled, valid, context=tokens, ids=stream_ids(streams, leading=1))
 
     def run_layer(self, layer: nn.Module, state: FusionState) -> torch.Tensor:
         return state.hidden + layer(state.hidden)
@@ -199,4 +221,4 @@ class LateFusion(LayeredFusion):
         # keeps one valid token when a modality is missing
         tokens = torch.cat([pooled[:, None], self.norm(state.context)], dim=1)
         always = torch.ones_like(state.valid[:, :1])
-        return Fused(tokens, torch.cat([always, state.valid], dim=1), pooled)
+        return Fused(tokens, torch.cat([always, state.valid], dim=1), pooled, state.ids)

@@ -20,15 +20,21 @@ from mmtl.text import BOS, EOS, PAD
 class DecodingSession:
     """Next-token logits for a growing prefix, from the KV cache or by re-running the whole prefix."""
 
-    def __init__(self, decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Tensor, use_cache: bool) -> None:
+    def __init__(self, decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Tensor, use_cache: bool,
+                 memory_ids: torch.Tensor | None = None) -> None:
         self.decoder, self.memory, self.memory_valid = decoder, memory, memory_valid
         self.mask = key_mask(memory_valid)
-        self.caches = decoder.new_caches(memory) if use_cache else None
+        # a copying decoder also reads the vocabulary ids behind the memory's text tokens
+        self.copy_from = {} if memory_ids is None else {"memory_ids": memory_ids}
+        self.caches = None
+        if use_cache:
+            self.caches = (decoder.new_caches(memory, memory_valid, **self.copy_from) if self.copy_from
+                           else decoder.new_caches(memory))
 
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits (N, V) of the token after ``ids`` (N, t); with a cache only ``ids[:, -1]`` is new."""
         if self.caches is None:
-            return self.decoder(ids, self.memory, self.memory_valid)[:, -1]
+            return self.decoder(ids, self.memory, self.memory_valid, **self.copy_from)[:, -1]
         return self.decoder.step(ids[:, -1:], self.caches, self.mask)
 
     def reorder(self, index: torch.Tensor) -> None:
@@ -94,7 +100,7 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
 
 def generate(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Tensor,
              config: GenerationConfig | None = None, *, max_length: int | None = None,
-             use_cache: bool = True) -> torch.Tensor:
+             use_cache: bool = True, memory_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Decode a batch: beam search when ``config.num_beams > 1``, else sampling or greedy.
 
     ``max_length`` (default ``config.max_length``) counts generated tokens and is capped by the
@@ -103,16 +109,16 @@ def generate(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Tenso
     config = config or GenerationConfig()
     steps = min(max_length if max_length is not None else config.max_length, decoder.max_length - 1)
     if config.num_beams > 1:
-        return beam_search(decoder, memory, memory_valid, config, steps, use_cache)
-    return sample(decoder, memory, memory_valid, config, steps, use_cache)
+        return beam_search(decoder, memory, memory_valid, config, steps, use_cache, memory_ids)
+    return sample(decoder, memory, memory_valid, config, steps, use_cache, memory_ids)
 
 
 @torch.no_grad()
 def sample(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Tensor, config: GenerationConfig,
-           steps: int, use_cache: bool = True) -> torch.Tensor:
+           steps: int, use_cache: bool = True, memory_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Greedy decoding, or sampling (``do_sample``) with temperature, top-k and top-p from a seeded generator."""
     batch = memory.shape[0]
-    session = DecodingSession(decoder, memory, memory_valid, use_cache)
+    session = DecodingSession(decoder, memory, memory_valid, use_cache, memory_ids)
     ids = torch.full((batch, 1), BOS, dtype=torch.long, device=memory.device)
     done = torch.zeros(batch, dtype=torch.bool, device=memory.device)
     generator = None
@@ -160,7 +166,7 @@ class _Hypotheses:
 
 @torch.no_grad()
 def beam_search(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Tensor, config: GenerationConfig,
-                steps: int, use_cache: bool = True) -> torch.Tensor:
+                steps: int, use_cache: bool = True, memory_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Batched beam search with length penalty; the KV cache follows the surviving beams.
 
     Each step ranks the 2K best continuations of a sample's K beams: EOS among the top K
@@ -170,7 +176,9 @@ def beam_search(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Te
     batch, beams = memory.shape[0], config.num_beams
     device = memory.device
     memory, memory_valid = memory.repeat_interleave(beams, 0), memory_valid.repeat_interleave(beams, 0)
-    session = DecodingSession(decoder, memory, memory_valid, use_cache)
+    if memory_ids is not None:
+        memory_ids = memory_ids.repeat_interleave(beams, 0)
+    session = DecodingSession(decoder, memory, memory_valid, use_cache, memory_ids)
     ids = torch.full((batch * beams, 1), BOS, dtype=torch.long, device=device)
     scores = torch.zeros(batch, beams, device=device)
     scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first
@@ -225,10 +233,11 @@ def beam_search(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Te
 
 
 def sequence_logprob(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Tensor,
-                     tokens: torch.Tensor) -> torch.Tensor:
+                     tokens: torch.Tensor, memory_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Sum of log-probabilities (B,) the decoder gives ``tokens`` (B, T, no BOS), up to each row's EOS."""
     ids = torch.cat([torch.full_like(tokens[:, :1], BOS), tokens], dim=1)
-    logp = F.log_softmax(decoder(ids[:, :-1], memory, memory_valid).float(), -1)
+    copy_from = {} if memory_ids is None else {"memory_ids": memory_ids}
+    logp = F.log_softmax(decoder(ids[:, :-1], memory, memory_valid, **copy_from).float(), -1)
     picked = logp.gather(2, tokens[..., None])[..., 0]
     ended_before = torch.cumsum((tokens == EOS).long(), 1) - (tokens == EOS).long() > 0
     keep = (tokens != PAD) & ~ended_before

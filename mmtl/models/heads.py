@@ -1,6 +1,7 @@
 """Task heads over the shared representation."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,10 +38,16 @@ class TextDecoder(nn.Module):
 
     ``prompt`` (W,), when given, is added to the first (BOS) position: a decoder shared by several
     tasks reads which task it is decoding for from it (OFA-style task prompt).
+
+    With ``copy`` (pointer-generator, See et al., 2017), each position also attends to the fused
+    tokens that came from text (``memory_ids``) and mixes "copy that token" into its distribution
+    with a learned gate: names and rare words of a document can be reproduced from the first steps
+    instead of being learned as vocabulary entries. The output is then log-probabilities, which
+    every consumer of logits (softmax, cross-entropy, argmax) reads unchanged.
     """
 
     def __init__(self, vocab_size: int, width: int, depth: int, num_heads: int, max_length: int,
-                 mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
+                 mlp_ratio: float = 4.0, dropout: float = 0.0, copy: bool = False) -> None:
         super().__init__()
         self.max_length = max_length
         self.embed = nn.Embedding(vocab_size, width, padding_idx=PAD)
@@ -48,6 +55,7 @@ class TextDecoder(nn.Module):
         self.position = nn.Parameter(torch.randn(max_length, width) * 0.02)
         self.blocks = nn.ModuleList(DecoderBlock(width, num_heads, mlp_ratio, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
+        self.copy = CopyAttention(width) if copy else None
 
     def _embed(self, ids: torch.Tensor, start: int, prompt: torch.Tensor | None) -> torch.Tensor:
         x = self.embed(ids) + self.position[start : start + ids.shape[1]]
@@ -55,18 +63,38 @@ class TextDecoder(nn.Module):
             x = torch.cat([x[:, :1] + prompt.to(x.dtype), x[:, 1:]], dim=1)
         return x
 
+    def _output(self, x: torch.Tensor, copy_source: "CopySource | None") -> torch.Tensor:
+        hidden = self.norm(x)
+        logits = hidden @ self.embed.weight.t()
+        if self.copy is None or copy_source is None:
+            return logits
+        return self.copy(hidden, logits, copy_source)
+
     def forward(self, ids: torch.Tensor, memory: torch.Tensor, memory_valid: torch.Tensor,
-                prompt: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, T, V) for decoder input ``ids`` (B, T) that starts with BOS."""
+                prompt: torch.Tensor | None = None, memory_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, V) for decoder input ``ids`` (B, T) that starts with BOS (log-probabilities
+        when copying from ``memory_ids``, the vocabulary ids behind the memory's text tokens)."""
         x = self._embed(ids, 0, prompt)
         mask = key_mask(memory_valid)
         for block in self.blocks:
             x = block(x, memory, mask)
-        return self.norm(x) @ self.embed.weight.t()
+        return self._output(x, self.copy_source(memory, memory_valid, memory_ids))
 
-    def new_caches(self, memory: torch.Tensor) -> list[DecoderCache]:
-        """Empty key/value caches (memory keys/values precomputed) for :meth:`step`."""
-        return [DecoderCache(block, memory) for block in self.blocks]
+    def copy_source(self, memory: torch.Tensor, memory_valid: torch.Tensor,
+                    memory_ids: torch.Tensor | None) -> "CopySource | None":
+        """What the copy mechanism reads from the memory (None without copying or without text in it)."""
+        if self.copy is None or memory_ids is None:
+            return None
+        return CopySource(self.copy.keys(memory), memory_ids, memory_valid & (memory_ids != PAD))
+
+    def new_caches(self, memory: torch.Tensor, memory_valid: torch.Tensor | None = None,
+                   memory_ids: torch.Tensor | None = None) -> list[DecoderCache]:
+        """Empty key/value caches (memory keys/values precomputed) for :meth:`step`; the first one
+        also carries the copy source when copying from ``memory_ids``."""
+        caches = [DecoderCache(block, memory) for block in self.blocks]
+        if memory_valid is not None:
+            caches[0].copy_source = self.copy_source(memory, memory_valid, memory_ids)
+        return caches
 
     def step(self, ids: torch.Tensor, caches: list[DecoderCache], memory_mask: torch.Tensor,
              prompt: torch.Tensor | None = None) -> torch.Tensor:
@@ -74,11 +102,11 @@ class TextDecoder(nn.Module):
         x = self._embed(ids, caches[0].length, prompt)
         for block, cache in zip(self.blocks, caches):
             x = block.step(x, cache, memory_mask)
-        return (self.norm(x) @ self.embed.weight.t())[:, -1]
+        return self._output(x, caches[0].copy_source)[:, -1]
 
     @torch.no_grad()
     def generate(self, memory: torch.Tensor, memory_valid: torch.Tensor, max_length: int | None = None,
-                 use_cache: bool = True, config: Any = None) -> torch.Tensor:
+                 use_cache: bool = True, config: Any = None, memory_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Decode ids (B, <= max_length), without BOS, PAD after each row's EOS (see mmtl.models.generation).
 
         ``config`` is a GenerationConfig (greedy when None). With ``use_cache`` each new token
@@ -86,7 +114,45 @@ class TextDecoder(nn.Module):
         """
         from mmtl.models.generation import generate
 
-        return generate(self, memory, memory_valid, config, max_length=max_length, use_cache=use_cache)
+        return generate(self, memory, memory_valid, config, max_length=max_length, use_cache=use_cache,
+                        memory_ids=memory_ids)
+
+
+@dataclass
+class CopySource:
+    """The memory as the copy mechanism sees it: projected keys (B, S, W), the vocabulary id of each
+    position (B, S) and which positions may be copied (B, S): valid text tokens."""
+
+    keys: torch.Tensor
+    ids: torch.Tensor
+    copyable: torch.Tensor
+
+
+class CopyAttention(nn.Module):
+    """Pointer-generator output: p = g * softmax(logits) + (1 - g) * attention over copyable tokens."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.query, self.key = nn.Linear(width, width), nn.Linear(width, width)
+        self.gate = nn.Linear(width, 1)
+        self.scale = width ** -0.5
+
+    def keys(self, memory: torch.Tensor) -> torch.Tensor:
+        """Projected memory keys (computed once per decoded batch)."""
+        return self.key(memory)
+
+    def forward(self, hidden: torch.Tensor, logits: torch.Tensor, source: CopySource) -> torch.Tensor:
+        """Log-probabilities (B, T, V) mixing the generator's ``logits`` with copying from ``source``."""
+        scores = (self.query(hidden) @ source.keys.transpose(1, 2)).float() * self.scale
+        scores = scores.masked_fill(~source.copyable[:, None, :], float("-inf"))
+        # rows without a copyable token get an all-zero copy distribution and generate only
+        attention = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+        copied = torch.zeros(logits.shape, dtype=attention.dtype, device=logits.device)
+        copied.scatter_add_(2, source.ids[:, None, :].expand(-1, hidden.shape[1], -1), attention)
+        generate = torch.sigmoid(self.gate(hidden).float())
+        generate = torch.where(source.copyable.any(1)[:, None, None], generate, torch.ones_like(generate))
+        probs = generate * logits.float().softmax(-1) + (1 - generate) * copied
+        return probs.clamp_min(1e-12).log()
 
 
 class PromptedDecoder(nn.Module):
@@ -102,19 +168,22 @@ class PromptedDecoder(nn.Module):
         self.prompt = nn.Parameter(torch.randn(decoder.position.shape[1]) * 0.02)
         self.max_length = decoder.max_length
 
-    def forward(self, ids: torch.Tensor, memory: torch.Tensor, memory_valid: torch.Tensor) -> torch.Tensor:
-        return self.decoder(ids, memory, memory_valid, prompt=self.prompt)
+    def forward(self, ids: torch.Tensor, memory: torch.Tensor, memory_valid: torch.Tensor,
+                memory_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decoder(ids, memory, memory_valid, prompt=self.prompt, memory_ids=memory_ids)
 
-    def new_caches(self, memory: torch.Tensor) -> list[DecoderCache]:
-        return self.decoder.new_caches(memory)
+    def new_caches(self, memory: torch.Tensor, memory_valid: torch.Tensor | None = None,
+                   memory_ids: torch.Tensor | None = None) -> list[DecoderCache]:
+        return self.decoder.new_caches(memory, memory_valid, memory_ids)
 
     def step(self, ids: torch.Tensor, caches: list[DecoderCache], memory_mask: torch.Tensor) -> torch.Tensor:
         return self.decoder.step(ids, caches, memory_mask, prompt=self.prompt)
 
     @torch.no_grad()
     def generate(self, memory: torch.Tensor, memory_valid: torch.Tensor, max_length: int | None = None,
-                 use_cache: bool = True, config: Any = None) -> torch.Tensor:
+                 use_cache: bool = True, config: Any = None, memory_ids: torch.Tensor | None = None) -> torch.Tensor:
         """As :meth:`TextDecoder.generate`, decoding for this head's task."""
         from mmtl.models.generation import generate
 
-        return generate(self, memory, memory_valid, config, max_length=max_length, use_cache=use_cache)
+        return generate(self, memory, memory_valid, config, max_length=max_length, use_cache=use_cache,
+                        memory_ids=memory_ids)

@@ -1,6 +1,8 @@
 """Transformer building blocks on ``F.scaled_dot_product_attention`` (pre-norm)."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -123,6 +125,7 @@ class DecoderCache:
         self.self_k: torch.Tensor | None = None
         self.self_v: torch.Tensor | None = None
         self.cross_k, self.cross_v = block.cross_attn.keys_values(memory)
+        self.copy_source: Any = None  # a copying decoder's CopySource (mmtl.models.heads), on its first cache
 
     @property
     def length(self) -> int:

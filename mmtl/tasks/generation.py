@@ -43,7 +43,7 @@ class GenerationTask(Task):
 
     def build_head(self, config: ModelConfig) -> nn.Module:
         return TextDecoder(self.context.vocab.size, config.width, config.decoder.depth, config.num_heads,
-                           config.decoder.max_length, config.mlp_ratio, config.dropout)
+                           config.decoder.max_length, config.mlp_ratio, config.dropout, copy=config.decoder.copy)
 
     def shared_head_key(self, config: ModelConfig) -> str | None:
         """With ``model.decoder.shared`` all generation tasks share one text decoder."""
@@ -59,13 +59,13 @@ class GenerationTask(Task):
 
     def loss(self, head: nn.Module, fused: Fused, target: dict[str, torch.Tensor]) -> torch.Tensor:
         tokens = target["tokens"]
-        logits = head(tokens[:, :-1], fused.tokens, fused.valid).float()
+        logits = head(tokens[:, :-1], fused.tokens, fused.valid, **_copy_from(fused)).float()
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), ignore_index=PAD)
 
     @torch.no_grad()
     def predict(self, head: nn.Module, fused: Fused, options: Any) -> list[str]:
         generation = getattr(options, "generation", None)
-        ids = head.generate(fused.tokens, fused.valid, config=generation).cpu().tolist()
+        ids = head.generate(fused.tokens, fused.valid, config=generation, **_copy_from(fused)).cpu().tolist()
         return [self.context.vocab.decode(row) for row in ids]
 
     def format_reference(self, reference: Sequence[str]) -> str:
@@ -74,3 +74,8 @@ class GenerationTask(Task):
     def score(self, predictions: Sequence[str], references: Sequence[Sequence[str]],
               threshold: float = 0.5) -> dict[str, float]:
         return {**bleu(predictions, references), **rouge(predictions, references)}
+
+
+def _copy_from(fused: Fused) -> dict[str, torch.Tensor]:
+    """Keyword arguments that let a copying decoder copy the fused text tokens (none without text)."""
+    return {} if fused.ids is None else {"memory_ids": fused.ids}
