@@ -44,10 +44,11 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
     options = ConvertOptions(out=Path(args.out), split=args.split, maxcount=args.maxcount, resize_max=args.resize_max,
                              jpeg_quality=args.jpeg_quality, workers=args.workers, overwrite=args.overwrite,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, shuffle=not args.no_shuffle, seed=args.seed)
     result = convert_source(args.format, options, images=args.images, captions=args.captions,
                             instances=args.instances, root=args.root, input=args.input, image_root=args.image_root,
-                            mapping=args.map or [], label_mode=args.label_mode, name=args.name)
+                            mapping=args.map or [], allow_outside_root=args.allow_outside_root,
+                            label_mode=args.label_mode, name=args.name)
     print(result.summary())
     print(f"wrote {args.out}/dataset.json ({len(result.info['classes'])} classes, label_mode {result.info['label_mode']})")
     return 0
@@ -322,21 +323,24 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--count", action="store_true", help="add the 'count' annotation (objects per scene)")
     synth.set_defaults(func=_cmd_synth)
 
-    conv = data.add_parser("convert", help="convert COCO JSON, an image folder, or JSONL/CSV rows into shards",
+    conv = data.add_parser("convert", help="convert COCO JSON, an image folder, or JSONL/CSV/Parquet rows into shards",
                            description="Convert real data into webdataset shards + dataset.json (one split per run).")
-    conv.add_argument("--format", required=True, metavar="FORMAT", help="coco, imagefolder, jsonl or csv")
+    conv.add_argument("--format", required=True, metavar="FORMAT", help="coco, imagefolder, jsonl, csv or parquet")
     conv.add_argument("--out", required=True, help="output shard directory")
     conv.add_argument("--split", default="train", help="split name to write (default train)")
     conv.add_argument("--images", help="coco: directory of the image files")
     conv.add_argument("--captions", help="coco: captions_*.json")
     conv.add_argument("--instances", help="coco: instances_*.json (object categories -> recognition labels)")
     conv.add_argument("--root", help="imagefolder: ROOT/<class>/<images> (single-label recognition)")
-    conv.add_argument("--input", help="jsonl/csv: the rows (fields image, labels, captions, document, summaries, source, key; "
+    conv.add_argument("--input", help="jsonl/csv/parquet: the rows (fields image, labels, captions, document, summaries, source, key; "
                                        "depth (a depth map file), audio (a wav/flac file), count)")
-    conv.add_argument("--image-root", help="jsonl/csv: directory the image paths are relative to (default: the input's)")
-    conv.add_argument("--map", action="append", metavar="FIELD=COLUMN[,COLUMN]",
-                      help="jsonl/csv: read FIELD from COLUMN(s), e.g. --map document=dialogue --map summaries=summary1,summary2")
-    conv.add_argument("--label-mode", choices=["single", "multi"], help="jsonl/csv: single- or multi-label (default multi)")
+    conv.add_argument("--image-root", help="jsonl/csv/parquet: directory the image paths are relative to (default: the input's)")
+    conv.add_argument("--allow-outside-root", action="store_true",
+                      help="read image/file paths that leave --images / --image-root (../ or absolute); refused by default")
+    conv.add_argument("--map", action="append", metavar="FIELD=PATH[,PATH]",
+                      help="jsonl/csv/parquet: read FIELD from column(s) or nested paths, e.g. --map document=dialogue "
+                           "--map summaries=summary1,summary2 --map summaries=summary.outcome --map captions=annotations[].text")
+    conv.add_argument("--label-mode", choices=["single", "multi"], help="jsonl/csv/parquet: single- or multi-label (default multi)")
     conv.add_argument("--name", help="data set name in dataset.json")
     conv.add_argument("--maxcount", type=int, default=1000, help="samples per shard (default 1000)")
     conv.add_argument("--resize-max", type=int, default=0, metavar="PIXELS",
@@ -345,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--workers", type=int, default=1, help="processes decoding/resizing images (default 1)")
     conv.add_argument("--overwrite", action="store_true", help="replace this split if the output already has it")
     conv.add_argument("--no-progress", action="store_true", help="no progress bar")
+    conv.add_argument("--seed", type=int, default=0, help="seed of the sample order across shards (default 0)")
+    conv.add_argument("--no-shuffle", action="store_true",
+                      help="keep the input order (default: samples mixed across shards, so no shard holds one class)")
     conv.set_defaults(func=_cmd_convert)
 
     insp = data.add_parser("inspect", help="counts, class histogram, text and image statistics, corrupt samples")
