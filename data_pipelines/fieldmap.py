@@ -129,7 +129,13 @@ def read_field(row: dict[str, Any], name: str, mapping: Mapping, split_cells: bo
         return None, 0
     else:
         paths = [name]
-    values = [v for path in paths for v in lookup(row, path) if v != ""]
+    return field_value(name, [v for path in paths for v in lookup(row, path)], split_cells)
+
+
+def field_value(name: str, values: list[Any], split_cells: bool = False) -> tuple[Any, int]:
+    """The values found for field ``name`` -> (its value, null entries skipped): a list of strings for
+    list fields, the first raw value for ``count``, else one text."""
+    values = [v for v in values if v not in ("", None)]
     if not values:
         return None, 0
     if name in LIST_FIELDS:

@@ -55,9 +55,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from data_pipelines.inspect import format_report, inspect_shards
+    from data_pipelines.inspect import DEFAULT_CONTEXT_LENGTH, format_report, inspect_shards
 
-    report = inspect_shards(args.shards, splits=args.split, limit=args.limit)
+    report = inspect_shards(args.shards, splits=args.split, limit=args.limit, mapping=args.map or [],
+                            context_length=args.context_length or DEFAULT_CONTEXT_LENGTH)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
@@ -355,7 +356,13 @@ def build_parser() -> argparse.ArgumentParser:
     conv.set_defaults(func=_cmd_convert)
 
     insp = data.add_parser("inspect", help="counts, class histogram, text and image statistics, corrupt samples")
-    insp.add_argument("shards", help="shard directory (with dataset.json)")
+    insp.add_argument("shards", help="shard directory, .tar file, brace pattern ('shards/{00000..00009}.tar') "
+                                     "or pipe: command; shards without dataset.json are read through --map")
+    insp.add_argument("--map", action="append", metavar="FIELD=PATH[,PATH]",
+                      help="shards without dataset.json: read FIELD from a member or JSON path, e.g. "
+                           "--map captions=txt --map labels=json.label (default: txt -> captions, cls -> labels)")
+    insp.add_argument("--context-length", type=int, default=0, metavar="TOKENS",
+                      help="count documents longer than this many text tokens (default: the tiny preset's)")
     insp.add_argument("--split", action="append", help="only this split (repeatable; default: all)")
     insp.add_argument("--limit", type=int, default=0, help="read at most this many samples per split (0: all)")
     insp.add_argument("--json", action="store_true", help="print JSON instead of text")
