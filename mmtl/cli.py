@@ -66,7 +66,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_preview(args: argparse.Namespace) -> int:
     from data_pipelines.preview import contact_sheet
 
-    path = contact_sheet(args.shards, args.out, num=args.num, split=args.split, columns=args.columns)
+    path = contact_sheet(args.shards, args.out, num=args.num, split=args.split, columns=args.columns,
+                         mapping=args.map or [])
     print(f"wrote {path}")
     return 0
 
@@ -369,7 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     insp.set_defaults(func=_cmd_inspect)
 
     prev = data.add_parser("preview", help="draw a contact sheet of samples with their tags and captions")
-    prev.add_argument("shards", help="shard directory (with dataset.json)")
+    prev.add_argument("shards", help="shard directory, .tar file, brace pattern or pipe: command")
+    prev.add_argument("--map", action="append", metavar="FIELD=PATH[,PATH]",
+                      help="shards without dataset.json: read FIELD from a member or JSON path (as for inspect)")
     prev.add_argument("--out", required=True, help="output image (.png or .jpg)")
     prev.add_argument("--num", type=int, default=16, help="number of samples (default 16)")
     prev.add_argument("--split", help="split to draw (default: the first in dataset.json)")

@@ -157,3 +157,12 @@ def test_img2dataset_coco_and_documents_mix_through_data_sources(img2dataset: Pa
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     trained = {key.split("/", 1)[1] for record in log for key in record if key.startswith("loss/")}
     assert {"recognition", "captioning", "summarization"} <= trained
+
+
+def test_preview_draws_img2dataset_shards_with_their_txt_captions(img2dataset: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "sheet.png"
+    assert main(["data", "preview", f"{img2dataset}/{{00000..00001}}.tar", "--out", str(out), "--num", "4"]) == 0
+    from PIL import Image
+
+    sheet = Image.open(out).convert("RGB")
+    assert sheet.width > 2 * 192 and sheet.height > 2 * 192
