@@ -83,7 +83,8 @@ def resolve(reference: str | Path) -> ShardSet:
         if path.is_file() and is_shard_file(path):
             return ShardSet(text, path.stem, {ANY_SPLIT: [text]}, path.parent)
         raise MMTLError(f"no dataset.json and no shards at {text}: expected a shard directory, a .tar file, a brace "
-                        f"pattern (shards/{{00000..00099}}.tar) or a pipe: command")
+                        f"pattern (shards/{{00000..00099}}.tar) or a pipe: command (create shards with "
+                        f"`mmtl data synth --out {text}` or `mmtl data convert`)")
     urls = list(wds.shardlists.expand_urls(text))
     local = [u for u in urls if not u.startswith("pipe:")]
     remote = [u for u in local if re.match(r"^[a-z][a-z0-9+.-]*://", u) and not u.startswith("file://")]
