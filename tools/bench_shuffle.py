@@ -31,6 +31,7 @@ from data_pipelines.shards import split_shards  # noqa: E402
 from data_pipelines.stream import Slot, StreamSpec, raw_groups  # noqa: E402
 
 OLD_LOADER = {"shard_interleave": 1, "initial_fill": 100}
+NEW_LOADER = {"shard_interleave": 4, "initial_fill": None}
 
 
 def write_folder(root: Path, classes: int, per_class: int) -> None:
@@ -77,7 +78,7 @@ def main() -> None:
             data[name] = work / name
         spec = StreamSpec(shards=[], plan=MixPlan("natural", [], [], [1.0]), batch_size=args.batch_size,
                           shuffle_buffer=args.shuffle_buffer, seed=0)
-        loaders = {"old_loader": replace(spec, **OLD_LOADER), "new_loader": spec}
+        loaders = {"old_loader": replace(spec, **OLD_LOADER), "new_loader": replace(spec, **NEW_LOADER)}
         rows = {}
         for shards_name, shards in data.items():
             for loader_name, loader_spec in loaders.items():
