@@ -111,9 +111,9 @@ class StreamSpec:
     # per source: the field mapping of a shard set without dataset.json (None: native shards)
     mappings: list[dict[str, list[str]] | None] | None = None
     # shards read at once (each sample from a random one), so class-sorted shards still mix; 1: one by one
-    shard_interleave: int = 1
+    shard_interleave: int = 4
     # samples in the shuffle buffer before the first is drawn (None: the whole buffer)
-    initial_fill: int | None = 100
+    initial_fill: int | None = None
 
 
 def source_samples(spec: StreamSpec, source: int, slot: Slot) -> Iterator[dict[str, Any]]:
