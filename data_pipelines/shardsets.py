@@ -258,7 +258,8 @@ def _mapping_items(mapping: Mapping) -> list[str]:
 
 
 def _cache_key(shards: ShardSet, mapping: Mapping) -> str:
-    parts: list[Any] = [SCAN_VERSION, shards.reference, _mapping_items(mapping)]
+    # a pipe: command's relative paths mean another thing in another folder
+    parts: list[Any] = [SCAN_VERSION, shards.reference, _mapping_items(mapping), os.getcwd() if shards.home is None else ""]
     for urls in shards.splits.values():
         for url in urls:
             local = Path(url.removeprefix("file://"))
