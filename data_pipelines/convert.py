@@ -11,11 +11,10 @@ loader and the benchmarks simple, and photographs lose nothing visible at qualit
 """
 from __future__ import annotations
 
-import csv
 import io
 import json
 import multiprocessing
-import re
+import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,35 +22,19 @@ from typing import Any, Callable, Iterable, Iterator
 
 from tqdm.auto import tqdm
 
-from data_pipelines.sample import TASK_FIELDS, supervised_tasks
+from data_pipelines.coco import read_coco
+from data_pipelines.fieldmap import parse_mapping
+from data_pipelines.records import FALLBACK_ENCODINGS, KeyMaker, ReadReport, Record
+from data_pipelines.sample import TASK_FIELDS
 from data_pipelines.shards import DATASET_FILE, SplitStats, write_dataset_info, write_split
+from data_pipelines.tables import TABLE_FORMATS, read_table
 from data_pipelines.transforms import (
     DEFAULT_MAX_PIXELS, CorruptSampleError, load_pixels, open_image, to_rgb,
 )
 from mmtl.errors import MMTLError
 
-FORMATS = ("coco", "imagefolder", "jsonl", "csv")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-# fields a JSONL/CSV row may fill (see the sample contract); "image" and "key" are not annotations
-TABLE_FIELDS = ("image", "key", "labels", "captions", "document", "summaries", "source", "depth", "audio", "count")
-# row fields naming files of further modalities (paths like ``image``): field -> how the file is stored
-EXTRA_FILE_FIELDS = ("depth", "audio")
 AUDIO_SUFFIXES = (".wav", ".flac")
-_LIST_FIELDS = ("labels", "captions", "summaries")
-# text that is not UTF-8 is decoded with these, in order (latin-1 accepts any byte)
-FALLBACK_ENCODINGS = ("cp1252", "latin-1")
-
-
-@dataclass
-class Record:
-    """One input item before its image is processed."""
-
-    key: str
-    annotation: dict[str, Any]
-    image_path: str | None = None
-    # further modalities: row field (depth, audio) -> file path; their checked bytes by sample key
-    extra_paths: dict[str, str] = field(default_factory=dict)
-    extra_data: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -69,6 +52,10 @@ class ConvertOptions:
     # larger images are skipped as decompression bombs; 0: the loader's limit, or PIL's own hard
     # limit when --resize-max shrinks them on the way in (so huge photos convert, bombs do not)
     max_pixels: int = 0
+    # samples are written in a seeded random order, so no shard holds one class (or one source
+    # file) only; shuffle=False keeps the input order
+    shuffle: bool = True
+    seed: int = 0
 
     def pixel_limit(self) -> int:
         """The pixel limit in force (see ``max_pixels``)."""
@@ -77,14 +64,6 @@ class ConvertOptions:
         if self.max_pixels:
             return self.max_pixels
         return max(DEFAULT_MAX_PIXELS, 2 * (Image.MAX_IMAGE_PIXELS or 0)) if self.resize_max else DEFAULT_MAX_PIXELS
-
-
-@dataclass
-class ReadReport:
-    """What a reader left out (reason -> count) and how much text needed a fallback encoding."""
-
-    skipped: Counter = field(default_factory=Counter)
-    text_fallback: int = 0
 
 
 @dataclass
@@ -97,6 +76,8 @@ class ConvertResult:
     text_fallback: int
     reencoded: int
     info: dict[str, Any]
+    null_labels: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """Human-readable lines: samples per task, what was skipped and why."""
@@ -105,6 +86,9 @@ class ConvertResult:
             if self.stats.tasks.get(task):
                 lines.append(f"  {task}: {self.stats.tasks[task]}")
         lines.append(f"  images re-encoded: {self.reencoded}")
+        lines.extend(f"  warning: {w}" for w in self.warnings)
+        if self.null_labels:
+            lines.append(f"  null label entries left out (no class named 'None'): {self.null_labels}")
         if self.text_fallback:
             lines.append(f"  text lines decoded with a non-UTF-8 fallback ({'/'.join(FALLBACK_ENCODINGS)}): "
                          f"{self.text_fallback}")
@@ -113,129 +97,11 @@ class ConvertResult:
             lines.extend(f"    {reason}: {count}" for reason, count in self.skipped.most_common())
             if self.skipped.get("decompression_bomb"):
                 lines.append("    (images over the pixel limit convert with --resize-max, which shrinks them on the way in)")
+            if self.skipped.get("path_outside_root"):
+                lines.append("    (paths that leave the image folder, ../ or absolute, are read only with --allow-outside-root)")
         else:
             lines.append("  skipped: 0")
         return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------
-# text helpers
-
-
-def decode_text(data: bytes) -> tuple[str, int]:
-    """Bytes -> text: UTF-8 when possible, else per line with a fallback; returns (text, fallback lines)."""
-    try:
-        return data.decode("utf-8-sig"), 0
-    except UnicodeDecodeError:
-        pass
-    lines, fallback = [], 0
-    for line in data.splitlines(keepends=True):
-        try:
-            lines.append(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            fallback += 1
-            lines.append(_decode_fallback(line))
-    text = "".join(lines)
-    return (text[1:] if text.startswith("\ufeff") else text), fallback
-
-
-def _decode_fallback(line: bytes) -> str:
-    for encoding in FALLBACK_ENCODINGS:
-        try:
-            return line.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-    return line.decode("latin-1")  # unreachable: latin-1 maps every byte
-
-
-def read_text_file(path: Path, what: str) -> tuple[str, int]:
-    """Read a text input file, with a clear error when it is missing."""
-    if not path.is_file():
-        raise MMTLError(f"{what} file not found: {path}")
-    return decode_text(path.read_bytes())
-
-
-def clean_text(value: Any) -> str:
-    """Collapse whitespace (COCO captions carry newlines and trailing spaces)."""
-    return " ".join(str(value).split())
-
-
-_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
-
-
-class KeyMaker:
-    """Webdataset-safe unique keys (no dots, which webdataset reads as an extension separator)."""
-
-    def __init__(self) -> None:
-        self.used: set[str] = set()
-
-    def __call__(self, name: str) -> str:
-        base = _KEY_UNSAFE.sub("_", name).strip("_") or "sample"
-        key, n = base, 1
-        while key in self.used:
-            n += 1
-            key = f"{base}_{n}"
-        self.used.add(key)
-        return key
-
-
-# ---------------------------------------------------------------------------------------------
-# readers
-
-
-def _load_json(path: Path, what: str, report: ReadReport) -> Any:
-    text, fallback = read_text_file(path, what)
-    report.text_fallback += fallback
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise MMTLError(f"{what} file {path} is not valid JSON: {exc}") from None
-
-
-def read_coco(images: Path, captions: Path, instances: Path | None, report: ReadReport) -> tuple[list[Record], list[str]]:
-    """COCO captions (+ instances) JSON -> one record per image with its captions and category names.
-
-    Images with neither captions nor categories are left out (``no_annotations``). Returns the
-    records and the category names in category-id order.
-    """
-    if not images.is_dir():
-        raise MMTLError(f"--images directory not found: {images}")
-    documents = [_load_json(captions, "--captions", report)]
-    if instances is not None:
-        documents.append(_load_json(instances, "--instances", report))
-    for path, doc in zip([captions, instances], documents):
-        if not isinstance(doc, dict) or "images" not in doc or "annotations" not in doc:
-            raise MMTLError(f"{path} is not a COCO annotation file (needs 'images' and 'annotations')")
-    image_files: dict[int, str] = {}
-    for doc in documents:
-        for image in doc["images"]:
-            image_files[image["id"]] = image["file_name"]
-    caption_lists: dict[int, list[str]] = {}
-    for ann in documents[0]["annotations"]:
-        text = clean_text(ann.get("caption", ""))
-        if text:
-            caption_lists.setdefault(ann["image_id"], []).append(text)
-    categories: list[str] = []
-    label_sets: dict[int, set[str]] = {}
-    if instances is not None:
-        names = {c["id"]: c["name"] for c in sorted(documents[1].get("categories", []), key=lambda c: c["id"])}
-        categories = list(names.values())
-        for ann in documents[1]["annotations"]:
-            if ann.get("category_id") in names:
-                label_sets.setdefault(ann["image_id"], set()).add(names[ann["category_id"]])
-    keys = KeyMaker()
-    records = []
-    for image_id, file_name in sorted(image_files.items()):
-        annotation: dict[str, Any] = {"source": "coco", "image_id": image_id}
-        if caption_lists.get(image_id):
-            annotation["captions"] = caption_lists[image_id]
-        if label_sets.get(image_id):
-            annotation["labels"] = sorted(label_sets[image_id])
-        if not supervised_tasks(annotation):
-            report.skipped["no_annotations"] += 1
-            continue
-        records.append(Record(keys(Path(file_name).stem), annotation, str(images / file_name)))
-    return records, categories
 
 
 def read_imagefolder(root: Path, report: ReadReport) -> tuple[list[Record], list[str]]:
@@ -256,101 +122,6 @@ def read_imagefolder(root: Path, report: ReadReport) -> tuple[list[Record], list
                 continue
             records.append(Record(keys(f"{name}_{path.stem}"), {"labels": [name], "source": root.name}, str(path)))
     return records, classes
-
-
-def parse_mapping(items: Iterable[str]) -> dict[str, list[str]]:
-    """``field=column[,column...]`` options -> {field: [columns]} (several columns form one list)."""
-    mapping: dict[str, list[str]] = {}
-    for item in items:
-        name, sep, columns = item.partition("=")
-        if not sep or not columns.strip():
-            raise MMTLError(f"--map {item!r}: expected FIELD=COLUMN[,COLUMN...]")
-        if name not in TABLE_FIELDS:
-            raise MMTLError(f"--map {item!r}: unknown field {name!r}; valid fields: {', '.join(TABLE_FIELDS)}")
-        mapping[name] = [c.strip() for c in columns.split(",") if c.strip()]
-    return mapping
-
-
-def _as_list(value: Any, is_csv: bool) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, list):
-        return [clean_text(v) for v in value if clean_text(v)]
-    text = str(value).strip()
-    if is_csv and text.startswith("["):
-        try:
-            parsed = json.loads(text)
-            if isinstance(parsed, list):
-                return [clean_text(v) for v in parsed if clean_text(v)]
-        except json.JSONDecodeError:
-            pass
-    parts = text.split("|") if is_csv else [text]  # CSV cells hold lists as a|b|c (or a JSON list)
-    return [clean_text(p) for p in parts if clean_text(p)]
-
-
-def _row_field(row: dict[str, Any], name: str, mapping: dict[str, list[str]], is_csv: bool) -> Any:
-    columns = mapping.get(name, [name])
-    values = [row.get(c) for c in columns if row.get(c) not in (None, "")]
-    if not values:
-        return None
-    if name in _LIST_FIELDS:
-        return [v for value in values for v in _as_list(value, is_csv)]
-    # a list (e.g. sentences) or several columns become one text
-    parts = [" ".join(clean_text(x) for x in v) if isinstance(v, list) else clean_text(v) for v in values]
-    return " ".join(p for p in parts if p)
-
-
-def read_table(path: Path, fmt: str, image_root: Path | None, mapping: dict[str, list[str]],
-               report: ReadReport) -> list[Record]:
-    """JSONL or CSV rows with the fields of :data:`TABLE_FIELDS` (renamed with ``--map``) -> records."""
-    text, fallback = read_text_file(path, "--input")
-    report.text_fallback += fallback
-    rows: list[dict[str, Any] | None] = []
-    if fmt == "jsonl":
-        for line in text.splitlines():
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                row = None
-            rows.append(row if isinstance(row, dict) else None)
-    else:
-        rows.extend(csv.DictReader(io.StringIO(text)))
-    missing_columns = [c for cols in mapping.values() for c in cols]
-    present = set().union(*(r.keys() for r in rows if r)) if rows else set()
-    unknown = [c for c in missing_columns if c not in present]
-    if rows and unknown:
-        raise MMTLError(f"--map names column(s) not in {path}: {', '.join(unknown)}; "
-                        f"columns: {', '.join(sorted(present))}")
-    base = image_root or path.parent
-    keys = KeyMaker()
-    records = []
-    for number, row in enumerate(rows):
-        if row is None:
-            report.skipped["malformed_row"] += 1
-            continue
-        annotation = {}
-        for name in ("labels", "captions", "document", "summaries", "source"):
-            value = _row_field(row, name, mapping, fmt == "csv")
-            if value:
-                annotation[name] = value
-        count = _row_field(row, "count", mapping, fmt == "csv")
-        if count not in (None, ""):
-            try:
-                annotation["count"] = int(count)
-            except (TypeError, ValueError):
-                report.skipped["malformed_row"] += 1
-                continue
-        image = _row_field(row, "image", mapping, fmt == "csv")
-        extras = {name: str(base / value) for name in EXTRA_FILE_FIELDS
-                  if (value := _row_field(row, name, mapping, fmt == "csv"))}
-        if not supervised_tasks(annotation):
-            report.skipped["no_annotations"] += 1
-            continue
-        key = _row_field(row, "key", mapping, fmt == "csv") or (Path(image).stem if image else f"row{number:08d}")
-        records.append(Record(keys(str(key)), annotation, str(base / image) if image else None, extras))
-    return records
 
 
 def prepare_extra(name: str, path: str) -> tuple[str, bytes]:
@@ -415,10 +186,10 @@ def prepare_image(data: bytes, resize_max: int, quality: int, max_pixels: int) -
 def _process(job: tuple[Record, int, int, int]) -> tuple[Record, bytes | None, bool, str | None]:
     """Pool worker: read and prepare one record's image; returns (record, jpg, re-encoded, skip reason)."""
     record, resize_max, quality, max_pixels = job
-    if record.image_path is None:
+    if record.image_path is None and record.image_bytes is None:
         return _with_extras(record, None, False)
     try:
-        data = Path(record.image_path).read_bytes()
+        data = record.image_bytes if record.image_bytes is not None else Path(record.image_path).read_bytes()
     except OSError:
         return record, None, False, "missing_image_file"
     try:
@@ -484,6 +255,9 @@ def convert(records: list[Record], report: ReadReport, options: ConvertOptions, 
         if previous and previous != label_mode:
             raise MMTLError(f"{out} holds label_mode {previous!r} data; this conversion gives {label_mode!r}")
     prepare_output(out, options.split, options.overwrite)
+    if options.shuffle:
+        records = list(records)
+        random.Random(options.seed).shuffle(records)
     skipped = Counter(report.skipped)
     counters = {"reencoded": 0}
     jobs = [(r, options.resize_max, options.jpeg_quality, options.pixel_limit()) for r in records]
@@ -510,11 +284,13 @@ def convert(records: list[Record], report: ReadReport, options: ConvertOptions, 
     if stats.samples == 0:
         raise MMTLError(f"every input was skipped ({dict(skipped)}); nothing written")
     all_options = {**reader_options, "split": options.split, "maxcount": options.maxcount,
-                   "resize_max": options.resize_max, "jpeg_quality": options.jpeg_quality}
+                   "resize_max": options.resize_max, "jpeg_quality": options.jpeg_quality,
+                   "shuffle": options.shuffle, "seed": options.seed}
     merged_classes = _merge_classes(info_path, classes)
     info = write_dataset_info(out, name, {options.split: stats}, merged_classes, all_options,
                               extra={"label_mode": label_mode})
-    return ConvertResult(options.split, stats, skipped, report.text_fallback, counters["reencoded"], info)
+    return ConvertResult(options.split, stats, skipped, report.text_fallback, counters["reencoded"], info,
+                         report.null_labels, report.warnings)
 
 
 def _merge_classes(info_path: Path, classes: list[str] | None) -> list[str] | None:
@@ -530,42 +306,60 @@ def _merge_classes(info_path: Path, classes: list[str] | None) -> list[str] | No
     return old + [c for c in classes if c not in set(old)]
 
 
-def convert_source(fmt: str, options: ConvertOptions, *, images: str | None = None, captions: str | None = None,
-                   instances: str | None = None, root: str | None = None, input: str | None = None,
-                   image_root: str | None = None, mapping: Iterable[str] = (), label_mode: str | None = None,
-                   name: str | None = None) -> ConvertResult:
-    """Read a source of format ``fmt`` and write it as one split (the ``mmtl data convert`` action)."""
-    report = ReadReport()
-    required: dict[str, dict[str, Any]] = {
-        "coco": {"--images": images, "--captions": captions}, "imagefolder": {"--root": root},
-        "jsonl": {"--input": input}, "csv": {"--input": input},
-    }
+@dataclass(frozen=True)
+class SourceFormat:
+    """One ``--format``: the flags it needs, its reader, its default label mode and data set name."""
+
+    required: tuple[str, ...]
+    read: Callable[[dict[str, Any], ReadReport], tuple[list[Record], list[str] | None]]
+    label_mode: str
+    name: Callable[[dict[str, Any]], str]
+
+
+def _read_table(fmt: str) -> Callable[[dict[str, Any], ReadReport], tuple[list[Record], None]]:
+    def read(args: dict[str, Any], report: ReadReport) -> tuple[list[Record], None]:
+        root = Path(args["image_root"]) if args.get("image_root") else None
+        records = read_table(Path(args["input"]), fmt, root, parse_mapping(args.get("mapping") or ()), report,
+                             bool(args.get("allow_outside_root")))
+        return records, None
+    return read
+
+
+FORMATS: dict[str, SourceFormat] = {
+    "coco": SourceFormat(
+        ("images", "captions"),
+        lambda a, r: read_coco(Path(a["images"]), Path(a["captions"]), Path(a["instances"]) if a.get("instances") else None,
+                               r, bool(a.get("allow_outside_root"))),
+        "multi", lambda a: "coco"),
+    "imagefolder": SourceFormat(("root",), lambda a, r: read_imagefolder(Path(a["root"]), r), "single",
+                                lambda a: Path(a["root"]).name),
+    **{fmt: SourceFormat(("input",), _read_table(fmt), "multi", lambda a: Path(a["input"]).stem) for fmt in TABLE_FORMATS},
+}
+
+
+def convert_source(fmt: str, options: ConvertOptions, *, label_mode: str | None = None, name: str | None = None,
+                   **source: Any) -> ConvertResult:
+    """Read a source of format ``fmt`` and write it as one split (the ``mmtl data convert`` action).
+
+    ``source``: the reader's inputs by option name (``images``, ``captions``, ``instances``,
+    ``root``, ``input``, ``image_root``, ``mapping``, ``allow_outside_root``).
+    """
     if fmt not in FORMATS:
         raise MMTLError(f"unknown format {fmt!r}; choose from: {', '.join(FORMATS)}")
-    missing = [flag for flag, value in required[fmt].items() if not value]
+    spec = FORMATS[fmt]
+    missing = [f"--{flag.replace('_', '-')}" for flag in spec.required if not source.get(flag)]
     if missing:
         raise MMTLError(f"--format {fmt} needs {' and '.join(missing)}")
     if label_mode not in (None, "single", "multi"):
         raise MMTLError(f"--label-mode must be 'single' or 'multi', got {label_mode!r}")
-    reader: Callable[[], tuple[list[Record], list[str] | None]]
-    if fmt == "coco":
-        reader = lambda: read_coco(Path(images), Path(captions), Path(instances) if instances else None, report)  # noqa: E731
-        source_options = {"format": fmt, "images": images, "captions": captions, "instances": instances}
-        default_mode, default_name = "multi", "coco"
-    elif fmt == "imagefolder":
-        reader = lambda: read_imagefolder(Path(root), report)  # noqa: E731
-        source_options = {"format": fmt, "root": root}
-        default_mode, default_name = "single", Path(root).name
-    else:
-        columns = parse_mapping(mapping)
-        reader = lambda: (read_table(Path(input), fmt, Path(image_root) if image_root else None, columns, report), None)  # noqa: E731
-        source_options = {"format": fmt, "input": input, "image_root": image_root, "map": columns}
-        default_mode, default_name = "multi", Path(input).stem
-    records, classes = reader()
-    mode = label_mode or default_mode
+    report = ReadReport()
+    records, classes = spec.read(source, report)
+    mode = label_mode or spec.label_mode
     if mode == "single":
         several = sum(1 for r in records if len(r.annotation.get("labels", [])) > 1)
         if several:
             raise MMTLError(f"--label-mode single, but {several} sample(s) have several labels")
-    return convert(records, report, options, name=name or default_name, classes=classes, label_mode=mode,
-                   reader_options=source_options)
+    reader_options = {"format": fmt, **{k: (list(v) if k == "mapping" else v) for k, v in source.items()
+                                        if v not in (None, False, (), [])}}
+    return convert(records, report, options, name=name or spec.name(source), classes=classes, label_mode=mode,
+                   reader_options=reader_options)

@@ -1,17 +1,34 @@
-"""``mmtl data inspect``: what a shard directory holds, and which samples the loader would skip."""
+"""``mmtl data inspect``: what a shard set holds, and which samples the loader would skip.
+
+Works on mmtl's shard directories and on shards without a ``dataset.json`` (a directory of tars,
+one tar, a brace pattern, a ``pipe:``; mapped with ``--map``). Besides counts it warns when the
+shards look sorted by label (blocks of one class starve the shuffle buffer) and counts the
+documents a text context of ``context_length`` tokens would cut.
+"""
 from __future__ import annotations
 
 import statistics
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import webdataset as wds
 
-from data_pipelines.sample import IMAGE_KEYS, supervised_tasks
-from data_pipelines.shards import read_dataset_info, split_shards
+from data_pipelines import shardsets
+from data_pipelines.fieldmap import Mapping
+from data_pipelines.sample import IMAGE_KEYS, TEXT_INPUT_FIELD, supervised_tasks
+from data_pipelines.shards import as_mapping, is_native, read_dataset_info, split_shards
 from data_pipelines.transforms import DEFAULT_MAX_PIXELS, CorruptSampleError, load_pixels, open_image, parse_annotation
+from mmtl.config import MODEL_PRESETS
 from mmtl.errors import MMTLError
+from mmtl.text import bpe_encode
+
+# the text context the default (tiny) preset reads: a longer document is cut
+DEFAULT_CONTEXT_LENGTH = int(MODEL_PRESETS["tiny"]["text"]["context_length"])
+# shards look sorted when same-label neighbours exceed the shuffled expectation by this share of the gap to 1
+SORTED_EXCESS = 0.5
+MIN_PAIRS_FOR_ORDER = 20
 
 # corrupt samples listed one by one in the report (the counts cover all of them)
 MAX_LISTED_CORRUPT = 200
@@ -26,14 +43,49 @@ def describe(values: list[float]) -> dict[str, float]:
             "median": statistics.median(values), "max": max(values)}
 
 
-def iter_raw(url: str, errors: list[dict[str, str]]) -> Iterator[dict[str, Any]]:
-    """Raw samples of one shard; unreadable tar data is recorded in ``errors`` instead of raising."""
+def iter_raw(url: str, errors: list[dict[str, str]], mapping: Mapping | None = None) -> Iterator[dict[str, Any]]:
+    """Raw samples of one shard (in the contract via ``mapping`` when it has no dataset.json); unreadable
+    tar data is recorded in ``errors`` instead of raising."""
     def handler(exc: Exception) -> bool:
         errors.append({"shard": Path(url).name, "key": "?", "reason": "unreadable_shard", "detail": str(exc)})
         return True
 
-    yield from wds.WebDataset(url, shardshuffle=False, empty_check=False, handler=handler, nodesplitter=None,
-                               workersplitter=None)
+    yield from shardsets.contract_samples([url], mapping, handler)
+
+
+@dataclass
+class TextLengths:
+    """Documents counted against a text context of ``context_length`` BPE tokens."""
+
+    context_length: int
+    documents: int = 0
+    over: int = 0
+    longest: int = 0
+
+    def add(self, document: str) -> None:
+        tokens = len(bpe_encode(document))
+        self.documents += 1
+        self.over += tokens > self.context_length
+        self.longest = max(self.longest, tokens)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"context_length": self.context_length, "documents": self.documents, "cut": self.over,
+                "longest_tokens": self.longest}
+
+
+def label_order(shard_labels: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """How often neighbours in a shard share their first label, against what a shuffled order gives."""
+    pairs = same = 0
+    counts: Counter = Counter()
+    for labels in shard_labels:
+        counts.update(labels)
+        pairs += max(len(labels) - 1, 0)
+        same += sum(a == b for a, b in zip(labels, labels[1:]))
+    total = sum(counts.values())
+    expected = sum((n / total) ** 2 for n in counts.values()) if total else 0.0
+    observed = same / pairs if pairs else 0.0
+    looks_sorted = pairs >= MIN_PAIRS_FOR_ORDER and expected < 1 and (observed - expected) / (1 - expected) > SORTED_EXCESS
+    return {"same_label_neighbours": round(observed, 3), "if_shuffled": round(expected, 3), "looks_sorted": looks_sorted}
 
 
 def check_sample(raw: dict[str, Any], max_pixels: int) -> tuple[dict[str, Any], tuple[int, int] | None]:
@@ -50,7 +102,8 @@ def check_sample(raw: dict[str, Any], max_pixels: int) -> tuple[dict[str, Any], 
     return annotation, size
 
 
-def inspect_split(path: str | Path, split: str, limit: int, max_pixels: int) -> tuple[dict[str, Any], list[dict]]:
+def inspect_split(path: str | Path, split: str, limit: int, max_pixels: int, mapping: Mapping | None = None,
+                  context_length: int = DEFAULT_CONTEXT_LENGTH) -> tuple[dict[str, Any], list[dict]]:
     """Statistics of one split and its corrupt samples."""
     tasks: Counter = Counter()
     classes: Counter = Counter()
@@ -60,9 +113,12 @@ def inspect_split(path: str | Path, split: str, limit: int, max_pixels: int) -> 
     heights: list[int] = []
     corrupt: list[dict[str, str]] = []
     good = text_only = seen = 0
+    lengths = TextLengths(context_length)
+    shard_labels: list[list[str]] = []
     for url in split_shards(path, split):
         shard_errors: list[dict[str, str]] = []
-        for raw in iter_raw(url, shard_errors):
+        shard_labels.append([])
+        for raw in iter_raw(url, shard_errors, mapping):
             seen += 1
             try:
                 annotation, size = check_sample(raw, max_pixels)
@@ -74,6 +130,10 @@ def inspect_split(path: str | Path, split: str, limit: int, max_pixels: int) -> 
             good += 1
             tasks.update(supervised_tasks(annotation))
             classes.update(str(label) for label in annotation.get("labels", []))
+            if annotation.get("labels"):
+                shard_labels[-1].append(str(annotation["labels"][0]))
+            if annotation.get(TEXT_INPUT_FIELD):
+                lengths.add(annotation[TEXT_INPUT_FIELD])
             for caption in annotation.get("captions", []):
                 words["captions"].append(len(caption.split()))
             for summary in annotation.get("summaries", []):
@@ -99,27 +159,62 @@ def inspect_split(path: str | Path, split: str, limit: int, max_pixels: int) -> 
         "caption_words": describe(words["captions"]), "document_words": describe(words["document"]),
         "summary_words": describe(words["summaries"]),
         "image_width": describe(widths), "image_height": describe(heights),
+        "document_tokens": lengths.to_dict(), "label_order": label_order(shard_labels),
     }
     return stats, corrupt
 
 
 def inspect_shards(path: str | Path, splits: list[str] | None = None, limit: int = 0,
-                   max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, Any]:
-    """Read every sample of ``splits`` (default: all) and report counts, histograms, lengths, sizes, corrupt samples."""
-    if limit < 0:
-        raise MMTLError(f"--limit must be >= 0, got {limit}")
-    info = read_dataset_info(path)
-    names = splits or list(info.get("splits", {}))
-    unknown = [s for s in names if s not in info.get("splits", {})]
+                   max_pixels: int = DEFAULT_MAX_PIXELS, mapping: Sequence[str] = (),
+                   context_length: int = DEFAULT_CONTEXT_LENGTH) -> dict[str, Any]:
+    """Read every sample of ``splits`` (default: all) and report counts, histograms, lengths, sizes, corrupt
+    samples, documents longer than ``context_length`` tokens, and whether the shards look sorted by label."""
+    if limit < 0 or context_length < 1:
+        raise MMTLError(f"--limit must be >= 0 and --context-length >= 1, got {limit} and {context_length}")
+    if is_native(path):
+        info, parsed = read_dataset_info(path), None
+        available = list(info.get("splits", {}))
+    else:  # no scan first: this reads every sample anyway
+        shards, parsed = shardsets.resolve(path), as_mapping(mapping)
+        info = {"name": shards.name, "classes": None, "label_mode": None}
+        available = list(shards.splits)
+    names = splits or available
+    unknown = [s for s in names if s not in available and not (parsed is not None and shards.any_split)]
     if unknown:
-        raise MMTLError(f"split(s) {', '.join(unknown)} not in {path}; available: {', '.join(info['splits'])}")
+        raise MMTLError(f"split(s) {', '.join(unknown)} not in {path}; available: {', '.join(available)}")
     report: dict[str, Any] = {"path": str(path), "name": info.get("name"), "label_mode": info.get("label_mode", "multi"),
-                              "classes": len(info.get("classes", [])), "splits": {}, "corrupt_samples": []}
+                              "classes": len(info.get("classes") or []), "splits": {}, "corrupt_samples": [],
+                              "dataset_json": parsed is None, "warnings": []}
+    seen_classes: set[str] = set()
     for split in names:
-        stats, corrupt = inspect_split(path, split, limit, max_pixels)
+        stats, corrupt = inspect_split(path, split, limit, max_pixels, parsed, context_length)
         report["splits"][split] = stats
         report["corrupt_samples"].extend(corrupt[: max(0, MAX_LISTED_CORRUPT - len(report["corrupt_samples"]))])
+        report["warnings"].extend(split_warnings(split, stats))
+        seen_classes.update(stats["class_histogram"])
+    if parsed is not None:  # what the scan would write into a dataset.json
+        report["classes"] = len(seen_classes)
+        single = all(s["tasks"].get("recognition", 0) == sum(s["class_histogram"].values())
+                     for s in report["splits"].values())
+        report["label_mode"] = "single" if seen_classes and single else "multi"
     return report
+
+
+def split_warnings(split: str, stats: dict[str, Any]) -> list[str]:
+    """Warnings for one split: shards sorted by label, documents cut by the text context."""
+    warnings = []
+    order = stats["label_order"]
+    if order["looks_sorted"]:
+        warnings.append(f"[{split}] the shards look sorted by label: {order['same_label_neighbours']:.0%} of neighbouring "
+                        f"samples share their label (about {order['if_shuffled']:.0%} if shuffled); rewrite them with "
+                        f"`mmtl data convert` (which mixes samples across shards) or raise data.shuffle_buffer")
+    tokens = stats["document_tokens"]
+    if tokens["cut"]:
+        warnings.append(f"[{split}] {tokens['cut']} of {tokens['documents']} documents "
+                        f"({tokens['cut'] / tokens['documents']:.0%}) are longer than a text context of "
+                        f"{tokens['context_length']} tokens (longest {tokens['longest_tokens']}) and would be cut; "
+                        f"raise model.text.context_length to keep more")
+    return warnings
 
 
 def _fmt_stats(stats: dict[str, float]) -> str:
@@ -130,7 +225,8 @@ def _fmt_stats(stats: dict[str, float]) -> str:
 
 def format_report(report: dict[str, Any], top_classes: int = 20) -> str:
     """The report as readable text."""
-    lines = [f"{report['path']}: {report['name']} ({report['classes']} classes, label_mode {report['label_mode']})"]
+    source = "" if report.get("dataset_json", True) else ", no dataset.json: read as mapped"
+    lines = [f"{report['path']}: {report['name']} ({report['classes']} classes, label_mode {report['label_mode']}{source})"]
     for split, s in report["splits"].items():
         tasks = ", ".join(f"{t}={n}" for t, n in s["tasks"].items()) or "none"
         lines += [
@@ -140,6 +236,8 @@ def format_report(report: dict[str, Any], top_classes: int = 20) -> str:
             f"  caption words:  {_fmt_stats(s['caption_words'])}",
             f"  document words: {_fmt_stats(s['document_words'])}",
             f"  summary words:  {_fmt_stats(s['summary_words'])}",
+            f"  documents over {s['document_tokens']['context_length']} tokens: {s['document_tokens']['cut']} of "
+            f"{s['document_tokens']['documents']}",
             f"  image width:    {_fmt_stats(s['image_width'])}",
             f"  image height:   {_fmt_stats(s['image_height'])}",
         ]
@@ -152,6 +250,9 @@ def format_report(report: dict[str, Any], top_classes: int = 20) -> str:
             peak = histogram[0][1]
             for name, count in histogram[:top_classes]:
                 lines.append(f"    {name:<{width}} {count:>6} {'#' * max(1, round(30 * count / peak))}")
+    if report.get("warnings"):
+        lines.append("")
+        lines.extend(f"warning: {w}" for w in report["warnings"])
     if report["corrupt_samples"]:
         lines.append("\ncorrupt samples:")
         lines.extend(f"  {c['split']}/{c['shard']} {c['key']}: {c['reason']} ({c['detail']})"

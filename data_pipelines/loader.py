@@ -25,7 +25,7 @@ import torch
 
 from data_pipelines.mixing import MixPlan, Source, plan_mixing
 from data_pipelines.sample import IMAGE_KEYS, TEXT_INPUT_FIELD
-from data_pipelines.shards import split_shards
+from data_pipelines.shards import as_mapping, is_native, split_shards
 from data_pipelines.stream import MODES, StreamDataset, StreamSpec, resolve_rank, sub_seed
 from data_pipelines.transforms import DEFAULT_MAX_PIXELS, CorruptSampleError, image_tensor, parse_annotation
 from mmtl.errors import MMTLError
@@ -335,6 +335,7 @@ def make_loader(
     rank: int | None = None,
     world_size: int | None = None,
     start_batch: int = 0,
+    mapping: Sequence[str] = (),
 ) -> CountingLoader:
     """A DataLoader of :class:`Batch` over one split, or over several sources mixed.
 
@@ -345,6 +346,7 @@ def make_loader(
     shuffle samples in a buffer of ``shuffle_buffer``, and give each rank and worker its own part
     (see ``data_pipelines.stream``). ``length_buckets`` > 0 groups documents of similar length.
     ``train=False``: each sample exactly once, in order (split over ranks and workers).
+    ``mapping``: ``data.map`` items for a ``path`` without dataset.json (sources carry their own).
     ``rank``/``world_size``: this process among the data-parallel ones (default: torch.distributed's,
     else 0 of 1). ``start_batch=k`` starts at batch k of the very stream a fresh loader with the same
     arguments yields: the first k batches are read as raw samples and skipped, not decoded.
@@ -356,7 +358,7 @@ def make_loader(
         raise MMTLError(f"data.mode must be one of {', '.join(MODES)}; got {mode!r}")
     if start_batch < 0 or length_buckets < 0:
         raise MMTLError(f"start_batch and length_buckets must be >= 0; got {start_batch}, {length_buckets}")
-    sources = [Source(path, split)] if isinstance(path, (str, Path)) else list(path)
+    sources = [Source(str(path), split, mapping=tuple(mapping))] if isinstance(path, (str, Path)) else list(path)
     names = [t.name for t in tasks]
     for source in sources:
         unknown = sorted(set(source.tasks or ()) - set(names))
@@ -365,6 +367,7 @@ def make_loader(
     rank, world_size = resolve_rank(rank, world_size)
     spec = StreamSpec(
         shards=[split_shards(s.path, s.split) for s in sources],
+        mappings=[None if is_native(s.path) else as_mapping(s.mapping) for s in sources],
         plan=plan_mixing(sources, names, mixing, mixing_temperature),
         batch_size=batch_size, mode=mode if train else "epoch", shuffle=train, shuffle_buffer=shuffle_buffer,
         seed=seed, epochs=epochs if train else 1, length_buckets=length_buckets if train else 0,

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-from data_pipelines.shards import read_dataset_info
+from data_pipelines.shards import read_dataset_info, split_entry
 from mmtl.errors import ConfigError, MMTLError
 
 STRATEGIES = ("natural", "proportional", "temperature", "fixed", "round_robin")
@@ -39,6 +39,7 @@ class Source:
     split: str
     tasks: tuple[str, ...] | None = None  # None: every task it has annotations for
     weight: float = 1.0
+    mapping: tuple[str, ...] = ()  # FIELD=PATH items for shards without dataset.json (data_pipelines.shardsets)
 
 
 @dataclass
@@ -71,10 +72,7 @@ class MixPlan:
 
 def source_counts(source: Source, tasks: Sequence[str]) -> SourceCounts:
     """Counts of ``source`` from its ``dataset.json``, limited to ``tasks`` and the source's own task list."""
-    info = read_dataset_info(source.path)
-    if source.split not in info.get("splits", {}):
-        raise MMTLError(f"split {source.split!r} not in {source.path}; available: {', '.join(sorted(info['splits']))}")
-    split = info["splits"][source.split]
+    split = split_entry(read_dataset_info(source.path, source.mapping), source.split, source.path)
     wanted = [t for t in tasks if source.tasks is None or t in source.tasks]
     counts = {t: int(split.get("tasks", {}).get(t, 0)) for t in wanted}
     return SourceCounts(int(split.get("samples", 0)), {t: n for t, n in counts.items() if n > 0})
@@ -183,6 +181,6 @@ def interleave(streams: Sequence[Iterable[T]], probabilities: Sequence[float], r
 def training_sources(data: Any) -> list[Source]:
     """The training sources of a ``DataConfig``: ``data.sources``, or ``data.path`` alone when it lists none."""
     if not data.sources:
-        return [Source(data.path, data.train_split)]
-    return [Source(s.path, s.split or data.train_split, None if s.tasks is None else tuple(s.tasks), s.weight)
-            for s in data.sources]
+        return [Source(data.path, data.train_split, mapping=tuple(data.map))]
+    return [Source(s.path, s.split or data.train_split, None if s.tasks is None else tuple(s.tasks), s.weight,
+                   tuple(data.map if s.map is None else s.map)) for s in data.sources]

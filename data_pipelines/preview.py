@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from data_pipelines import shardsets
 from data_pipelines.inspect import iter_raw
 from data_pipelines.sample import IMAGE_KEYS
-from data_pipelines.shards import read_dataset_info, split_shards
+from data_pipelines.shards import as_mapping, is_native, read_dataset_info, split_shards
 from data_pipelines.transforms import CorruptSampleError, decode_image, parse_annotation
 from mmtl.errors import MMTLError
 
@@ -97,21 +98,26 @@ def _tile(raw: dict[str, Any], font: Any, line_height: int) -> Image.Image:
 
 
 def contact_sheet(path: str | Path, out: str | Path, num: int = 16, split: str | None = None,
-                  columns: int = 0) -> Path:
-    """Draw the first ``num`` samples of ``split`` (default: the first split) as a grid into ``out``."""
+                  columns: int = 0, mapping: Sequence[str] = ()) -> Path:
+    """Draw the first ``num`` samples of ``split`` (default: the first split) as a grid into ``out``
+    (shards without dataset.json are read through ``mapping``)."""
     if num < 1:
         raise MMTLError(f"--num must be >= 1, got {num}")
     out = Path(out)
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise MMTLError(f"--out must end in .png or .jpg, got {out.name}")
-    info = read_dataset_info(path)
+    if is_native(path):
+        info, parsed = read_dataset_info(path), None
+    else:  # no scan: only the first samples are read
+        shards, parsed = shardsets.resolve(path), as_mapping(mapping)
+        info = {"name": shards.name, "splits": shards.splits}
     split = split or next(iter(info.get("splits", {})), None)
     if split is None:
         raise MMTLError(f"{path} has no splits")
     raws: list[dict[str, Any]] = []
     errors: list[dict[str, str]] = []
     for url in split_shards(path, split):
-        for raw in iter_raw(url, errors):
+        for raw in iter_raw(url, errors, parsed):
             raws.append(raw)
             if len(raws) == num:
                 break

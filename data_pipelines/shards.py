@@ -14,6 +14,8 @@ from typing import Any, Iterable, Iterator
 import webdataset as wds
 from PIL import Image
 
+from data_pipelines import shardsets
+from data_pipelines.fieldmap import Mapping
 from data_pipelines.sample import supervised_tasks
 from mmtl.errors import MMTLError
 
@@ -85,27 +87,48 @@ def write_dataset_info(
     return info
 
 
-def read_dataset_info(path: str | Path) -> dict[str, Any]:
-    """Read ``dataset.json`` from a shard directory, with a clear error when it is not one."""
-    directory = Path(path)
+def as_mapping(mapping: Mapping | Iterable[str] | None) -> Mapping:
+    """A parsed mapping, from ``data.map`` items (``FIELD=PATH``) or an already parsed one."""
+    if isinstance(mapping, dict):
+        return mapping
+    return shardsets.shard_mapping(list(mapping or ()))
+
+
+def is_native(path: str | Path) -> bool:
+    """A shard directory mmtl wrote (it has a ``dataset.json``)."""
+    return (Path(str(path)) / DATASET_FILE).is_file()
+
+
+def read_dataset_info(path: str | Path, mapping: Mapping | Iterable[str] | None = None) -> dict[str, Any]:
+    """``dataset.json`` of a shard directory; for shards without one (a directory of tars, a tar, a
+    brace pattern, a ``pipe:``), the same fields from a cached scan with ``mapping`` (see
+    :mod:`data_pipelines.shardsets`)."""
+    directory = Path(str(path))
     info_path = directory / DATASET_FILE
     if not info_path.is_file():
-        raise MMTLError(
-            f"no {DATASET_FILE} in {directory}: not a shard directory "
-            f"(create one with `mmtl data synth --out {directory}` or `mmtl data convert`)"
-        )
+        return shardsets.describe(path, as_mapping(mapping))
     try:
         return json.loads(info_path.read_text())
     except json.JSONDecodeError as exc:
         raise MMTLError(f"{info_path} is not valid JSON: {exc}") from None
 
 
+def split_entry(info: dict[str, Any], split: str, path: str | Path) -> dict[str, Any]:
+    """The counts of ``split`` in ``info`` (a set with one unnamed split answers to every name)."""
+    splits = info.get("splits", {})
+    if split in splits:
+        return splits[split]
+    if info.get("any_split"):
+        return next(iter(splits.values()))
+    raise MMTLError(f"split {split!r} not in {path}; available: {', '.join(sorted(splits))}")
+
+
 def split_shards(path: str | Path, split: str) -> list[str]:
-    """Shard file paths of one split, checked to exist."""
+    """Shard file paths (URLs, for a ``pipe:``) of one split, checked to exist."""
+    if not is_native(path):
+        return shardsets.resolve(path).urls(split)
     info = read_dataset_info(path)
-    if split not in info["splits"]:
-        raise MMTLError(f"split {split!r} not in {path}; available: {', '.join(sorted(info['splits']))}")
-    urls = [str(Path(path) / name) for name in info["splits"][split]["shards"]]
+    urls = [str(Path(path) / name) for name in split_entry(info, split, path)["shards"]]
     missing = [u for u in urls if not Path(u).is_file()]
     if missing:
         raise MMTLError(f"shard files listed in dataset.json are missing: {', '.join(missing[:3])}")
@@ -114,18 +137,25 @@ def split_shards(path: str | Path, split: str) -> list[str]:
     return urls
 
 
-def iter_annotations(path: str | Path, split: str, limit: int = 0) -> Iterator[dict[str, Any]]:
+def raw_samples(path: str | Path, split: str, mapping: Mapping | Iterable[str] | None = None, handler: Any = wds.warn_and_continue
+                ) -> Iterator[dict[str, Any]]:
+    """Raw samples of a split in order, in the sample contract (shards without dataset.json are mapped)."""
+    urls = split_shards(path, split)
+    return shardsets.contract_samples(urls, None if is_native(path) else as_mapping(mapping), handler)
+
+
+def iter_annotations(path: str | Path, split: str, limit: int = 0, mapping: Mapping | Iterable[str] | None = None
+                     ) -> Iterator[dict[str, Any]]:
     """Stream only the ``json`` annotations of a split (images are not decoded; corrupt ones are left out)."""
     from data_pipelines.transforms import CorruptSampleError, parse_annotation
 
     count = 0
-    for url in split_shards(path, split):
-        for sample in wds.WebDataset(url, shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None):
-            try:
-                annotation = parse_annotation(sample.get("json"))
-            except CorruptSampleError:
-                continue
-            yield annotation
-            count += 1
-            if limit and count >= limit:
-                return
+    for sample in raw_samples(path, split, mapping):
+        try:
+            annotation = parse_annotation(sample.get("json"))
+        except CorruptSampleError:
+            continue
+        yield annotation
+        count += 1
+        if limit and count >= limit:
+            return

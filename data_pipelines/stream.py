@@ -29,6 +29,7 @@ import webdataset as wds
 
 from data_pipelines.mixing import MixPlan, interleave
 from data_pipelines.sample import TEXT_INPUT_FIELD
+from data_pipelines.shardsets import contract_samples
 from mmtl.errors import MMTLError
 
 MODES = ("resampled", "epoch")
@@ -56,9 +57,10 @@ def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return rank, world_size
 
 
-def shard_samples(urls: Iterable[str]) -> Iterator[dict[str, Any]]:
-    """Raw webdataset samples of ``urls`` in order (unreadable tar members are warned about and skipped)."""
-    return wds.tarfile_to_samples(handler=wds.warn_and_continue)(dict(url=u) for u in urls)
+def shard_samples(urls: Iterable[str], mapping: dict[str, list[str]] | None = None) -> Iterator[dict[str, Any]]:
+    """Raw webdataset samples of ``urls`` in order (unreadable tar members are warned about and skipped),
+    turned into the sample contract with ``mapping`` for shards without dataset.json."""
+    return iter(contract_samples(list(urls), mapping))
 
 
 @dataclass
@@ -106,18 +108,27 @@ class StreamSpec:
     length_buckets: int = 0  # >0: group by document length within a buffer of this many batches
     rank: int = 0
     world_size: int = 1
+    # per source: the field mapping of a shard set without dataset.json (None: native shards)
+    mappings: list[dict[str, list[str]] | None] | None = None
+    # shards read at once (each sample from a random one), so class-sorted shards still mix; 1: one by one
+    shard_interleave: int = 4
+    # samples in the shuffle buffer before the first is drawn (None: the whole buffer)
+    initial_fill: int | None = None
 
 
 def source_samples(spec: StreamSpec, source: int, slot: Slot) -> Iterator[dict[str, Any]]:
     """The raw samples of one source on one slot (infinite, except in epoch mode with ``epochs``)."""
     urls, seed = spec.shards[source], spec.seed
-    initial = min(spec.shuffle_buffer, 100)
+    mapping = spec.mappings[source] if spec.mappings else None
+    initial = spec.shuffle_buffer if spec.initial_fill is None else min(spec.shuffle_buffer, spec.initial_fill)
+    width = spec.shard_interleave if spec.shuffle else 1
     if spec.mode == "resampled":
         subset = urls[slot.index::slot.count] if len(urls) >= slot.count else urls
         # both seeded: webdataset's defaults mix in the time and pid, and a run must be reproducible
         shards = wds.ResampledShards(subset, seed=sub_seed(seed, source), deterministic=True,
                                      worker_seed=lambda: slot.rank * 1000 + slot.worker)
-        samples = wds.tarfile_to_samples(handler=wds.warn_and_continue)(iter(shards))
+        samples = interleaved_shards((s["url"] for s in shards), width, mapping,
+                                     random.Random(sub_seed(seed, slot.index, source, 4)))
         yield from wds.shuffle(spec.shuffle_buffer, initial=initial, seed=sub_seed(seed, slot.index, source))(samples)
         return
     for epoch in itertools.count() if spec.epochs is None else range(spec.epochs):
@@ -125,9 +136,10 @@ def source_samples(spec: StreamSpec, source: int, slot: Slot) -> Iterator[dict[s
         if spec.shuffle:
             random.Random(sub_seed(seed + epoch, source)).shuffle(order)
         if len(order) >= slot.count:
-            samples = shard_samples(order[slot.index::slot.count])
+            samples = interleaved_shards(iter(order[slot.index::slot.count]), width, mapping,
+                                         random.Random(sub_seed(seed + epoch, slot.index, source, 4)))
         else:
-            samples = (s for i, s in enumerate(shard_samples(order)) if i % slot.count == slot.index)
+            samples = (s for i, s in enumerate(shard_samples(order, mapping)) if i % slot.count == slot.index)
         if spec.shuffle and spec.shuffle_buffer > 1:
             samples = wds.shuffle(spec.shuffle_buffer, initial=initial,
                                   seed=sub_seed(seed + epoch, slot.index, source, 1))(samples)
@@ -138,6 +150,27 @@ def source_samples(spec: StreamSpec, source: int, slot: Slot) -> Iterator[dict[s
         if not seen and spec.epochs is None:  # an empty pass would repeat forever without yielding
             raise MMTLError(f"source {source} ({urls[0]} ...) has no samples for rank {slot.rank} worker "
                             f"{slot.worker}: fewer samples than ranks x workers")
+
+
+def interleaved_shards(urls: Iterator[str], width: int, mapping: dict[str, list[str]] | None,
+                       rng: random.Random) -> Iterator[dict[str, Any]]:
+    """Read ``width`` shards at once, each sample from a randomly chosen open one.
+
+    A shard written in class order then still feeds the shuffle buffer samples of ``width`` shards'
+    classes; a finished shard is replaced by the next URL. ``width`` 1 reads the shards one by one.
+    """
+    open_shards = [shard_samples([url], mapping) for url in itertools.islice(urls, max(width, 1))]
+    while open_shards:
+        index = rng.randrange(len(open_shards)) if len(open_shards) > 1 else 0
+        sample = next(open_shards[index], None)
+        if sample is not None:
+            yield sample
+            continue
+        url = next(urls, None)
+        if url is None:
+            open_shards.pop(index)
+        else:
+            open_shards[index] = shard_samples([url], mapping)
 
 
 def document_length(raw: dict[str, Any]) -> int:

@@ -43,7 +43,8 @@ def build_vocabulary(config: ExperimentConfig) -> Vocabulary:
     if config.model.text.vocab == "full":
         return Vocabulary(None)
     texts = (t for source in training_sources(config.data)
-             for a in iter_annotations(source.path, source.split, VOCAB_SCAN_LIMIT) for t in annotation_texts(a))
+             for a in iter_annotations(source.path, source.split, VOCAB_SCAN_LIMIT, source.mapping)
+             for t in annotation_texts(a))
     return Vocabulary.from_texts(texts)
 
 
@@ -61,10 +62,11 @@ def build_components(config: ExperimentConfig, classes: list[str], vocab: Vocabu
 
 def components_from_data(config: ExperimentConfig) -> Components:
     """Components for training on ``config.data.path`` (or ``data.sources``: their classes in order of appearance)."""
-    info = read_dataset_info(config.data.path if not config.data.sources else config.data.sources[0].path)
+    first, *others = training_sources(config.data)
+    info = read_dataset_info(first.path, first.mapping)
     classes = list(info.get("classes", []))
-    for source in training_sources(config.data)[1:]:
-        classes += [c for c in read_dataset_info(source.path).get("classes", []) if c not in classes]
+    for source in others:
+        classes += [c for c in read_dataset_info(source.path, source.mapping).get("classes", []) if c not in classes]
     if "recognition" in config.tasks and not classes:
         raise MMTLError(f"{config.data.path}/dataset.json lists no classes, but the recognition task needs them")
     return build_components(config, classes, build_vocabulary(config), str(info.get("label_mode", "multi")))

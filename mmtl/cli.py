@@ -44,19 +44,21 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
     options = ConvertOptions(out=Path(args.out), split=args.split, maxcount=args.maxcount, resize_max=args.resize_max,
                              jpeg_quality=args.jpeg_quality, workers=args.workers, overwrite=args.overwrite,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, shuffle=not args.no_shuffle, seed=args.seed)
     result = convert_source(args.format, options, images=args.images, captions=args.captions,
                             instances=args.instances, root=args.root, input=args.input, image_root=args.image_root,
-                            mapping=args.map or [], label_mode=args.label_mode, name=args.name)
+                            mapping=args.map or [], allow_outside_root=args.allow_outside_root,
+                            label_mode=args.label_mode, name=args.name)
     print(result.summary())
     print(f"wrote {args.out}/dataset.json ({len(result.info['classes'])} classes, label_mode {result.info['label_mode']})")
     return 0
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from data_pipelines.inspect import format_report, inspect_shards
+    from data_pipelines.inspect import DEFAULT_CONTEXT_LENGTH, format_report, inspect_shards
 
-    report = inspect_shards(args.shards, splits=args.split, limit=args.limit)
+    report = inspect_shards(args.shards, splits=args.split, limit=args.limit, mapping=args.map or [],
+                            context_length=args.context_length or DEFAULT_CONTEXT_LENGTH)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
@@ -64,7 +66,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_preview(args: argparse.Namespace) -> int:
     from data_pipelines.preview import contact_sheet
 
-    path = contact_sheet(args.shards, args.out, num=args.num, split=args.split, columns=args.columns)
+    path = contact_sheet(args.shards, args.out, num=args.num, split=args.split, columns=args.columns,
+                         mapping=args.map or [])
     print(f"wrote {path}")
     return 0
 
@@ -322,21 +325,24 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--count", action="store_true", help="add the 'count' annotation (objects per scene)")
     synth.set_defaults(func=_cmd_synth)
 
-    conv = data.add_parser("convert", help="convert COCO JSON, an image folder, or JSONL/CSV rows into shards",
+    conv = data.add_parser("convert", help="convert COCO JSON, an image folder, or JSONL/CSV/Parquet rows into shards",
                            description="Convert real data into webdataset shards + dataset.json (one split per run).")
-    conv.add_argument("--format", required=True, metavar="FORMAT", help="coco, imagefolder, jsonl or csv")
+    conv.add_argument("--format", required=True, metavar="FORMAT", help="coco, imagefolder, jsonl, csv or parquet")
     conv.add_argument("--out", required=True, help="output shard directory")
     conv.add_argument("--split", default="train", help="split name to write (default train)")
     conv.add_argument("--images", help="coco: directory of the image files")
     conv.add_argument("--captions", help="coco: captions_*.json")
     conv.add_argument("--instances", help="coco: instances_*.json (object categories -> recognition labels)")
     conv.add_argument("--root", help="imagefolder: ROOT/<class>/<images> (single-label recognition)")
-    conv.add_argument("--input", help="jsonl/csv: the rows (fields image, labels, captions, document, summaries, source, key; "
+    conv.add_argument("--input", help="jsonl/csv/parquet: the rows (fields image, labels, captions, document, summaries, source, key; "
                                        "depth (a depth map file), audio (a wav/flac file), count)")
-    conv.add_argument("--image-root", help="jsonl/csv: directory the image paths are relative to (default: the input's)")
-    conv.add_argument("--map", action="append", metavar="FIELD=COLUMN[,COLUMN]",
-                      help="jsonl/csv: read FIELD from COLUMN(s), e.g. --map document=dialogue --map summaries=summary1,summary2")
-    conv.add_argument("--label-mode", choices=["single", "multi"], help="jsonl/csv: single- or multi-label (default multi)")
+    conv.add_argument("--image-root", help="jsonl/csv/parquet: directory the image paths are relative to (default: the input's)")
+    conv.add_argument("--allow-outside-root", action="store_true",
+                      help="read image/file paths that leave --images / --image-root (../ or absolute); refused by default")
+    conv.add_argument("--map", action="append", metavar="FIELD=PATH[,PATH]",
+                      help="jsonl/csv/parquet: read FIELD from column(s) or nested paths, e.g. --map document=dialogue "
+                           "--map summaries=summary1,summary2 --map summaries=summary.outcome --map captions=annotations[].text")
+    conv.add_argument("--label-mode", choices=["single", "multi"], help="jsonl/csv/parquet: single- or multi-label (default multi)")
     conv.add_argument("--name", help="data set name in dataset.json")
     conv.add_argument("--maxcount", type=int, default=1000, help="samples per shard (default 1000)")
     conv.add_argument("--resize-max", type=int, default=0, metavar="PIXELS",
@@ -345,17 +351,28 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--workers", type=int, default=1, help="processes decoding/resizing images (default 1)")
     conv.add_argument("--overwrite", action="store_true", help="replace this split if the output already has it")
     conv.add_argument("--no-progress", action="store_true", help="no progress bar")
+    conv.add_argument("--seed", type=int, default=0, help="seed of the sample order across shards (default 0)")
+    conv.add_argument("--no-shuffle", action="store_true",
+                      help="keep the input order (default: samples mixed across shards, so no shard holds one class)")
     conv.set_defaults(func=_cmd_convert)
 
     insp = data.add_parser("inspect", help="counts, class histogram, text and image statistics, corrupt samples")
-    insp.add_argument("shards", help="shard directory (with dataset.json)")
+    insp.add_argument("shards", help="shard directory, .tar file, brace pattern ('shards/{00000..00009}.tar') "
+                                     "or pipe: command; shards without dataset.json are read through --map")
+    insp.add_argument("--map", action="append", metavar="FIELD=PATH[,PATH]",
+                      help="shards without dataset.json: read FIELD from a member or JSON path, e.g. "
+                           "--map captions=txt --map labels=json.label (default: txt -> captions, cls -> labels)")
+    insp.add_argument("--context-length", type=int, default=0, metavar="TOKENS",
+                      help="count documents longer than this many text tokens (default: the tiny preset's)")
     insp.add_argument("--split", action="append", help="only this split (repeatable; default: all)")
     insp.add_argument("--limit", type=int, default=0, help="read at most this many samples per split (0: all)")
     insp.add_argument("--json", action="store_true", help="print JSON instead of text")
     insp.set_defaults(func=_cmd_inspect)
 
     prev = data.add_parser("preview", help="draw a contact sheet of samples with their tags and captions")
-    prev.add_argument("shards", help="shard directory (with dataset.json)")
+    prev.add_argument("shards", help="shard directory, .tar file, brace pattern or pipe: command")
+    prev.add_argument("--map", action="append", metavar="FIELD=PATH[,PATH]",
+                      help="shards without dataset.json: read FIELD from a member or JSON path (as for inspect)")
     prev.add_argument("--out", required=True, help="output image (.png or .jpg)")
     prev.add_argument("--num", type=int, default=16, help="number of samples (default 16)")
     prev.add_argument("--split", help="split to draw (default: the first in dataset.json)")

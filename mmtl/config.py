@@ -41,17 +41,31 @@ class SyntheticConfig:
 class SourceConfig:
     """One training source of ``data.sources``: a shard directory, its split, the tasks it feeds, a weight."""
 
-    path: str = ""
+    # a shard directory, a .tar, a brace pattern, a pipe: command, or a list of tar files
+    path: str | list[str] = ""
     split: str | None = None  # None: data.train_split
     tasks: list[str] | None = None  # None: every task of the run it has annotations for
     weight: float = 1.0  # data.mixing=fixed: sources are drawn in proportion to their weights
+    map: list[str] | None = None  # FIELD=PATH items for shards without dataset.json (None: data.map)
+
+    def __post_init__(self) -> None:
+        self.path = join_shard_list(self.path)
+
+
+def join_shard_list(path: str | list[str]) -> str:
+    """A list of tar files -> one webdataset URL string (``a.tar::b.tar``), so a path is always a str."""
+    return "::".join(str(p) for p in path) if isinstance(path, list) else path
 
 
 @dataclass
 class DataConfig:
     """Where the shards are and how they are streamed."""
 
-    path: str = "data/quickstart"
+    # a shard directory, a .tar, a brace pattern (shards/{00000..00099}.tar), a pipe: command, or a
+    # list of tar files; shards without a dataset.json are scanned once (data_pipelines/shardsets.py)
+    path: str | list[str] = "data/quickstart"
+    # how shards without a dataset.json feed the tasks: FIELD=PATH items, e.g. [captions=txt, labels=json.label]
+    map: list[str] = field(default_factory=list)
     train_split: str = "train"
     val_split: str = "val"
     batch_size: int = 32
@@ -71,6 +85,9 @@ class DataConfig:
     mixing_temperature: float = 2.0  # mixing=temperature: task shares p_t ∝ n_t^(1/T)
     # >0: batches drawn from a buffer of this many batches grouped by document length (less padding)
     length_buckets: int = 0
+
+    def __post_init__(self) -> None:
+        self.path = join_shard_list(self.path)
 
 
 @dataclass

@@ -8,7 +8,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from data_pipelines.convert import decode_text
+from data_pipelines.records import decode_text
 from data_pipelines.shards import iter_annotations, read_dataset_info, split_shards
 from mmtl.cli import main
 from tests.conftest import micro_overrides
@@ -203,9 +203,9 @@ def test_label_mode_single_refuses_multi_label_rows(tmp_path: Path, capsys) -> N
 
 @pytest.mark.parametrize("args, message", [
     (["--format", "jsonl", "--input", "{tmp}/nope.jsonl"], "--input file not found"),
-    (["--format", "parquet", "--input", "{tmp}/x"], "unknown format 'parquet'; choose from: coco, imagefolder"),
+    (["--format", "tfrecord", "--input", "{tmp}/x"], "unknown format 'tfrecord'; choose from: coco, imagefolder"),
     (["--format", "coco", "--images", "{tmp}"], "--format coco needs --captions"),
-    (["--format", "jsonl", "--input", "{tmp}/rows.jsonl", "--map", "document"], "expected FIELD=COLUMN"),
+    (["--format", "jsonl", "--input", "{tmp}/rows.jsonl", "--map", "document"], "expected FIELD=PATH"),
     (["--format", "jsonl", "--input", "{tmp}/rows.jsonl", "--map", "text=document"], "unknown field 'text'"),
     (["--format", "jsonl", "--input", "{tmp}/rows.jsonl", "--out", "{tmp}/taken"], "already holds split 'train'"),
 ])
@@ -226,7 +226,7 @@ def test_convert_help_lists_formats(capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["data", "convert", "--help"])
     assert exit_info.value.code == 0
-    assert "coco, imagefolder, jsonl or csv" in capsys.readouterr().out
+    assert "coco, imagefolder, jsonl, csv or parquet" in capsys.readouterr().out
 
 
 def test_huge_photo_needs_resize_max_and_then_converts(tmp_path: Path, capsys) -> None:

@@ -5,12 +5,15 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import random
+
 import pytest
 import torch
 import webdataset as wds
 
 import data_pipelines.loader as loader_module
 from data_pipelines.loader import make_loader
+from data_pipelines.stream import interleaved_shards, sub_seed
 from data_pipelines.shards import SplitStats, iter_annotations, read_dataset_info, split_shards, write_dataset_info
 from mmtl.builder import build_components
 from mmtl.config import resolve_config
@@ -69,11 +72,12 @@ def _same(a, b) -> bool:
 
 
 def test_default_stream_is_the_plain_seeded_webdataset_stream(micro_data: Path, parts) -> None:
-    """Pins the single-source resampled stream (the quickstart's): seeded shard draws, seeded buffer, B at a time."""
+    """Pins the single-source resampled stream (the quickstart's): seeded shard draws, 4 shards read at once
+    (each sample from a seeded random one), a seeded buffer filled before the first draw, B at a time."""
     urls = split_shards(micro_data, "train")
-    plain = wds.DataPipeline(wds.ResampledShards(urls, seed=5, deterministic=True),
-                             wds.tarfile_to_samples(), wds.shuffle(64, initial=64, seed=5))
-    expected = iter(plain)
+    draws = (d["url"] for d in wds.ResampledShards(urls, seed=5, deterministic=True))
+    mixed = interleaved_shards(draws, 4, None, random.Random(sub_seed(5, 0, 0, 4)))
+    expected = iter(wds.shuffle(64, initial=64, seed=5)(mixed))
     keys = [[next(expected)["__key__"] for _ in range(16)] for _ in range(8)]
     loader = make_loader(str(micro_data), "train", tasks=parts.tasks, vocab=parts.vocab, image_size=32,
                          context_length=64, batch_size=16, train=True, shuffle_buffer=64, seed=5)

@@ -59,6 +59,7 @@ def evaluate(components: Components, config: ExperimentConfig, device: torch.dev
         image_size=config.model.image.image_size, context_length=config.model.text.context_length,
         batch_size=config.eval.batch_size, train=False,
         max_corrupt_fraction=config.data.max_corrupt_fraction, max_image_pixels=config.data.max_image_pixels,
+        mapping=config.data.map,
     )
     predictions: dict[str, list] = defaultdict(list)
     references: dict[str, list] = defaultdict(list)
@@ -93,7 +94,7 @@ def evaluate(components: Components, config: ExperimentConfig, device: torch.dev
         seen += len(batch)
         if limit and seen >= limit:
             break
-    train_annotations = list(iter_annotations(data_path, config.data.train_split, BASELINE_FIT_LIMIT)) \
+    train_annotations = list(iter_annotations(data_path, config.data.train_split, BASELINE_FIT_LIMIT, config.data.map)) \
         if trivial_baselines else []
     metrics, baselines = {}, {}
     for task in components.tasks:

@@ -1,0 +1,104 @@
+"""What every converter reader produces: :class:`Record` s, a :class:`ReadReport` of what it left
+out, safe unique keys, text decoding with a fallback, and paths confined to their base folder."""
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmtl.errors import MMTLError
+
+# text that is not UTF-8 is decoded with these, in order (latin-1 accepts any byte)
+FALLBACK_ENCODINGS = ("cp1252", "latin-1")
+
+
+@dataclass
+class Record:
+    """One input item before its image is processed (a file path, or the image bytes themselves)."""
+
+    key: str
+    annotation: dict[str, Any]
+    image_path: str | None = None
+    # further modalities: row field (depth, audio) -> file path; their checked bytes by sample key
+    extra_paths: dict[str, str] = field(default_factory=dict)
+    extra_data: dict[str, bytes] = field(default_factory=dict)
+    image_bytes: bytes | None = None  # e.g. a Parquet column of encoded images
+
+
+@dataclass
+class ReadReport:
+    """What a reader left out (reason -> count), text that needed a fallback encoding, and warnings."""
+
+    skipped: Counter = field(default_factory=Counter)
+    text_fallback: int = 0
+    null_labels: int = 0  # null entries of label lists left out (never a class named "None")
+    warnings: list[str] = field(default_factory=list)
+
+
+def decode_text(data: bytes) -> tuple[str, int]:
+    """Bytes -> text: UTF-8 when possible, else per line with a fallback; returns (text, fallback lines)."""
+    try:
+        return data.decode("utf-8-sig"), 0
+    except UnicodeDecodeError:
+        pass
+    lines, fallback = [], 0
+    for line in data.splitlines(keepends=True):
+        try:
+            lines.append(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            fallback += 1
+            lines.append(_decode_fallback(line))
+    text = "".join(lines)
+    return (text[1:] if text.startswith("\ufeff") else text), fallback
+
+
+def _decode_fallback(line: bytes) -> str:
+    for encoding in FALLBACK_ENCODINGS:
+        try:
+            return line.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return line.decode("latin-1")  # unreachable: latin-1 maps every byte
+
+
+def read_text_file(path: Path, what: str) -> tuple[str, int]:
+    """Read a text input file, with a clear error when it is missing or unreadable."""
+    if not path.is_file():
+        raise MMTLError(f"{what} file not found: {path}")
+    try:
+        return decode_text(path.read_bytes())
+    except OSError as exc:
+        raise MMTLError(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
+
+
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+class KeyMaker:
+    """Webdataset-safe unique keys (no dots, which webdataset reads as an extension separator)."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+
+    def __call__(self, name: str) -> str:
+        base = _KEY_UNSAFE.sub("_", name).strip("_") or "sample"
+        key, n = base, 1
+        while key in self.used:
+            n += 1
+            key = f"{base}_{n}"
+        self.used.add(key)
+        return key
+
+
+def confined_path(base: Path, name: str, allow_outside: bool) -> str | None:
+    """``base / name`` when it stays inside ``base`` (or ``allow_outside``); None for ``../`` or absolute escapes."""
+    joined = base / name
+    if allow_outside:
+        return str(joined)
+    # lexical, not realpath: a symlink the user put inside the folder is theirs to follow
+    root = os.path.abspath(base)
+    target = os.path.abspath(joined)
+    return str(joined) if target == root or target.startswith(root.rstrip(os.sep) + os.sep) else None

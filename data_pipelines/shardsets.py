@@ -1,0 +1,277 @@
+"""Shard sets without a ``dataset.json``: the webdataset shards the ecosystem already has.
+
+img2dataset and open_clip write ``NNNNN.tar`` files of ``jpg``/``png``/``webp`` + ``txt`` caption +
+``json`` metadata. A *shard set reference* names them the way webdataset does:
+
+* a directory of ``.tar`` files (``train-*.tar`` / ``val-*.tar`` / ``test-*.tar`` form splits; other
+  names form one split),
+* one ``.tar`` file,
+* a brace pattern (``shards/{00000..00999}.tar``) or several joined by ``::`` (a YAML list in a config),
+* a ``pipe:`` command whose stdout is a tar (``pipe:cat shards/{00000..00009}.tar``).
+
+A field mapping (:mod:`data_pipelines.fieldmap`, ``data.map``) turns each raw sample into the sample
+contract. PATHs start at a member of the sample (``txt``, ``cls``, ``json.caption``); a PATH that
+names no member is read from the ``json`` member (``labels=label`` == ``labels=json.label``).
+Without a mapping, contract fields already in the ``json`` are kept, ``txt`` feeds ``captions`` and
+``cls`` feeds ``labels``. Counts and classes come from one scan, cached beside the shards (or under
+``$XDG_CACHE_HOME/mmtl/scans`` when that folder is read-only).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import webdataset as wds
+
+from data_pipelines.fieldmap import Mapping, field_value, lookup, parse_mapping
+from data_pipelines.sample import supervised_tasks
+from mmtl.errors import MMTLError
+
+ANY_SPLIT = "all"  # the one split of a set whose files name none
+SPLIT_NAMES = ("train", "val", "valid", "validation", "dev", "test", "eval")
+SHARD_SUFFIXES = (".tar", ".tgz", ".tar.gz")
+SHARD_MAPPABLE = ("labels", "captions", "document", "summaries", "source", "count")
+CONTRACT_KEYS = ("labels", "captions", "document", "summaries", "source", "count")
+# members read as defaults when the mapping does not name the field
+DEFAULT_MEMBERS = {"captions": "txt", "labels": "cls"}
+SCAN_VERSION = 1
+_SPLIT_FILE = re.compile(r"^([A-Za-z]+)[-_.]")
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """Where the shards of one reference are, per split."""
+
+    reference: str
+    name: str
+    splits: dict[str, list[str]]
+    home: Path | None  # the folder the shards live in (for the scan cache), None for pipes
+
+    @property
+    def any_split(self) -> bool:
+        """One split that answers to every split name (the files name none)."""
+        return list(self.splits) == [ANY_SPLIT]
+
+    def urls(self, split: str) -> list[str]:
+        """Shard URLs of ``split`` (any name, when the set has one unnamed split)."""
+        if split in self.splits:
+            return self.splits[split]
+        if self.any_split:
+            return self.splits[ANY_SPLIT]
+        raise MMTLError(f"split {split!r} not in {self.reference}; available: {', '.join(sorted(self.splits))}")
+
+
+def is_shard_file(path: str | Path) -> bool:
+    """A tar shard by its name."""
+    return str(path).lower().endswith(SHARD_SUFFIXES)
+
+
+def resolve(reference: str | Path) -> ShardSet:
+    """The shard set a reference names (a directory, a tar, a brace pattern, a ``::`` list, a ``pipe:``)."""
+    text = str(reference)
+    path = Path(text)
+    if path.is_dir():
+        return _directory(path)
+    if "::" not in text and "{" not in text and not text.startswith("pipe:"):
+        if path.is_file() and is_shard_file(path):
+            return ShardSet(text, path.stem, {ANY_SPLIT: [text]}, path.parent)
+        raise MMTLError(f"no dataset.json and no shards at {text}: expected a shard directory, a .tar file, a brace "
+                        f"pattern (shards/{{00000..00099}}.tar) or a pipe: command (create shards with "
+                        f"`mmtl data synth --out {text}` or `mmtl data convert`)")
+    urls = list(wds.shardlists.expand_urls(text))
+    local = [u for u in urls if not u.startswith("pipe:")]
+    remote = [u for u in local if re.match(r"^[a-z][a-z0-9+.-]*://", u) and not u.startswith("file://")]
+    if remote:
+        raise MMTLError(f"{remote[0]}: mmtl reads local files and pipe: commands only (no network at run time)")
+    missing = [u for u in local if not Path(u.removeprefix("file://")).is_file()]
+    if missing:
+        raise MMTLError(f"{len(missing)} of {len(urls)} shard(s) of {text} do not exist, e.g. {', '.join(missing[:3])}")
+    homes = {Path(u.removeprefix("file://")).parent for u in local}
+    home = homes.pop() if len(homes) == 1 and len(local) == len(urls) else None
+    name = home.name if home else "shards"
+    return ShardSet(text, name, {ANY_SPLIT: urls}, home)
+
+
+def _directory(path: Path) -> ShardSet:
+    files = sorted(p for p in path.iterdir() if p.is_file() and is_shard_file(p))
+    if not files:
+        raise MMTLError(f"{path} has neither a dataset.json nor .tar shards: not a shard directory "
+                        f"(create one with `mmtl data synth --out {path}` or `mmtl data convert`)")
+    splits: dict[str, list[str]] = {}
+    for file in files:
+        match = _SPLIT_FILE.match(file.name)
+        split = match.group(1).lower() if match and match.group(1).lower() in SPLIT_NAMES else ANY_SPLIT
+        splits.setdefault(split, []).append(str(file))
+    return ShardSet(str(path), path.name, splits, path)
+
+
+def shard_mapping(items: Any, option: str = "data.map") -> Mapping:
+    """Parse ``data.map`` items, keeping to the fields a shard's members can feed.
+
+    An item without ``=`` continues the previous one: a comma-split override (``data.map=captions=txt,json.alt``)
+    arrives as two items.
+    """
+    joined: list[str] = []
+    for item in items or ():
+        if "=" not in str(item) and joined:
+            joined[-1] += f",{item}"
+        else:
+            joined.append(str(item))
+    mapping = parse_mapping(joined, option)
+    files = [name for name in mapping if name not in SHARD_MAPPABLE]
+    if files:
+        raise MMTLError(f"{option}: {', '.join(files)} cannot be mapped for shards (the image is the sample's "
+                        f"jpg/png/webp); mappable: {', '.join(SHARD_MAPPABLE)}")
+    return mapping
+
+
+# ---------------------------------------------------------------------------------------------
+# raw sample -> sample contract
+
+
+def _member_value(data: Any, name: str) -> Any:
+    if not isinstance(data, (bytes, bytearray)):
+        return data
+    text = bytes(data).decode("utf-8", errors="replace")
+    if name.endswith("json"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return None
+    return text.strip()
+
+
+def _find(raw: dict[str, Any], meta: dict[str, Any], path: str) -> list[Any]:
+    """Values at ``path``: from the member its head names (longest first), else inside the json."""
+    for member in sorted((k for k in raw if not k.startswith("__")), key=len, reverse=True):
+        if path == member:
+            return [v for v in [_member_value(raw[member], member)] if v is not None]
+        if path.startswith(member) and path[len(member)] in ".[":
+            rest = path[len(member):].lstrip(".")
+            value = _member_value(raw[member], member)
+            return lookup({"_": value}, "_" + ("" if rest.startswith("[") else ".") + rest)
+    return lookup(meta, path)
+
+
+def to_contract(raw: dict[str, Any], mapping: Mapping) -> dict[str, Any]:
+    """A raw sample whose ``json`` is rewritten into the sample contract (other members kept).
+
+    A ``json`` member that is not a JSON object is left as it is, so the loader counts the sample
+    as corrupt (``malformed_json``) exactly as for native shards.
+    """
+    meta: dict[str, Any] = {}
+    if "json" in raw:
+        meta = _member_value(raw["json"], "json")
+        if not isinstance(meta, dict):
+            return raw
+    annotation = {k: meta[k] for k in CONTRACT_KEYS if k in meta and k not in mapping}
+    for name, member in DEFAULT_MEMBERS.items():
+        if name not in annotation and name not in mapping and member in raw:
+            value, _ = field_value(name, [_member_value(raw[member], member)])
+            if value:
+                annotation[name] = value
+    for name, paths in mapping.items():
+        value, _ = field_value(name, [v for p in paths for v in _find(raw, meta, p)])
+        if value:
+            annotation[name] = value
+    if "count" in mapping and "count" in annotation:
+        try:
+            annotation["count"] = int(annotation["count"])
+        except (TypeError, ValueError):
+            annotation.pop("count")
+    if "labels" in annotation and isinstance(annotation["labels"], list):
+        annotation["labels"] = [str(v) for v in annotation["labels"] if v is not None]
+    out = {k: v for k, v in raw.items() if k != "json"}
+    out["json"] = json.dumps(annotation).encode("utf-8")
+    return out
+
+
+def contract_samples(urls: list[str], mapping: Mapping | None, handler: Any = wds.warn_and_continue
+                     ) -> Iterator[dict[str, Any]]:
+    """Raw samples of ``urls`` in order, turned into the contract when ``mapping`` is not None."""
+    samples = wds.tarfile_to_samples(handler=handler)(dict(url=u) for u in urls)
+    return samples if mapping is None else (to_contract(s, mapping) for s in samples)
+
+
+# ---------------------------------------------------------------------------------------------
+# the scan: a dataset.json for a shard set that has none
+
+
+def describe(reference: str | Path, mapping: Mapping) -> dict[str, Any]:
+    """``dataset.json``-shaped info of a shard set: counts per split, classes, label mode (cached scan)."""
+    shards = resolve(reference)
+    key = _cache_key(shards, mapping)
+    for path in _cache_paths(shards, key):
+        try:
+            cached = json.loads(path.read_text())
+            if cached.get("key") == key:
+                return cached["info"]
+        except (OSError, ValueError, KeyError, AttributeError):
+            continue
+    info = _scan(shards, mapping)
+    for path in _cache_paths(shards, key):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"key": key, "info": info}, indent=1))
+            break
+        except OSError:
+            continue
+    return info
+
+
+def _scan(shards: ShardSet, mapping: Mapping) -> dict[str, Any]:
+    from data_pipelines.transforms import CorruptSampleError, parse_annotation
+
+    total = sum(len(u) for u in shards.splits.values())
+    print(f"mmtl: scanning {total} shard(s) of {shards.reference} once (no dataset.json); the counts are cached",
+          file=sys.stderr)
+    splits, classes, multi = {}, Counter(), False
+    for split, urls in shards.splits.items():
+        tasks, samples, corrupt = Counter(), 0, 0
+        for raw in contract_samples(urls, mapping):
+            try:
+                annotation = parse_annotation(raw.get("json"))
+            except CorruptSampleError:
+                corrupt += 1
+                continue
+            samples += 1
+            tasks.update(supervised_tasks(annotation))
+            labels = [str(v) for v in annotation.get("labels", [])]
+            classes.update(labels)
+            multi = multi or len(labels) > 1
+        splits[split] = {"samples": samples, "shards": urls, "tasks": dict(tasks), "corrupt": corrupt}
+    names = sorted(classes, key=lambda c: (0, int(c), c) if c.isdigit() else (1, 0, c))
+    return {"name": shards.name, "splits": splits, "classes": names, "label_mode": "multi" if multi or not names
+            else "single", "written_by": {"scan": shards.reference, "map": _mapping_items(mapping)},
+            "any_split": shards.any_split}
+
+
+def _mapping_items(mapping: Mapping) -> list[str]:
+    return [f"{name}={','.join(paths)}" for name, paths in sorted(mapping.items())]
+
+
+def _cache_key(shards: ShardSet, mapping: Mapping) -> str:
+    # a pipe: command's relative paths mean another thing in another folder
+    parts: list[Any] = [SCAN_VERSION, shards.reference, _mapping_items(mapping), os.getcwd() if shards.home is None else ""]
+    for urls in shards.splits.values():
+        for url in urls:
+            local = Path(url.removeprefix("file://"))
+            stat = local.stat() if not url.startswith("pipe:") and local.is_file() else None
+            parts.append([url, stat.st_size if stat else None, stat.st_mtime_ns if stat else None])
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def _cache_paths(shards: ShardSet, key: str) -> list[Path]:
+    """Beside the shards first, else the user's cache folder."""
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmtl" / "scans"
+    paths = [cache_home / f"{key[:24]}.json"]
+    if shards.home is not None:
+        paths.insert(0, shards.home / f".mmtl-scan-{key[:12]}.json")
+    return paths
