@@ -83,7 +83,8 @@ class TimmImageEncoder(nn.Module):
     def forward(self, image: torch.Tensor, present: torch.Tensor) -> Stream:
         """``image``: (B, C, H, W) uint8 (C = 3 for RGB); normalised here, on the device."""
         x = (image.to(self.mean.dtype) - self.mean) / self.std
-        tokens = self.proj(self._features(x)) + self.position + self.type_embedding
+        # contiguous: frozen and trainable projections then take the same matmul path (bitwise-equal outputs)
+        tokens = self.proj(self._features(x).contiguous()) + self.position + self.type_embedding
         return Stream(tokens, present[:, None].expand(-1, tokens.shape[1]))
 
 
