@@ -126,3 +126,26 @@ def test_timm_encoder_loads_local_safetensors_and_matches(tmp_path) -> None:
         assert torch.allclose(loaded.backbone.eval().forward_features(x), source.backbone.eval().forward_features(x))
     with pytest.raises(ConfigError, match="file not found"):
         TimmImageEncoder.from_config(_config(f"model.image.pretrained_path={tmp_path / 'missing.safetensors'}"), SMALL)
+
+
+def test_feature_pool_shrinks_the_token_grid_and_keeps_every_position() -> None:
+    """The tiny preset's stride-8 ResNet gives an 8x8 map at 64 px; feature_pool=2 makes it 4x4 tokens,
+    each the mean of a 2x2 block (ceil mode: an odd map keeps its last row and column)."""
+    config = resolve_config({}, ["model.preset=tiny"]).model
+    assert config.image.feature_pool == 2 and config.image.timm_kwargs["output_stride"] == 8
+    encoder = IMAGE_ENCODERS.get("timm").from_config(config, SMALL).eval()
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    stream = encoder(images, torch.ones(2, dtype=torch.bool))
+    assert stream.tokens.shape == (2, 16, config.width)
+    x = (images.float() - encoder.mean) / encoder.std
+    full = encoder.backbone.forward_features(x)
+    assert full.shape[-2:] == (8, 8)
+    pooled = encoder._features(x)
+    assert torch.allclose(pooled[:, 0], full[:, :, :2, :2].mean((2, 3)), atol=1e-5)
+    odd = TimmImageEncoder(config.image.timm_model, config.image.timm_kwargs, 16, 72, feature_pool=2)
+    assert odd.position.shape[0] == 25  # a 9x9 map pools to 5x5
+
+
+def test_feature_pool_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match="model.image.feature_pool"):
+        resolve_config({}, ["model.image.feature_pool=0"])

@@ -34,9 +34,12 @@ class TimmImageEncoder(nn.Module):
     """Any timm model, read through ``forward_features`` (ViT tokens or CNN feature maps)."""
 
     def __init__(self, timm_model: str, timm_kwargs: dict, width: int, image_size: int,
-                 pretrained_path: str | None = None, in_chans: int = 3, key: str = "model.image") -> None:
+                 pretrained_path: str | None = None, in_chans: int = 3, key: str = "model.image",
+                 feature_pool: int = 1) -> None:
         super().__init__()
         import timm
+
+        self.feature_pool = feature_pool
 
         overlay = None
         if pretrained_path is not None:
@@ -72,11 +75,14 @@ class TimmImageEncoder(nn.Module):
     @classmethod
     def from_config(cls, config: ModelConfig, vocab: Vocabulary) -> "TimmImageEncoder":
         image = config.image
-        return cls(image.timm_model, image.timm_kwargs, config.width, image.image_size, image.pretrained_path)
+        return cls(image.timm_model, image.timm_kwargs, config.width, image.image_size, image.pretrained_path,
+                   feature_pool=image.feature_pool)
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         features = self.backbone.forward_features(x)
         if features.ndim == 4:  # CNN feature map (B, C, H, W) -> tokens
+            if self.feature_pool > 1:
+                features = F.avg_pool2d(features, self.feature_pool, ceil_mode=True)
             features = features.flatten(2).transpose(1, 2)
         return features
 
