@@ -103,22 +103,39 @@ class Normalize(nn.Module):
         return (image.float() - self.mean) / self.std
 
 
+def layer_options(config: ExperimentConfig) -> dict[str, Any]:
+    """nn.Transformer*Layer arguments at the preset's width, heads, MLP ratio and dropout (pre-norm)."""
+    m = config.model
+    return {"d_model": m.width, "nhead": m.num_heads, "dim_feedforward": int(m.width * m.mlp_ratio),
+            "dropout": m.dropout, "batch_first": True, "norm_first": True}
+
+
+class TokenEmbedding(nn.Module):
+    """Vocabulary ids -> embeddings plus learned positions."""
+
+    def __init__(self, vocab_size: int, width: int, length: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, width, padding_idx=PAD)
+        self.position = nn.Parameter(torch.randn(length, width) * 0.02)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embed(ids) + self.position[: ids.shape[1]]
+
+
 class Decoder(nn.Module):
     """Token embedding + positions -> nn.TransformerDecoder (causal) over a memory -> vocabulary logits."""
 
     def __init__(self, vocab_size: int, config: ExperimentConfig) -> None:
         super().__init__()
         m = config.model
-        self.embed = nn.Embedding(vocab_size, m.width, padding_idx=PAD)
-        self.position = nn.Parameter(torch.randn(m.decoder.max_length, m.width) * 0.02)
-        layer = nn.TransformerDecoderLayer(m.width, m.num_heads, int(m.width * m.mlp_ratio), m.dropout,
-                                           batch_first=True, norm_first=True)
-        self.decoder = nn.TransformerDecoder(layer, m.decoder.depth)
+        self.max_length = m.decoder.max_length
+        self.tokens = TokenEmbedding(vocab_size, m.width, m.decoder.max_length)
+        self.decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer_options(config)), m.decoder.depth)
         self.norm = nn.LayerNorm(m.width)
         self.out = nn.Linear(m.width, vocab_size)
 
     def forward(self, tokens: torch.Tensor, memory: torch.Tensor, memory_pad: torch.Tensor | None) -> torch.Tensor:
-        x = self.embed(tokens) + self.position[: tokens.shape[1]]
+        x = self.tokens(tokens)
         causal = torch.ones(tokens.shape[1], tokens.shape[1], dtype=torch.bool, device=tokens.device).triu(1)
         x = self.decoder(x, memory, tgt_mask=causal, tgt_is_causal=True, tgt_key_padding_mask=tokens == PAD,
                          memory_key_padding_mask=memory_pad)
@@ -129,7 +146,7 @@ class Decoder(nn.Module):
         """Greedy decoding from BOS, without a cache (the models are small); rows stop at EOS."""
         tokens = torch.full((memory.shape[0], 1), BOS, dtype=torch.long, device=memory.device)
         done = torch.zeros(memory.shape[0], dtype=torch.bool, device=memory.device)
-        for _ in range(min(max_length, self.position.shape[0]) - 1):
+        for _ in range(min(max_length, self.max_length) - 1):
             nxt = self.forward(tokens, memory, memory_pad)[:, -1].argmax(-1)
             nxt = torch.where(done, torch.full_like(nxt, PAD), nxt)
             tokens = torch.cat([tokens, nxt[:, None]], 1)
@@ -178,18 +195,15 @@ class SummaryReference(nn.Module):
     def __init__(self, config: ExperimentConfig, vocab_size: int) -> None:
         super().__init__()
         m = config.model
-        self.embed = nn.Embedding(vocab_size, m.width, padding_idx=PAD)
-        self.position = nn.Parameter(torch.randn(m.text.context_length, m.width) * 0.02)
-        layer = nn.TransformerEncoderLayer(m.width, m.num_heads, int(m.width * m.mlp_ratio), m.dropout,
-                                           batch_first=True, norm_first=True)
+        self.tokens = TokenEmbedding(vocab_size, m.width, m.text.context_length)
         # as deep as mmtl's text encoder plus its fusion, the layers a document passes through there
-        self.encoder = nn.TransformerEncoder(layer, m.text.depth + m.fusion.depth, enable_nested_tensor=False)
+        self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(**layer_options(config)),
+                                             m.text.depth + m.fusion.depth, enable_nested_tensor=False)
         self.decoder = Decoder(vocab_size, config)
 
     def memory(self, document: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pad = document == PAD
-        x = self.embed(document) + self.position[: document.shape[1]]
-        return self.encoder(x, src_key_padding_mask=pad), pad
+        return self.encoder(self.tokens(document), src_key_padding_mask=pad), pad
 
 
 # task key -> reference model class (its second argument: classes for recognition, vocabulary size otherwise)
