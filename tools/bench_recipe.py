@@ -44,6 +44,7 @@ from mmtl.config import ExperimentConfig, load_config  # noqa: E402
 from mmtl.errors import MMTLError  # noqa: E402
 from mmtl.evaluation.evaluate import evaluate  # noqa: E402
 from mmtl.training.loop import train  # noqa: E402
+from mmtl.training.precision import resolve_device  # noqa: E402
 from recipe_reference import prepare, read_split, train_reference  # noqa: E402
 
 ALL_TASKS = ("recognition", "captioning", "summarization")
@@ -134,7 +135,8 @@ def base_config(data: DataSet, task: str, args: argparse.Namespace, seed: int, s
 def run_mmtl(config: ExperimentConfig, max_eval: int) -> dict[str, Any]:
     """Train and evaluate mmtl on the config's single task; primary metric, baseline and seconds."""
     result = train(config)
-    evaluation = evaluate(result.components, config, torch.device("cpu"), max_samples=max_eval)
+    device = next(result.components.model.parameters()).device
+    evaluation = evaluate(result.components, config, device, max_samples=max_eval)
     task = config.tasks[0]
     metric = evaluation.primary[task]
     return {"metric": evaluation.metrics[task][metric], "baseline": evaluation.baselines[task][metric],
@@ -158,7 +160,8 @@ class ReferenceBench:
         labels = {name: i for i, name in enumerate(components.classes)}
         train_rows = prepare(task, self.train_samples, components.vocab, config, labels)
         eval_rows = prepare(task, self.eval_samples, components.vocab, config, labels)
-        run = train_reference(task, components.vocab, config, train_rows, eval_rows, steps, seed)
+        device = resolve_device(config.train.device)  # where mmtl trains: a GPU when there is one
+        run = train_reference(task, components.vocab, config, train_rows, eval_rows, steps, seed, device)
         return {"metric": run.metrics[task.primary_metric], "seconds": self.load_seconds + run.seconds,
                 "train_seconds": run.seconds, "losses": run.losses}
 

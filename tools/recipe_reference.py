@@ -248,17 +248,19 @@ def prepare(task: Task, samples: list[Sample], vocab: Vocabulary, config: Experi
 class Reference:
     """One reference model for one task, its batching, loss and greedy prediction."""
 
-    def __init__(self, task: Task, vocab: Vocabulary, config: ExperimentConfig) -> None:
-        self.task, self.vocab, self.config = task, vocab, config
+    def __init__(self, task: Task, vocab: Vocabulary, config: ExperimentConfig,
+                 device: torch.device = torch.device("cpu")) -> None:
+        self.task, self.vocab, self.config, self.device = task, vocab, config, device
         self.classes = list(task.context.classes)
         self.single = task.context.label_mode == "single"
         if task.name not in REFERENCE_MODELS:
             raise ValueError(f"no plain reference for task {task.name!r}; have {', '.join(REFERENCE_MODELS)}")
         self.generates = isinstance(task, GenerationTask)
         self.model: nn.Module = REFERENCE_MODELS[task.name](config, vocab.size if self.generates else len(self.classes))
+        self.model.to(device)
 
     def _inputs(self, rows: list[Any]) -> torch.Tensor:
-        return _pad(rows) if "text" in self.task.required_inputs else torch.stack(rows)
+        return (_pad(rows) if "text" in self.task.required_inputs else torch.stack(rows)).to(self.device)
 
     def loss(self, inputs: list[Any], targets: list[Any], rng: random.Random) -> torch.Tensor:
         """The simplest loss of one batch (targets: label ids, or a list of token-id choices)."""
@@ -266,12 +268,12 @@ class Reference:
         if not self.generates:
             logits = self.model(x)
             if self.single:
-                return F.cross_entropy(logits, torch.tensor([t[0] for t in targets]))
+                return F.cross_entropy(logits, torch.tensor([t[0] for t in targets], device=self.device))
             multi_hot = torch.zeros_like(logits)
             for row, ids in enumerate(targets):
                 multi_hot[row, ids] = 1.0
             return F.binary_cross_entropy_with_logits(logits, multi_hot, reduction="sum") / len(targets)
-        tokens = _pad([rng.choice(choices) for choices in targets])
+        tokens = _pad([rng.choice(choices) for choices in targets]).to(self.device)
         memory, memory_pad = self.model.memory(x)
         logits = self.model.decoder(tokens[:, :-1], memory, memory_pad)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), ignore_index=PAD)
@@ -283,10 +285,10 @@ class Reference:
         if not self.generates:
             logits = self.model(x).float()
             if self.single:
-                top = logits.softmax(-1).topk(min(5, logits.shape[-1]), dim=-1)
+                top = logits.softmax(-1).cpu().topk(min(5, logits.shape[-1]), dim=-1)
                 return [[(self.classes[i], float(p)) for p, i in zip(ps.tolist(), ix.tolist())]
                         for ps, ix in zip(top.values, top.indices)]
-            probs = torch.sigmoid(logits)
+            probs = torch.sigmoid(logits).cpu()
             return [[(self.classes[i], float(row[i])) for i in torch.argsort(row, descending=True).tolist()]
                     for row in probs]
         memory, memory_pad = self.model.memory(x)
@@ -314,11 +316,13 @@ class ReferenceRun:
 
 
 def train_reference(task: Task, vocab: Vocabulary, config: ExperimentConfig, train_rows: Prepared,
-                    eval_rows: Prepared, steps: int, seed: int) -> ReferenceRun:
-    """Train the reference for ``steps`` AdamW steps of ``config.data.batch_size`` rows; score on ``eval_rows``."""
+                    eval_rows: Prepared, steps: int, seed: int,
+                    device: torch.device = torch.device("cpu")) -> ReferenceRun:
+    """Train the reference for ``steps`` AdamW steps of ``config.data.batch_size`` rows (fp32, on ``device``);
+    score on ``eval_rows``."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    reference = Reference(task, vocab, config)
+    reference = Reference(task, vocab, config, device)
     model, cfg = reference.model, config.train
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = min(cfg.warmup_steps, max(1, steps // 10))
