@@ -1,0 +1,48 @@
+"""tools/bench_recipe.py: mmtl next to the plain PyTorch reference on tiny shards, a few steps."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+TOOLS = Path(__file__).parents[1] / "tools"
+
+
+def load_bench():
+    """The tool as a module (tools/ is not a package; the tool puts tools/ on sys.path itself)."""
+    spec = importlib.util.spec_from_file_location("bench_recipe", TOOLS / "bench_recipe.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_recipe"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_recipe_reports_ratios_and_the_reference_learns(micro_data: Path, one_thread, capsys) -> None:
+    bench = load_bench()
+    code = bench.main(["--data", str(micro_data), "--preset", "micro", "--steps", "16", "--seeds", "0",
+                       "--batch-size", "8", "--max-eval", "16"])
+    assert code == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(out[-1])
+    name = micro_data.name
+    tasks = ("recognition", "captioning", "summarization")
+    assert set(summary["ratios"]) == {f"{name}/{t}" for t in tasks}
+    for task in tasks:
+        result = summary["results"][f"{name}/{task}"]
+        for ratio in summary["ratios"][f"{name}/{task}"].values():
+            assert ratio is None or ratio >= 0
+        # the reference's training loss fell: its loop, targets and loss are wired up right
+        assert result["reference_last_loss"][0] < 0.9 * result["reference_first_loss"][0], task
+        # equal wall time: one side trained all 16 steps, the other at most that many
+        steps = sorted([result["mmtl_time_steps"][0], result["reference_time_steps"][0]])
+        assert steps[1] == 16 and 1 <= steps[0] <= 16
+        assert result["metric"] in ("f1_micro", "bleu4", "rougeL")
+    assert "ratio@time" in "\n".join(out)
+
+
+def test_bench_recipe_refuses_a_directory_without_shards(tmp_path: Path, capsys) -> None:
+    assert load_bench().main(["--data", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("mmtl: error: ")

@@ -1,0 +1,319 @@
+"""Benchmark: mmtl single-task training next to a plain PyTorch reference, in the same run.
+
+Usage: python tools/bench_recipe.py [--data DIR | --real] [--tasks recognition,captioning,summarization]
+           [--steps 320] [--seeds 0,1,2] [--preset tiny] [--batch-size 32] [--max-eval N] [--cache DIR]
+
+For every data set, task and seed:
+  mmtl       ``mmtl.training.loop.train`` with ``tasks=[task]`` (the preset's recipe otherwise unchanged),
+             scored by ``mmtl.evaluation.evaluate.evaluate``, which also gives the trivial baseline;
+  reference  tools/recipe_reference.py: the same timm backbone (``model.image.timm_model`` and
+             ``timm_kwargs`` the preset resolves to) or a same-size nn.Transformer text model, the
+             simplest head, AdamW with the preset's lr / weight decay / warm-up + schedule / clipping,
+             the same data (read from the shard tars into memory), steps and batch size, greedy
+             decoding, scored by the same mmtl task object's ``score()``.
+Equal steps: both train ``--steps`` steps. Equal wall time: the budget is the faster one's time for
+``--steps`` steps (mmtl: ``TrainResult.seconds``; reference: decoding the train split into memory
+plus its loop); the slower one is trained again, from scratch with its full schedule, for the steps
+that fit in that budget at its measured rate (at least 1), and scored.
+Without ``--data`` / ``--real`` the data is shapes world written into a temp dir like the quickstart.
+``--real`` converts the sets in ``<repo>/../shared/data`` (or $MMTL_SHARED_DATA) once into ``--cache``.
+Prints a table (mean ± std over seeds) and ends with one JSON line: mmtl / reference ratios of the
+primary metric per data set and task, at equal steps and at equal wall time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from data_pipelines.synthetic import write_shards  # noqa: E402
+from mmtl.builder import components_from_data  # noqa: E402
+from mmtl.config import ExperimentConfig, load_config  # noqa: E402
+from mmtl.errors import MMTLError  # noqa: E402
+from mmtl.evaluation.evaluate import evaluate  # noqa: E402
+from mmtl.training.loop import train  # noqa: E402
+from mmtl.training.precision import resolve_device  # noqa: E402
+from recipe_reference import prepare, read_split, train_reference  # noqa: E402
+
+ALL_TASKS = ("recognition", "captioning", "summarization")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class DataSet:
+    """A shard directory to benchmark on, the tasks it supervises and its held-out split."""
+
+    name: str
+    path: Path
+    tasks: list[str]
+    eval_split: str = "test"
+
+
+def shared_data_dir() -> Path:
+    """$MMTL_SHARED_DATA, else ``<repo>/../shared/data``."""
+    return Path(os.environ.get("MMTL_SHARED_DATA") or REPO.parent / "shared" / "data")
+
+
+def real_conversions(shared: Path) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """Per real data set: its tasks and the ``mmtl data convert`` arguments of its train and test splits."""
+    coco, tldr, dsum = shared / "coco_mini", shared / "scitldr", shared / "dialogsum"
+
+    def coco_split(year_split: str, split: str) -> list[str]:
+        return ["--format", "coco", "--images", str(coco / year_split),
+                "--captions", str(coco / "annotations" / f"captions_{year_split}.json"),
+                "--instances", str(coco / "annotations" / f"instances_{year_split}.json"),
+                "--split", split, "--resize-max", "256"]
+
+    return {
+        "coco_mini": (["recognition", "captioning"], [coco_split("train2017", "train"), coco_split("val2017", "test")]),
+        "scitldr": (["summarization"], [
+            ["--format", "jsonl", "--input", str(tldr / f"{part}.jsonl"), "--map", "document=source",
+             "--map", "summaries=target", "--split", part] for part in ("train", "test")]),
+        "dialogsum": (["summarization"], [
+            ["--format", "jsonl", "--input", str(dsum / "dialogsum.dev.jsonl"), "--map", "document=dialogue",
+             "--map", "summaries=summary", "--split", "train"],
+            ["--format", "jsonl", "--input", str(dsum / "dialogsum.test.jsonl"), "--map", "document=dialogue",
+             "--map", "summaries=summary1,summary2,summary3", "--split", "test"]]),
+    }
+
+
+def convert_real(shared: Path, cache: Path, tasks: list[str]) -> list[DataSet]:
+    """Convert each real set that is present (once: a converted split in ``cache`` is reused)."""
+    sets = []
+    if (shared / "imagenet_sample").is_dir():
+        print("skipping imagenet_sample: one image per class, so no class has a held-out image to score")
+    for name, (set_tasks, conversions) in real_conversions(shared).items():
+        wanted = [t for t in set_tasks if t in tasks]
+        inputs = [Path(a[a.index(flag) + 1]) for a in conversions for flag in ("--input", "--images") if flag in a]
+        if not wanted or not all(p.exists() for p in inputs):
+            print(f"skipping {name}: {'not in --tasks' if not wanted else 'absent from ' + str(shared)}")
+            continue
+        out = cache / name
+        info_path = out / "dataset.json"
+        for args in conversions:
+            split = args[args.index("--split") + 1]
+            if info_path.exists() and split in json.loads(info_path.read_text()).get("splits", {}):
+                continue
+            command = [sys.executable, "-m", "mmtl", "data", "convert", *args, "--out", str(out),
+                       "--name", name, "--no-progress", "--overwrite"]
+            print("converting:", " ".join(command[1:]), flush=True)
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        sets.append(DataSet(name, out, wanted))
+    return sets
+
+
+def dataset_tasks(path: Path, tasks: list[str]) -> list[str]:
+    """The requested tasks that the train split of ``path`` supervises (dataset.json's counts)."""
+    info = json.loads((path / "dataset.json").read_text())
+    counts = info["splits"].get("train", {}).get("tasks")
+    return [t for t in tasks if counts is None or counts.get(t, 0) > 0]
+
+
+def base_config(data: DataSet, task: str, args: argparse.Namespace, seed: int, steps: int, out: Path) -> ExperimentConfig:
+    """mmtl's single-task config: built-in defaults (the quickstart's recipe) for one task and seed."""
+    overrides = [f"data.path={data.path}", f"tasks=[{task}]", f"model.preset={args.preset}", f"seed={seed}",
+                 f"data.batch_size={args.batch_size}", f"eval.split={data.eval_split}", f"output_dir={out}",
+                 "train.overwrite=true", "train.progress=false", "train.checkpoint_every=0"]
+    if args.max_eval:  # an eval batch that divides N, so that mmtl scores exactly N samples too
+        overrides.append(f"eval.batch_size={max(d for d in range(1, 65) if args.max_eval % d == 0)}")
+    warmup = load_config(None, overrides).train.warmup_steps
+    return load_config(None, [*overrides, f"train.steps={steps}", f"train.warmup_steps={min(warmup, max(1, steps // 10))}"])
+
+
+def run_mmtl(config: ExperimentConfig, max_eval: int) -> dict[str, Any]:
+    """Train and evaluate mmtl on the config's single task; primary metric, baseline and seconds."""
+    result = train(config)
+    device = next(result.components.model.parameters()).device
+    evaluation = evaluate(result.components, config, device, max_samples=max_eval)
+    task = config.tasks[0]
+    metric = evaluation.primary[task]
+    return {"metric": evaluation.metrics[task][metric], "baseline": evaluation.baselines[task][metric],
+            "seconds": result.seconds, "samples": evaluation.samples, "name": metric}
+
+
+class ReferenceBench:
+    """The reference side for one data set: its samples decoded once, reused by every task and seed."""
+
+    def __init__(self, data: DataSet, config: ExperimentConfig, max_eval: int) -> None:
+        started = time.perf_counter()
+        size = config.model.image.image_size
+        self.train_samples = read_split(data.path, config.data.train_split, size)
+        self.load_seconds = time.perf_counter() - started
+        self.eval_samples = read_split(data.path, data.eval_split, size, max_eval)
+
+    def run(self, config: ExperimentConfig, steps: int, seed: int) -> dict[str, Any]:
+        """Train and score the reference for ``config``'s task; seconds include decoding the train split."""
+        components = components_from_data(config)
+        task = components.tasks[0]
+        labels = {name: i for i, name in enumerate(components.classes)}
+        train_rows = prepare(task, self.train_samples, components.vocab, config, labels)
+        eval_rows = prepare(task, self.eval_samples, components.vocab, config, labels)
+        device = resolve_device(config.train.device)  # where mmtl trains: a GPU when there is one
+        run = train_reference(task, components.vocab, config, train_rows, eval_rows, steps, seed, device)
+        return {"metric": run.metrics[task.primary_metric], "seconds": self.load_seconds + run.seconds,
+                "train_seconds": run.seconds, "losses": run.losses}
+
+
+def steps_in(budget: float, seconds: float, steps: int, fixed: float = 0.0) -> int:
+    """Steps that fit in ``budget`` at the rate of ``steps`` steps in ``seconds`` (``fixed``: one-off cost)."""
+    return max(1, int(steps * (budget - fixed) / max(seconds - fixed, 1e-9)))
+
+
+def bench_task(data: DataSet, task: str, args: argparse.Namespace, seed: int, reference: ReferenceBench,
+               runs: Path) -> dict[str, Any]:
+    """One task and seed: both systems at equal steps, then the slower one again at equal wall time."""
+    steps = args.steps
+    config = base_config(data, task, args, seed, steps, runs / f"{data.name}-{task}-{seed}")
+    mmtl = run_mmtl(config, args.max_eval)
+    ref = reference.run(config, steps, seed)
+    window = max(1, min(10, steps // 4))  # steps whose mean loss is reported at the start and the end
+    row = {"seed": seed, "metric": mmtl["name"], "baseline": mmtl["baseline"], "mmtl": mmtl["metric"],
+           "reference": ref["metric"], "mmtl_seconds": mmtl["seconds"], "reference_seconds": ref["seconds"],
+           "reference_first_loss": statistics.fmean(ref["losses"][:window]),
+           "reference_last_loss": statistics.fmean(ref["losses"][-window:])}
+    if ref["seconds"] <= mmtl["seconds"]:  # mmtl is slower: it gets the steps that fit in the reference's time
+        cut = steps_in(ref["seconds"], mmtl["seconds"], steps)
+        cut_config = base_config(data, task, args, seed, cut, runs / f"{data.name}-{task}-{seed}-cut")
+        row.update(mmtl_time=run_mmtl(cut_config, args.max_eval)["metric"], mmtl_time_steps=cut,
+                   reference_time=ref["metric"], reference_time_steps=steps)
+    else:  # the reference is slower: it gets the steps that fit in mmtl's time
+        cut = steps_in(mmtl["seconds"], ref["seconds"], steps, reference.load_seconds)
+        row.update(mmtl_time=mmtl["metric"], mmtl_time_steps=steps,
+                   reference_time=reference.run(config, cut, seed)["metric"], reference_time_steps=cut)
+    print(f"  {data.name}/{task} seed {seed}: " + ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+    return row
+
+
+def ratio(numerator: float, denominator: float) -> float | None:
+    """numerator / denominator, None when the denominator is 0."""
+    return round(numerator / denominator, 4) if denominator else None
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and std over seeds of each measured figure, and the two ratios of the means."""
+    def mean_std(key: str) -> list[float]:
+        values = [float(r[key]) for r in rows]
+        return [round(statistics.fmean(values), 4), round(statistics.stdev(values), 4) if len(values) > 1 else 0.0]
+
+    keys = ("baseline", "mmtl", "reference", "mmtl_time", "reference_time", "mmtl_time_steps",
+            "reference_time_steps", "mmtl_seconds", "reference_seconds", "reference_first_loss", "reference_last_loss")
+    out: dict[str, Any] = {"metric": rows[0]["metric"], **{k: mean_std(k) for k in keys}}
+    out["ratio_equal_steps"] = ratio(out["mmtl"][0], out["reference"][0])
+    out["ratio_equal_time"] = ratio(out["mmtl_time"][0], out["reference_time"][0])
+    return out
+
+
+def format_table(results: dict[str, dict[str, Any]]) -> str:
+    """A plain-text table of the summarized results (mean ± std over seeds)."""
+    def cell(pair: list[float], digits: int = 3) -> str:
+        return f"{pair[0]:.{digits}f}±{pair[1]:.{digits}f}"
+
+    head = ("data/task", "metric", "baseline", "mmtl", "reference", "ratio", "mmtl@time (steps)",
+            "ref@time (steps)", "ratio@time", "mmtl s", "ref s")
+    lines = [head]
+    for name, r in results.items():
+        lines.append((name, r["metric"], cell(r["baseline"]), cell(r["mmtl"]), cell(r["reference"]),
+                      str(r["ratio_equal_steps"]), f"{cell(r['mmtl_time'])} ({r['mmtl_time_steps'][0]:.0f})",
+                      f"{cell(r['reference_time'])} ({r['reference_time_steps'][0]:.0f})", str(r["ratio_equal_time"]),
+                      cell(r["mmtl_seconds"], 0), cell(r["reference_seconds"], 0)))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines)
+
+
+def run_bench(datasets: list[DataSet], args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Every data set, task and seed; returns the final JSON object."""
+    results: dict[str, dict[str, Any]] = {}
+    for data in datasets:
+        first = base_config(data, data.tasks[0], args, 0, args.steps, workdir / "probe")
+        reference = ReferenceBench(data, first, args.max_eval)
+        print(f"{data.name}: {len(reference.train_samples)} train samples decoded in "
+              f"{reference.load_seconds:.1f}s; tasks {', '.join(data.tasks)}", flush=True)
+        for task in data.tasks:
+            rows = [bench_task(data, task, args, seed, reference, workdir / "runs") for seed in args.seeds]
+            results[f"{data.name}/{task}"] = summarize(rows)
+    print(format_table(results))
+    return {"bench": "recipe", "preset": args.preset, "steps": args.steps, "batch_size": args.batch_size,
+            "seeds": args.seeds, "threads": torch.get_num_threads(),
+            "ratios": {k: {"equal_steps": r["ratio_equal_steps"], "equal_time": r["ratio_equal_time"]}
+                       for k, r in results.items()},
+            "results": results}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", help="an mmtl shard directory (default: shapes world in a temp dir)")
+    parser.add_argument("--eval-split", default="test", help="held-out split of --data (default test)")
+    parser.add_argument("--real", action="store_true", help="the real sets in ../shared/data instead")
+    parser.add_argument("--tasks", default=",".join(ALL_TASKS))
+    parser.add_argument("--steps", type=int, default=320)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-eval", type=int, default=0, help="score at most N held-out samples (0: all)")
+    parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "mmtl-bench-recipe"),
+                        help="where --real conversions and the default shapes world are kept")
+    args = parser.parse_args(argv)
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in args.tasks if t not in ALL_TASKS]
+    if unknown or not args.tasks or not args.seeds or args.steps < 1 or args.batch_size < 1:
+        parser.error(f"need --tasks from {','.join(ALL_TASKS)} (got {unknown or 'none'}), seeds, steps and batch >= 1")
+    return args
+
+
+def select_datasets(args: argparse.Namespace) -> list[DataSet]:
+    """The data sets the options ask for."""
+    cache = Path(args.cache)
+    if args.real:
+        shared = shared_data_dir()
+        if not shared.is_dir():
+            raise MMTLError(f"--real: no shared data at {shared} (set MMTL_SHARED_DATA)")
+        return convert_real(shared, cache, args.tasks)
+    if args.data:
+        path = Path(args.data)
+        if not (path / "dataset.json").is_file():
+            raise MMTLError(f"--data {path}: no dataset.json there (write one with `mmtl data convert`)")
+        return [DataSet(path.name, path, dataset_tasks(path, args.tasks), args.eval_split)]
+    path = cache / "shapes"
+    if not (path / "dataset.json").exists():  # the quickstart's data set
+        synth = load_config(None, []).data.synthetic
+        write_shards(path, {"train": synth.train, "val": synth.val, "test": synth.test}, seed=synth.seed,
+                     difficulty=synth.difficulty, image_size=synth.image_size, shard_size=synth.shard_size)
+    return [DataSet("shapes", path, list(args.tasks))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; prints the table and the JSON line."""
+    args = parse_args(argv)
+    try:
+        datasets = [d for d in select_datasets(args) if d.tasks]
+        if not datasets:
+            raise MMTLError("nothing to run: no data set supervises the requested tasks")
+        with tempfile.TemporaryDirectory(prefix="bench-recipe-") as workdir:
+            summary = run_bench(datasets, args, Path(workdir))
+    except (MMTLError, subprocess.CalledProcessError) as exc:
+        print(f"mmtl: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,352 @@
+"""The plain PyTorch reference of tools/bench_recipe.py: its own data reading, models and loop.
+
+Independent of mmtl's loader, model and trainer on purpose: shard tars are read with ``tarfile``
+and PIL into memory, and each task gets the simplest model on the same backbone:
+  recognition    timm backbone + global average pool + linear (BCE summed over classes and averaged
+                 over samples for multi-label, cross-entropy for single-label);
+  captioning     timm feature-map tokens -> linear -> nn.TransformerDecoder (causal, teacher forcing);
+  summarization  nn.TransformerEncoder over the document tokens -> nn.TransformerDecoder.
+Only mmtl's Vocabulary (so token ids match) and its task objects (``reference``/``score``, so the
+metrics are identical) are shared with mmtl.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import random
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from torch import nn
+
+from mmtl.config import ExperimentConfig
+from mmtl.tasks.base import Task
+from mmtl.tasks.generation import GenerationTask
+from mmtl.text import PAD, UNK, BOS, EOS, Vocabulary
+
+IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
+
+
+@dataclass
+class Sample:
+    """One decoded sample: uint8 (3, S, S) image or None, and its annotation."""
+
+    image: torch.Tensor | None
+    annotation: dict[str, Any]
+
+
+def decode_image(data: bytes, size: int) -> torch.Tensor:
+    """Image bytes -> upright RGB, shorter side resized and centre-cropped to ``size``, CHW uint8."""
+    image = Image.open(io.BytesIO(data))
+    if image.format == "JPEG":
+        image.draft("RGB", (size, size))
+    image = ImageOps.exif_transpose(image).convert("RGB")
+    image = ImageOps.fit(image, (size, size), method=Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+def read_split(data_dir: str | Path, split: str, image_size: int, limit: int = 0) -> list[Sample]:
+    """Every sample of ``split`` (in shard order), read straight from the tars listed in dataset.json."""
+    data_dir = Path(data_dir)
+    info = json.loads((data_dir / "dataset.json").read_text())
+    samples: list[Sample] = []
+    for shard in info["splits"][split]["shards"]:
+        parts: dict[str, dict[str, bytes]] = {}
+        with tarfile.open(data_dir / shard) as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, suffix = Path(member.name).name.partition(".")
+                parts.setdefault(key, {})[suffix.lower()] = tar.extractfile(member).read()
+        for key, fields in parts.items():
+            if "json" not in fields:
+                continue
+            image = next((fields[s] for s in IMAGE_SUFFIXES if s in fields), None)
+            samples.append(Sample(None if image is None else decode_image(image, image_size), json.loads(fields["json"])))
+            if limit and len(samples) >= limit:
+                return samples
+    return samples
+
+
+def _pad(rows: list[list[int]]) -> torch.Tensor:
+    out = torch.full((len(rows), max(map(len, rows))), PAD, dtype=torch.long)
+    for i, ids in enumerate(rows):
+        out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return out
+
+
+def _backbone(config: ExperimentConfig, num_classes: int = 0) -> nn.Module:
+    import timm
+
+    image = config.model.image
+    return timm.create_model(image.timm_model, num_classes=num_classes, **image.timm_kwargs)
+
+
+class Normalize(nn.Module):
+    """uint8 pixels -> the backbone's normalised floats (its pretrained_cfg mean/std)."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        cfg = backbone.pretrained_cfg
+        self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.5,) * 3)).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(cfg.get("std", (0.5,) * 3)).view(1, 3, 1, 1) * 255)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return (image.float() - self.mean) / self.std
+
+
+def layer_options(config: ExperimentConfig) -> dict[str, Any]:
+    """nn.Transformer*Layer arguments at the preset's width, heads, MLP ratio and dropout (pre-norm)."""
+    m = config.model
+    return {"d_model": m.width, "nhead": m.num_heads, "dim_feedforward": int(m.width * m.mlp_ratio),
+            "dropout": m.dropout, "batch_first": True, "norm_first": True}
+
+
+class TokenEmbedding(nn.Module):
+    """Vocabulary ids -> embeddings plus learned positions."""
+
+    def __init__(self, vocab_size: int, width: int, length: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, width, padding_idx=PAD)
+        self.position = nn.Parameter(torch.randn(length, width) * 0.02)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embed(ids) + self.position[: ids.shape[1]]
+
+
+class Decoder(nn.Module):
+    """Token embedding + positions -> nn.TransformerDecoder (causal) over a memory -> vocabulary logits."""
+
+    def __init__(self, vocab_size: int, config: ExperimentConfig) -> None:
+        super().__init__()
+        m = config.model
+        self.max_length = m.decoder.max_length
+        self.tokens = TokenEmbedding(vocab_size, m.width, m.decoder.max_length)
+        self.decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer_options(config)), m.decoder.depth)
+        self.norm = nn.LayerNorm(m.width)
+        self.out = nn.Linear(m.width, vocab_size)
+
+    def forward(self, tokens: torch.Tensor, memory: torch.Tensor, memory_pad: torch.Tensor | None) -> torch.Tensor:
+        x = self.tokens(tokens)
+        causal = torch.ones(tokens.shape[1], tokens.shape[1], dtype=torch.bool, device=tokens.device).triu(1)
+        x = self.decoder(x, memory, tgt_mask=causal, tgt_is_causal=True, tgt_key_padding_mask=tokens == PAD,
+                         memory_key_padding_mask=memory_pad)
+        return self.out(self.norm(x))
+
+    @torch.no_grad()
+    def greedy(self, memory: torch.Tensor, memory_pad: torch.Tensor | None, max_length: int) -> torch.Tensor:
+        """Greedy decoding from BOS, without a cache (the models are small); rows stop at EOS."""
+        tokens = torch.full((memory.shape[0], 1), BOS, dtype=torch.long, device=memory.device)
+        done = torch.zeros(memory.shape[0], dtype=torch.bool, device=memory.device)
+        for _ in range(min(max_length, self.max_length) - 1):
+            nxt = self.forward(tokens, memory, memory_pad)[:, -1].argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, PAD), nxt)
+            tokens = torch.cat([tokens, nxt[:, None]], 1)
+            done |= nxt == EOS
+            if done.all():
+                break
+        return tokens[:, 1:]
+
+
+class RecognitionReference(nn.Module):
+    """timm backbone with its own global average pool + linear classifier."""
+
+    def __init__(self, config: ExperimentConfig, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = _backbone(config, num_classes)
+        self.normalize = Normalize(self.backbone)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.normalize(image))
+
+
+class CaptionReference(nn.Module):
+    """timm feature map -> one token per position (linear + learned position) -> text decoder."""
+
+    def __init__(self, config: ExperimentConfig, vocab_size: int) -> None:
+        super().__init__()
+        size, width = config.model.image.image_size, config.model.width
+        self.backbone = _backbone(config)
+        self.normalize = Normalize(self.backbone)
+        with torch.no_grad():
+            self.backbone.eval()
+            tokens = self.backbone.forward_features(torch.zeros(1, 3, size, size)).flatten(2).shape[-1]
+            self.backbone.train()
+        self.proj = nn.Linear(self.backbone.num_features, width)
+        self.position = nn.Parameter(torch.randn(tokens, width) * 0.02)
+        self.decoder = Decoder(vocab_size, config)
+
+    def memory(self, image: torch.Tensor) -> tuple[torch.Tensor, None]:
+        features = self.backbone.forward_features(self.normalize(image)).flatten(2).transpose(1, 2)
+        return self.proj(features) + self.position, None
+
+
+class SummaryReference(nn.Module):
+    """nn.TransformerEncoder over the document tokens -> text decoder."""
+
+    def __init__(self, config: ExperimentConfig, vocab_size: int) -> None:
+        super().__init__()
+        m = config.model
+        self.tokens = TokenEmbedding(vocab_size, m.width, m.text.context_length)
+        # as deep as mmtl's text encoder plus its fusion, the layers a document passes through there
+        self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(**layer_options(config)),
+                                             m.text.depth + m.fusion.depth, enable_nested_tensor=False)
+        self.decoder = Decoder(vocab_size, config)
+
+    def memory(self, document: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pad = document == PAD
+        return self.encoder(self.tokens(document), src_key_padding_mask=pad), pad
+
+
+# task key -> reference model class (its second argument: classes for recognition, vocabulary size otherwise)
+REFERENCE_MODELS: dict[str, type[nn.Module]] = {
+    "recognition": RecognitionReference, "captioning": CaptionReference, "summarization": SummaryReference,
+}
+
+
+@dataclass
+class Prepared:
+    """A task's training or evaluation rows: model inputs, targets and scoring references."""
+
+    inputs: list[Any]
+    targets: list[Any]
+    references: list[Any] = field(default_factory=list)
+
+
+def prepare(task: Task, samples: list[Sample], vocab: Vocabulary, config: ExperimentConfig,
+            label_index: dict[str, int]) -> Prepared:
+    """Rows of ``samples`` that supervise ``task``: (input, target choices, reference)."""
+    out = Prepared([], [])
+    for sample in samples:
+        reference = task.reference(sample.annotation)
+        if reference is None:
+            continue
+        if "text" in task.required_inputs:
+            document = sample.annotation.get("document") or ""
+            ids = vocab.encode(document, config.model.text.context_length) or [UNK]
+            out.inputs.append(ids)
+        elif sample.image is None:
+            continue
+        else:
+            out.inputs.append(sample.image)
+        if not isinstance(task, GenerationTask):  # recognition: class ids
+            out.targets.append([label_index[name] for name in reference if name in label_index])
+        else:
+            out.targets.append([vocab.encode(r, config.model.decoder.max_length, bos=True, eos=True) for r in reference])
+        out.references.append(reference)
+    return out
+
+
+class Reference:
+    """One reference model for one task, its batching, loss and greedy prediction."""
+
+    def __init__(self, task: Task, vocab: Vocabulary, config: ExperimentConfig,
+                 device: torch.device = torch.device("cpu")) -> None:
+        self.task, self.vocab, self.config, self.device = task, vocab, config, device
+        self.classes = list(task.context.classes)
+        self.single = task.context.label_mode == "single"
+        if task.name not in REFERENCE_MODELS:
+            raise ValueError(f"no plain reference for task {task.name!r}; have {', '.join(REFERENCE_MODELS)}")
+        self.generates = isinstance(task, GenerationTask)
+        self.model: nn.Module = REFERENCE_MODELS[task.name](config, vocab.size if self.generates else len(self.classes))
+        self.model.to(device)
+
+    def _inputs(self, rows: list[Any]) -> torch.Tensor:
+        return (_pad(rows) if "text" in self.task.required_inputs else torch.stack(rows)).to(self.device)
+
+    def loss(self, inputs: list[Any], targets: list[Any], rng: random.Random) -> torch.Tensor:
+        """The simplest loss of one batch (targets: label ids, or a list of token-id choices)."""
+        x = self._inputs(inputs)
+        if not self.generates:
+            logits = self.model(x)
+            if self.single:
+                return F.cross_entropy(logits, torch.tensor([t[0] for t in targets], device=self.device))
+            multi_hot = torch.zeros_like(logits)
+            for row, ids in enumerate(targets):
+                multi_hot[row, ids] = 1.0
+            return F.binary_cross_entropy_with_logits(logits, multi_hot, reduction="sum") / len(targets)
+        tokens = _pad([rng.choice(choices) for choices in targets]).to(self.device)
+        memory, memory_pad = self.model.memory(x)
+        logits = self.model.decoder(tokens[:, :-1], memory, memory_pad)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), ignore_index=PAD)
+
+    @torch.no_grad()
+    def predict(self, inputs: list[Any]) -> list[Any]:
+        """Predictions in the task's own format (recognition: every class with its score)."""
+        x = self._inputs(inputs)
+        if not self.generates:
+            logits = self.model(x).float()
+            if self.single:
+                top = logits.softmax(-1).cpu().topk(min(5, logits.shape[-1]), dim=-1)
+                return [[(self.classes[i], float(p)) for p, i in zip(ps.tolist(), ix.tolist())]
+                        for ps, ix in zip(top.values, top.indices)]
+            probs = torch.sigmoid(logits).cpu()
+            return [[(self.classes[i], float(row[i])) for i in torch.argsort(row, descending=True).tolist()]
+                    for row in probs]
+        memory, memory_pad = self.model.memory(x)
+        ids = self.model.decoder.greedy(memory, memory_pad, self.config.eval.generation.max_length)
+        return [self.vocab.decode(row) for row in ids.tolist()]
+
+
+def lr_factor(step: int, steps: int, warmup: int, schedule: str) -> float:
+    """Linear warm-up, then cosine / linear decay to zero or constant."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return 1.0 - progress if schedule == "linear" else 1.0
+
+
+@dataclass
+class ReferenceRun:
+    """What one reference training produced."""
+
+    metrics: dict[str, float]
+    seconds: float
+    losses: list[float]
+
+
+def train_reference(task: Task, vocab: Vocabulary, config: ExperimentConfig, train_rows: Prepared,
+                    eval_rows: Prepared, steps: int, seed: int,
+                    device: torch.device = torch.device("cpu")) -> ReferenceRun:
+    """Train the reference for ``steps`` AdamW steps of ``config.data.batch_size`` rows (fp32, on ``device``);
+    score on ``eval_rows``."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    reference = Reference(task, vocab, config, device)
+    model, cfg = reference.model, config.train
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = min(cfg.warmup_steps, max(1, steps // 10))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, warmup, cfg.schedule))
+    batch, order, losses = config.data.batch_size, [], []
+    started = time.perf_counter()
+    model.train()
+    for _ in range(steps):
+        if len(order) < batch:  # a fresh permutation per epoch
+            order += rng.sample(range(len(train_rows.inputs)), len(train_rows.inputs))
+        rows, order = order[:batch], order[batch:]
+        loss = reference.loss([train_rows.inputs[i] for i in rows], [train_rows.targets[i] for i in rows], rng)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+    seconds = time.perf_counter() - started
+    model.eval()
+    predictions: list[Any] = []
+    size = config.eval.batch_size
+    for start in range(0, len(eval_rows.inputs), size):
+        predictions += reference.predict(eval_rows.inputs[start:start + size])
+    metrics = task.score(predictions, eval_rows.references, config.eval.threshold)
+    return ReferenceRun(metrics, seconds, losses)
