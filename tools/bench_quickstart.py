@@ -12,7 +12,6 @@ baseline (ratio model / baseline, measured in the same run).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -50,7 +49,7 @@ def artist_accuracy(run_dir: Path, data: Path) -> float:
     right = 0
     for start in range(0, len(samples), 50):
         chunk = samples[start : start + 50]
-        results = predictor.predict_batch([io.BytesIO(image) if image else None for image, _ in chunk],
+        results = predictor.predict_batch([image for image, _ in chunk],
                                           [a["document"] for _, a in chunk], ["summarization"])
         for (_, annotation), result in zip(chunk, results):
             artist = {w for w in annotation["summaries"][0].split() if w in NAMES}
