@@ -1,22 +1,27 @@
 """Builds tasks, vocabulary and model from a config plus either a data set or a checkpoint's metadata."""
 from __future__ import annotations
 
+import logging
+import statistics
 from dataclasses import dataclass
 from typing import Any
 
 from data_pipelines.mixing import training_sources
-from data_pipelines.sample import annotation_texts
+from data_pipelines.sample import TEXT_INPUT_FIELD, annotation_texts
 from data_pipelines.shards import iter_annotations, read_dataset_info
 from mmtl.config import ExperimentConfig
 from mmtl.errors import MMTLError
 from mmtl.models.model import MultiTaskModel
 from mmtl.registry import TASKS
 from mmtl.tasks.base import Task, TaskContext
-from mmtl.text import Vocabulary
+from mmtl.text import Vocabulary, bpe_encode
 
 VOCAB_SCAN_LIMIT = 50_000
+LONG_DOCUMENT_SCAN = 300  # training documents measured against the text context at the start of a run
 LABEL_MODES = ("multi", "single")  # dataset.json "label_mode": several labels per sample, or exactly one
 from mmtl import __version__
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,6 +53,24 @@ def build_vocabulary(config: ExperimentConfig) -> Vocabulary:
     return Vocabulary.from_texts(texts)
 
 
+def long_document_report(config: ExperimentConfig, limit: int = LONG_DOCUMENT_SCAN) -> str | None:
+    """A warning when training documents are longer than ``model.text.context_length`` BPE tokens, else None.
+
+    Measures the documents of the first ``limit`` training annotations of each source (the text
+    encoder reads only the first ``context_length`` tokens of a document; the rest is cut).
+    """
+    context = config.model.text.context_length
+    lengths = [len(bpe_encode(str(a[TEXT_INPUT_FIELD]))) for source in training_sources(config.data)
+               for a in iter_annotations(source.path, source.split, limit) if a.get(TEXT_INPUT_FIELD)]
+    cut = sorted(n for n in lengths if n > context)
+    if not cut:
+        return None
+    return (f"{len(cut)} of {len(lengths)} training documents scanned are longer than model.text.context_length="
+            f"{context} BPE tokens and will be cut (median length {statistics.median(lengths):.0f}, longest {cut[-1]}); "
+            f"set model.text.context_length={cut[len(cut) // 2]} to keep half of them whole, or see the README "
+            "(Long documents)")
+
+
 def build_components(config: ExperimentConfig, classes: list[str], vocab: Vocabulary,
                      label_mode: str = "multi") -> Components:
     """Tasks and model for known classes, vocabulary and label mode ("multi" or "single")."""
@@ -55,7 +78,8 @@ def build_components(config: ExperimentConfig, classes: list[str], vocab: Vocabu
 
     if label_mode not in LABEL_MODES:
         raise MMTLError(f"label_mode must be one of {', '.join(LABEL_MODES)}; got {label_mode!r}")
-    context = TaskContext(classes=classes, vocab=vocab, model=config.model, label_mode=label_mode)
+    context = TaskContext(classes=classes, vocab=vocab, model=config.model, label_mode=label_mode,
+                          task_settings=config.task_settings)
     tasks = [TASKS.get(name)(context) for name in config.tasks]
     return Components(tasks, vocab, classes, MultiTaskModel(config.model, tasks, vocab), label_mode)
 
@@ -69,6 +93,9 @@ def components_from_data(config: ExperimentConfig) -> Components:
         classes += [c for c in read_dataset_info(source.path, source.mapping).get("classes", []) if c not in classes]
     if "recognition" in config.tasks and not classes:
         raise MMTLError(f"{config.data.path}/dataset.json lists no classes, but the recognition task needs them")
+    warning = long_document_report(config)
+    if warning:
+        log.warning(warning)
     return build_components(config, classes, build_vocabulary(config), str(info.get("label_mode", "multi")))
 
 

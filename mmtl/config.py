@@ -346,6 +346,9 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    # per-task settings by task registry key, e.g. {summarization: {mode: extractive}}; each task's
+    # entry is checked against the settings dataclass the task class owns (Task.settings_class)
+    task_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML-serialisable)."""
@@ -596,6 +599,18 @@ def validate(config: ExperimentConfig) -> None:
             raise ConfigError(f"{key} must be >= 0, got {value}")
     _validate_modalities(config)
     _validate_fsdp(config)
+    _validate_task_settings(config)
+
+
+def _validate_task_settings(config: ExperimentConfig) -> None:
+    """``task_settings`` names tasks of the run, each checked against its task class's settings dataclass."""
+    from mmtl.registry import TASKS
+
+    known = [*config.tasks, *config.finetune.add_tasks]
+    for key, values in config.task_settings.items():
+        if key not in known:
+            raise ConfigError(f"task_settings.{key}: {key!r} is not a task of this run; tasks: {', '.join(known)}")
+        TASKS.get(key).parse_settings(values, f"task_settings.{key}")
 
 
 def _validate_fsdp(config: ExperimentConfig) -> None:

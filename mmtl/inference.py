@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from data_pipelines.loader import Collator, Example
+from data_pipelines.sample import TEXT_INPUT_FIELD
 from data_pipelines.transforms import (
     CorruptSampleError, decode_image, resize_center_crop, to_rgb, to_uint8_tensor,
 )
@@ -245,7 +246,9 @@ class Predictor:
         size = self.config.model.image.image_size
         pixels = to_uint8_tensor(resize_center_crop(pil, size)) if pil is not None else None
         ids = self.components.vocab.encode(text, self.config.model.text.context_length) if text else []
-        return Example(key, pixels, ids, {}, {}, extra)
+        # the raw document rides along as the annotation: tasks may read it beside the tokens (an
+        # extractive summary selects its sentences)
+        return Example(key, pixels, ids, {}, {TEXT_INPUT_FIELD: text} if text else {}, extra)
 
     # -- prediction --------------------------------------------------------------------------
     @torch.no_grad()

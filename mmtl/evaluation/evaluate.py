@@ -14,6 +14,8 @@ from mmtl.config import ExperimentConfig
 from mmtl.training.precision import get_autocast
 
 BASELINE_FIT_LIMIT = 5000
+# metrics printed under a task's primary one when it reports them: how degenerate generated text is
+SHOWN_BESIDE_PRIMARY = ("distinct2", "repetition")
 
 
 @dataclass
@@ -114,9 +116,10 @@ def evaluate(components: Components, config: ExperimentConfig, device: torch.dev
 def format_table(result: EvalResult) -> str:
     """A plain-text table: task, metric, model, trivial baseline, difference."""
     rows = [("task", "metric", "model", "baseline", "delta")]
-    for task, metric in result.primary.items():
-        model, base = result.metrics[task][metric], result.baselines[task][metric]
-        rows.append((task, metric, f"{model:.3f}", f"{base:.3f}", f"{model - base:+.3f}"))
+    for task, primary in result.primary.items():
+        for metric in [primary, *(m for m in SHOWN_BESIDE_PRIMARY if m in result.metrics[task])]:
+            model, base = result.metrics[task][metric], result.baselines[task][metric]
+            rows.append((task, metric, f"{model:.3f}", f"{base:.3f}", f"{model - base:+.3f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

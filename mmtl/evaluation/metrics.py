@@ -99,3 +99,33 @@ def rouge(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dic
             totals[name] += scores[name].fmeasure
     count = max(len(hypotheses), 1)
     return {name: 100.0 * value / count for name, value in totals.items()}
+
+
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def _words(text: str) -> list[str]:
+    """Lower-cased word tokens: runs of letters/digits/underscore, and each other non-space character."""
+    return _WORD.findall(text.lower())
+
+
+def diversity(hypotheses: Sequence[str]) -> dict[str, float]:
+    """Degeneration of generated texts, in percent: ``distinct2`` and ``repetition``.
+
+    Texts are split into lower-cased word tokens (runs of letters, digits or ``_``; every other
+    non-space character is a token of its own).
+    - ``distinct2`` (Li et al., 2016): distinct bigrams over all bigrams of the whole corpus
+      (bigrams never span two texts); 0 when no text has two tokens. Higher is more diverse.
+    - ``repetition``: the share of tokens that repeat an earlier token of the same text, over all
+      tokens ("a a a a" -> 3 of 4 = 75); 0 for empty output. Lower is less degenerate; fluent
+      summaries repeat function words, so it is rarely 0.
+    """
+    bigrams: list[tuple[str, str]] = []
+    tokens = repeated = 0
+    for text in hypotheses:
+        words = _words(text)
+        bigrams.extend(zip(words, words[1:]))
+        tokens += len(words)
+        repeated += len(words) - len(set(words))
+    return {"distinct2": 100.0 * len(set(bigrams)) / len(bigrams) if bigrams else 0.0,
+            "repetition": 100.0 * repeated / tokens if tokens else 0.0}

@@ -172,7 +172,8 @@ class MultiTaskModel(nn.Module):
             inputs = self.task_inputs(self.tasks[name], batch)
             fused = self.fuse(batch, inputs, cache, name)
             with self.adapters([self.heads[name], self.shared_heads], self.adapters_on(inputs, name)):
-                out[name] = self.tasks[name].predict(self.heads[name], fused, options)
+                annotations = batch.annotations or [{} for _ in range(len(batch))]
+                out[name] = self.tasks[name].predict_rows(self.heads[name], fused, options, annotations)
         return out
 
     def parameter_report(self) -> dict[str, int]:
@@ -224,7 +225,9 @@ class MultiTaskModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         context = next(iter(self.tasks.values())).context
         save_model(self, str(directory / "model.safetensors"))
-        save_config(ExperimentConfig(tasks=list(self.tasks), model=self.config), directory / "config.yaml")
+        settings = {name: task.settings_dict() for name, task in self.tasks.items() if task.settings_dict()}
+        save_config(ExperimentConfig(tasks=list(self.tasks), model=self.config, task_settings=settings),
+                    directory / "config.yaml")
         meta = {"mmtl_version": __version__, "step": 0, "tasks": list(self.tasks), "classes": list(context.classes),
                 "label_mode": context.label_mode, "vocab": self.vocab.to_dict(), "parameters": self.parameter_report()}
         (directory / "meta.json").write_text(json.dumps(meta, indent=2))

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
 
-from mmtl.config import ModelConfig
+from mmtl.config import ModelConfig, build_dataclass
+from mmtl.errors import ConfigError
 from mmtl.models.fusion import Fused
 from mmtl.text import Vocabulary
 
@@ -23,6 +24,8 @@ class TaskContext:
     # recognition labels: "multi" (any number per sample, sigmoid) or "single" (exactly one, softmax),
     # from dataset.json's "label_mode"
     label_mode: str = "multi"
+    # ExperimentConfig.task_settings: task registry key -> that task's raw settings mapping
+    task_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class Task:
@@ -32,9 +35,31 @@ class Task:
     inputs: ClassVar[tuple[str, ...]]  # modalities the task reads, e.g. ("image",) or ("image", "text")
     required_inputs: ClassVar[tuple[str, ...]]  # modalities without which the task cannot run
     primary_metric: ClassVar[str]  # the metric that decides whether the task improved (higher is better)
+    # dataclass of the task's own settings (``task_settings.<key>`` in the experiment config); None: it has none
+    settings_class: ClassVar[type | None] = None
 
     def __init__(self, context: TaskContext) -> None:
         self.context = context
+        self.settings = self.parse_settings(context.task_settings.get(self.name, {}), f"task_settings.{self.name}")
+
+    @classmethod
+    def parse_settings(cls, values: dict[str, Any], key: str) -> Any:
+        """The task's settings dataclass built from ``values`` (ConfigError naming ``key`` when they do not fit)."""
+        if cls.settings_class is None:
+            if values:
+                raise ConfigError(f"{key}: this task has no settings; got {', '.join(map(str, values))}")
+            return None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{key} must be a section (mapping), got {values!r}")
+        settings = build_dataclass(cls.settings_class, values, key)
+        check = getattr(settings, "validate", None)
+        if check is not None:
+            check(key)
+        return settings
+
+    def settings_dict(self) -> dict[str, Any]:
+        """The task's resolved settings as a plain mapping (empty when it has none)."""
+        return asdict(self.settings) if self.settings is not None else {}
 
     def target(self, annotation: dict[str, Any], rng: random.Random) -> Any | None:
         """Training target from one annotation (in loader workers), or None if unsupervised."""
@@ -75,6 +100,12 @@ class Task:
     def predict(self, head: nn.Module, fused: Fused, options: Any) -> list[Any]:
         """One prediction per row of ``fused``."""
         raise NotImplementedError
+
+    def predict_rows(self, head: nn.Module, fused: Fused, options: Any,
+                     annotations: Sequence[dict[str, Any]]) -> list[Any]:
+        """One prediction per row, for tasks that also read each row's annotation (its raw ``document``,
+        say) at prediction time; by default :meth:`predict` on the fused representation alone."""
+        return self.predict(head, fused, options)
 
     def reference(self, annotation: dict[str, Any]) -> Any | None:
         """What a prediction is scored against, or None if the annotation lacks it."""

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmtl.config import ModelConfig
-from mmtl.evaluation.metrics import bleu, rouge
+from mmtl.evaluation.metrics import bleu, diversity, rouge
 from mmtl.models.fusion import Fused
 from mmtl.models.heads import PromptedDecoder, TextDecoder
 from mmtl.tasks.base import Task
@@ -21,6 +21,7 @@ class GenerationTask(Task):
     """A task whose target is one of the strings in annotation field ``reference_field``."""
 
     reference_field: ClassVar[str]
+    lower_is_better: ClassVar[tuple[str, ...]] = ("repetition",)  # for Δm (mmtl.evaluation.delta)
 
     def reference(self, annotation: dict[str, Any]) -> list[str] | None:
         refs = annotation.get(self.reference_field)
@@ -73,7 +74,8 @@ class GenerationTask(Task):
 
     def score(self, predictions: Sequence[str], references: Sequence[Sequence[str]],
               threshold: float = 0.5) -> dict[str, float]:
-        return {**bleu(predictions, references), **rouge(predictions, references)}
+        """BLEU-4, ROUGE-1/2/L, and how degenerate the outputs are: distinct-2 and repetition (metrics.diversity)."""
+        return {**bleu(predictions, references), **rouge(predictions, references), **diversity(predictions)}
 
 
 def _copy_from(fused: Fused) -> dict[str, torch.Tensor]:
