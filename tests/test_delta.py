@@ -56,7 +56,8 @@ def test_baselines_then_eval_reports_delta_m(micro_data: Path, tmp_path: Path, c
     assert "forward FLOPs per sample:" in printed
     result = json.loads(out.read_text())
     expected = delta_m(result["model"], {t: e["metrics"] for t, e in record["tasks"].items()},
-                       result["primary_metric"]).delta_m
+                       result["primary_metric"],
+                       {t: e.get("lower_is_better", ()) for t, e in record["tasks"].items()}).delta_m
     assert result["delta"]["delta_m"] == pytest.approx(expected)
     for task, verdict in result["delta"]["verdicts"].items():
         metric = result["primary_metric"][task]

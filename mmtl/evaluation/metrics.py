@@ -90,6 +90,11 @@ def _rouge_scorer():
     return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=False)
 
 
+def rouge_f(hypothesis: str, references: Sequence[str]) -> dict[str, float]:
+    """ROUGE-1/2/L F-measure (0-1) of one text, the best over its references (as :func:`rouge` scores it)."""
+    return {name: score.fmeasure for name, score in _rouge_scorer().score_multi(list(references), hypothesis).items()}
+
+
 def rouge(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
     """Mean ROUGE-1/2/L F-measure (0-100), the best over each hypothesis's references."""
     totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}

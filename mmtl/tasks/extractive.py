@@ -13,13 +13,13 @@ scored nor selected.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from mmtl.config import ModelConfig
+from mmtl.evaluation.metrics import rouge_f
 from mmtl.models.extractive import SentenceScorer
 from mmtl.models.fusion import Fused
 from mmtl.text import PAD, Vocabulary
@@ -34,16 +34,9 @@ def split_sentences(document: str) -> list[str]:
     return [s for s in SENTENCE_END.split(document.strip()) if s] if document else []
 
 
-@lru_cache(maxsize=1)
-def _scorer():
-    from rouge_score import rouge_scorer
-
-    return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=False)
-
-
 def _rouge_mean(text: str, references: Sequence[str]) -> float:
-    scores = _scorer().score_multi(list(references), text)
-    return sum(s.fmeasure for s in scores.values()) / len(scores)
+    scores = rouge_f(text, references)
+    return sum(scores.values()) / len(scores)
 
 
 def oracle_sentences(sentences: Sequence[str], references: Sequence[str], count: int) -> list[int]:
