@@ -61,7 +61,8 @@ def long_document_report(config: ExperimentConfig, limit: int = LONG_DOCUMENT_SC
     """
     context = config.model.text.context_length
     lengths = [len(bpe_encode(str(a[TEXT_INPUT_FIELD]))) for source in training_sources(config.data)
-               for a in iter_annotations(source.path, source.split, limit) if a.get(TEXT_INPUT_FIELD)]
+               for a in iter_annotations(source.path, source.split, limit, source.mapping)
+               if a.get(TEXT_INPUT_FIELD)]
     cut = sorted(n for n in lengths if n > context)
     if not cut:
         return None
