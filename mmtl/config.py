@@ -387,7 +387,7 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "small": {
         "width": 256, "num_heads": 8,
         "image": {"timm_model": "resnet18", "image_size": 64, "timm_kwargs": _resnet([64, 128, 256, 512], [2, 2, 2, 2])},
-        "text": {"depth": 4, "context_length": 160},
+        "text": {"depth": 4, "context_length": 320},
         "fusion": {"depth": 4}, "decoder": {"depth": 4},
     },
     # for GPUs: a ViT-B/16-class image encoder (timm vit_base_patch16_224 at 224 px, 196 tokens),
