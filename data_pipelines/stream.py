@@ -57,10 +57,33 @@ def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return rank, world_size
 
 
-def shard_samples(urls: Iterable[str], mapping: dict[str, list[str]] | None = None) -> Iterator[dict[str, Any]]:
-    """Raw webdataset samples of ``urls`` in order (unreadable tar members are warned about and skipped),
-    turned into the sample contract with ``mapping`` for shards without dataset.json."""
-    return iter(contract_samples(list(urls), mapping))
+def shard_samples(urls: Iterable[str], mapping: dict[str, list[str]] | None = None,
+                  handler: Callable[[BaseException], bool] = wds.warn_and_continue) -> Iterator[dict[str, Any]]:
+    """Raw webdataset samples of ``urls`` in order (unreadable shards and tar members go to ``handler``,
+    which by default warns and skips them), turned into the sample contract with ``mapping`` for
+    shards without dataset.json."""
+    return iter(contract_samples(list(urls), mapping, handler))
+
+
+class ShardErrors:
+    """A webdataset handler that remembers the last error before warning and skipping, so that a stream
+    that can read nothing at all can say why."""
+
+    def __init__(self) -> None:
+        self.last: BaseException | None = None
+
+    def __call__(self, error: BaseException) -> bool:
+        self.last = error
+        return wds.warn_and_continue(error)
+
+    def reason(self, url: str) -> str:
+        """``url: why`` for the last error (permission denied, file not found, ...)."""
+        error = self.last
+        if isinstance(error, PermissionError):
+            return f"{url}: permission denied"
+        if isinstance(error, FileNotFoundError):
+            return f"{url}: file not found"
+        return f"{url}: {error}" if error is not None else f"{url}: no readable samples"
 
 
 @dataclass
@@ -127,8 +150,10 @@ def source_samples(spec: StreamSpec, source: int, slot: Slot) -> Iterator[dict[s
         # both seeded: webdataset's defaults mix in the time and pid, and a run must be reproducible
         shards = wds.ResampledShards(subset, seed=sub_seed(seed, source), deterministic=True,
                                      worker_seed=lambda: slot.rank * 1000 + slot.worker)
+        # every shard of the subset drawn twice over without a sample: none is readable
         samples = interleaved_shards((s["url"] for s in shards), width, mapping,
-                                     random.Random(sub_seed(seed, slot.index, source, 4)))
+                                     random.Random(sub_seed(seed, slot.index, source, 4)),
+                                     patience=2 * len(subset) + width)
         yield from wds.shuffle(spec.shuffle_buffer, initial=initial, seed=sub_seed(seed, slot.index, source))(samples)
         return
     for epoch in itertools.count() if spec.epochs is None else range(spec.epochs):
@@ -153,24 +178,36 @@ def source_samples(spec: StreamSpec, source: int, slot: Slot) -> Iterator[dict[s
 
 
 def interleaved_shards(urls: Iterator[str], width: int, mapping: dict[str, list[str]] | None,
-                       rng: random.Random) -> Iterator[dict[str, Any]]:
+                       rng: random.Random, patience: int | None = None) -> Iterator[dict[str, Any]]:
     """Read ``width`` shards at once, each sample from a randomly chosen open one.
 
     A shard written in class order then still feeds the shuffle buffer samples of ``width`` shards'
     classes; a finished shard is replaced by the next URL. ``width`` 1 reads the shards one by one.
+    ``patience``: after this many shards in a row without one readable sample, stop with an error
+    naming the last one (resampled streams would otherwise draw unreadable shards for ever).
     """
-    open_shards = [shard_samples([url], mapping) for url in itertools.islice(urls, max(width, 1))]
+    errors = ShardErrors()
+    opened = list(itertools.islice(urls, max(width, 1)))
+    open_shards = [shard_samples([url], mapping, errors) for url in opened]
+    yielded = [False] * len(open_shards)
+    empty_in_a_row = 0
     while open_shards:
         index = rng.randrange(len(open_shards)) if len(open_shards) > 1 else 0
         sample = next(open_shards[index], None)
         if sample is not None:
+            yielded[index], empty_in_a_row = True, 0
             yield sample
             continue
+        empty_in_a_row = 0 if yielded[index] else empty_in_a_row + 1
+        if patience is not None and empty_in_a_row >= patience:
+            raise MMTLError(f"no sample could be read from {empty_in_a_row} shards in a row; last "
+                            f"{errors.reason(opened[index])}")
         url = next(urls, None)
         if url is None:
-            open_shards.pop(index)
+            for items in (open_shards, yielded, opened):
+                items.pop(index)
         else:
-            open_shards[index] = shard_samples([url], mapping)
+            open_shards[index], yielded[index], opened[index] = shard_samples([url], mapping, errors), False, url
 
 
 def document_length(raw: dict[str, Any]) -> int:
