@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,20 +85,31 @@ class PredictOptions:
         return json.dumps([self.tasks, dataclasses.asdict(self.eval), self.top_k_tags], sort_keys=True)
 
 
+# name -> (lowest, highest or None, lowest excluded): what decoding can run with. A bigger beam or a
+# smaller temperature than this costs unbounded memory, or overflows the logits into NaN.
+GENERATION_BOUNDS: dict[str, tuple[float, float | None, bool]] = {
+    "max_length": (1, 100_000, False),
+    "num_beams": (1, 64, False),
+    "length_penalty": (-100.0, 100.0, False),
+    "temperature": (1e-4, 1e4, False),
+    "top_k": (0, 1_000_000, False),
+    "top_p": (0.0, 1.0, True),
+    "no_repeat_ngram_size": (0, 1_000, False),
+    "repetition_penalty": (0.0, 100.0, True),
+    "seed": (0, 2**63 - 1, False),
+    "min_length": (0, 100_000, False),
+}
+
+
 def validate_generation(gen: GenerationConfig) -> None:
     """Range checks of decoding options (types are checked when the dataclass is built)."""
-    checks = [
-        ("max_length", gen.max_length >= 1, "must be >= 1"),
-        ("num_beams", gen.num_beams >= 1, "must be >= 1"),
-        ("temperature", gen.temperature > 0, "must be > 0"),
-        ("top_k", gen.top_k >= 0, "must be >= 0"),
-        ("top_p", 0 < gen.top_p <= 1, "must be in (0, 1]"),
-        ("no_repeat_ngram_size", gen.no_repeat_ngram_size >= 0, "must be >= 0"),
-        ("repetition_penalty", gen.repetition_penalty > 0, "must be > 0"),
-    ]
-    for name, ok, rule in checks:
-        if not ok:
-            raise MMTLError(f"generation.{name} {rule}, got {getattr(gen, name)!r}")
+    for name, (low, high, low_open) in GENERATION_BOUNDS.items():
+        value = getattr(gen, name)
+        too_low = value <= low if low_open else value < low
+        if (isinstance(value, float) and not math.isfinite(value)) or too_low or (high is not None and value > high):
+            lower = f"> {low}" if low_open else f">= {low}"
+            rule = f"must be {lower}" + (f" and <= {high}" if high is not None else "")
+            raise MMTLError(f"generation.{name} {rule}, got {value!r}")
 
 
 def check_text(text: str | None, max_chars: int | None = None) -> str | None:

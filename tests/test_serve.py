@@ -124,13 +124,13 @@ def bomb_png() -> bytes:
     ({"text": "   "}, 400, "give an image, a text, or both"),
     ({}, 400, "give an image, a text, or both"),
     ({"text": "a\x00\x01\x02\x03"}, 400, "text looks binary"),
-    ({"text": 3}, 400, "'text' must be a string"),
+    ({"text": 3}, 400, "field 'text'"),
     ({"text": "hi", "tasks": "dancing"}, 400, "unknown task dancing"),
     ({"text": "hi", "generation": {"beams": 2}}, 400, "generation.beams"),
-    ({"text": "hi", "num_beams": 0}, 400, "num_beams must be >= 1"),
+    ({"text": "hi", "num_beams": 0}, 400, "field 'num_beams'"),
     ({"text": "hi", "generation": {"num_beams": 64}}, 400, "allows at most 8"),
-    ({"text": "hi", "tasks": [{"a": 1}]}, 400, "'tasks' must be a list of task names"),
-    ({"text": "hi", "threshold": "high"}, 400, "'threshold' must be a number"),
+    ({"text": "hi", "tasks": [{"a": 1}]}, 400, "field 'tasks"),
+    ({"text": "hi", "threshold": "high"}, 400, "field 'threshold'"),
     ({"text": "hi", "colour": "red"}, 400, "unknown field(s) colour"),
 ])
 def test_bad_json_requests_are_4xx_with_a_message(server, payload, status, message) -> None:
