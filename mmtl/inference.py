@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +17,10 @@ from data_pipelines.transforms import (
     CorruptSampleError, decode_image, resize_center_crop, to_rgb, to_uint8_tensor,
 )
 from mmtl.builder import Components, components_from_meta
-from mmtl.config import EvalConfig, ExperimentConfig, GenerationConfig, build_dataclass, load_config
-from mmtl.errors import MMTLError
+from mmtl.config import (  # noqa: F401  (GENERATION_BOUNDS: re-exported for the server's schema)
+    GENERATION_BOUNDS, EvalConfig, ExperimentConfig, GenerationConfig, build_dataclass, load_config, validate_generation,
+)
+from mmtl.errors import MMTLError, os_error_message
 from mmtl.modalities.base import read_input
 from mmtl.training.checkpoint import CONFIG_FILE, inference_weights, load_weights, read_meta, resolve_checkpoint
 from mmtl.training.precision import get_autocast, resolve_device
@@ -83,33 +84,6 @@ class PredictOptions:
     def key(self) -> str:
         """A string equal for equal options (requests with the same key can share one batch)."""
         return json.dumps([self.tasks, dataclasses.asdict(self.eval), self.top_k_tags], sort_keys=True)
-
-
-# name -> (lowest, highest or None, lowest excluded): what decoding can run with. A bigger beam or a
-# smaller temperature than this costs unbounded memory, or overflows the logits into NaN.
-GENERATION_BOUNDS: dict[str, tuple[float, float | None, bool]] = {
-    "max_length": (1, 100_000, False),
-    "num_beams": (1, 64, False),
-    "length_penalty": (-100.0, 100.0, False),
-    "temperature": (1e-4, 1e4, False),
-    "top_k": (0, 1_000_000, False),
-    "top_p": (0.0, 1.0, True),
-    "no_repeat_ngram_size": (0, 1_000, False),
-    "repetition_penalty": (0.0, 100.0, True),
-    "seed": (0, 2**63 - 1, False),
-    "min_length": (0, 100_000, False),
-}
-
-
-def validate_generation(gen: GenerationConfig) -> None:
-    """Range checks of decoding options (types are checked when the dataclass is built)."""
-    for name, (low, high, low_open) in GENERATION_BOUNDS.items():
-        value = getattr(gen, name)
-        too_low = value <= low if low_open else value < low
-        if (isinstance(value, float) and not math.isfinite(value)) or too_low or (high is not None and value > high):
-            lower = f"> {low}" if low_open else f">= {low}"
-            rule = f"must be {lower}" + (f" and <= {high}" if high is not None else "")
-            raise MMTLError(f"generation.{name} {rule}, got {value!r}")
 
 
 def check_text(text: str | None, max_chars: int | None = None) -> str | None:
@@ -244,15 +218,19 @@ class Predictor:
 
         ``inputs``: files (paths or bytes) of the model's further modalities by name, e.g. ``{"depth": "d.png"}``.
         """
-        pil = load_image(image, max_pixels)
-        text = check_text(text, max_text_chars)
-        extra = {}
-        for name, source in (inputs or {}).items():
-            unit = self.model.modalities.get(name)
-            if unit is None or name in ("image", "text"):
-                others = [m for m in self.model.modalities if m not in ("image", "text")]
-                raise MMTLError(f"this model has no modality {name!r}; its further modalities: {', '.join(others) or '(none)'}")
-            extra[name] = unit.load(source)
+        try:
+            pil = load_image(image, max_pixels)
+            text = check_text(text, max_text_chars)
+            extra = {}
+            for name, source in (inputs or {}).items():
+                unit = self.model.modalities.get(name)
+                if unit is None or name in ("image", "text"):
+                    others = [m for m in self.model.modalities if m not in ("image", "text")]
+                    raise MMTLError(f"this model has no modality {name!r}; its further modalities: "
+                                    f"{', '.join(others) or '(none)'}")
+                extra[name] = unit.load(source)
+        except OSError as exc:  # unreadable file: permission denied, a directory, an I/O error
+            raise MMTLError(f"cannot read {os_error_message(exc)}") from exc
         if pil is None and text is None and not extra:
             raise MMTLError("give an image, a text, or both")
         size = self.config.model.image.image_size

@@ -146,7 +146,7 @@ def test_single_pair_precision_bf16(run_dir: Path, tmp_path: Path, capsys) -> No
     (["--text-file", "BIN"], "not UTF-8 text"),
     (["--text", "a\x00b\x01c\x02"], "text looks binary"),
     (["--image", "IMG", "--num-beams", "0"], "generation.num_beams must be >= 1"),
-    (["--image", "IMG", "--top-p", "1.5"], "generation.top_p must be in (0, 1]"),
+    (["--image", "IMG", "--top-p", "1.5"], "generation.top_p must be > 0.0 and <= 1.0"),
     (["--image", "IMG", "--threshold", "2"], "threshold must be in [0, 1]"),
     (["--input", "PAIRS"], "need --output"),
     (["--input", "nowhere.jsonl", "--output", "o.jsonl"], "--input file not found"),
