@@ -17,6 +17,8 @@ MAX_CLI_BEAMS = 8  # as `mmtl serve`'s default --max-beams: memory and time grow
 
 def _check_output_dir(path: str | Path, what: str) -> Path:
     """``path`` as a directory to write into: an existing file there is a clear error."""
+    if "\x00" in str(path):
+        raise MMTLError(f"{what} {str(path)!r} holds a NUL character; give a plain path")
     path = Path(path)
     blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
     if blocker is not None:
@@ -28,6 +30,8 @@ def _check_output_file(path: str | Path | None, what: str) -> None:
     """``path`` as a file to write: a directory there is a clear error (checked before any long work)."""
     if path is None:
         return
+    if "\x00" in str(path):
+        raise MMTLError(f"{what} {str(path)!r} holds a NUL character; give a plain path")
     path = Path(path)
     if path.is_dir():
         raise MMTLError(f"{what} {path} is a directory; give a file path, e.g. {path / 'out.json'}")

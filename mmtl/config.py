@@ -456,7 +456,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {_short(text)}: value is not valid YAML ({exc.problem})") from None
+        problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+        raise ConfigError(f"override {_short(text)}: value is not valid YAML ({problem})") from None
     except RecursionError:
         raise ConfigError(f"override {key}: value nested too deeply") from None
     return key.split("."), value
@@ -583,8 +584,8 @@ def resolve_config(raw: dict[str, Any] | None = None, overrides: list[str] | Non
     if not isinstance(model, dict):
         raise ConfigError("model must be a section (mapping)")
     preset = model.get("preset", ModelConfig.preset)
-    if preset not in MODEL_PRESETS:
-        raise ConfigError(f"unknown model.preset {preset!r}; valid: {', '.join(sorted(MODEL_PRESETS))}")
+    if not isinstance(preset, str) or preset not in MODEL_PRESETS:
+        raise ConfigError(f"unknown model.preset {_short(preset)}; valid: {', '.join(sorted(MODEL_PRESETS))}")
     tree["model"] = deep_merge(MODEL_PRESETS[preset], model)
     config = build_dataclass(ExperimentConfig, tree)
     validate(config)
