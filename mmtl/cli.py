@@ -35,7 +35,7 @@ def _check_output_file(path: str | Path | None, what: str) -> None:
     path = Path(path)
     if path.is_dir():
         raise MMTLError(f"{what} {path} is a directory; give a file path, e.g. {path / 'out.json'}")
-    _check_output_dir(path.parent, f"the folder of {what}")
+    _check_output_dir(path.parent, f"the folder of {what}").mkdir(parents=True, exist_ok=True)
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:

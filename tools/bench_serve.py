@@ -80,6 +80,15 @@ class Server:
     def reset_peak(self) -> None:
         self.peak = self.rss()
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server (children included): unlike latency, hardly affected by
+        other work on a shared machine."""
+        try:
+            process = psutil.Process(self.proc.pid)
+            return sum(sum(p.cpu_times()[:2]) for p in [process, *process.children(recursive=True)])
+        except psutil.Error:
+            return 0.0
+
     def wait_ready(self, body: bytes, seconds: float = 180) -> None:
         """Until a prediction succeeds (worker processes load the model after the socket opens)."""
         deadline = time.monotonic() + seconds
@@ -109,6 +118,7 @@ def run_clients(server: Server, requests: list[tuple[bytes, str]], concurrency: 
     shares = [total // concurrency + (i < total % concurrency) for i in range(concurrency)]
     stop_at = time.monotonic() + max_seconds
     server.reset_peak()
+    cpu_before = server.cpu_seconds()
 
     def client(index: int) -> None:
         conn = http.client.HTTPConnection(server.host, server.port, timeout=120)
@@ -142,12 +152,14 @@ def run_clients(server: Server, requests: list[tuple[bytes, str]], concurrency: 
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
+    cpu_ms = (server.cpu_seconds() - cpu_before) * 1000 / max(1, len(latencies) + len(failures))
     ordered = sorted(latencies) or [float("nan")]
     pct = lambda q: ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]  # noqa: E731
     return {"concurrency": concurrency, "ok": len(latencies), "failed": len(failures),
             "first_failure": failures[0] if failures else None,
             "requests_per_s": round(len(latencies) / wall, 1), "p50_ms": round(pct(0.5) * 1000, 1),
-            "p95_ms": round(pct(0.95) * 1000, 1), "peak_rss_mb": round(server.peak / 2**20)}
+            "p95_ms": round(pct(0.95) * 1000, 1), "server_cpu_ms_per_request": round(cpu_ms, 2),
+            "peak_rss_mb": round(server.peak / 2**20)}
 
 
 def json_requests(checkpoint: str, tasks: str | None, count: int = 16) -> list[tuple[bytes, str]]:
@@ -198,13 +210,15 @@ def measure(server: Server, args: argparse.Namespace, small: list, upload: tuple
 
 def print_table(name: str, result: dict, upload_mb: float) -> None:
     print(f"\n{name}")
-    print(f"  {'clients':>7} {'ok':>5} {'failed':>6} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'peak RSS MB':>11}")
+    print(f"  {'clients':>7} {'ok':>5} {'failed':>6} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'CPU ms/req':>10} "
+          f"{'peak RSS MB':>11}")
     for row in result["levels"]:
         print(f"  {row['concurrency']:>7} {row['ok']:>5} {row['failed']:>6} {row['requests_per_s']:>7} "
-              f"{row['p50_ms']:>8} {row['p95_ms']:>8} {row['peak_rss_mb']:>11}")
+              f"{row['p50_ms']:>8} {row['p95_ms']:>8} {row['server_cpu_ms_per_request']:>10} {row['peak_rss_mb']:>11}")
     row = result["uploads"]
     print(f"  {row['concurrency']:>4}x{upload_mb:.0f}MB {row['ok']:>3} {row['failed']:>6} {row['requests_per_s']:>7} "
-          f"{row['p50_ms']:>8} {row['p95_ms']:>8} {row['peak_rss_mb']:>11}   (uploads)")
+          f"{row['p50_ms']:>8} {row['p95_ms']:>8} {row['server_cpu_ms_per_request']:>10} {row['peak_rss_mb']:>11}"
+          "   (uploads)")
     for row in [*result["levels"], result["uploads"]]:
         if row["first_failure"]:
             print(f"  e.g. failure at {row['concurrency']} clients: {row['first_failure']}")
@@ -250,15 +264,18 @@ def main() -> int:
                 server.stop()
             print_table(name, results[name], args.upload_mb)
     new, *rest = results.values()
-    ratios = {}
+    ratios, cpu_ratios = {}, {}
     if rest:
         for row_new, row_old in zip(new["levels"], rest[0]["levels"]):
-            ratios[str(row_new["concurrency"])] = round(row_new["requests_per_s"] / max(row_old["requests_per_s"], 1e-9), 2)
-        print(f"\nthroughput ratio new/old by clients: {ratios}")
+            key = str(row_new["concurrency"])
+            ratios[key] = round(row_new["requests_per_s"] / max(row_old["requests_per_s"], 1e-9), 2)
+            cpu_ratios[key] = round(row_new["server_cpu_ms_per_request"] / max(row_old["server_cpu_ms_per_request"], 1e-9), 2)
+        print(f"\nthroughput ratio new/old by clients: {ratios}; server CPU per request new/old: {cpu_ratios}")
     at16 = next((r for r in new["levels"] if r["concurrency"] == 16), None)
     summary = {
         "bench": "serve", "tasks": args.tasks or "all", "workers": args.workers, "threads": args.threads,
         "new": new, "old": rest[0] if rest else None, "ratio_new_over_old": ratios,
+        "cpu_per_request_new_over_old": cpu_ratios,
         "target_16_clients": at16 and {"requests_per_s": at16["requests_per_s"], "p95_ms": at16["p95_ms"],
                                        "met": at16["requests_per_s"] >= 120 and at16["p95_ms"] <= 250},
         "target_uploads_rss": {"peak_rss_mb": new["uploads"]["peak_rss_mb"],
