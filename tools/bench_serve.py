@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,7 @@ def run_clients(server: Server, requests: list[tuple[bytes, str]], concurrency: 
     """``concurrency`` keep-alive clients send ``total`` requests between them (stopping after
     ``max_seconds``); latency percentiles, requests/s, failures and the server's peak RSS."""
     latencies: list[float] = []
+    batches: list[int] = []
     failures: list[str] = []
     lock = threading.Lock()
     shares = [total // concurrency + (i < total % concurrency) for i in range(concurrency)]
@@ -141,16 +143,14 @@ def run_clients(server: Server, requests: list[tuple[bytes, str]], concurrency: 
             with lock:
                 if resp.status == 200:
                     latencies.append(elapsed)
+                    batches.append(json.loads(data).get("batch_size", 0))
                 else:
                     failures.append(f"{resp.status}: {data[:120]!r}")
         conn.close()
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
     start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(client, range(concurrency)))
     wall = time.perf_counter() - start
     cpu_ms = (server.cpu_seconds() - cpu_before) * 1000 / max(1, len(latencies) + len(failures))
     ordered = sorted(latencies) or [float("nan")]
@@ -159,6 +159,7 @@ def run_clients(server: Server, requests: list[tuple[bytes, str]], concurrency: 
             "first_failure": failures[0] if failures else None,
             "requests_per_s": round(len(latencies) / wall, 1), "p50_ms": round(pct(0.5) * 1000, 1),
             "p95_ms": round(pct(0.95) * 1000, 1), "server_cpu_ms_per_request": round(cpu_ms, 2),
+            "mean_batch": round(statistics.mean(batches), 2) if batches else 0,
             "peak_rss_mb": round(server.peak / 2**20)}
 
 
@@ -211,10 +212,11 @@ def measure(server: Server, args: argparse.Namespace, small: list, upload: tuple
 def print_table(name: str, result: dict, upload_mb: float) -> None:
     print(f"\n{name}")
     print(f"  {'clients':>7} {'ok':>5} {'failed':>6} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'CPU ms/req':>10} "
-          f"{'peak RSS MB':>11}")
+          f"{'peak RSS MB':>11} {'mean batch':>10}")
     for row in result["levels"]:
         print(f"  {row['concurrency']:>7} {row['ok']:>5} {row['failed']:>6} {row['requests_per_s']:>7} "
-              f"{row['p50_ms']:>8} {row['p95_ms']:>8} {row['server_cpu_ms_per_request']:>10} {row['peak_rss_mb']:>11}")
+              f"{row['p50_ms']:>8} {row['p95_ms']:>8} {row['server_cpu_ms_per_request']:>10} {row['peak_rss_mb']:>11} "
+              f"{row['mean_batch']:>10}")
     row = result["uploads"]
     print(f"  {row['concurrency']:>4}x{upload_mb:.0f}MB {row['ok']:>3} {row['failed']:>6} {row['requests_per_s']:>7} "
           f"{row['p50_ms']:>8} {row['p95_ms']:>8} {row['server_cpu_ms_per_request']:>10} {row['peak_rss_mb']:>11}"

@@ -1,18 +1,22 @@
 """The ASGI application (FastAPI): routes, request parsing and limits over a Predictor.
 
 Request bodies are streamed: multipart files are spooled to disk past 1 MiB by python-multipart,
-JSON bodies by :func:`_spool_body`; only ``max_decoding`` requests at a time hold their decoded
-inputs in memory, so memory stays bounded however many uploads arrive at once.
+JSON bodies by :func:`_spool_body`. Only ``max_decoding`` requests with a large input (a body part
+over 1 MiB, or an image over 2 megapixels by its header) read and decode it at a time, so memory
+stays bounded however many uploads arrive at once; small requests never wait for them.
 """
 from __future__ import annotations
 
 import asyncio
 import base64
 import binascii
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import tempfile
+import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,6 +26,7 @@ from typing import IO, Any, AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from PIL import Image
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -40,6 +45,8 @@ from mmtl.serve.schemas import (
 WEB_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
              "style.css": "text/css; charset=utf-8"}
 SPOOL_IN_MEMORY = 1024 * 1024  # bytes of a JSON body kept in memory before it spills to a temp file
+LARGE_INPUT_BYTES = 1024 * 1024  # a body (JSON) or file part (multipart) over this is a large input
+LARGE_INPUT_PIXELS = 2_000_000  # so is an image with more pixels than this (6 MB decoded)
 
 
 @dataclass
@@ -57,7 +64,7 @@ class ServerLimits:
     max_parts: int = 16  # parts of a multipart body
     read_timeout_s: float = 30.0  # a request's headers and body must arrive within this
     keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
-    max_decoding: int = 4  # requests reading and decoding their inputs at once (bounds memory)
+    max_decoding: int = 4  # requests reading and decoding a large input at once (bounds memory)
 
 
 class ApiError(Exception):
@@ -98,6 +105,17 @@ def _base64(value: Any, name: str) -> bytes | None:
         raise ApiError(400, f"field {name!r} is not valid base64") from None
 
 
+def _pixels(image: bytes | None) -> int:
+    """The pixel count in an image's header (0 when there is no image or no readable header)."""
+    if not image:
+        return 0
+    try:
+        with Image.open(io.BytesIO(image)) as header:
+            return header.width * header.height
+    except Exception:  # noqa: BLE001 - not an image: Predictor.prepare reports it
+        return 0
+
+
 async def _spool_body(request: Request, limit: int) -> IO[bytes]:
     """The request body in a temp file that keeps the first MiB in memory (at most ``limit`` bytes)."""
     spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
@@ -123,14 +141,8 @@ class Service:
         self.started = time.time()
         # modalities a fine-tuned model reads besides image and text (e.g. depth): file fields named after them
         self.further = tuple(m for m in predictor.model.modalities if m not in ("image", "text"))
-        self._decoding: asyncio.Semaphore | None = None
+        self.large_inputs = threading.BoundedSemaphore(self.limits.max_decoding)
         self._closed = False
-
-    @property
-    def decoding(self) -> asyncio.Semaphore:
-        if self._decoding is None:  # created on the server's event loop
-            self._decoding = asyncio.Semaphore(self.limits.max_decoding)
-        return self._decoding
 
     def info(self) -> dict[str, Any]:
         """/v1/info: the model, the limits and the batching counters."""
@@ -147,14 +159,12 @@ class Service:
         media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if media == "application/json":
             spool = await _spool_body(request, self.limits.max_body_bytes)
-            async with self.decoding:
-                example, options = await run_in_threadpool(self._prepare_json, spool)
+            example, options = await run_in_threadpool(self._prepare_json, spool)
         elif media == "multipart/form-data":
             async with request.form(max_files=self.limits.max_parts, max_fields=self.limits.max_parts,
                                     max_part_size=max(4 * self.limits.max_text_chars + 1024, 65536)) as form:
                 fields = self._form_fields(form.multi_items())
-                async with self.decoding:
-                    example, options = await run_in_threadpool(self._prepare_form, fields)
+                example, options = await run_in_threadpool(self._prepare_form, fields)
         else:
             raise ApiError(415, f"unsupported Content-Type {media or '(none)'!r}; "
                                 "use multipart/form-data or application/json")
@@ -178,6 +188,13 @@ class Service:
         return fields
 
     def _prepare_json(self, spool: IO[bytes]) -> tuple[Example, PredictOptions]:
+        spool.seek(0, os.SEEK_END)
+        large = spool.tell() > LARGE_INPUT_BYTES
+        spool.seek(0)
+        with self._large_input(large):
+            return self._prepare_json_body(spool, large)
+
+    def _prepare_json_body(self, spool: IO[bytes], large: bool) -> tuple[Example, PredictOptions]:
         with spool:
             try:
                 raw = json.load(spool)
@@ -192,9 +209,14 @@ class Service:
         except ValidationError as exc:
             raise ApiError(400, _validation_message(exc)) from None
         files = {name: _base64(value, name) for name, value in {"image": fields.image, **self._extra(fields)}.items()}
-        return self._prepare(fields, fields.generation, files)
+        return self._prepare(fields, fields.generation, files, large)
 
     def _prepare_form(self, form: dict[str, Any]) -> tuple[Example, PredictOptions]:
+        large = any(isinstance(v, UploadFile) and (v.size or 0) > LARGE_INPUT_BYTES for v in form.values())
+        with self._large_input(large):
+            return self._prepare_form_fields(form, large)
+
+    def _prepare_form_fields(self, form: dict[str, Any], large: bool) -> tuple[Example, PredictOptions]:
         files: dict[str, bytes | None] = {}
         values: dict[str, Any] = {}
         for name, value in form.items():
@@ -221,29 +243,37 @@ class Service:
                 generation = GenerationOptions.model_validate_json(fields.generation)
             except ValidationError as exc:
                 raise ApiError(400, _validation_message(exc, "generation.")) from None
-        return self._prepare(fields, generation, files)
+        return self._prepare(fields, generation, files, large)
 
     def _extra(self, fields: PredictJSON | PredictForm) -> dict[str, Any]:
         """The request's further-modality fields; any other unknown field is an error."""
         extra = dict(fields.model_extra or {})
         unknown = sorted(set(extra) - set(self.further))
         if unknown:
-            valid = ["image", "text", "tasks", "threshold", "top_k_tags", "generation", *GENERATION_NAMES, *self.further]
+            valid = ["image", "text", "tasks", "threshold", "top_k_tags", "generation", *GENERATION_NAMES,
+                     *self.further]
             raise ApiError(400, f"unknown field(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
         return extra
 
+    def _large_input(self, large: bool) -> Any:
+        """A slot of ``max_decoding`` for a request with a large input; no wait for a small one."""
+        return self.large_inputs if large else contextlib.nullcontext()
+
     def _prepare(self, fields: PredictJSON | PredictForm, generation: GenerationOptions | None,
-                 files: dict[str, bytes | None]) -> tuple[Example, PredictOptions]:
+                 files: dict[str, bytes | None], large: bool) -> tuple[Example, PredictOptions]:
         overrides = generation.model_dump(exclude_none=True) if generation is not None else {}
-        overrides.update({name: getattr(fields, name) for name in GENERATION_NAMES if getattr(fields, name) is not None})
+        top_level = {name: getattr(fields, name) for name in GENERATION_NAMES}
+        overrides.update({name: value for name, value in top_level.items() if value is not None})
         options = self.predictor.options(fields.tasks, overrides or None, fields.threshold, fields.top_k_tags)
         if options.eval.generation.num_beams > self.limits.max_beams:
             raise ApiError(400, f"num_beams is {options.eval.generation.num_beams}; this server allows at most "
                                 f"{self.limits.max_beams}")
-        example = self.predictor.prepare(
-            files.get("image"), fields.text, max_pixels=self.limits.max_pixels,
-            max_text_chars=self.limits.max_text_chars,
-            inputs={m: files[m] for m in self.further if files.get(m) is not None})
+        # a small file can still decode to many pixels: such a request takes a slot now
+        with self._large_input(not large and _pixels(files.get("image")) > LARGE_INPUT_PIXELS):
+            example = self.predictor.prepare(
+                files.get("image"), fields.text, max_pixels=self.limits.max_pixels,
+                max_text_chars=self.limits.max_text_chars,
+                inputs={m: files[m] for m in self.further if files.get(m) is not None})
         return example, options
 
     def close(self) -> None:
@@ -285,8 +315,9 @@ def create_app(service: Service) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         path = request.url.path
-        message = {404: f"no route {path!r}; see /openapi.json",
-                   405: f"{request.method} is not allowed on {path}; see /openapi.json"}.get(exc.status_code, str(exc.detail))
+        messages = {404: f"no route {path!r}; see /openapi.json",
+                    405: f"{request.method} is not allowed on {path}; see /openapi.json"}
+        message = messages.get(exc.status_code, str(exc.detail))
         return error_response(exc.status_code, message)
 
     @app.exception_handler(RequestValidationError)
@@ -300,6 +331,10 @@ def create_app(service: Service) -> FastAPI:
     @app.exception_handler(MMTLError)
     async def bad_input(_: Request, exc: MMTLError) -> JSONResponse:
         return error_response(400, str(exc))
+
+    @app.exception_handler(Exception)
+    async def bug(_: Request, exc: Exception) -> JSONResponse:  # uvicorn logs the traceback
+        return error_response(500, "internal error while predicting (see the server log)")
 
     @app.post("/v1/predict", summary="Predict on one image-text pair", response_model=PredictResponse,
               responses=ERROR_RESPONSES, openapi_extra={"requestBody": {"required": True, "content": {

@@ -70,7 +70,9 @@ class DynamicBatcher:
         first = self.queue.get()
         if first is self._STOP:
             return [], True
-        jobs, deadline = [first] if first.future.set_running_or_notify_cancel() else [], time.monotonic() + self.max_wait
+        # a job whose request gave up waiting (its future cancelled) is dropped, not run
+        jobs = [first] if first.future.set_running_or_notify_cancel() else []
+        deadline = time.monotonic() + self.max_wait
         while len(jobs) < self.max_batch:
             try:
                 remaining = deadline - time.monotonic()
