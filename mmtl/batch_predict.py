@@ -14,7 +14,7 @@ from typing import Iterable, Iterator
 
 from tqdm import tqdm
 
-from mmtl.errors import MMTLError
+from mmtl.errors import MMTLError, os_error_message
 from mmtl.inference import PredictOptions, Predictor
 
 log = logging.getLogger(__name__)
@@ -52,19 +52,33 @@ class BatchSummary:
     errors: int
 
 
-def read_jsonl_pairs(path: str | Path) -> Iterator[Pair]:
+def read_jsonl_pairs(path: str | Path, allow_outside: bool = False) -> Iterator[Pair]:
     """Pairs from a JSONL file with fields ``image`` (relative to the file's folder), ``text``, ``id``,
     and a path field per further modality (``depth``, ``audio``: any registered modality name).
 
-    A row without ``id`` gets ``line-N``. An unreadable row becomes a Pair with ``error`` set.
+    A row without ``id`` gets ``line-N``. An unreadable row becomes a Pair with ``error`` set, and so
+    does a row whose file path leads outside the file's folder (absolute, ``../``, a link out)
+    unless ``allow_outside``.
     """
     path = Path(path)
     if not path.is_file():
         raise MMTLError(f"--input file not found: {path}")
-    return _iter_jsonl(path)
+    try:
+        path.open("rb").close()
+    except OSError as exc:
+        raise MMTLError(f"cannot read --input {os_error_message(exc)}") from exc
+    return _iter_jsonl(path, allow_outside)
 
 
-def _iter_jsonl(path: Path) -> Iterator[Pair]:
+def resolve_inside(base: Path, value: str, allow_outside: bool) -> str:
+    """``base / value`` as a string; MMTLError when it leads outside ``base`` and that is not allowed."""
+    target = base / value
+    if not allow_outside and not target.resolve().is_relative_to(base.resolve()):
+        raise MMTLError(f"path {value[:200]!r} leads outside {base} (pass --allow-outside-paths to read it)")
+    return str(target)
+
+
+def _iter_jsonl(path: Path, allow_outside: bool = False) -> Iterator[Pair]:
     base = path.parent
     names = further_modalities()
     with path.open("rb") as f:
@@ -94,8 +108,11 @@ def _iter_jsonl(path: Path) -> Iterator[Pair]:
             elif text is not None and not isinstance(text, str):
                 yield Pair(pair_id, error=f"line {n}: 'text' must be a string")
             else:
-                yield Pair(pair_id, str(base / image) if image else None, text,
-                           inputs={name: str(base / value) for name, value in further.items()})
+                try:
+                    yield Pair(pair_id, resolve_inside(base, image, allow_outside) if image else None, text,
+                               inputs={name: resolve_inside(base, value, allow_outside) for name, value in further.items()})
+                except MMTLError as exc:
+                    yield Pair(pair_id, error=f"line {n}: {exc}")
 
 
 def image_dir_pairs(directory: str | Path, text: str | None = None) -> list[Pair]:
@@ -116,24 +133,47 @@ def count_rows(path: str | Path) -> int:
 
 
 def done_ids(output: Path) -> set[str]:
-    """Ids already in ``output``; a partial last line (from an interrupted write) is cut off first."""
+    """Ids already in ``output``, which is made ready for appending.
+
+    A last line without a newline is kept (and ended) when it is a whole JSON row; a partial one
+    from an interrupted write is moved to ``OUTPUT.partial`` instead of being lost.
+    """
     if not output.exists():
         return set()
     data = output.read_bytes()
     end = data.rfind(b"\n") + 1
+    lines = data[:end].splitlines()
     if end < len(data):
-        with output.open("r+b") as f:
-            f.truncate(end)
-        log.warning("cut a partial last line from %s", output)
-    ids = set()
-    for line in data[:end].splitlines():
-        try:
-            row = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-        if isinstance(row, dict) and "id" in row:
-            ids.add(str(row["id"]))
-    return ids
+        tail = data[end:]
+        if _row_id(tail) is not None or _is_json(tail):
+            with output.open("ab") as f:
+                f.write(b"\n")
+            lines.append(tail)
+        else:
+            partial = output.with_name(output.name + ".partial")
+            with partial.open("ab") as f:
+                f.write(tail + b"\n")
+            with output.open("r+b") as f:
+                f.truncate(end)
+            log.warning("moved a partial last line of %s to %s", output, partial)
+    return {row_id for row_id in map(_row_id, lines) if row_id is not None}
+
+
+def _is_json(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def _row_id(line: bytes) -> str | None:
+    """The ``id`` of a JSON row, or None."""
+    try:
+        row = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return str(row["id"]) if isinstance(row, dict) and "id" in row else None
 
 
 def _predict_chunk(predictor: Predictor, chunk: list[Pair], options: PredictOptions) -> list[dict]:

@@ -4,19 +4,44 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable
 
-from mmtl.errors import MMTLError, TrainingInterrupted
+from mmtl.errors import MMTLError, TrainingInterrupted, describe_failure
 
-EXIT_USER_ERROR = 2
+
+MAX_CLI_BEAMS = 8  # as `mmtl serve`'s default --max-beams: memory and time grow with the beam
+
+
+def _check_output_dir(path: str | Path, what: str) -> Path:
+    """``path`` as a directory to write into: an existing file there is a clear error."""
+    if "\x00" in str(path):
+        raise MMTLError(f"{what} {str(path)!r} holds a NUL character; give a plain path")
+    path = Path(path)
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise MMTLError(f"{what} {path} cannot be a directory: {blocker} is a file; choose another path or remove it")
+    return path
+
+
+def _check_output_file(path: str | Path | None, what: str) -> None:
+    """``path`` as a file to write: a directory there is a clear error (checked before any long work)."""
+    if path is None:
+        return
+    if "\x00" in str(path):
+        raise MMTLError(f"{what} {str(path)!r} holds a NUL character; give a plain path")
+    path = Path(path)
+    if path.is_dir():
+        raise MMTLError(f"{what} {path} is a directory; give a file path, e.g. {path / 'out.json'}")
+    _check_output_dir(path.parent, f"the folder of {what}").mkdir(parents=True, exist_ok=True)
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     from data_pipelines.synthetic import write_shards
 
-    out = Path(args.out)
+    out = _check_output_dir(args.out, "--out")
     if (out / "dataset.json").exists() and not args.overwrite:
         raise MMTLError(f"{out} already holds a data set; pass --overwrite to replace it")
     if args.overwrite:
@@ -77,6 +102,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from mmtl.training.loop import train
 
     config = load_config(args.config, args.overrides)
+    _check_output_dir(config.output_dir, "output_dir")
     result = train(config, resume=args.resume)
     losses = ", ".join(f"{k}={v:.3f}" for k, v in result.final_losses.items())
     print(f"trained {config.train.steps} steps in {result.seconds:.0f}s ({losses})")
@@ -95,6 +121,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from mmtl.evaluation.evaluate import evaluate, format_table
     from mmtl.inference import Predictor
 
+    _check_output_file(args.output, "--output")  # before the evaluation, not after it
     if args.baselines:  # read first: a bad file should fail before a long evaluation
         from mmtl.evaluation.baselines_run import read_baselines
 
@@ -200,6 +227,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     extra = _modality_files(args.modality or [])
     if extra and many:
         raise MMTLError("--modality goes with a single input; it cannot be combined with --input/--images")
+    _check_output_file(args.output, "--output")
+    if args.num_beams is not None and args.num_beams > MAX_CLI_BEAMS:
+        raise MMTLError(f"--num-beams is {args.num_beams}; the most is {MAX_CLI_BEAMS} (memory and time grow with it)")
+    if args.batch_size < 1:
+        raise MMTLError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not many:
         text = check_text(text)
         if args.image is None and text is None and not extra:
@@ -221,7 +253,7 @@ def _predict_many(predictor, options, args: argparse.Namespace, text: str | None
     from mmtl.batch_predict import count_rows, image_dir_pairs, predict_to_jsonl, read_jsonl_pairs
 
     if args.input:
-        pairs, total = read_jsonl_pairs(args.input), count_rows(args.input)
+        pairs, total = read_jsonl_pairs(args.input, args.allow_outside_paths), count_rows(args.input)
     else:
         pairs = image_dir_pairs(args.images, text)
         total = len(pairs)
@@ -238,17 +270,21 @@ def _predict_many(predictor, options, args: argparse.Namespace, text: str | None
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from mmtl.inference import Predictor
     from mmtl.serve import ServerLimits, serve
 
     for flag, value in (("--max-body-mb", args.max_body_mb), ("--max-pixels", args.max_pixels),
-                        ("--max-text-chars", args.max_text_chars), ("--max-beams", args.max_beams)):
-        if value <= 0:
-            raise MMTLError(f"{flag} must be positive, got {value}")
+                        ("--max-text-chars", args.max_text_chars), ("--max-beams", args.max_beams),
+                        ("--max-concurrency", args.max_concurrency), ("--read-timeout", args.read_timeout),
+                        ("--workers", args.workers)):
+        if not value > 0 or value != value or value == float("inf"):
+            raise MMTLError(f"{flag} must be positive and finite, got {value}")
+    if args.max_beams > 64:
+        raise MMTLError(f"--max-beams must be at most 64, got {args.max_beams}")
     limits = ServerLimits(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_pixels=args.max_pixels,
-                          max_text_chars=args.max_text_chars, max_beams=args.max_beams)
-    predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, precision=args.precision)
-    serve(predictor, args.host, args.port, limits, args.max_batch, args.max_wait_ms)
+                          max_text_chars=args.max_text_chars, max_beams=args.max_beams,
+                          max_concurrency=args.max_concurrency, read_timeout_s=args.read_timeout)
+    serve(args.checkpoint, args.host, args.port, limits, args.max_batch, args.max_wait_ms, device=args.device,
+          precision=args.precision, workers=args.workers)
     return 0
 
 
@@ -306,6 +342,8 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="mmtl", description="Multimodal multi-task learning.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error (allowed anywhere on the command line)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = sub.add_parser("data", help="create and inspect data sets").add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -437,6 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     many.add_argument("--images", help="predict every image file under this directory (id = relative path)")
     many.add_argument("--output", help="JSONL file the predictions are appended to")
     many.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass (default 16)")
+    many.add_argument("--allow-outside-paths", action="store_true",
+                      help="let --input rows name files outside the JSONL file's folder (absolute or ../ paths)")
     many.add_argument("--no-progress", action="store_true", help="no progress bar")
     gen = pr.add_argument_group("generation (captioning, summarization)")
     gen.add_argument("--max-length", type=int, help="most tokens to generate")
@@ -466,7 +506,13 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body in MiB (default 10)")
     sv.add_argument("--max-pixels", type=int, default=40_000_000, help="largest decoded image, in pixels")
     sv.add_argument("--max-text-chars", type=int, default=20_000, help="longest text, in characters")
-    sv.add_argument("--max-beams", type=int, default=8, help="largest num_beams a request may ask for")
+    sv.add_argument("--max-beams", type=int, default=8, help="largest num_beams a request may ask for (at most 64)")
+    sv.add_argument("--max-concurrency", type=int, default=256,
+                    help="connections plus requests at once; more are answered 503 (default 256)")
+    sv.add_argument("--read-timeout", type=float, default=30.0,
+                    help="seconds a request's headers and body may take to arrive (default 30)")
+    sv.add_argument("--workers", type=int, default=1,
+                    help="processes serving the same port, each with its own copy of the model (default 1)")
     sv.set_defaults(func=_cmd_serve)
 
     model = sub.add_parser("model", help="inspect models").add_subparsers(dest="model_command", required=True, metavar="ACTION")
@@ -503,21 +549,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``mmtl`` console script."""
+    """Entry point of the ``mmtl`` console script: the one error boundary of every subcommand.
+
+    Expected failures print ``mmtl: error: ...`` on one line and exit 2; tracebacks only with
+    ``--debug`` (anywhere on the command line) or MMTL_DEBUG=1.
+    """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("MMTL_DEBUG", "") not in ("", "0")
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
     except TrainingInterrupted as exc:
         print(f"mmtl: {exc}", file=sys.stderr)
         return exc.exit_code
-    except MMTLError as exc:
-        print(f"mmtl: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("mmtl: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the boundary: one line, the traceback only when debugging
+        if debug:
+            raise
+        message, code = describe_failure(exc)
+        print(f"mmtl: error: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from typing import Any
 import yaml
 
 from mmtl.errors import ConfigError
+
+INT64_LIMIT = 2**63
 
 
 def choice(default: Any, *options: Any) -> Any:
@@ -275,6 +278,33 @@ class GenerationConfig:
     min_length: int = 0
 
 
+# name -> (lowest, highest or None, lowest excluded): what decoding can run with. A bigger beam or a
+# smaller temperature than this costs unbounded memory, or overflows the logits into NaN.
+GENERATION_BOUNDS: dict[str, tuple[float, float | None, bool]] = {
+    "max_length": (1, 100_000, False),
+    "num_beams": (1, 64, False),
+    "length_penalty": (-100.0, 100.0, False),
+    "temperature": (1e-4, 1e4, False),
+    "top_k": (0, 1_000_000, False),
+    "top_p": (0.0, 1.0, True),
+    "no_repeat_ngram_size": (0, 1_000, False),
+    "repetition_penalty": (0.0, 100.0, True),
+    "seed": (0, 2**63 - 1, False),
+    "min_length": (0, 100_000, False),
+}
+
+
+def validate_generation(gen: GenerationConfig, prefix: str = "generation") -> None:
+    """Range checks of decoding options (types are checked when the dataclass is built)."""
+    for name, (low, high, low_open) in GENERATION_BOUNDS.items():
+        value = getattr(gen, name)
+        too_low = value <= low if low_open else value < low
+        if (isinstance(value, float) and not math.isfinite(value)) or too_low or (high is not None and value > high):
+            lower = f"> {low}" if low_open else f">= {low}"
+            rule = f"must be {lower}" + (f" and <= {high}" if high is not None else "")
+            raise ConfigError(f"{prefix}.{name} {rule}, got {value!r}")
+
+
 @dataclass
 class EvalConfig:
     """Held-out evaluation after training."""
@@ -426,7 +456,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc.problem})") from None
+        problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+        raise ConfigError(f"override {_short(text)}: value is not valid YAML ({problem})") from None
+    except RecursionError:
+        raise ConfigError(f"override {key}: value nested too deeply") from None
     return key.split("."), value
 
 
@@ -464,42 +497,63 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a section (mapping), got {value!r}")
+            raise ConfigError(f"{key} must be a section (mapping), got {_short(value)}")
         return build_dataclass(tp, value, key)
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
+            raise ConfigError(f"{key} must be a list, got {_short(value)}")
         return [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         key_tp, val_tp = typing.get_args(tp)
         if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+            raise ConfigError(f"{key} must be a mapping, got {_short(value)}")
         return {_convert(k, key_tp, key): _convert(v, val_tp, f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
+        raise ConfigError(f"{key} must be true or false, got {_short(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not -INT64_LIMIT <= value < INT64_LIMIT:
+                raise ConfigError(f"{key} must fit in 64 bits (|value| < 2**63), got {value}")
             return value
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
+        raise ConfigError(f"{key} must be an integer, got {_short(value)}")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key} must be a number, got {value!r}")
+        number = _as_float(value)
+        if number is None:
+            raise ConfigError(f"{key} must be a number, got {_short(value)}")
+        if not math.isfinite(number):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{key} must be a string, got {value!r}")
+        raise ConfigError(f"{key} must be a string, got {_short(value)}")
     raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def _as_float(value: Any) -> float | None:
+    """A YAML number (or numeric string: YAML 1.1 reads 1e-3 without a dot as one) as a float; None if not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float, str)):
+        try:
+            return float(value)
+        except (ValueError, OverflowError):
+            return None
+    return None
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, cut to a readable length."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        return "(a value nested too deeply)"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def build_dataclass(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
@@ -530,8 +584,8 @@ def resolve_config(raw: dict[str, Any] | None = None, overrides: list[str] | Non
     if not isinstance(model, dict):
         raise ConfigError("model must be a section (mapping)")
     preset = model.get("preset", ModelConfig.preset)
-    if preset not in MODEL_PRESETS:
-        raise ConfigError(f"unknown model.preset {preset!r}; valid: {', '.join(sorted(MODEL_PRESETS))}")
+    if not isinstance(preset, str) or preset not in MODEL_PRESETS:
+        raise ConfigError(f"unknown model.preset {_short(preset)}; valid: {', '.join(sorted(MODEL_PRESETS))}")
     tree["model"] = deep_merge(MODEL_PRESETS[preset], model)
     config = build_dataclass(ExperimentConfig, tree)
     validate(config)
@@ -586,8 +640,7 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError(f"model.moe_experts must be >= 0, got {config.model.moe_experts}")
     if not 0.0 <= config.train.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay must be in [0, 1), got {config.train.ema_decay}")
-    if config.train.lr <= 0:
-        raise ConfigError(f"train.lr must be positive, got {config.train.lr}")
+    _validate_ranges(config)
     non_negative = {
         "train.eval_every": config.train.eval_every, "validation.max_samples": config.validation.max_samples,
         "validation.tolerance": config.validation.tolerance, "validation.min_improvement": config.validation.min_improvement,
@@ -611,6 +664,34 @@ def _validate_task_settings(config: ExperimentConfig) -> None:
         if key not in known:
             raise ConfigError(f"task_settings.{key}: {key!r} is not a task of this run; tasks: {', '.join(known)}")
         TASKS.get(key).parse_settings(values, f"task_settings.{key}")
+
+
+def _validate_ranges(config: ExperimentConfig) -> None:
+    """Numbers a run cannot use (every float is already known to be finite)."""
+    train, data = config.train, config.data
+    rules = [
+        ("train.lr", train.lr, 0 < train.lr <= 100, "in (0, 100]"),
+        ("train.weight_decay", train.weight_decay, train.weight_decay >= 0, ">= 0"),
+        ("train.grad_clip", train.grad_clip, train.grad_clip > 0, "> 0"),
+        ("train.warmup_steps", train.warmup_steps, train.warmup_steps >= 0, ">= 0"),
+        ("train.log_every", train.log_every, train.log_every >= 1, ">= 1"),
+        ("train.checkpoint_every", train.checkpoint_every, train.checkpoint_every >= 0, ">= 0"),
+        ("train.monitor_every", train.monitor_every, train.monitor_every >= 0, ">= 0"),
+        ("data.num_workers", data.num_workers, data.num_workers >= 0, ">= 0"),
+        ("data.shuffle_buffer", data.shuffle_buffer, data.shuffle_buffer >= 0, ">= 0"),
+        ("data.max_corrupt_fraction", data.max_corrupt_fraction, 0 <= data.max_corrupt_fraction <= 1, "in [0, 1]"),
+        ("data.max_image_pixels", data.max_image_pixels, data.max_image_pixels > 0, "> 0"),
+        ("model.dropout", config.model.dropout, 0 <= config.model.dropout < 1, "in [0, 1)"),
+        ("model.mlp_ratio", config.model.mlp_ratio, config.model.mlp_ratio > 0, "> 0"),
+        ("model.num_heads", config.model.num_heads, config.model.num_heads > 0, "> 0"),
+        ("eval.threshold", config.eval.threshold, 0 <= config.eval.threshold <= 1, "in [0, 1]"),
+        ("eval.batch_size", config.eval.batch_size, config.eval.batch_size >= 1, ">= 1"),
+        ("eval.max_samples", config.eval.max_samples, config.eval.max_samples >= 0, ">= 0"),
+    ]
+    for key, value, ok, rule in rules:
+        if not ok:
+            raise ConfigError(f"{key} must be {rule}, got {value}")
+    validate_generation(config.eval.generation, "eval.generation")
 
 
 def _validate_fsdp(config: ExperimentConfig) -> None:
@@ -668,15 +749,23 @@ def read_yaml_tree(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path.resolve() in _seen:
         raise ConfigError(f"{path}: include cycle")
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        loaded = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config") from None
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     loaded = loaded or {}
     includes = loaded.pop("include", [])
     if isinstance(includes, str):
         includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(item, str) and item for item in includes):
+        raise ConfigError(f"{path}: include must be a file name or a list of file names, got {_short(includes)}")
     tree: dict[str, Any] = {}
     for include in includes:
         tree = deep_merge(tree, read_yaml_tree(path.parent / include, _seen + (path.resolve(),)))

@@ -17,8 +17,10 @@ from data_pipelines.transforms import (
     CorruptSampleError, decode_image, resize_center_crop, to_rgb, to_uint8_tensor,
 )
 from mmtl.builder import Components, components_from_meta
-from mmtl.config import EvalConfig, ExperimentConfig, GenerationConfig, build_dataclass, load_config
-from mmtl.errors import MMTLError
+from mmtl.config import (  # noqa: F401  (GENERATION_BOUNDS: re-exported for the server's schema)
+    GENERATION_BOUNDS, EvalConfig, ExperimentConfig, GenerationConfig, build_dataclass, load_config, validate_generation,
+)
+from mmtl.errors import MMTLError, os_error_message
 from mmtl.modalities.base import read_input
 from mmtl.training.checkpoint import CONFIG_FILE, inference_weights, load_weights, read_meta, resolve_checkpoint
 from mmtl.training.precision import get_autocast, resolve_device
@@ -82,22 +84,6 @@ class PredictOptions:
     def key(self) -> str:
         """A string equal for equal options (requests with the same key can share one batch)."""
         return json.dumps([self.tasks, dataclasses.asdict(self.eval), self.top_k_tags], sort_keys=True)
-
-
-def validate_generation(gen: GenerationConfig) -> None:
-    """Range checks of decoding options (types are checked when the dataclass is built)."""
-    checks = [
-        ("max_length", gen.max_length >= 1, "must be >= 1"),
-        ("num_beams", gen.num_beams >= 1, "must be >= 1"),
-        ("temperature", gen.temperature > 0, "must be > 0"),
-        ("top_k", gen.top_k >= 0, "must be >= 0"),
-        ("top_p", 0 < gen.top_p <= 1, "must be in (0, 1]"),
-        ("no_repeat_ngram_size", gen.no_repeat_ngram_size >= 0, "must be >= 0"),
-        ("repetition_penalty", gen.repetition_penalty > 0, "must be > 0"),
-    ]
-    for name, ok, rule in checks:
-        if not ok:
-            raise MMTLError(f"generation.{name} {rule}, got {getattr(gen, name)!r}")
 
 
 def check_text(text: str | None, max_chars: int | None = None) -> str | None:
@@ -232,15 +218,19 @@ class Predictor:
 
         ``inputs``: files (paths or bytes) of the model's further modalities by name, e.g. ``{"depth": "d.png"}``.
         """
-        pil = load_image(image, max_pixels)
-        text = check_text(text, max_text_chars)
-        extra = {}
-        for name, source in (inputs or {}).items():
-            unit = self.model.modalities.get(name)
-            if unit is None or name in ("image", "text"):
-                others = [m for m in self.model.modalities if m not in ("image", "text")]
-                raise MMTLError(f"this model has no modality {name!r}; its further modalities: {', '.join(others) or '(none)'}")
-            extra[name] = unit.load(source)
+        try:
+            pil = load_image(image, max_pixels)
+            text = check_text(text, max_text_chars)
+            extra = {}
+            for name, source in (inputs or {}).items():
+                unit = self.model.modalities.get(name)
+                if unit is None or name in ("image", "text"):
+                    others = [m for m in self.model.modalities if m not in ("image", "text")]
+                    raise MMTLError(f"this model has no modality {name!r}; its further modalities: "
+                                    f"{', '.join(others) or '(none)'}")
+                extra[name] = unit.load(source)
+        except OSError as exc:  # unreadable file: permission denied, a directory, an I/O error
+            raise MMTLError(f"cannot read {os_error_message(exc)}") from exc
         if pil is None and text is None and not extra:
             raise MMTLError("give an image, a text, or both")
         size = self.config.model.image.image_size

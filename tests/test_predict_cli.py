@@ -146,18 +146,22 @@ def test_single_pair_precision_bf16(run_dir: Path, tmp_path: Path, capsys) -> No
     (["--text-file", "BIN"], "not UTF-8 text"),
     (["--text", "a\x00b\x01c\x02"], "text looks binary"),
     (["--image", "IMG", "--num-beams", "0"], "generation.num_beams must be >= 1"),
-    (["--image", "IMG", "--top-p", "1.5"], "generation.top_p must be in (0, 1]"),
+    (["--image", "IMG", "--top-p", "1.5"], "generation.top_p must be > 0.0 and <= 1.0"),
     (["--image", "IMG", "--threshold", "2"], "threshold must be in [0, 1]"),
     (["--input", "PAIRS"], "need --output"),
     (["--input", "nowhere.jsonl", "--output", "o.jsonl"], "--input file not found"),
     (["--images", "nowhere", "--output", "o.jsonl"], "--images directory not found"),
     (["--image", "IMG", "--device", "cuda:99"], "device 'cuda:99'"),
     (["--image", "IMG", "--device", "tpu"], "unknown device 'tpu'"),
+    (["--image", "IMG", "--num-beams", "100000"], "--num-beams is 100000; the most is 8"),
+    (["--input", "PAIRS", "--output", "DIR"], "is a directory; give a file path"),
+    (["--image", "IMG", "--temperature", "1e-300", "--sample"], "generation.temperature must be >= 0.0001"),
+    (["--image", "IMG", "--seed", str(2**70), "--sample"], "generation.seed must fit in 64 bits"),
 ])
 def test_bad_input_one_line_exit_2(run_dir: Path, tmp_path: Path, monkeypatch, capsys, extra, message) -> None:
     monkeypatch.chdir(tmp_path)
     subs = {"IMG": str(_image(tmp_path / "ok.png")), "NOTIMG": str(tmp_path / "n.png"),
-            "BIN": str(tmp_path / "b.bin"), "PAIRS": str(tmp_path / "p.jsonl")}
+            "BIN": str(tmp_path / "b.bin"), "PAIRS": str(tmp_path / "p.jsonl"), "DIR": str(tmp_path)}
     Path(subs["NOTIMG"]).write_bytes(b"\x89PNG garbage")
     Path(subs["BIN"]).write_bytes(bytes(range(256)))
     assert main(["predict", "--checkpoint", str(run_dir), *[subs.get(a, a) for a in extra]]) == 2
@@ -207,3 +211,51 @@ def test_inference_decodes_images_like_training_data(tmp_path: Path) -> None:
     path = tmp_path / "clear.png"
     Image.new("RGBA", (4, 4), (255, 0, 0, 0)).save(path)
     assert load_image(path).getpixel((0, 0)) == decode_image(path.read_bytes()).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_unreadable_image_is_one_line(run_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """Permission denied (simulated: the tests run as root, which reads any file)."""
+    image = _image(tmp_path / "locked.png")
+    real_read = Path.read_bytes
+
+    def read_bytes(self: Path) -> bytes:
+        if self.name == "locked.png":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    assert main(["predict", "--checkpoint", str(run_dir), "--image", str(image)]) == 2
+    err = capsys.readouterr().err
+    assert "locked.png: permission denied" in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_batch_rows_cannot_read_outside_their_folder(run_dir: Path, tmp_path: Path) -> None:
+    outside = _image(tmp_path / "secret" / "s.png")
+    inside = tmp_path / "job"
+    _image(inside / "ok.png")
+    rows = [{"id": "abs", "image": str(outside)}, {"id": "up", "image": "../secret/s.png"},
+            {"id": "depth", "text": "x", "depth": "../secret/s.png"}, {"id": "ok", "image": "ok.png"}]
+    pairs = inside / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "preds.jsonl"
+    base = ["predict", "--checkpoint", str(run_dir), "--input", str(pairs), "--no-progress"]
+    assert main([*base, "--output", str(out)]) == 0
+    got = _rows(out)
+    for key in ("abs", "up", "depth"):
+        assert "leads outside" in got[key]["error"] and "--allow-outside-paths" in got[key]["error"]
+    assert "error" not in got["ok"]
+    allowed = tmp_path / "allowed.jsonl"
+    assert main([*base, "--output", str(allowed), "--allow-outside-paths"]) == 0
+    got = _rows(allowed)
+    assert "error" not in got["abs"] and "error" not in got["up"]
+
+
+def test_appending_keeps_a_last_line_without_newline(run_dir: Path, pairs_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "preds.jsonl"
+    kept = json.dumps({"id": "a", "captioning": "written by hand"})
+    out.write_text(json.dumps({"id": "zz", "note": "first"}) + "\n" + kept)  # no newline at the end
+    assert main(["predict", "--checkpoint", str(run_dir), "--input", str(pairs_file), "--output", str(out),
+                 "--no-progress"]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[:2] == [json.dumps({"id": "zz", "note": "first"}), kept]
+    assert [json.loads(line)["id"] for line in lines].count("a") == 1

@@ -5,8 +5,11 @@ import base64
 import http.client
 import io
 import json
+import logging
+import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +23,7 @@ from mmtl.inference import Predictor
 from mmtl.serve import ServerLimits, make_server
 from tests.conftest import micro_overrides, multipart, post_json, request, serving
 
-LIMITS = ServerLimits(max_body_bytes=200_000, max_pixels=100_000, max_text_chars=500)
+LIMITS = ServerLimits(max_body_bytes=200_000, max_pixels=100_000, max_text_chars=500, read_timeout_s=2.0)
 
 
 @pytest.fixture(scope="module")
@@ -124,13 +127,13 @@ def bomb_png() -> bytes:
     ({"text": "   "}, 400, "give an image, a text, or both"),
     ({}, 400, "give an image, a text, or both"),
     ({"text": "a\x00\x01\x02\x03"}, 400, "text looks binary"),
-    ({"text": 3}, 400, "'text' must be a string"),
+    ({"text": 3}, 400, "field 'text'"),
     ({"text": "hi", "tasks": "dancing"}, 400, "unknown task dancing"),
     ({"text": "hi", "generation": {"beams": 2}}, 400, "generation.beams"),
-    ({"text": "hi", "num_beams": 0}, 400, "num_beams must be >= 1"),
+    ({"text": "hi", "num_beams": 0}, 400, "field 'num_beams'"),
     ({"text": "hi", "generation": {"num_beams": 64}}, 400, "allows at most 8"),
-    ({"text": "hi", "tasks": [{"a": 1}]}, 400, "'tasks' must be a list of task names"),
-    ({"text": "hi", "threshold": "high"}, 400, "'threshold' must be a number"),
+    ({"text": "hi", "tasks": [{"a": 1}]}, 400, "field 'tasks"),
+    ({"text": "hi", "threshold": "high"}, 400, "field 'threshold'"),
     ({"text": "hi", "colour": "red"}, 400, "unknown field(s) colour"),
 ])
 def test_bad_json_requests_are_4xx_with_a_message(server, payload, status, message) -> None:
@@ -190,3 +193,125 @@ def test_serve_cli_process(run_dir: Path, tmp_path: Path, capsys) -> None:
         assert main(["serve", *argv]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+# -- hardening (issue #17): conformance, deadlines, limits, disconnects, workers --------------------
+def raw_exchange(server, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send raw bytes, return everything the server answers until it closes or goes quiet."""
+    host, port = server.server_address[:2]
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+                if b"\r\n\r\n" in b"".join(chunks) and b"Connection: close" not in b"".join(chunks):
+                    break
+        except socket.timeout:
+            pass
+    return b"".join(chunks)
+
+
+def test_conflicting_duplicate_content_length_is_refused(server) -> None:
+    answer = raw_exchange(server, b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                  b"Content-Length: 2\r\nContent-Length: 15\r\n\r\n{\"text\": \"hi\"}")
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+
+
+@pytest.mark.parametrize("body, message", [
+    (b"[" * 20_000 + b"]" * 20_000, "nested too deeply"),
+    (json.dumps({"text": "hi", "seed": 2**70}).encode(), "field 'seed'"),
+    (json.dumps({"text": "hi", "do_sample": True, "temperature": 1e-300}).encode(), "field 'temperature'"),
+    (b'{"text": "hi", "do_sample": true, "temperature": NaN}', "field 'temperature'"),
+    (json.dumps({"text": "hi", "generation": {"seed": -1}}).encode(), "field 'generation.seed'"),
+])
+def test_hostile_json_values_are_400_not_500(server, body: bytes, message: str) -> None:
+    status, answer = request(server, "/v1/predict", body, "application/json")
+    assert status == 400 and message in answer["error"], answer
+
+
+def test_a_client_dribbling_bytes_is_dropped(server) -> None:
+    """read_timeout_s=2 here (30 s by default): the headers and body must arrive within it."""
+    host, port = server.server_address[:2]
+    start = time.monotonic()
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.settimeout(0.4)
+        sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n")
+        closed = False
+        while time.monotonic() - start < 8 and not closed:
+            try:
+                sock.sendall(b"X")
+                closed = sock.recv(1024) == b""
+            except socket.timeout:
+                continue
+            except OSError:
+                closed = True
+    assert closed and time.monotonic() - start < 6
+
+
+def test_multipart_part_count_and_duplicates_are_limited(server) -> None:
+    start = time.monotonic()
+    body, ctype = multipart({f"f{i}": "x" for i in range(2000)})
+    status, answer = request(server, "/v1/predict", body, ctype)
+    assert status == 400 and "fields" in answer["error"].lower() and time.monotonic() - start < 10
+    boundary = "b0undary"
+    twice = "".join(f'--{boundary}\r\nContent-Disposition: form-data; name="text"\r\n\r\n{v}\r\n' for v in "ab")
+    status, answer = request(server, "/v1/predict", (twice + f"--{boundary}--\r\n").encode(),
+                             f"multipart/form-data; boundary={boundary}")
+    assert status == 400 and "given twice" in answer["error"]
+
+
+def test_disconnecting_clients_log_no_traceback(server, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    for name in ("uvicorn", "uvicorn.error", "asyncio"):
+        logging.getLogger(name).addHandler(caplog.handler)
+    try:
+        payload = json.dumps({"image": base64.b64encode(png_bytes()).decode(), "text": "hi"}).encode()
+        for _ in range(6):  # the request arrives whole, the client is gone before the answer
+            host, port = server.server_address[:2]
+            with socket.create_connection((host, port), timeout=10) as sock:
+                sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n" % len(payload) + payload)
+        time.sleep(1.0)
+        assert post_json(server, {"text": "still here ."})[0] == 200
+    finally:
+        for name in ("uvicorn", "uvicorn.error", "asyncio"):
+            logging.getLogger(name).removeHandler(caplog.handler)
+    assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage() or "Broken" in r.getMessage()]
+
+
+def test_concurrency_limit_answers_503(predictor: Predictor) -> None:
+    limits = ServerLimits(max_concurrency=2)
+    with serving(make_server(predictor, "127.0.0.1", 0, limits)) as srv:
+        host, port = srv.server_address[:2]
+        idle = [socket.create_connection((host, port), timeout=10) for _ in range(2)]
+        try:
+            time.sleep(0.3)
+            answer = raw_exchange(srv, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 503"), answer[:100]
+        finally:
+            for sock in idle:
+                sock.close()
+        time.sleep(0.3)
+        assert request(srv, "/healthz")[0] == 200
+
+
+def test_serve_with_two_worker_processes(run_dir: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "mmtl", "serve", "--checkpoint", str(run_dir), "--port", "0",
+                             "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "2 worker process(es)" in line, proc.stderr.read() if proc.poll() is not None else line
+        url = line.split(" on ", 1)[1].split()[0]
+        deadline = time.monotonic() + 180
+        while True:  # the workers load the model after the socket is announced
+            try:
+                with urllib.request.urlopen(url + "/v1/info", timeout=10) as resp:
+                    assert set(json.loads(resp.read())["tasks"]) == {"recognition", "captioning", "summarization"}
+                break
+            except OSError:  # refused, reset or timed out (URLError is an OSError): still loading
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

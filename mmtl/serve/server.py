@@ -1,0 +1,124 @@
+"""Running the app: uvicorn (h11, with a request-read deadline) in this process, or N worker processes."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from dataclasses import asdict
+from typing import Any
+
+import uvicorn
+from uvicorn.supervisors import Multiprocess
+
+from mmtl.errors import MMTLError
+from mmtl.inference import Predictor
+from mmtl.serve.app import ServerLimits, Service, create_app
+from mmtl.serve.limits import DeadlineH11Protocol
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (port 0: a free one); a clear error when the address cannot be used."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family = infos[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(infos[0][4])
+        sock.listen(2048)
+    except (OSError, OverflowError) as exc:
+        raise MMTLError(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def uvicorn_config(app: Any, limits: ServerLimits, **kwargs: Any) -> uvicorn.Config:
+    """uvicorn settings shared by one-process and multi-process serving."""
+    config = uvicorn.Config(app, http=DeadlineH11Protocol, ws="none", lifespan="on", log_level="warning",
+                            access_log=False, limit_concurrency=limits.max_concurrency,
+                            timeout_keep_alive=max(1, round(limits.keep_alive_s)), server_header=False,
+                            timeout_graceful_shutdown=5, **kwargs)
+    config.mmtl_read_timeout = limits.read_timeout_s  # read by DeadlineH11Protocol
+    return config
+
+
+class MMTLServer:
+    """One process serving a :class:`Service` on a bound socket.
+
+    ``serve_forever()`` blocks (run it in a thread in tests); ``shutdown()`` asks it to stop,
+    ``server_close()`` releases the socket and the batcher.
+    """
+
+    def __init__(self, service: Service, host: str = "127.0.0.1", port: int = 8000) -> None:
+        self.app = service
+        try:
+            self.socket = bind_socket(host, port)
+        except MMTLError:
+            service.close()
+            raise
+        self.server_address = self.socket.getsockname()[:2]
+        self.server = uvicorn.Server(uvicorn_config(create_app(service), service.limits))
+        self._stopped = threading.Event()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+    def serve_forever(self) -> None:
+        self._stopped.clear()
+        try:
+            self.server.run(sockets=[self.socket])
+        finally:
+            self._stopped.set()
+
+    def shutdown(self, timeout: float = 15.0) -> None:
+        """Ask ``serve_forever`` to return, and wait until it has (at most ``timeout`` seconds)."""
+        self.server.should_exit = True
+        self._stopped.wait(timeout)
+
+    def server_close(self) -> None:
+        self.socket.close()
+        self.app.close()
+
+
+def make_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000,
+                limits: ServerLimits | None = None, max_batch: int = 16, max_wait_ms: float = 5.0) -> MMTLServer:
+    """A ready server (port 0 picks a free port; see ``.url``). Call ``serve_forever()``, then ``shutdown()``
+    and ``server_close()``."""
+    return MMTLServer(Service(predictor, limits, max_batch, max_wait_ms), host, port)
+
+
+def serve(checkpoint: str, host: str, port: int, limits: ServerLimits, max_batch: int, max_wait_ms: float,
+          device: str = "cpu", precision: str = "fp32", workers: int = 1) -> None:
+    """Serve until Ctrl-C or SIGTERM: in this process, or in ``workers`` processes sharing the socket."""
+    if workers < 1:
+        raise MMTLError(f"--workers must be >= 1, got {workers}")
+    predictor = Predictor.from_pretrained(checkpoint, device=device, precision=precision)
+    if workers == 1:
+        server = make_server(predictor, host, port, limits, max_batch, max_wait_ms)
+        _announce(predictor, server.url, workers)
+        try:
+            server.serve_forever()
+        finally:
+            server.server_close()
+        return
+    Service(predictor, limits, max_batch, max_wait_ms).close()  # the settings are valid before workers start
+    del predictor
+    sock = bind_socket(host, port)
+    os.environ["MMTL_SERVE_SETTINGS"] = json.dumps({
+        "checkpoint": str(checkpoint), "device": device, "precision": precision, "limits": asdict(limits),
+        "max_batch": max_batch, "max_wait_ms": max_wait_ms})
+    config = uvicorn_config("mmtl.serve.app:app_from_environment", limits, factory=True, workers=workers)
+    host_, port_ = sock.getsockname()[:2]
+    _announce(None, f"http://{host_}:{port_}", workers)
+    try:
+        Multiprocess(config, sockets=[sock]).run()
+    finally:
+        sock.close()
+
+
+def _announce(predictor: Predictor | None, url: str, workers: int) -> None:
+    tasks = f"{', '.join(predictor.tasks)} " if predictor is not None else ""
+    print(f"serving {tasks}on {url} (web page at /, API at /v1/predict; {workers} worker process(es)); "
+          "Ctrl-C stops", flush=True)
