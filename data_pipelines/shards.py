@@ -137,9 +137,10 @@ def split_shards(path: str | Path, split: str) -> list[str]:
     return urls
 
 
-def raw_samples(path: str | Path, split: str, mapping: Mapping | Iterable[str] | None = None, handler: Any = wds.warn_and_continue
-                ) -> Iterator[dict[str, Any]]:
-    """Raw samples of a split in order, in the sample contract (shards without dataset.json are mapped)."""
+def raw_samples(path: str | Path, split: str, mapping: Mapping | Iterable[str] | None = None,
+                handler: Any = shardsets.refuse_unreadable_shards) -> Iterator[dict[str, Any]]:
+    """Raw samples of a split in order, in the sample contract (shards without dataset.json are mapped);
+    by default a shard that cannot be opened is an error, a damaged member is skipped."""
     urls = split_shards(path, split)
     return shardsets.contract_samples(urls, None if is_native(path) else as_mapping(mapping), handler)
 

@@ -193,6 +193,23 @@ def to_contract(raw: dict[str, Any], mapping: Mapping) -> dict[str, Any]:
     return out
 
 
+def unreadable(url: str, error: BaseException | None) -> str:
+    """``url: why`` for a shard that could not be read (permission denied, file not found, ...)."""
+    if isinstance(error, PermissionError):
+        return f"{url}: permission denied"
+    if isinstance(error, FileNotFoundError):
+        return f"{url}: file not found"
+    return f"{url}: {error}" if error is not None else f"{url}: no readable samples"
+
+
+def refuse_unreadable_shards(error: BaseException) -> bool:
+    """webdataset handler for reading a split through: a shard file that cannot be opened is an error
+    naming it; a damaged member inside a readable shard is warned about and skipped."""
+    if isinstance(error, OSError) and error.filename:
+        raise MMTLError(f"cannot read shard {unreadable(str(error.filename), error)}") from None
+    return wds.warn_and_continue(error)
+
+
 def contract_samples(urls: list[str], mapping: Mapping | None, handler: Any = wds.warn_and_continue
                      ) -> Iterator[dict[str, Any]]:
     """Raw samples of ``urls`` in order, turned into the contract when ``mapping`` is not None."""

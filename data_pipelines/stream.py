@@ -29,7 +29,7 @@ import webdataset as wds
 
 from data_pipelines.mixing import MixPlan, interleave
 from data_pipelines.sample import TEXT_INPUT_FIELD
-from data_pipelines.shardsets import contract_samples
+from data_pipelines.shardsets import contract_samples, unreadable
 from mmtl.errors import MMTLError
 
 MODES = ("resampled", "epoch")
@@ -66,24 +66,28 @@ def shard_samples(urls: Iterable[str], mapping: dict[str, list[str]] | None = No
 
 
 class ShardErrors:
-    """A webdataset handler that remembers the last error before warning and skipping, so that a stream
-    that can read nothing at all can say why."""
+    """A webdataset handler that skips unreadable shards and tar members, keeps the errors, and warns
+    about them only once the stream has shown it can read something: a stream that reads nothing at
+    all then fails with one message saying why, instead of a warning per shard before it."""
 
     def __init__(self) -> None:
         self.last: BaseException | None = None
+        self.pending: list[BaseException] = []
 
     def __call__(self, error: BaseException) -> bool:
         self.last = error
-        return wds.warn_and_continue(error)
+        self.pending.append(error)
+        return True  # skip it and go on
+
+    def flush(self) -> None:
+        """Warn about the errors kept so far (the stream is readable, so they are worth a warning)."""
+        for error in self.pending:
+            wds.warn_and_continue(error)
+        self.pending.clear()
 
     def reason(self, url: str) -> str:
         """``url: why`` for the last error (permission denied, file not found, ...)."""
-        error = self.last
-        if isinstance(error, PermissionError):
-            return f"{url}: permission denied"
-        if isinstance(error, FileNotFoundError):
-            return f"{url}: file not found"
-        return f"{url}: {error}" if error is not None else f"{url}: no readable samples"
+        return unreadable(url, self.last)
 
 
 @dataclass
@@ -196,6 +200,8 @@ def interleaved_shards(urls: Iterator[str], width: int, mapping: dict[str, list[
         sample = next(open_shards[index], None)
         if sample is not None:
             yielded[index], empty_in_a_row = True, 0
+            if errors.pending:
+                errors.flush()
             yield sample
             continue
         empty_in_a_row = 0 if yielded[index] else empty_in_a_row + 1

@@ -133,9 +133,6 @@ def test_a_bug_is_one_line_with_exit_1(monkeypatch, capsys) -> None:
     _one_line_error(capsys, "internal error: ValueError: something unexpected second line (run with --debug")
 
 
-@pytest.mark.xfail(run=False, reason="since main's loader change (5879ee8, read 4 shards at once) a shard that "
-                   "cannot be opened is skipped and the stream waits forever instead of failing: the test hangs; "
-                   "data_pipelines is #18's. Passed before the rebase (one line, exit 2).")
 def test_unreadable_shard_is_one_line(trained_run: tuple[Path, Path], tmp_path: Path, monkeypatch, capsys) -> None:
     """Permission denied on a shard (simulated: the tests run as root, which reads any file)."""
     import builtins
