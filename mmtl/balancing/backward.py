@@ -100,7 +100,8 @@ class BalancedBackward:
         """
         names = list(losses)
         if not self.per_task_step(step):
-            total = self.balancer.combine(losses)
+            with self.balancer.kept_unless(torch.stack([v.detach() for v in losses.values()]).isfinite().all()):
+                total = self.balancer.combine(losses)
             stats = task_gradient_stats(names, self._grads(losses, self.shared, heads=False)) if monitor else {}
             self.scaler.scale(total * factor if factor != 1.0 else total).backward()
             return {"total": total.detach(), **stats}
@@ -112,15 +113,16 @@ class BalancedBackward:
         finite = torch.isfinite(grads).all()
         grads = sanitize(grads)
         ids, values = self.balancer.present(losses)
-        if pairs is not None and self.reduce_gram is not None:
-            # Representation gradients are per sample: ranks hold different rows of the global (T, D)
-            # matrix, so they cannot be averaged. The balancers see them only through inner products,
-            # so every rank balances stand-in rows with the global Gram matrix (the same decision on
-            # every rank) and applies the resulting task weights to its own rows.
-            self.balancer.update(gram_factor(self.reduce_gram(grads @ grads.T)), values, ids)
-            combined = self.balancer.weights[ids].to(grads.dtype) @ grads
-        else:
-            combined = self.balancer.update(grads, values, ids)
+        with self.balancer.kept_unless(finite & values.detach().isfinite().all()):
+            if pairs is not None and self.reduce_gram is not None:
+                # Representation gradients are per sample: ranks hold different rows of the global (T, D)
+                # matrix, so they cannot be averaged. The balancers see them only through inner products,
+                # so every rank balances stand-in rows with the global Gram matrix (the same decision on
+                # every rank) and applies the resulting task weights to its own rows.
+                self.balancer.update(gram_factor(self.reduce_gram(grads @ grads.T)), values, ids)
+                combined = self.balancer.weights[ids].to(grads.dtype) @ grads
+            else:
+                combined = self.balancer.update(grads, values, ids)
         if self.scaler.is_enabled():
             # under fp16 an overflow in any task's gradient must reach .grad: it is the scaler's signal
             # to skip the step and lower the scale (zeroing the row would drop that task's gradient
