@@ -172,8 +172,9 @@ class ExcessMTL(VectorStateBalancer):
 
     He, Zhou, Chen, Ji & Lai, "Robust Multi-Task Learning with Excess Risks", ICML 2024:
     h = sqrt(sum of squared past gradients), e_t = sum g_t^2 / h, divided by its first value
-    (scale processing), weights <- softmax(log weights + step e). torchjd adds 1e-7 inside the
-    root and to the first value; here 0/0 is 0. No warm-up steps. Cost: O(T D), a (T, D) buffer.
+    (scale processing, from the second update on, as in the authors' code), weights <-
+    softmax(log weights + step e). torchjd adds 1e-7 inside the root and to the first value; here
+    0/0 is 0. No warm-up steps. Cost: O(T D), a (T, D) buffer.
     """
 
     Settings = ExcessMTLSettings
@@ -192,10 +193,12 @@ class ExcessMTL(VectorStateBalancer):
         self.squared_sum[ids] = total
         excess = safe_divide(squares, total.sqrt()).sum(1)
         first = self.initial_excess[ids]
-        first = torch.where(first > 0, first, excess)
-        self.initial_excess[ids] = first
+        known = first > 0
+        self.initial_excess[ids] = torch.where(known, first, excess)
+        # as in the authors' code (and torchjd), the first update uses the unscaled excess
+        excess = torch.where(known, safe_divide(excess, first), excess)
         w = self.simplex_weights[ids]
-        w = torch.softmax(torch.log(w / w.sum()) + self.settings.robust_step_size * safe_divide(excess, first), dim=0)
+        w = torch.softmax(torch.log(w / w.sum()) + self.settings.robust_step_size * excess, dim=0)
         self.simplex_weights[ids] = w
         return w @ grads
 
