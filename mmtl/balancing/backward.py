@@ -113,15 +113,19 @@ class BalancedBackward:
         finite = torch.isfinite(grads).all()
         grads = sanitize(grads)
         ids, values = self.balancer.present(losses)
-        with self.balancer.kept_unless(finite & values.detach().isfinite().all()):
-            if pairs is not None and self.reduce_gram is not None:
-                # Representation gradients are per sample: ranks hold different rows of the global (T, D)
-                # matrix, so they cannot be averaged. The balancers see them only through inner products,
-                # so every rank balances stand-in rows with the global Gram matrix (the same decision on
-                # every rank) and applies the resulting task weights to its own rows.
-                self.balancer.update(gram_factor(self.reduce_gram(grads @ grads.T)), values, ids)
-                combined = self.balancer.weights[ids].to(grads.dtype) @ grads
-            else:
+        if pairs is not None and self.reduce_gram is not None:
+            # Representation gradients are per sample: ranks hold different rows of the global (T, D)
+            # matrix, so they cannot be averaged. The balancers see them only through inner products,
+            # so every rank balances stand-in rows with the global Gram matrix (the same decision on
+            # every rank) and applies the resulting task weights to its own rows. A rank with a
+            # non-finite gradient sends a NaN Gram matrix, so that every rank sees the step as bad.
+            local = grads @ grads.T
+            gram = self.reduce_gram(torch.where(finite, local, torch.full_like(local, float("nan"))))
+            with self.balancer.kept_unless(gram.isfinite().all() & values.detach().isfinite().all()):
+                self.balancer.update(gram_factor(gram.nan_to_num(0.0)), values, ids)
+            combined = self.balancer.weights[ids].to(grads.dtype) @ grads
+        else:
+            with self.balancer.kept_unless(finite & values.detach().isfinite().all()):
                 combined = self.balancer.update(grads, values, ids)
         if self.scaler.is_enabled():
             # under fp16 an overflow in any task's gradient must reach .grad: it is the scaler's signal
