@@ -251,6 +251,9 @@ class BalancerConfig:
     # representation (one backward through the trunk); recomputed every ``update_every`` steps
     on: str = choice("params", "params", "representation")
     update_every: int = 1
+    # compute the T per-task gradients with one vmapped backward (torch.autograd.grad(is_grads_batched=True))
+    # instead of T backwards: same numbers; on 2 CPU cores it was slower (docs/benchmarks.md), so off by default
+    batched_backward: bool = False
     options: dict[str, Any] = field(default_factory=dict)
 
     # settings that earlier versions kept flat in this section, and the balancers that read them:

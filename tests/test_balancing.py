@@ -283,6 +283,19 @@ def test_per_task_gradients_sum_to_the_gradient_of_the_summed_loss(micro_trainer
 
 
 @pytest.mark.parametrize("on", ["params", "representation"])
+def test_one_batched_backward_gives_the_per_task_gradients_of_t_backwards(micro_trainer, on: str) -> None:
+    trainer, batch = micro_trainer
+    grads = {}
+    for batched in (False, True):
+        balancer = make("mgda", tasks=trainer.config.tasks, on=on)
+        balancer.config.batched_backward = batched
+        grads[batched] = _grads_of(trainer, batch, balancer=balancer)
+    assert grads[True].keys() == grads[False].keys() and any(n.startswith("heads.") for n in grads[True])
+    for name, grad in grads[False].items():
+        assert torch.allclose(grads[True][name], grad, atol=1e-6, rtol=1e-5), name
+
+
+@pytest.mark.parametrize("on", ["params", "representation"])
 def test_fp16_autocast_gives_the_fp32_combined_gradient(micro_trainer, on: str) -> None:
     # per-task gradients are unscaled before MGDA combines them and rescaled after, so fp16 autocast
     # under a GradScaler agrees with fp32 up to fp16 rounding (the GPU path, run on the CPU here)

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Iterator
 import torch
 from torch import nn
 
-from mmtl.balancing.solvers import scaled_gram
+from mmtl.balancing.solvers import safe_divide, scaled_gram
 from mmtl.config import BalancerConfig, build_dataclass
 from mmtl.errors import ConfigError
 
@@ -195,8 +195,8 @@ def with_ridge(gram: torch.Tensor, relative: float) -> torch.Tensor:
 
 
 def effective_weights(grads: torch.Tensor, combined: torch.Tensor) -> torch.Tensor:
-    """The minimum-norm least-squares ``w`` with ``grads^T w = combined`` (float64 pseudo-inverse of the
-    scaled rows: finite for zero, identical or opposite rows, exact at any norm ratio within float64)."""
-    scale = grads.abs().amax().clamp_min(torch.finfo(grads.dtype).tiny)
-    rows = (grads / scale).double()
-    return (torch.linalg.pinv(rows.T, rtol=1e-12) @ (combined / scale).double()).to(grads.dtype)
+    """The minimum-norm least-squares ``w`` with ``grads^T w = combined``, from the float64 pseudo-inverse
+    of the normalized Gram matrix (finite for zero, identical or opposite rows; no copy of ``grads``)."""
+    gram, scale = scaled_gram(grads)
+    projections = safe_divide((grads @ combined).double(), scale)
+    return (torch.linalg.pinv(gram, rtol=1e-12, hermitian=True) @ projections).to(grads.dtype)

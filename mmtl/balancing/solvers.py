@@ -31,12 +31,14 @@ def safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Ten
 
 
 def scaled_gram(grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(M, s)`` with ``G G^T = s M`` in float64 and M's largest diagonal entry 1 (M = 0 for G = 0)."""
-    grads = grads.double()
-    entry = grads.abs().amax().clamp_min(torch.finfo(torch.float64).tiny)
-    gram = (grads / entry) @ (grads / entry).T  # pre-scaled: no overflow or underflow at extreme norms
+    """``(M, s)`` with ``G G^T = s M`` in float64 and M's largest diagonal entry 1 (M = 0 for G = 0).
+
+    The product itself runs in the gradients' precision (fp32: exact enough for every entry between
+    about 1e-18 and 1e18 in magnitude, far beyond the 1e-8..1e8 gradients of real training) and
+    without a copy of G; the T x T result is normalized in float64."""
+    gram = (grads @ grads.T).double() if grads.dtype == torch.float32 else grads.double() @ grads.double().T
     largest = gram.diagonal().amax()
-    return safe_divide(gram, largest), largest * entry * entry
+    return safe_divide(gram, largest), largest
 
 
 def normalized_gram(grads: torch.Tensor) -> torch.Tensor:
