@@ -12,7 +12,7 @@ import torch
 
 from mmtl.balancing.base import GradientBalancer, setting
 from mmtl.balancing.gradient import imtl_g_weights, power_weights
-from mmtl.balancing.solvers import project_to_dual_cone, safe_divide
+from mmtl.balancing.solvers import DEPENDENCE_TOL, cosine_matrix, project_to_dual_cone, safe_divide
 from mmtl.config import BalancerConfig
 from mmtl.registry import BALANCERS
 
@@ -53,14 +53,14 @@ class ConFIG(GradientBalancer):
 
     Liu, Chen, Thuerey, "ConFIG: Towards Conflict-free Training of Physics Informed Neural
     Networks", ICLR 2025. x = pinv(U) 1 with U the unit task gradients; d = (sum_t g_t . x^) x^.
-    Computed from the Gram matrix (x = U^T (U U^T)^+ 1); a zero task gradient is left out.
+    Computed from the Gram matrix (x = U^T (U U^T)^+ 1); a zero task gradient is left out, and
+    gradients closer to linear dependence than fp32 resolves (``DEPENDENCE_TOL``) count as dependent.
     Cost: one T x T pseudo-inverse.
     """
 
     def gram_weights(self, gram: torch.Tensor, losses: torch.Tensor, ids: list[int]) -> torch.Tensor:
-        norms = gram.diagonal().clamp_min(0).sqrt()
-        cosines = safe_divide(gram, norms.unsqueeze(0) * norms.unsqueeze(1))
-        unit_weights = torch.linalg.pinv(cosines, rtol=1e-12, hermitian=True) @ torch.ones_like(norms)
+        cosines, norms = cosine_matrix(gram)
+        unit_weights = torch.linalg.pinv(cosines, rtol=DEPENDENCE_TOL, hermitian=True) @ torch.ones_like(norms)
         weights = safe_divide(unit_weights, norms)  # x = G^T weights
         return safe_divide(weights * (gram @ weights).sum(), weights @ gram @ weights)
 

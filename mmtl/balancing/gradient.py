@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from mmtl.balancing.base import GradientBalancer, setting
-from mmtl.balancing.solvers import min_norm_weights, safe_divide, solve_box_qp
+from mmtl.balancing.solvers import DEPENDENCE_TOL, cosine_matrix, min_norm_weights, safe_divide, solve_box_qp
 from mmtl.config import BalancerConfig
 from mmtl.registry import BALANCERS
 
@@ -134,17 +134,22 @@ class IMTLG(GradientBalancer):
 
 
 def imtl_g_weights(gram: torch.Tensor) -> torch.Tensor:
-    """IMTL-G's weights from a (normalized) Gram matrix; zero-gradient tasks weigh 0."""
-    norms = gram.diagonal().clamp_min(0).sqrt()
+    """IMTL-G's weights (sum 1) from a (normalized) Gram matrix; zero-gradient tasks weigh 0.
+
+    Solved for b = a * ||g|| (weights on the unit gradients), whose equations involve only cosines,
+    so that the rank decisions of the pseudo-inverse do not depend on the tasks' norms. With linearly
+    dependent gradients the weights are not unique; the minimum-norm b is returned."""
+    cosines, norms = cosine_matrix(gram)
     live = norms > 0
-    projections = safe_divide(gram, norms.unsqueeze(1))  # row t: u_t . g_s
     reference = torch.argmax(norms)
     eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-    rows = torch.where(live.unsqueeze(1), projections[reference] - projections, eye)
+    # u_r . d = u_t . d for every live t (d = sum_s b_s u_s), b_t = 0 for dead t, and sum b = 1
+    rows = torch.where(live.unsqueeze(1), cosines[reference] - cosines, eye)
     is_reference = torch.arange(gram.shape[0], device=gram.device) == reference
     rows = torch.where(is_reference.unsqueeze(1), live.to(gram.dtype).expand_as(rows), rows)
     rhs = is_reference.to(gram.dtype) * live.any()
-    return torch.linalg.pinv(rows, rtol=1e-12) @ rhs
+    weights = safe_divide(torch.linalg.pinv(rows, rtol=DEPENDENCE_TOL) @ rhs, norms)
+    return safe_divide(weights, weights.sum())
 
 
 @dataclass

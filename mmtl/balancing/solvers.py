@@ -30,15 +30,32 @@ def safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Ten
                        torch.zeros_like(numerator))
 
 
+# columns of G per float64 block of the Gram product (bounds the temporary float64 copy)
+GRAM_BLOCK = 1 << 20
+
+
 def scaled_gram(grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(M, s)`` with ``G G^T = s M`` in float64 and M's largest diagonal entry 1 (M = 0 for G = 0).
 
-    The product itself runs in the gradients' precision (fp32: exact enough for every entry between
-    about 1e-18 and 1e18 in magnitude, far beyond the 1e-8..1e8 gradients of real training) and
-    without a copy of G; the T x T result is normalized in float64."""
-    gram = (grads @ grads.T).double() if grads.dtype == torch.float32 else grads.double() @ grads.double().T
+    The products are accumulated in float64 (block by block), so M is the Gram matrix of the given
+    vectors to float64 precision: positive semi-definite, exactly singular for exactly parallel rows."""
+    gram = torch.zeros(grads.shape[0], grads.shape[0], dtype=torch.float64, device=grads.device)
+    for start in range(0, grads.shape[1], GRAM_BLOCK):
+        block = grads[:, start:start + GRAM_BLOCK].double()
+        gram += block @ block.T
     largest = gram.diagonal().amax()
     return safe_divide(gram, largest), largest
+
+
+def cosine_matrix(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cosines between the task gradients and their norms, from a Gram matrix (zero rows: cosine 0)."""
+    norms = gram.diagonal().clamp_min(0).sqrt()
+    return safe_divide(gram, norms.unsqueeze(0) * norms.unsqueeze(1)), norms
+
+
+# directions that are closer to linear dependence than this (in cosine terms, about what fp32 gradients
+# can resolve) count as dependent where a method inverts the gradients' cosine matrix
+DEPENDENCE_TOL = 1e-6
 
 
 def normalized_gram(grads: torch.Tensor) -> torch.Tensor:
