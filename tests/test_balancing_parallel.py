@@ -65,8 +65,11 @@ def test_two_gloo_ranks_match_one_process(micro_data: Path, tmp_path: Path, bala
         "train.overwrite=true"]
     single = _train(overrides, 0, 1)
     mp.spawn(_worker, args=(2, _free_port(), overrides, str(tmp_path)), nprocs=2)
+    # on the representation the ranks balance a Cholesky factor of the global Gram matrix (fp32, relative
+    # ridge 1e-7) instead of the rows themselves; UPGrad's projections amplify that to a few 1e-4 in 3 steps
+    tolerance = 1e-3 if on == "representation" else 1e-4
     for rank in range(2):
         result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         worst = max((result["params"][k] - single["params"][k]).abs().max().item() for k in single["params"])
-        assert worst < 1e-4, worst
-        assert all(abs(result["weights"][t] - single["weights"][t]) < 1e-4 for t in single["weights"])
+        assert worst < tolerance, worst
+        assert all(abs(result["weights"][t] - single["weights"][t]) < tolerance for t in single["weights"])
