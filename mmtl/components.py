@@ -1,5 +1,7 @@
 """Importing this module registers every built-in component in ``mmtl.registry``."""
+import mmtl.balancing.conflict  # noqa: F401
 import mmtl.balancing.gradient  # noqa: F401
+import mmtl.balancing.stochastic  # noqa: F401
 import mmtl.balancing.weighting  # noqa: F401
 import mmtl.models.encoders  # noqa: F401
 import mmtl.models.fusion  # noqa: F401

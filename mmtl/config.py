@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -242,7 +242,11 @@ class TrainConfig:
 
 @dataclass
 class BalancerConfig:
-    """How per-task losses are combined into one update."""
+    """How per-task losses are combined into one update.
+
+    A method's own settings go in ``options`` (e.g. ``balancer.options.c=0.5`` for CAGrad), checked
+    against the dataclass that the registered balancer owns (``Balancer.Settings``).
+    """
 
     name: str = "equal"
     weights: dict[str, float] = field(default_factory=dict)
@@ -250,14 +254,29 @@ class BalancerConfig:
     # representation (one backward through the trunk); recomputed every ``update_every`` steps
     on: str = choice("params", "params", "representation")
     update_every: int = 1
-    temperature: float = 2.0  # dwa: softmax temperature of the loss ratios
-    window: int = 20  # dwa: steps averaged into one loss estimate (the paper's epoch)
-    lr: float = 0.025  # gradnorm, famo: step size of their own weight update
-    gamma: float = 0.001  # famo: weight decay of the task logits
-    alpha: float = 1.5  # gradnorm: asymmetry (restoring force toward equal training rates)
-    c: float = 0.4  # cagrad: radius of the ball around the mean gradient
-    beta: float = 0.01  # gradvac: EMA rate of the target cosine similarities
-    iterations: int = 20  # mgda, cagrad, nash_mtl: solver iterations
+    # compute the T per-task gradients with one vmapped backward (torch.autograd.grad(is_grads_batched=True))
+    # instead of T backwards: same numbers; on 2 CPU cores it was slower (docs/benchmarks.md), so off by default
+    batched_backward: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+    # settings that earlier versions kept flat in this section, and the balancers that read them:
+    # configs saved by those versions still load, each value moving into ``options`` where it applies
+    LEGACY_KEYS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "temperature": ("dwa",), "window": ("dwa",), "lr": ("gradnorm", "famo"), "gamma": ("famo",),
+        "alpha": ("gradnorm",), "c": ("cagrad",), "beta": ("gradvac",), "iterations": ("cagrad", "nash_mtl"),
+    }
+
+    @classmethod
+    def migrate(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` with the legacy flat keys moved into ``options`` (dropped where the method has no such setting)."""
+        legacy = {key: values[key] for key in cls.LEGACY_KEYS if key in values}
+        if not legacy:
+            return values
+        name = values.get("name", cls.name)
+        options = values.get("options") or {}
+        moved = {key: value for key, value in legacy.items() if name in cls.LEGACY_KEYS[key]}
+        rest = {key: value for key, value in values.items() if key not in legacy}
+        return {**rest, "options": {**moved, **options} if isinstance(options, dict) else options}
 
 
 @dataclass
@@ -560,6 +579,7 @@ def build_dataclass(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys and checking types and choices."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = cls.migrate(values) if hasattr(cls, "migrate") else values  # a section's own legacy keys
     kwargs = {}
     for name, value in values.items():
         key = f"{prefix}.{name}" if prefix else str(name)
@@ -606,9 +626,10 @@ def validate(config: ExperimentConfig) -> None:
     IMAGE_ENCODERS.get(config.model.image.name)
     TEXT_ENCODERS.get(config.model.text.name)
     FUSIONS.get(config.model.fusion.name)
-    BALANCERS.get(config.balancer.name)
-    if config.balancer.update_every < 1 or config.balancer.iterations < 1 or config.balancer.window < 1:
-        raise ConfigError("balancer.update_every, balancer.iterations and balancer.window must be >= 1")
+    balancer = BALANCERS.get(config.balancer.name)
+    if config.balancer.update_every < 1:
+        raise ConfigError("balancer.update_every must be >= 1")
+    balancer.check_options(config.balancer.options)
     unknown = set(config.balancer.weights) - set(config.tasks)
     if unknown:
         raise ConfigError(f"balancer.weights names tasks not in tasks: {', '.join(sorted(unknown))}")

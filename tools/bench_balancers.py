@@ -37,13 +37,16 @@ def _sync(device: torch.device) -> None:
 
 
 def variants() -> list[tuple[str, list[str]]]:
-    """(label, overrides) of every balancer; gradient balancers also as ``name@params``."""
+    """(label, overrides) of every balancer; gradient balancers also as ``name@params`` and, with one
+    vmapped backward for the per-task gradients, ``name@params-batched``."""
     out = []
     for name in BALANCERS.keys():
         if BALANCERS.get(name).kind == "gradient":
             out.append((name, [f"balancer.name={name}", "balancer.on=representation"]))
             if getattr(BALANCERS.get(name), "space", None) is None:
                 out.append((f"{name}@params", [f"balancer.name={name}", "balancer.on=params"]))
+                out.append((f"{name}@params-batched", [f"balancer.name={name}", "balancer.on=params",
+                                                        "balancer.batched_backward=true"]))
         else:
             out.append((name, [f"balancer.name={name}"]))
     return out
@@ -56,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per balancer and round")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", help="comma-separated labels to run (equal is always included)")
+    parser.add_argument("--only", help="comma-separated labels to run (equal is always included; the "
+                        "-batched variants run only when named here)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                         help="train.precision (auto: bf16 autocast on CUDA, fp32 on CPU)")
@@ -68,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         wanted = {"equal", *args.only.split(",")}
         chosen = [v for v in chosen if v[0] in wanted]
+    else:
+        chosen = [v for v in chosen if not v[0].endswith("-batched")]
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         write_shards(data, {"train": args.batch_size}, seed=0, difficulty="medium", image_size=64, shard_size=1000)

@@ -60,6 +60,8 @@ class BalancedBackward:
         """Under data parallelism, ``reduce_task_grads`` averages per-task parameter gradients (T, D)
         over ranks, and ``reduce_gram`` turns one rank's Gram matrix of representation gradients into
         the global batch's; both are left out for a single process."""
+        # per-task gradients by one vmapped backward instead of T (``balancer.batched_backward``)
+        self.batched = balancer.config.batched_backward
         self.balancer, self.scaler = balancer, scaler
         self.reduce_task_grads = reduce_task_grads or (lambda grads: grads)
         self.reduce_gram = reduce_gram
@@ -79,18 +81,33 @@ class BalancedBackward:
     def _grads(self, losses: dict[str, torch.Tensor], inputs: list[torch.Tensor], heads: bool,
                factor: float = 1.0) -> torch.Tensor:
         """Unscaled per-task gradients (T, D) on ``inputs``; with ``heads`` each head's gradient
-        (times ``factor``) is added to its ``.grad``."""
-        rows = []
-        for task, loss in losses.items():
-            own = self.heads[task] if heads else []
-            grads = torch.autograd.grad(self.scaler.scale(loss), inputs + own, retain_graph=True, allow_unused=True)
-            rows.append(_flatten(grads[:len(inputs)], inputs))
-            for param, grad in zip(own, grads[len(inputs):]):
-                if grad is not None:
-                    grad = grad * factor if factor != 1.0 else grad
-                    param.grad = grad if param.grad is None else param.grad + grad
-        scale = self.scaler.scale(torch.ones((), device=rows[0].device))
-        return torch.stack(rows) / scale
+        (times ``factor``) is added to its ``.grad``. One batched backward (``is_grads_batched``: the
+        T vector-Jacobian products run as one vmapped pass) when ``batched``, else T passes."""
+        owners = [task for task in losses for _ in (self.heads[task] if heads else [])]
+        own = [p for task in losses for p in (self.heads[task] if heads else [])]
+        if self.batched:
+            scaled = torch.stack([self.scaler.scale(loss) for loss in losses.values()])
+            eye = torch.eye(len(losses), device=scaled.device, dtype=scaled.dtype)
+            grads = torch.autograd.grad(scaled, inputs + own, eye, retain_graph=True, allow_unused=True,
+                                        is_grads_batched=True)
+            rows = torch.cat([(g.reshape(len(losses), -1) if g is not None
+                               else torch.zeros(len(losses), t.numel(), device=scaled.device)).float()
+                              for g, t in zip(grads[:len(inputs)], inputs)], dim=1)
+            index = {task: i for i, task in enumerate(losses)}
+            own_grads = [g[index[task]] if g is not None else None for g, task in zip(grads[len(inputs):], owners)]
+        else:
+            row_list, own_grads = [], []
+            for task, loss in losses.items():
+                mine = self.heads[task] if heads else []
+                grads = torch.autograd.grad(self.scaler.scale(loss), inputs + mine, retain_graph=True, allow_unused=True)
+                row_list.append(_flatten(grads[:len(inputs)], inputs))
+                own_grads.extend(grads[len(inputs):])
+            rows = torch.stack(row_list)
+        for param, grad in zip(own, own_grads):
+            if grad is not None:
+                grad = grad * factor if factor != 1.0 else grad
+                param.grad = grad if param.grad is None else param.grad + grad
+        return rows / self.scaler.scale(torch.ones((), device=rows.device))
 
     def __call__(self, losses: dict[str, torch.Tensor], cache: dict, step: int, monitor: bool,
                  factor: float = 1.0) -> dict[str, torch.Tensor]:
@@ -100,7 +117,8 @@ class BalancedBackward:
         """
         names = list(losses)
         if not self.per_task_step(step):
-            total = self.balancer.combine(losses)
+            with self.balancer.kept_unless(torch.stack([v.detach() for v in losses.values()]).isfinite().all()):
+                total = self.balancer.combine(losses)
             stats = task_gradient_stats(names, self._grads(losses, self.shared, heads=False)) if monitor else {}
             self.scaler.scale(total * factor if factor != 1.0 else total).backward()
             return {"total": total.detach(), **stats}
@@ -116,11 +134,16 @@ class BalancedBackward:
             # Representation gradients are per sample: ranks hold different rows of the global (T, D)
             # matrix, so they cannot be averaged. The balancers see them only through inner products,
             # so every rank balances stand-in rows with the global Gram matrix (the same decision on
-            # every rank) and applies the resulting task weights to its own rows.
-            self.balancer.update(gram_factor(self.reduce_gram(grads @ grads.T)), values, ids)
+            # every rank) and applies the resulting task weights to its own rows. A rank with a
+            # non-finite gradient sends a NaN Gram matrix, so that every rank sees the step as bad.
+            local = grads @ grads.T
+            gram = self.reduce_gram(torch.where(finite, local, torch.full_like(local, float("nan"))))
+            with self.balancer.kept_unless(gram.isfinite().all() & values.detach().isfinite().all()):
+                self.balancer.update(gram_factor(gram.nan_to_num(0.0)), values, ids)
             combined = self.balancer.weights[ids].to(grads.dtype) @ grads
         else:
-            combined = self.balancer.update(grads, values, ids)
+            with self.balancer.kept_unless(finite & values.detach().isfinite().all()):
+                combined = self.balancer.update(grads, values, ids)
         if self.scaler.is_enabled():
             # under fp16 an overflow in any task's gradient must reach .grad: it is the scaler's signal
             # to skip the step and lower the scale (zeroing the row would drop that task's gradient

@@ -14,12 +14,37 @@ State (learned weights, running averages) lives in parameters and buffers, so it
 """
 from __future__ import annotations
 
-from typing import ClassVar
+import dataclasses
+from contextlib import contextmanager
+from typing import Any, ClassVar, Iterator
 
 import torch
 from torch import nn
 
-from mmtl.config import BalancerConfig
+from mmtl.balancing.solvers import safe_divide, scaled_gram
+from mmtl.config import BalancerConfig, build_dataclass
+from mmtl.errors import ConfigError
+
+
+@dataclasses.dataclass
+class NoSettings:
+    """Settings of a balancer that has none."""
+
+
+def balancer_settings(balancer: type["Balancer"], options: dict[str, Any]) -> Any:
+    """``balancer.options`` checked against the balancer's own ``Settings`` dataclass (ConfigError if not)."""
+    settings = build_dataclass(balancer.Settings, options, "balancer.options")
+    for field in dataclasses.fields(settings):
+        bounds = field.metadata.get("range")
+        value = getattr(settings, field.name)
+        if bounds is not None and not bounds[0] <= value <= bounds[1]:
+            raise ConfigError(f"balancer.options.{field.name} must lie in [{bounds[0]}, {bounds[1]}]; got {value!r}")
+    return settings
+
+
+def setting(default: Any, low: float, high: float = float("inf")) -> Any:
+    """A numeric setting with its valid range (checked by :func:`balancer_settings`)."""
+    return dataclasses.field(default=default, metadata={"range": (low, high)})
 
 
 class Balancer(nn.Module):
@@ -30,11 +55,14 @@ class Balancer(nn.Module):
     """
 
     kind: ClassVar[str] = "loss"
+    # the method's own settings (``balancer.options``): a dataclass, validated with the config
+    Settings: ClassVar[type] = NoSettings
 
     def __init__(self, tasks: list[str], config: BalancerConfig) -> None:
         super().__init__()
         self.tasks = list(tasks)
         self.config = config
+        self.settings = balancer_settings(type(self), config.options)
         self.index = {task: i for i, task in enumerate(self.tasks)}
         # effective weight of every task as last used (for logging and, in gradient balancers,
         # for the steps between two gradient updates)
@@ -43,6 +71,11 @@ class Balancer(nn.Module):
         # (the trainer seeds torch first) and advanced only by the balancer, so that every rank of a
         # data-parallel run draws the same numbers whatever its dropout consumed; saved in checkpoints
         self.generator = torch.Generator().manual_seed(torch.initial_seed())
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Raise ConfigError unless ``options`` are valid settings of this balancer."""
+        balancer_settings(cls, options)
 
     def random_order(self, n: int) -> list[int]:
         """A random permutation of ``range(n)`` from the balancer's own generator (on the CPU: no sync)."""
@@ -63,6 +96,20 @@ class Balancer(nn.Module):
         """One scalar from the losses of the tasks present in this batch (default: current weights)."""
         ids, values = self.present(losses)
         return (self.weights[ids].to(values.dtype) * values).sum()
+
+    @contextmanager
+    def kept_unless(self, finite: torch.Tensor) -> Iterator[None]:
+        """Whatever the block changes in the balancer's buffers is undone unless ``finite`` (a bool tensor)
+        holds: a step the non-finite guard will skip leaves the state as it was (tensor ops, no sync).
+        The random generator still advances (only its position, never its quality, is affected)."""
+        saved = {name: buffer.clone() for name, buffer in self.named_buffers()}
+        yield
+        with torch.no_grad():
+            for name, buffer in self.named_buffers():
+                before = saved.get(name)
+                if before is None or before.shape != buffer.shape:  # created by this step: reset
+                    before = torch.zeros_like(buffer)
+                buffer.copy_(torch.where(finite.to(buffer.device), buffer, before))
 
     def task_weights(self) -> dict[str, float]:
         """Current effective weight of each task (for logging; syncs with the device)."""
@@ -106,13 +153,36 @@ class GradientBalancer(Balancer):
         return step % max(1, self.config.update_every) == 0
 
     def combine_gradients(self, grads: torch.Tensor, losses: torch.Tensor, ids: list[int]) -> torch.Tensor:
-        """Shared gradient (D,) from per-task gradients ``grads`` (T, D) of tasks ``ids`` with ``losses`` (T,)."""
+        """Shared gradient (D,) from per-task gradients ``grads`` (T, D) of tasks ``ids`` with ``losses`` (T,).
+
+        The default: the rows weighted by :meth:`weights_from_gram`."""
+        return self.weights_from_gram(grads, losses, ids).to(grads.dtype) @ grads
+
+    def weights_from_gram(self, grads: torch.Tensor, losses: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        """Task weights (T,) of :meth:`gram_weights` on the normalized Gram matrix of ``grads``, rescaled."""
+        gram, scale = scaled_gram(grads)
+        return self.rescale(self.gram_weights(gram, losses, ids), scale)
+
+    def rescale(self, weights: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Weights for the raw Gram matrix ``scale`` x M from those for M (identity for scale-free methods)."""
+        return weights
+
+    def gram_weights(self, gram: torch.Tensor, losses: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        """Task weights (T,) from the Gram matrix of the task gradients divided by its largest diagonal
+        entry (float64); the balancers that need only inner products implement this."""
         raise NotImplementedError
 
     def update(self, grads: torch.Tensor, losses: torch.Tensor, ids: list[int]) -> torch.Tensor:
-        """Run :meth:`combine_gradients` in fp32 and record the effective weights of the tasks ``ids``."""
+        """The combined gradient of the tasks ``ids``, computed in fp32; records their effective weights.
+
+        Gram balancers record their exact weights; the others the least-squares weights that
+        reproduce their combined gradient."""
         grads, losses = grads.float(), losses.float().detach()
         with torch.autocast(grads.device.type, enabled=False):  # fp32 solvers even if called under autocast
+            if type(self).gram_weights is not GradientBalancer.gram_weights:  # a Gram balancer: exact weights
+                weights = self.weights_from_gram(grads, losses, ids).float()
+                self.weights[ids] = weights.to(self.weights.dtype)
+                return weights @ grads
             combined = self.combine_gradients(grads, losses, ids)
             self.weights[ids] = effective_weights(grads, combined).to(self.weights.dtype)
         return combined
@@ -125,6 +195,8 @@ def with_ridge(gram: torch.Tensor, relative: float) -> torch.Tensor:
 
 
 def effective_weights(grads: torch.Tensor, combined: torch.Tensor) -> torch.Tensor:
-    """Least-squares ``w`` with ``grads^T w = combined`` (a small ridge keeps it finite when rank-deficient)."""
-    gram = with_ridge(grads @ grads.T, 1e-8)
-    return torch.linalg.solve_ex(gram, grads @ combined)[0]  # _ex: no error check, no sync
+    """The minimum-norm least-squares ``w`` with ``grads^T w = combined``, from the float64 pseudo-inverse
+    of the normalized Gram matrix (finite for zero, identical or opposite rows; no copy of ``grads``)."""
+    gram, scale = scaled_gram(grads)
+    projections = safe_divide((grads @ combined).double(), scale)
+    return (torch.linalg.pinv(gram, rtol=1e-12, hermitian=True) @ projections).to(grads.dtype)

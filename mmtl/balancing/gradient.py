@@ -4,35 +4,29 @@ The trainer (``mmtl.balancing.backward``) computes G on the shared parameters (`
 params``: T backward passes through the trunk) or on the shared representation
 (``on: representation``: T backward passes through the heads only, then one through the trunk),
 every ``balancer.update_every`` steps. Costs below are per update on top of that: T = tasks,
-D = size of the gradient space. Every solver runs a fixed number of tensor iterations with no
-Python branch on a value; only the eigendecomposition (Aligned-MTL) and pseudo-inverse (IMTL-G)
-may wait for a GPU, as torch's dense decompositions check their status on the host.
+D = size of the gradient space. Methods that need only inner products implement ``gram_weights``
+on the Gram matrix normalized by ``mmtl.balancing.solvers.normalized_gram`` (float64, largest
+diagonal entry 1), so their directions do not depend on the gradients' overall scale and no
+absolute epsilon decides anything: O(T^2 D) for the Gram matrix, then O(T^3)-sized work.
+Solvers run a fixed number of tensor iterations with no Python branch on a value; dense
+decompositions (eigh, pinv) may wait for a GPU, as torch checks their status on the host.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from mmtl.balancing.base import GradientBalancer
+from mmtl.balancing.base import GradientBalancer, setting
+from mmtl.balancing.solvers import DEPENDENCE_TOL, cosine_matrix, min_norm_weights, safe_divide, solve_box_qp
 from mmtl.config import BalancerConfig
 from mmtl.registry import BALANCERS
 
-EPS = 1e-8
+@dataclass
+class IterationSettings:
+    """Settings of a balancer with an iterative solver."""
 
-
-def min_norm_weights(gram: torch.Tensor, iterations: int) -> torch.Tensor:
-    """Frank-Wolfe on the simplex: w minimising ||sum_t w_t g_t||^2 given the Gram matrix of the g_t.
-
-    The line search between the iterate and the best vertex is exact, so two tasks are solved
-    in one iteration (Sener & Koltun 2018, Algorithm 2).
-    """
-    n = gram.shape[0]
-    w = torch.full((n,), 1.0 / n, device=gram.device, dtype=gram.dtype)
-    for _ in range(iterations):
-        vertex = torch.nn.functional.one_hot(torch.argmin(gram @ w), n).to(gram.dtype)
-        v1, v2, v3 = w @ gram @ w, w @ gram @ vertex, vertex @ gram @ vertex
-        gamma = ((v1 - v2) / (v1 + v3 - 2 * v2).clamp_min(EPS)).clamp(0.0, 1.0)
-        w = (1 - gamma) * w + gamma * vertex
-    return w
+    iterations: int = setting(20, 1, 10_000)  # solver iterations per update
 
 
 @BALANCERS.register("pcgrad")
@@ -42,20 +36,21 @@ class PCGrad(GradientBalancer):
     Yu, Kumar, Gupta, Levine, Hausman & Finn, "Gradient Surgery for Multi-Task Learning",
     NeurIPS 2020. For each i, over the other tasks in random order: if g_i . g_j < 0,
     g_i -= (g_i . g_j) / ||g_j||^2 g_j; the update is the sum of the projected gradients.
-    Cost: O(T^2 D) extra flops, one (T, D) copy.
+    Every projected g_i is tracked as coefficients on the rows of G, so only the Gram matrix is
+    needed. Cost: the Gram matrix (O(T^2 D)), then O(T^3). LibMTL and torchjd compare
+    ||g_j||^2 with an absolute epsilon; here a zero g_j alone is skipped (exact at any scale).
     """
 
-    def combine_gradients(self, grads: torch.Tensor, losses: torch.Tensor, ids: list[int]) -> torch.Tensor:
-        projected = grads.clone()
-        sq_norms = (grads * grads).sum(1).clamp_min(EPS)
-        n = grads.shape[0]
+    def gram_weights(self, gram: torch.Tensor, losses: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        n = gram.shape[0]
+        coefficients = torch.eye(n, dtype=gram.dtype, device=gram.device)
         for i in range(n):
             for j in self.random_order(n):
                 if j == i:
                     continue
-                dot = projected[i] @ grads[j]
-                projected[i] = projected[i] - dot.clamp(max=0.0) / sq_norms[j] * grads[j]
-        return projected.sum(0)
+                dot = coefficients[i] @ gram[:, j]
+                coefficients[i, j] -= safe_divide(dot.clamp(max=0.0), gram[j, j])
+        return coefficients.sum(0)
 
 
 @BALANCERS.register("mgda")
@@ -63,12 +58,14 @@ class MGDA(GradientBalancer):
     """Multiple-Gradient Descent: the min-norm point of the convex hull of the task gradients.
 
     Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization", NeurIPS 2018 (a
-    Pareto-stationary direction; Frank-Wolfe solver with ``balancer.iterations`` steps).
-    Cost: the T x T Gram matrix (O(T^2 D)), then O(iterations * T^2).
+    Pareto-stationary direction). The paper's Frank-Wolfe solver is replaced by an exact
+    active-set solution of the simplex QP (``mmtl.balancing.solvers``), accurate to float64
+    rounding; LibMTL uses Frank-Wolfe and torchjd a QP solver with a small ridge, so they agree to
+    about 1e-4. Cost: the Gram matrix (O(T^2 D)), then 2^T - 1 systems of size T + 1.
     """
 
-    def combine_gradients(self, grads: torch.Tensor, losses: torch.Tensor, ids: list[int]) -> torch.Tensor:
-        return min_norm_weights(grads @ grads.T, self.config.iterations) @ grads
+    def gram_weights(self, gram: torch.Tensor, losses: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        return min_norm_weights(gram)
 
 
 @BALANCERS.register("mgda_ub")
@@ -77,10 +74,18 @@ class MGDAUpperBound(MGDA):
 
     Sener & Koltun 2018, Section 3.3: minimising the upper bound needs only dL_t/dZ, so the
     trunk is back-propagated once. Always uses ``on: representation``. Cost: T backward passes
-    through the heads, one through the trunk, plus MGDA's solver on (T, |Z|).
+    through the heads, one through the trunk, plus MGDA's solver.
     """
 
     space = "representation"
+
+
+@dataclass
+class CAGradSettings:
+    """CAGrad's radius and solver iterations."""
+
+    c: float = setting(0.4, 0.0)  # radius of the ball around the mean gradient, relative to its norm
+    iterations: int = setting(20, 1, 10_000)  # alternations of the solver
 
 
 @BALANCERS.register("cagrad")
@@ -89,26 +94,26 @@ class CAGrad(GradientBalancer):
 
     Liu, Liu, Jin, Stone & Liu, "Conflict-Averse Gradient Descent for Multi-task Learning",
     NeurIPS 2021. Solves min_{w in simplex} w^T G g0 + c ||g0|| ||G^T w|| (g0 the mean gradient,
-    c = ``balancer.c``) by ``balancer.iterations`` steps of exponentiated gradient (the paper
-    uses scipy's SLSQP), then d = (g0 + c ||g0|| / ||G^T w|| G^T w) / (1 + c^2).
-    Cost: the T x T Gram matrix (O(T^2 D)), then O(iterations * T^2).
+    c = ``options.c``), then d = (g0 + c ||g0|| / ||G^T w|| G^T w) / (1 + c^2) (LibMTL's
+    ``rescale=1``; torchjd returns the same direction without the division). The paper uses
+    scipy's SLSQP; here ||x|| = min_t (x^2 / t + t) / 2 turns the problem into ``iterations``
+    alternations of an exact simplex QP and t = ||G^T w||, which converge on any scaling.
+    Cost: the Gram matrix (O(T^2 D)), then ``iterations`` x (2^T - 1) systems of size T + 1.
     """
 
-    def combine_gradients(self, grads: torch.Tensor, losses: torch.Tensor, ids: list[int]) -> torch.Tensor:
-        c = self.config.c
-        gram = grads @ grads.T
-        gram = gram / gram.diagonal().mean().clamp_min(EPS)  # scale-free: the argmin does not change
-        g0_norm = gram.mean().clamp_min(0).sqrt()
-        b = gram.mean(1)  # G g0
-        w = torch.full_like(b, 1.0 / len(b))
-        for _ in range(self.config.iterations):
-            gw_norm = (w @ gram @ w).clamp_min(EPS).sqrt()
-            step = b + c * g0_norm * (gram @ w) / gw_norm
-            w = w * torch.exp(-step / step.abs().max().clamp_min(EPS))
-            w = w / w.sum()
-        gw = w @ grads
-        lam = c * grads.mean(0).norm() / gw.norm().clamp_min(EPS)
-        return (grads.mean(0) + lam * gw) / (1 + c * c)
+    Settings = CAGradSettings
+
+    def gram_weights(self, gram: torch.Tensor, losses: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        c, n = self.settings.c, gram.shape[0]
+        mean = torch.full((n,), 1.0 / n, dtype=gram.dtype, device=gram.device)
+        radius = c * (mean @ gram @ mean).clamp_min(0).sqrt()  # c ||g0||
+        linear = gram @ mean
+        w = mean.clone()
+        for _ in range(self.settings.iterations):
+            t = (w @ gram @ w).clamp_min(0).sqrt().clamp_min(1e-12)
+            w = solve_box_qp(radius / t * gram, linear, simplex=True)
+        lam = safe_divide(radius, (w @ gram @ w).clamp_min(0).sqrt())
+        return (mean + lam * w) / (1 + c * c)
 
 
 @BALANCERS.register("imtl")
@@ -116,19 +121,43 @@ class IMTLG(GradientBalancer):
     """IMTL-G: weights whose combined gradient has equal projections on every task's unit gradient.
 
     Liu, Li, Kuang, Xue, Chen, Yang, Liao & Zhang, "Towards Impartial Multi-task Learning",
-    ICLR 2021 (the gradient part, IMTL-G): with D = g_1 - g_{2..T} and U = u_1 - u_{2..T}
-    (u_t = g_t / ||g_t||), alpha_{2..T} = g_1 U^T (D U^T)^-1, alpha_1 = 1 - sum alpha_{2..T}.
-    Cost: O(T^2 D) for the products, a (T-1) x (T-1) solve.
+    ICLR 2021 (the gradient part): with u_t = g_t / ||g_t||, the weights a (sum 1) solve
+    (u_r - u_t) . G^T a = 0 for every task t against a reference task r. Tasks with a zero
+    gradient get weight 0 and the others are balanced among themselves (LibMTL's closed form
+    divides by their zero norm and returns nothing). The full IMTL (IMTL-L's loss scaling plus
+    IMTL-G) is ``imtl_full``.
+    Cost: the Gram matrix (O(T^2 D)), one T x T pseudo-inverse.
     """
 
-    def combine_gradients(self, grads: torch.Tensor, losses: torch.Tensor, ids: list[int]) -> torch.Tensor:
-        if grads.shape[0] == 1:
-            return grads[0]
-        units = grads / grads.norm(dim=1, keepdim=True).clamp_min(EPS)
-        diff, udiff = grads[:1] - grads[1:], units[:1] - units[1:]
-        rest = (grads[0] @ udiff.T) @ torch.linalg.pinv(diff @ udiff.T)
-        alpha = torch.cat([1 - rest.sum(0, keepdim=True), rest])
-        return alpha @ grads
+    def gram_weights(self, gram: torch.Tensor, losses: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        return imtl_g_weights(gram)
+
+
+def imtl_g_weights(gram: torch.Tensor) -> torch.Tensor:
+    """IMTL-G's weights (sum 1) from a (normalized) Gram matrix; zero-gradient tasks weigh 0.
+
+    Solved for b = a * ||g|| (weights on the unit gradients), whose equations involve only cosines,
+    so that the rank decisions of the pseudo-inverse do not depend on the tasks' norms. With linearly
+    dependent gradients the weights are not unique; the minimum-norm b is returned."""
+    cosines, norms = cosine_matrix(gram)
+    live = norms > 0
+    reference = torch.argmax(norms)
+    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    # u_r . d = u_t . d for every live t (d = sum_s b_s u_s), b_t = 0 for dead t, and sum b = 1
+    rows = torch.where(live.unsqueeze(1), cosines[reference] - cosines, eye)
+    is_reference = torch.arange(gram.shape[0], device=gram.device) == reference
+    rows = torch.where(is_reference.unsqueeze(1), live.to(gram.dtype).expand_as(rows), rows)
+    rhs = is_reference.to(gram.dtype) * live.any()
+    weights = safe_divide(torch.linalg.pinv(rows, rtol=DEPENDENCE_TOL) @ rhs, norms)
+    return safe_divide(weights, weights.sum())
+
+
+@dataclass
+class GradNormSettings:
+    """GradNorm's step size and asymmetry."""
+
+    lr: float = setting(0.025, 0.0)  # step size of the weight update
+    alpha: float = setting(1.5, 0.0)  # asymmetry: restoring force toward equal training rates
 
 
 @BALANCERS.register("gradnorm")
@@ -137,32 +166,41 @@ class GradNorm(GradientBalancer):
 
     Chen, Badrinarayanan, Lee & Rabinovich, "GradNorm: Gradient Normalization for Adaptive Loss
     Balancing in Deep Multitask Networks", ICML 2018. Target norm_t = mean(w ||g||) * r_t^alpha
-    with r_t = (L_t / L_t(0)) / mean; the weights take one step of ``balancer.lr`` on
+    with r_t = (L_t / L_t(0)) / mean; the weights take one step of ``options.lr`` on
     sum_t |w_t ||g_t|| - target_t| (norms divided by their mean, so the step does not depend on
     the gradient scale) and are renormalised to sum to T. The paper uses the last shared
     layer; here G is on ``balancer.on``. Cost: O(T D) for the norms.
     """
+
+    Settings = GradNormSettings
 
     def __init__(self, tasks: list[str], config: BalancerConfig) -> None:
         super().__init__(tasks, config)
         self.register_buffer("learned", torch.ones(len(tasks)))
         self.register_buffer("initial_loss", torch.zeros(len(tasks)))
 
-    def combine_gradients(self, grads: torch.Tensor, losses: torch.Tensor, ids: list[int]) -> torch.Tensor:
-        w = self.learned[ids]
-        combined = w @ grads
+    def gram_weights(self, gram: torch.Tensor, losses: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        w = self.learned[ids].to(gram.dtype)
         with torch.no_grad():
-            norms = grads.norm(dim=1)
-            norms = norms / norms.mean().clamp_min(EPS)
-            start = self.initial_loss[ids]
+            norms = gram.diagonal().clamp_min(0).sqrt()
+            norms = safe_divide(norms, norms.mean())
+            losses = losses.to(gram.dtype)
+            start = self.initial_loss[ids].to(gram.dtype)
             start = torch.where(start > 0, start, losses)
-            self.initial_loss[ids] = start
-            rate = losses / start.clamp_min(EPS)
-            target = (w * norms).mean() * (rate / rate.mean().clamp_min(EPS)) ** self.config.alpha
+            self.initial_loss[ids] = start.to(self.initial_loss.dtype)
+            rate = safe_divide(losses, start)
+            target = (w * norms).mean() * safe_divide(rate, rate.mean()) ** self.settings.alpha
             step = torch.sign(w * norms - target) * norms
-            w = (w - self.config.lr * step).clamp_min(1e-3)
-            self.learned[ids] = w * len(ids) / w.sum()
-        return combined
+            updated = (w - self.settings.lr * step).clamp_min(1e-3)
+            self.learned[ids] = (updated * len(ids) / updated.sum()).to(self.learned.dtype)
+        return w
+
+
+@dataclass
+class GradVacSettings:
+    """GradVac's EMA rate."""
+
+    beta: float = setting(0.01, 0.0, 1.0)  # EMA rate of the target cosine similarities
 
 
 @BALANCERS.register("gradvac")
@@ -172,30 +210,34 @@ class GradVac(GradientBalancer):
     Wang, Tsvetkov, Firat & Cao, "Gradient Vaccine: Investigating and Improving Multi-task
     Optimization in Massively Multilingual Models", ICLR 2021. For each i and j (random order),
     if cos(g_i, g_j) < target_ij: g_i += ||g_i|| (t sqrt(1-c^2) - c sqrt(1-t^2)) /
-    (||g_j|| sqrt(1-t^2)) g_j; target_ij <- (1-beta) target_ij + beta cos (``balancer.beta``).
-    Applied to the whole gradient vector (the paper also applies it per layer).
-    Cost: O(T^2 D), a T x T buffer.
+    (||g_j|| sqrt(1-t^2)) g_j; target_ij <- (1-beta) target_ij + beta cos (``options.beta``).
+    Applied to the whole gradient vector (the paper also applies it per layer), tracked as
+    coefficients on the rows of G. Zero gradients are skipped instead of divided by an epsilon.
+    Cost: the Gram matrix (O(T^2 D)), then O(T^3); a T x T buffer.
     """
+
+    Settings = GradVacSettings
 
     def __init__(self, tasks: list[str], config: BalancerConfig) -> None:
         super().__init__(tasks, config)
         self.register_buffer("target", torch.zeros(len(tasks), len(tasks)))
 
-    def combine_gradients(self, grads: torch.Tensor, losses: torch.Tensor, ids: list[int]) -> torch.Tensor:
-        beta, adjusted = self.config.beta, grads.clone()
-        norms = grads.norm(dim=1)
-        for i in range(len(ids)):
-            for j in self.random_order(len(ids)):
+    def gram_weights(self, gram: torch.Tensor, losses: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        beta, n = self.settings.beta, len(ids)
+        coefficients = torch.eye(n, dtype=gram.dtype, device=gram.device)
+        norms = gram.diagonal().clamp_min(0).sqrt()
+        for i in range(n):
+            for j in self.random_order(n):
                 if j == i:
                     continue
-                gi_norm = adjusted[i].norm()
-                cos = adjusted[i] @ grads[j] / (gi_norm * norms[j]).clamp_min(EPS)
-                t = self.target[ids[i], ids[j]]
+                gi_norm = (coefficients[i] @ gram @ coefficients[i]).clamp_min(0).sqrt()
+                cos = safe_divide(coefficients[i] @ gram[:, j], gi_norm * norms[j])
+                t = self.target[ids[i], ids[j]].to(gram.dtype)
                 root_t = (1 - t * t).clamp_min(0).sqrt()
-                scale = gi_norm * (t * (1 - cos * cos).clamp_min(0).sqrt() - cos * root_t) / (norms[j] * root_t).clamp_min(EPS)
-                adjusted[i] = adjusted[i] + torch.where(cos < t, scale, torch.zeros_like(scale)) * grads[j]
-                self.target[ids[i], ids[j]] = (1 - beta) * t + beta * cos.detach()
-        return adjusted.sum(0)
+                lift = safe_divide(gi_norm * (t * (1 - cos * cos).clamp_min(0).sqrt() - cos * root_t), norms[j] * root_t)
+                coefficients[i, j] += torch.where(cos < t, lift, torch.zeros_like(lift))
+                self.target[ids[i], ids[j]] = ((1 - beta) * t + beta * cos).to(self.target.dtype)
+        return coefficients.sum(0)
 
 
 @BALANCERS.register("aligned_mtl")
@@ -203,21 +245,26 @@ class AlignedMTL(GradientBalancer):
     """Aligned-MTL: makes the task gradients' system well conditioned by aligning its principal components.
 
     Senushkin, Patakin, Kuznetsov & Konushin, "Independent Component Alignment for Multi-Task
-    Learning", CVPR 2023. With G G^T = V L V^T (ranks above a tolerance kept),
-    B = sqrt(l_min) V L^-1/2 V^T and alpha = B 1; d = alpha^T G.
-    Cost: the T x T Gram matrix (O(T^2 D)) and one T x T eigendecomposition.
+    Learning", CVPR 2023. With G G^T = V L V^T (eigenvalues above T x float64 eps x the largest
+    kept, as torch.linalg.matrix_rank does), B = sqrt(l_min) V L^-1/2 V^T and alpha = B 1;
+    d = alpha^T G. Cost: the Gram matrix (O(T^2 D)) and one T x T eigendecomposition.
     """
 
-    def combine_gradients(self, grads: torch.Tensor, losses: torch.Tensor, ids: list[int]) -> torch.Tensor:
-        gram = grads @ grads.T
+    def gram_weights(self, gram: torch.Tensor, losses: torch.Tensor, ids: list[int]) -> torch.Tensor:
         values, vectors = torch.linalg.eigh(gram)
-        tol = values.max() * gram.shape[0] * torch.finfo(gram.dtype).eps
-        keep = values > tol
-        inv_sqrt = torch.where(keep, values.clamp_min(EPS).rsqrt(), torch.zeros_like(values))
-        smallest = torch.where(keep, values, torch.full_like(values, float("inf"))).min().clamp_min(0).sqrt()
-        smallest = torch.where(torch.isfinite(smallest), smallest, torch.zeros_like(smallest))
-        basis = smallest * (vectors * inv_sqrt) @ vectors.T
-        return basis.sum(0) @ grads
+        keep = values > values.max() * gram.shape[0] * torch.finfo(gram.dtype).eps
+        inv_sqrt = torch.where(keep, values.clamp_min(torch.finfo(gram.dtype).tiny).rsqrt(), torch.zeros_like(values))
+        smallest = torch.where(keep, values, torch.full_like(values, float("inf"))).min()
+        smallest = torch.where(torch.isfinite(smallest), smallest, torch.zeros_like(smallest)).clamp_min(0).sqrt()
+        return (smallest * (vectors * inv_sqrt) @ vectors.T).sum(0)
+
+
+@dataclass
+class DBMTLSettings:
+    """DB-MTL's momentum schedule."""
+
+    momentum: float = setting(0.9, 0.0, 1.0)  # beta_k = momentum / k^decay
+    decay: float = setting(0.5, 0.0)
 
 
 @BALANCERS.register("db_mtl")
@@ -232,6 +279,7 @@ class DBMTL(GradientBalancer):
     Cost: O(T D), a (T, D) running-average buffer (saved in checkpoints).
     """
 
+    Settings = DBMTLSettings
     inner_products_only = False
 
     def __init__(self, tasks: list[str], config: BalancerConfig) -> None:
@@ -240,18 +288,18 @@ class DBMTL(GradientBalancer):
         self.register_buffer("count", torch.zeros(()))
 
     def combine_gradients(self, grads: torch.Tensor, losses: torch.Tensor, ids: list[int]) -> torch.Tensor:
-        log_grads = grads / losses.clamp_min(EPS).unsqueeze(1)
+        log_grads = grads * safe_divide(torch.ones_like(losses), losses).unsqueeze(1)
         shape = (len(self.tasks), grads.shape[1])
         if tuple(self.average.shape) != shape:
             self.average = torch.zeros(shape, device=grads.device)
             self.count.zero_()
         self.count += 1
-        momentum = 0.9 / self.count.sqrt()
+        momentum = self.settings.momentum / self.count ** self.settings.decay
         average = self.average[ids]
         average = log_grads + momentum * (average - log_grads)
         self.average[ids] = average
         norms = average.norm(dim=1)
-        return (norms.max() / norms.clamp_min(EPS)) @ average
+        return safe_divide(norms.max(), norms) @ average
 
 
 @BALANCERS.register("nash_mtl")
@@ -261,25 +309,39 @@ class NashMTL(GradientBalancer):
     Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik & Fetaya, "Multi-Task Learning as a
     Bargaining Game", ICML 2022. The paper solves a sequence of convex programs with cvxpy;
     here the same equation is solved as the minimiser of the strictly convex
-    1/2 a^T M a - sum log a_t by ``balancer.iterations`` damped Newton steps (a simple solver,
-    accurate to ~1e-6 after a dozen steps). As in the paper, M is G G^T divided by its
-    Frobenius norm. Cost: the T x T Gram matrix (O(T^2 D)), then O(iterations * T^3).
+    1/2 a^T M a - sum log a_t (M the normalized Gram matrix) by ``options.iterations`` damped
+    Newton steps from the solution for orthogonal gradients, without a ridge; the paper's alpha is
+    that solution divided by the square root of the normalization. Tasks with a zero gradient get
+    weight 0. The paper (and torchjd) also caps alpha and normalizes by ||G G^T||_F; here the
+    exact bargaining solution is returned (for opposite gradients, where none exists, the
+    iterations stop a divergence). Cost: the Gram matrix (O(T^2 D)), then O(iterations * T^3).
     """
 
-    def combine_gradients(self, grads: torch.Tensor, losses: torch.Tensor, ids: list[int]) -> torch.Tensor:
-        return nash_weights(grads @ grads.T, self.config.iterations) @ grads
+    Settings = IterationSettings
+
+    def gram_weights(self, gram: torch.Tensor, losses: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        return nash_weights(gram, self.settings.iterations)
+
+    def rescale(self, weights: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return safe_divide(weights, scale.sqrt())  # alpha of G G^T = alpha of (G G^T / s) / sqrt(s)
 
 
 def nash_weights(gram: torch.Tensor, iterations: int) -> torch.Tensor:
-    """alpha > 0 solving (gram / ||gram||_F) alpha = 1 / alpha by damped Newton steps."""
-    m = gram / torch.linalg.matrix_norm(gram).clamp_min(EPS)
-    m = m + 1e-6 * torch.eye(m.shape[0], device=m.device, dtype=m.dtype)
-    alpha = torch.ones(m.shape[0], device=m.device, dtype=m.dtype)
+    """alpha > 0 solving gram alpha = 1 / alpha (zero rows: weight 0) by damped Newton steps."""
+    return power_weights(gram, 1.0, iterations)
+
+
+def power_weights(gram: torch.Tensor, power: float, iterations: int) -> torch.Tensor:
+    """w > 0 solving gram w = w^-power (zero rows: weight 0): the minimiser of the strictly convex
+    1/2 w^T M w - sum_t F(w_t) with F' = w^-power, by damped Newton steps from the orthogonal case."""
+    live = gram.diagonal() > 0
+    eye = torch.eye(gram.shape[0], device=gram.device, dtype=gram.dtype)
+    m = torch.where(live.unsqueeze(0) & live.unsqueeze(1), gram, eye)  # dead tasks decouple
+    w = m.diagonal() ** (-1.0 / (1.0 + power))
     for _ in range(iterations):
-        residual = m @ alpha - 1 / alpha
-        hessian = m + torch.diag(1 / alpha**2)
-        delta = torch.linalg.solve_ex(hessian, residual)[0]
-        # largest step <= 1 that keeps alpha positive (fraction-to-boundary rule)
-        limit = torch.where(delta > 0, 0.9 * alpha / delta.clamp_min(EPS), torch.full_like(alpha, float("inf")))
-        alpha = alpha - limit.min().clamp(max=1.0) * delta
-    return alpha
+        residual = m @ w - w ** -power
+        delta = torch.linalg.solve_ex(m + torch.diag(power * w ** (-power - 1)), residual)[0]
+        # largest step <= 1 that keeps w positive (fraction-to-boundary rule)
+        limit = torch.where(delta > 0, 0.9 * safe_divide(w, delta), torch.full_like(w, float("inf")))
+        w = w - limit.min().clamp(max=1.0) * delta
+    return torch.where(live, w, torch.zeros_like(w))

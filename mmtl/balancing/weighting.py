@@ -6,10 +6,12 @@ waits for the device.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from mmtl.balancing.base import Balancer
+from mmtl.balancing.base import Balancer, setting
 from mmtl.config import BalancerConfig
 from mmtl.registry import BALANCERS
 
@@ -56,14 +58,74 @@ class UncertaintyWeighting(Balancer):
         return {task: weights[i] for task, i in self.index.items()}
 
 
+@dataclass
+class DWASettings:
+    """DWA's temperature and averaging window."""
+
+    temperature: float = setting(2.0, 1e-6)  # softmax temperature of the loss ratios
+    window: int = setting(20, 1)  # steps averaged into one loss estimate (the paper's epoch)
+
+
+@BALANCERS.register("imtl_l")
+class IMTLL(Balancer):
+    """IMTL-L: learned loss scales, sum_t e^s_t L_t - s_t (the scaled losses are driven to equal value 1).
+
+    Liu, Li, Kuang, Xue, Chen, Yang, Liao & Zhang, "Towards Impartial Multi-task Learning",
+    ICLR 2021 (the loss part; torchjd's ``IMTLL``). The scales s_t are parameters trained by the
+    run's optimiser. Cost: one parameter per task, no extra backward.
+    """
+
+    def __init__(self, tasks: list[str], config: BalancerConfig) -> None:
+        super().__init__(tasks, config)
+        self.log_scale = nn.Parameter(torch.zeros(len(tasks)))
+
+    def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids, values = self.present(losses)
+        s = self.log_scale[ids]
+        return (torch.exp(s) * values - s).sum()
+
+    def task_weights(self) -> dict[str, float]:
+        weights = torch.exp(self.log_scale.detach()).tolist()
+        return {task: weights[i] for task, i in self.index.items()}
+
+
+@dataclass
+class STCHSettings:
+    """STCH's smoothing."""
+
+    mu: float = setting(1.0, 1e-6)  # smoothing: mu -> 0 is the Tchebycheff max, large mu the mean
+
+
+@BALANCERS.register("stch")
+class SmoothTchebycheff(Balancer):
+    """Smooth Tchebycheff scalarisation: mu log sum_t exp(L_t / (T mu)) (a smooth maximum of the weighted losses).
+
+    Lin, Zhang, Lin, Ye, Zhang & Liu, "Smooth Tchebycheff Scalarization for Multi-Objective
+    Optimization", ICML 2024, with uniform preferences 1/T and no ideal point (torchjd's ``STCH``
+    without ``reference``). The gradient weighs task t by softmax(L / (T mu))_t / T, the weight
+    logged. Cost: none beyond a log-sum-exp, no extra backward.
+    """
+
+    Settings = STCHSettings
+
+    def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids, values = self.present(losses)
+        scaled = values / len(ids)
+        mu = self.settings.mu
+        self.weights[ids] = (torch.softmax(scaled.detach() / mu, dim=0) / len(ids)).to(self.weights.dtype)
+        return mu * torch.logsumexp(scaled / mu, dim=0)
+
+
 @BALANCERS.register("dwa")
 class DynamicWeightAverage(Balancer):
     """Dynamic Weight Average: w_t = T * softmax(r / temperature)_t with r_t = L_t(k-1) / L_t(k-2).
 
     Liu, Johns & Davison, "End-to-End Multi-Task Learning with Attention", CVPR 2019. The paper's
     L(k) is the mean loss of epoch k; with streamed data an "epoch" here is a window of
-    ``balancer.window`` steps. Cost: a few element-wise ops on T numbers, no extra backward.
+    ``options.window`` steps. Cost: a few element-wise ops on T numbers, no extra backward.
     """
+
+    Settings = DWASettings
 
     def __init__(self, tasks: list[str], config: BalancerConfig) -> None:
         super().__init__(tasks, config)
@@ -75,13 +137,13 @@ class DynamicWeightAverage(Balancer):
     def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         ids, values = self.present(losses)
         ratio = torch.where(self.before_last > 0, self.last / self.before_last.clamp_min(1e-12), torch.ones_like(self.last))
-        weights = len(self.tasks) * torch.softmax(ratio / self.config.temperature, dim=0)
+        weights = len(self.tasks) * torch.softmax(ratio / self.settings.temperature, dim=0)
         self.weights.copy_(weights)
         with torch.no_grad():
             self.window_sum[ids] += values.detach()
             self.window_count[ids] += 1
             self.steps += 1
-            closes = (self.steps % max(1, self.config.window) == 0) & (self.window_count > 0)
+            closes = (self.steps % max(1, self.settings.window) == 0) & (self.window_count > 0)
             mean = self.window_sum / self.window_count.clamp_min(1)
             self.before_last.copy_(torch.where(closes, self.last, self.before_last))
             self.last.copy_(torch.where(closes, mean, self.last))
@@ -124,6 +186,14 @@ class GeometricLossStrategy(Balancer):
         return total
 
 
+@dataclass
+class FAMOSettings:
+    """FAMO's step size and logit decay."""
+
+    lr: float = setting(0.025, 0.0)  # Adam step size of the task logits
+    gamma: float = setting(0.001, 0.0)  # weight decay of the task logits
+
+
 @BALANCERS.register("famo")
 class FAMO(Balancer):
     """Fast Adaptive Multitask Optimization: balances the rate at which each task's log-loss falls.
@@ -131,11 +201,15 @@ class FAMO(Balancer):
     Liu, Liu, Stone & Liu, "FAMO: Fast Adaptive Multitask Optimization", NeurIPS 2023. Task
     logits xi give z = softmax(xi); the back-propagated loss is sum_t z_t log L_t / c with
     c = sum_t z_t / L_t (so the gradient weighs task t by z_t / (c L_t)). The logits follow the
-    paper's update, d xi = J_softmax^T (log L_t(prev) - log L_t(now)), with Adam (``balancer.lr``,
-    weight decay ``balancer.gamma``). Unlike the paper, "now" is the loss of the next batch
-    rather than a second forward pass on the same batch, so no extra forward is paid; this
-    makes the update noisier. Cost: O(T) element-wise ops per step, no extra backward.
+    paper's update, d xi = J_softmax^T (log L_t(prev) - log L_t(now)), with Adam (``options.lr``,
+    weight decay ``options.gamma``); the first step, which has no previous loss, takes no Adam
+    step (so Adam's bias correction starts with the first real update, as in the paper). Unlike
+    the paper, "now" is the loss of the next batch rather than a second forward pass on the same
+    batch, so no extra forward is paid; this makes the update noisier. Cost: O(T) element-wise
+    ops per step, no extra backward.
     """
+
+    Settings = FAMOSettings
 
     def __init__(self, tasks: list[str], config: BalancerConfig) -> None:
         super().__init__(tasks, config)
@@ -151,13 +225,17 @@ class FAMO(Balancer):
         known = self.seen[ids]
         delta[ids] = torch.where(known, self.previous[ids] - log_losses, torch.zeros_like(log_losses))
         z = torch.softmax(self.logits, dim=0)
-        grad = z * (delta - (z * delta).sum()) + self.config.gamma * self.logits
-        self.adam_t += 1
-        self.adam_m.mul_(0.9).add_(0.1 * grad)
-        self.adam_v.mul_(0.999).add_(0.001 * grad * grad)
-        m_hat = self.adam_m / (1 - 0.9 ** self.adam_t)
-        v_hat = self.adam_v / (1 - 0.999 ** self.adam_t)
-        self.logits.sub_(self.config.lr * m_hat / (v_hat.sqrt() + 1e-8))
+        grad = z * (delta - (z * delta).sum()) + self.settings.gamma * self.logits
+        steps = known.any()  # no previous loss yet: nothing to learn from, Adam does not count a step
+        t = self.adam_t + steps.to(self.adam_t.dtype)
+        m = torch.where(steps, 0.9 * self.adam_m + 0.1 * grad, self.adam_m)
+        v = torch.where(steps, 0.999 * self.adam_v + 0.001 * grad * grad, self.adam_v)
+        m_hat = m / (1 - 0.9 ** t.clamp_min(1))
+        v_hat = v / (1 - 0.999 ** t.clamp_min(1))
+        self.logits.sub_(torch.where(steps, self.settings.lr * m_hat / (v_hat.sqrt() + 1e-8), torch.zeros_like(m)))
+        self.adam_t.copy_(t)
+        self.adam_m.copy_(m)
+        self.adam_v.copy_(v)
         self.previous[ids] = log_losses
         self.seen[ids] = True
 
