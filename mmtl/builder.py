@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import logging
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from data_pipelines.mixing import training_sources
-from data_pipelines.sample import TEXT_INPUT_FIELD, annotation_texts
-from data_pipelines.shards import iter_annotations, read_dataset_info
+from data_pipelines.mixing import Source, training_sources
+from data_pipelines.sample import TASK_FIELDS, TEXT_INPUT_FIELD, annotation_texts
+from data_pipelines.shards import iter_annotations, read_dataset_info, split_entry
 from mmtl.config import ExperimentConfig
 from mmtl.errors import MMTLError
 from mmtl.models.model import MultiTaskModel
@@ -33,13 +33,14 @@ class Components:
     classes: list[str]
     model: MultiTaskModel
     label_mode: str = "multi"
+    class_sources: list[str] = field(default_factory=list)  # the data sets the classes were read from
 
     def meta(self, step: int) -> dict[str, Any]:
         """What a checkpoint must store to rebuild these components without the data."""
         return {
             "mmtl_version": __version__, "step": step, "tasks": [t.name for t in self.tasks],
-            "classes": self.classes, "label_mode": self.label_mode, "vocab": self.vocab.to_dict(),
-            "parameters": self.model.parameter_report(),
+            "classes": self.classes, "label_mode": self.label_mode, "class_sources": self.class_sources,
+            "vocab": self.vocab.to_dict(), "parameters": self.model.parameter_report(),
         }
 
 
@@ -73,7 +74,7 @@ def long_document_report(config: ExperimentConfig, limit: int = LONG_DOCUMENT_SC
 
 
 def build_components(config: ExperimentConfig, classes: list[str], vocab: Vocabulary,
-                     label_mode: str = "multi") -> Components:
+                     label_mode: str = "multi", class_sources: list[str] | None = None) -> Components:
     """Tasks and model for known classes, vocabulary and label mode ("multi" or "single")."""
     import mmtl.components  # noqa: F401
 
@@ -82,25 +83,67 @@ def build_components(config: ExperimentConfig, classes: list[str], vocab: Vocabu
     context = TaskContext(classes=classes, vocab=vocab, model=config.model, label_mode=label_mode,
                           task_settings=config.task_settings)
     tasks = [TASKS.get(name)(context) for name in config.tasks]
-    return Components(tasks, vocab, classes, MultiTaskModel(config.model, tasks, vocab), label_mode)
+    return Components(tasks, vocab, classes, MultiTaskModel(config.model, tasks, vocab), label_mode,
+                      list(class_sources or []))
+
+
+def label_sources(config: ExperimentConfig) -> list[Source]:
+    """The training sources that feed a task of ``config`` reading class labels (e.g. recognition)."""
+    labelled = [t for t in config.tasks if "labels" in TASK_FIELDS.get(t, ())]
+    if not labelled:
+        return []
+    return [s for s in training_sources(config.data) if _feeds(s, labelled)]
+
+
+def _feeds(source: Source, tasks: list[str]) -> bool:
+    """Whether ``source`` feeds one of ``tasks``: listed for it and annotated for it in its training split
+    (assumed when its ``dataset.json`` has no counts for that split)."""
+    if source.tasks is not None and not set(source.tasks) & set(tasks):
+        return False
+    info = read_dataset_info(source.path, source.mapping)
+    try:
+        split = split_entry(info, source.split, source.path)
+    except MMTLError:  # the loader names the missing split
+        return True
+    if "tasks" not in split:
+        return True
+    return any(split["tasks"].get(task, 0) for task in tasks)
+
+
+def label_mode_of(sources: list[Source]) -> str:
+    """The one label mode of the sources that feed class labels; MMTLError naming them when they disagree."""
+    modes: dict[str, list[str]] = {}
+    for source in sources:
+        modes.setdefault(str(read_dataset_info(source.path, source.mapping).get("label_mode", "multi")), []).append(source.path)
+    if len(modes) > 1:
+        named = "; ".join(f"{mode}-label: {', '.join(paths)}" for mode, paths in sorted(modes.items()))
+        raise MMTLError(f"the sources feeding recognition mix label modes ({named}); a model trains one label "
+                        "mode per task: restrict data.sources[i].tasks so that only sources of one mode feed "
+                        "recognition, or convert them with the same --label-mode")
+    return next(iter(modes), "multi")
 
 
 def components_from_data(config: ExperimentConfig) -> Components:
-    """Components for training on ``config.data.path`` (or ``data.sources``: their classes in order of appearance)."""
-    first, *others = training_sources(config.data)
-    info = read_dataset_info(first.path, first.mapping)
-    classes = list(info.get("classes", []))
-    for source in others:
+    """Components for training on ``config.data.path`` or ``data.sources``.
+
+    Classes (in order of appearance) and the label mode come from the sources that feed a labelled
+    task (every source when no task reads labels); sources of different label modes feeding it are refused.
+    """
+    sources = label_sources(config) or training_sources(config.data)
+    classes: list[str] = []
+    for source in sources:
         classes += [c for c in read_dataset_info(source.path, source.mapping).get("classes", []) if c not in classes]
     if "recognition" in config.tasks and not classes:
-        raise MMTLError(f"{config.data.path}/dataset.json lists no classes, but the recognition task needs them")
+        raise MMTLError(f"{', '.join(s.path for s in sources)}: dataset.json lists no classes, but the recognition "
+                        "task needs them")
     warning = long_document_report(config)
     if warning:
         log.warning(warning)
-    return build_components(config, classes, build_vocabulary(config), str(info.get("label_mode", "multi")))
+    paths = list(dict.fromkeys(s.path for s in sources))
+    return build_components(config, classes, build_vocabulary(config), label_mode_of(sources), paths)
 
 
 def components_from_meta(config: ExperimentConfig, meta: dict[str, Any]) -> Components:
     """Components for a saved checkpoint (no data needed)."""
     return build_components(config, list(meta["classes"]), Vocabulary.from_dict(meta["vocab"]),
-                            str(meta.get("label_mode", "multi")))
+                            str(meta.get("label_mode", "multi")), list(meta.get("class_sources", [])))

@@ -123,37 +123,54 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     _check_output_file(args.output, "--output")  # before the evaluation, not after it
     if args.baselines:  # read first: a bad file should fail before a long evaluation
-        from mmtl.evaluation.baselines_run import read_baselines
+        from mmtl.evaluation.baselines_run import baseline_split_metrics, read_baselines
 
         baselines = read_baselines(args.baselines)
+        baseline_split_metrics(baselines, args.split)
     predictor = Predictor.from_pretrained(args.checkpoint, device=args.device)
     config = predictor.config
     if args.max_samples is not None:
         config.eval.max_samples = args.max_samples
     result = evaluate(predictor.components, config, predictor.device, data_path=args.data, split=args.split)
-    print(f"{result.samples} samples of split {result.split!r}")
+    sources = ", ".join(f"{path} ({part['samples']})" for path, part in result.sources.items())
+    print(f"{result.samples} samples of split {result.split!r} from {sources}")
     print(format_table(result))
     output = result.to_dict()
     if args.baselines:
-        from mmtl.evaluation.baselines_run import compare_with_baselines
-        from mmtl.evaluation.delta import DeltaReport, format_delta
-        from mmtl.evaluation.savings import format_savings, forward_flops_per_sample
-
-        report = compare_with_baselines(result.metrics, result.primary, result.split, baselines,
-                                        args.tolerance, predictor.model.parameter_report()["total"],
-                                        forward_flops_per_sample(predictor.components, config))
-        print()
-        print(format_delta(DeltaReport(report["delta_m"], report["per_task"], report["verdicts"],
-                                       report["tolerance"], report["skipped"])))
-        if "parameters" in report:
-            print(format_savings("parameters", report["parameters"]))
-        if "flops" in report:
-            print(format_savings("forward FLOPs per sample", report["flops"], unit="FLOP"))
-        output["delta"] = report
+        output["delta"] = _report_delta(predictor, config, result, baselines, args.tolerance)
     if args.output:
         Path(args.output).write_text(json.dumps(output, indent=2))
         print(f"wrote {args.output}")
     return 0
+
+
+def _report_delta(predictor, config, result, baselines: dict, tolerance: float) -> dict:
+    """Print Δm with its per-task verdicts (overall, then per source) and the savings; return the report."""
+    from mmtl.evaluation.baselines_run import compare_with_baselines
+    from mmtl.evaluation.delta import DeltaReport, format_delta, format_verdicts
+    from mmtl.evaluation.savings import format_savings, forward_flops_per_sample
+
+    lower = {t.name: tuple(getattr(t, "lower_is_better", ())) for t in predictor.components.tasks}
+    report = compare_with_baselines(result, baselines, tolerance, lower, predictor.model.parameter_report(),
+                                    lambda tasks: forward_flops_per_sample(predictor.components, config, tasks),
+                                    predictor.components.vocab.size)
+    print()
+    print("against the single-task models" + (" (all sources pooled):" if len(result.sources) > 1 else ":"))
+    print(format_delta(DeltaReport.from_dict(report)))
+    for source, part in report["sources"].items():
+        per_source = DeltaReport.from_dict(part)
+        shown = "n/a (every baseline value is 0)" if per_source.delta_m is None else f"{100 * per_source.delta_m:+.2f}%"
+        print(f"\nsource {source}: Δm = {shown}")
+        print("\n".join(format_verdicts(per_source)))
+    if "savings_note" in report:
+        print(report["savings_note"])
+    if "parameters" in report:
+        print(format_savings("parameters", report["parameters"]))
+    if "flops" in report:
+        print(format_savings("forward FLOPs per sample", report["flops"], unit="FLOP"))
+    if "vocabulary_note" in report:
+        print(report["vocabulary_note"])
+    return report
 
 
 def _cmd_affinity(args: argparse.Namespace) -> int:
@@ -181,11 +198,13 @@ def _cmd_baselines(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path(f"{config.output_dir}-baselines")
-    path = train_baselines(config, out)
+    path = train_baselines(config, out, resume=args.resume)
     record = json.loads(path.read_text())
     for task, entry in record["tasks"].items():
         metric = entry["primary_metric"]
-        print(f"{task}: {metric} {entry['metrics'][metric]:.3f} (single-task model in {entry['run']})")
+        sources = ", ".join(f"{source} {values[metric]:.3f}" for source, values in entry.get("source_metrics", {}).items())
+        print(f"{task}: {metric} {entry['metrics'][metric]:.3f} (single-task model in {entry['run']}; "
+              f"per source: {sources})")
     print(f"wrote {path}")
     return 0
 
@@ -425,8 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint on a held-out split, next to trivial baselines")
     ev.add_argument("--checkpoint", required=True, help="run or checkpoint directory")
-    ev.add_argument("--data", help="shard directory (default: the one the model was trained on)")
-    ev.add_argument("--split", default="test")
+    ev.add_argument("--data", help="shard directory (default: the held-out split of every source the model was "
+                                   "trained on, each for the tasks it feeds)")
+    ev.add_argument("--split", default="test", help="held-out split of each source (default test)")
     ev.add_argument("--max-samples", type=int)
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--output", help="write the metrics as JSON to this file")
@@ -451,6 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
                         epilog="overrides: dotted keys as for `mmtl train`; writes OUT/baselines.json and OUT/<task>/")
     bl.add_argument("--config", help="experiment YAML of the multi-task run (default: the built-in quickstart experiment)")
     bl.add_argument("--out", help="output directory (default: <output_dir>-baselines)")
+    bl.add_argument("--resume", action="store_true",
+                    help="continue in --out: skip the tasks already done, continue an interrupted task's training")
     bl.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     bl.set_defaults(func=_cmd_baselines)
 
@@ -519,7 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     info = model.add_parser("info", help="parameters per part (shared vs per task) and forward FLOPs per task",
                             description="Print the parameters of each model part (shared vs per task) and the "
                                         "forward FLOPs per task of the model a config builds.",
-                            epilog="classes and vocabulary come from the config's data set when it exists")
+                            epilog="classes, label mode and vocabulary come from the config's data sets when they "
+                                   "exist (classes from the sources that feed recognition); the note says which")
     info.add_argument("--config", help="experiment YAML (default: the built-in quickstart experiment)")
     info.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. model.preset=small")
     info.set_defaults(func=_cmd_model_info)

@@ -17,8 +17,52 @@ def test_delta_m_matches_a_hand_computed_case() -> None:
     # a: acc +60%, f1 0% -> +30%; b: error 0.25 -> 0.2 is better: -(0.2-0.25)/0.25 = +20%; c: baseline 0, left out
     assert report.per_task == pytest.approx({"a": 0.3, "b": 0.2})
     assert report.delta_m == pytest.approx(0.25)
-    assert report.skipped == ["c/bleu"] and report.no_regression
-    assert "Δm = +25.00%" in format_delta(report)
+    assert report.zero_baseline == ["c/bleu"] and report.no_regression
+    text = format_delta(report)
+    assert "Δm = +25.0% over 2 task(s)" in text
+    # the zero-baseline metric is reported with both values, not silently dropped
+    row = next(line for line in text.splitlines() if line.startswith("c ") and "bleu" in line)
+    assert "n/a (baseline 0; difference +0.000, not in Δm)" in row
+
+
+def test_a_collapsed_task_makes_delta_m_negative_and_fails_its_verdict() -> None:
+    # the case of issue 14: recognition's top-5 doubled, captioning collapsed by 87%
+    base = {"recognition": {"top1": 0.10, "top5": 0.20}, "captioning": {"bleu4": 10.0, "rougeL": 30.0},
+            "summarization": {"rougeL": 20.0}}
+    model = {"recognition": {"top1": 0.11, "top5": 0.44}, "captioning": {"bleu4": 1.3, "rougeL": 3.9},
+             "summarization": {"rougeL": 20.4}}
+    primary = {"recognition": "top1", "captioning": "bleu4", "summarization": "rougeL"}
+    report = delta_m(model, base, primary, tolerance=0.02)
+    # recognition (+10% + 120%)/2 = +65%; captioning (-87% - 87%)/2 = -87%; summarization +2%
+    assert report.per_task == pytest.approx({"recognition": 0.65, "captioning": -0.87, "summarization": 0.02})
+    assert report.delta_m == pytest.approx((0.65 - 0.87 + 0.02) / 3) and report.delta_m < 0
+    assert report.regressed == ["captioning"] and not report.no_regression
+    text = format_delta(report)
+    assert "REGRESSED beyond the tolerance (2.0%): captioning" in text
+    verdict_row = next(line for line in text.splitlines() if line.startswith("captioning") and "REGRESSED" in line)
+    assert "bleu4" in verdict_row and "-87.0%" in verdict_row and "(fell more than 2.0%)" in verdict_row
+    assert text.count("Δm = mean over tasks") == 1  # the definition, printed once
+
+
+def test_zero_baseline_primary_metric_is_reported_and_judged_absolutely() -> None:
+    base = {"recognition": {"top1": 0.0, "top5": 0.5}, "captioning": {"bleu4": 0.0}}
+    model = {"recognition": {"top1": 0.2, "top5": 0.25}, "captioning": {"bleu4": 0.0}, "summarization": {"rougeL": 1}}
+    report = delta_m(model, base, {"recognition": "top1", "captioning": "bleu4", "summarization": "rougeL"})
+    assert report.zero_baseline == ["recognition/top1", "captioning/bleu4"]
+    assert report.per_task == pytest.approx({"recognition": -0.5})  # only top5 has a relative change
+    assert report.verdicts["recognition"] == {"metric": "top1", "model": 0.2, "baseline": 0.0, "change": None,
+                                              "ok": True}
+    assert report.verdicts["captioning"]["ok"]  # 0 against 0 did not fall
+    assert report.missing_tasks == ["summarization"]
+    text = format_delta(report)
+    assert "NO SINGLE-TASK MODEL" in text and "Δm leaves out summarization" in text
+    # a baseline that is floating-point residue (CIDEr-D of degenerate captions) counts as 0, instead of
+    # turning 0.13 into a change of +1.8 million percent (seen on real data)
+    residue = delta_m({"c": {"cider": 0.126, "bleu4": 0.1}}, {"c": {"cider": 6.8e-08, "bleu4": 0.1}}, {"c": "bleu4"})
+    assert residue.zero_baseline == ["c/cider"] and residue.delta_m == 0.0
+    lower = delta_m({"a": {"err": 0.1, "acc": 0.5}}, {"a": {"err": 0.0, "acc": 0.5}}, {"a": "err"}, {"a": ["err"]})
+    assert not lower.verdicts["a"]["ok"]  # an error above a baseline of 0 is a regression
+    assert "REGRESSED (below a baseline of 0)" in format_delta(lower)
 
 
 def test_non_regression_verdict_uses_the_tolerance() -> None:
@@ -59,11 +103,14 @@ def test_baselines_then_eval_reports_delta_m(micro_data: Path, tmp_path: Path, c
                        result["primary_metric"],
                        {t: e.get("lower_is_better", ()) for t, e in record["tasks"].items()}).delta_m
     assert result["delta"]["delta_m"] == pytest.approx(expected)
+    assert set(result["delta"]["verdicts"]) == {"recognition", "captioning", "summarization"}
+    assert printed.count("Δm = mean over tasks") == 1
     for task, verdict in result["delta"]["verdicts"].items():
         metric = result["primary_metric"][task]
         base = record["tasks"][task]["metrics"][metric]
         assert verdict["change"] == pytest.approx((result["model"][task][metric] - base) / base)
-    assert result["delta"]["parameters"]["separate_models"] > result["delta"]["parameters"]["multi_task"]
+    parameters = result["delta"]["parameters"]
+    assert parameters["separate_models"] > parameters["multi_task"] > 0 and "savings_note" not in result["delta"]
     flops = result["delta"]["flops"]  # one forward shares the image encoding and fusion passes across tasks
     assert flops["separate_models"] == sum(e["flops_per_sample"] for e in record["tasks"].values())
     assert flops["multi_task"] < flops["separate_models"]
@@ -124,11 +171,7 @@ def test_analyze_affinity_cli(micro_data: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_balancer_table_summarises_seeds(tmp_path: Path) -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("balancer_table", Path(__file__).parents[1] / "tools" / "balancer_table.py")
-    table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(table)
+    table = _balancer_table()
     assert table.parse_balancer("pcgrad@representation") == (
         "pcgrad@representation", ["balancer.name=pcgrad", "balancer.on=representation"])
     bases, results = {}, {}
@@ -144,4 +187,47 @@ def test_balancer_table_summarises_seeds(tmp_path: Path) -> None:
     assert row["metrics"]["a"]["acc"]["mean"] == pytest.approx(0.6) and row["regressed"] == {"a": 1}
     assert report["baselines"]["a"]["acc"]["mean"] == pytest.approx(0.45)
     text = table.markdown(report)
-    assert "| equal | +20.00 ± 14.14 | 0.600 ± 0.141 | a 1/2 |" in text and "mmtl train ..." in text
+    assert "| equal | +20.00 ± 14.14 | 0.600 ± 0.141 | 1/2 | a 1/2 |" in text and "mmtl train ..." in text
+    assert row["seeds_with_regression"] == 1
+
+
+def _balancer_table():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("balancer_table", Path(__file__).parents[1] / "tools" / "balancer_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    return table
+
+
+def test_tuned_scalarisation_grid_and_choice() -> None:
+    table = _balancer_table()
+    grid = table.weight_grid(["a", "b"], [1, 3])
+    assert grid == [{"a": 1.0, "b": 1.0}, {"a": 0.5, "b": 1.5}, {"a": 1.5, "b": 0.5}]  # (3, 3) is (1, 1) scaled
+    assert len(table.weight_grid(["a", "b", "c"], [1, 3])) == 7
+    record = lambda delta, regressed: {"delta": {"delta_m": delta, "regressed": regressed}}  # noqa: E731
+    candidates = [({"a": 1}, record(0.30, ["b"])), ({"a": 2}, record(0.05, [])), ({"a": 3}, record(None, [])),
+                  ({"a": 4}, record(0.01, []))]
+    assert table.best_on_validation(candidates)[0] == {"a": 2}  # no regression beats a higher Δm
+
+
+def test_balancer_table_end_to_end_with_the_tuned_row(micro_data: Path, tmp_path: Path, one_thread) -> None:
+    table = _balancer_table()
+    out = tmp_path / "table"
+    overrides = [o for o in micro_overrides(micro_data, tmp_path, steps=2) if not o.startswith("output_dir=")]
+    overrides.append("tasks=[recognition,captioning]")
+    assert table.main(["--balancers", "equal", "--seeds", "0", "--out", str(out), "--device", "cpu",
+                       "--tune-weights", "1,2", *overrides]) == 0
+    report = json.loads((out / "table.json").read_text())
+    tuned = report["balancers"]["tuned scalarisation"]
+    assert tuned["weights"][0] in table.weight_grid(["recognition", "captioning"], [1, 2])
+    chosen = json.loads((out / "seed-0" / "tuned" / "eval.json").read_text())
+    assert len(chosen["validation"]) == 3 and chosen["split"] == "test"
+    for candidate in (out / "seed-0" / "tuned").glob("w-*"):  # scored on the validation split
+        assert json.loads((candidate / "eval-val.json").read_text())["split"] == "val"
+    assert tuned["delta_m"]["values"] == [chosen["delta"]["delta_m"]]
+    text = (out / "table.md").read_text()
+    assert "| tuned scalarisation |" in text and "task weights chosen on the validation split" in text
+    assert table.main(["--balancers", "equal", "--seeds", "0", "--out", str(out), "--device", "cpu",
+                       "--tune-weights", "1,2", *overrides]) == 0
+    assert json.loads((out / "table.json").read_text())["commands"] == []  # everything done: nothing ran again

@@ -164,7 +164,8 @@ def test_single_label_recognition_uses_softmax_and_ranks_top_classes(tmp_path) -
     assert all(len(r) == 3 and abs(sum(p for _, p in r) - 1) < 1e-3 for r in ranked)
     assert all(r[0][1] >= r[1][1] >= r[2][1] for r in ranked)
     assert task.score([["red circle", "blue square"], ["blue square", "red circle"]], [["red circle"], ["red circle"]]) \
-        == {"top1": 0.5, "top5": 1.0, "f1_micro": 0.5}
+        == {"top1": 0.5, "top5": 1.0}
+    assert task.primary_metric == "top1"  # shown as top-1 in the eval table, not as f1_micro
 
 
 def test_multi_label_stays_the_default() -> None:
@@ -215,7 +216,7 @@ def test_model_info_cli_prints_parameters_per_part_and_flops(micro_data, capsys)
 
     assert main(["model", "info", f"data.path={micro_data}", "model.preset=micro", "model.sharing=hybrid"]) == 0
     out = capsys.readouterr().out
-    assert f"classes and vocabulary from {micro_data}" in out
+    assert f"classes (multi-label) from {micro_data}; vocabulary from {micro_data}" in out
     fusion_row = next(line for line in out.splitlines() if line.startswith("fusion"))
     assert all(int(v.replace(",", "")) > 0 for v in fusion_row.split()[1:])  # shared trunk + adapters per task
     flops = {line.split()[0]: float(line.split()[1]) for line in out.split("forward FLOPs")[1].splitlines()[1:]}

@@ -1,7 +1,8 @@
 """Experiment: Δm and per-task metrics of several balancers against single-task baselines, over seeds.
 
 Usage: python tools/balancer_table.py --balancers equal,uncertainty,pcgrad@representation --seeds 0,1,2
-           [--config FILE] [--out DIR] [--jobs N] [--device auto|cpu|cuda] [--tolerance 0.02] [KEY=VALUE ...]
+           [--config FILE] [--out DIR] [--jobs N] [--device auto|cpu|cuda] [--tolerance 0.02]
+           [--tune-weights 1,3] [KEY=VALUE ...]
 
 For every seed S it runs `mmtl baselines` (one single-task model per task, seed=S) once, and for
 every balancer B it runs `mmtl train` (balancer.name=B, seed=S) and then `mmtl eval --baselines`
@@ -12,13 +13,21 @@ default cores // N); with --jobs 1 they run in this process, one after another. 
 output already exists (OUT/seed-S/baselines/baselines.json, OUT/seed-S/B/eval.json) is skipped, so
 an interrupted experiment continues where it stopped.
 
-Writes OUT/table.md (a markdown table: Δm and each task's primary metric, mean ± sample std over
-seeds, and how many seeds regressed a task; then the single-task baselines and the commands) and
-OUT/table.json (every value per seed), and prints the table.
+Tuned scalarisation (the baseline Kurin et al. and Xin et al., NeurIPS 2022, recommend): per seed,
+fixed task weights (balancer.name=fixed) are searched over every combination of the --tune-weights
+values (scaled to mean 1, duplicates up to scale dropped), each trained and scored by Δm on the
+validation split (data.val_split, against the baselines' metrics there); the best (no regression
+first, then Δm) is then evaluated on the test split like every balancer. --tune-weights "" skips it.
+
+Writes OUT/table.md (a markdown table: Δm (mmtl eval's: per task the mean relative change over its
+metrics, then the mean over tasks) and each task's primary metric, mean ± sample std over seeds, the
+number of seeds with a regression and which tasks regressed; then the single-task baselines and
+the commands) and OUT/table.json (every value per seed), and prints the table.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -64,44 +73,119 @@ class Runner:
             raise RuntimeError(f"`mmtl {' '.join(argv)}` failed with exit code {code}; see {log}")
 
 
+TUNED = "tuned scalarisation"
+
+
+def weight_grid(tasks: list[str], values: list[float]) -> list[dict[str, float]]:
+    """Every combination of ``values`` as task weights, scaled to mean 1, without duplicates up to scale."""
+    grid: dict[tuple[float, ...], dict[str, float]] = {}
+    for combination in itertools.product(values, repeat=len(tasks)):
+        mean = sum(combination) / len(combination)
+        if mean <= 0:
+            continue
+        scaled = tuple(round(v / mean, 6) for v in combination)
+        grid.setdefault(scaled, dict(zip(tasks, scaled)))
+    return list(grid.values())
+
+
+def best_on_validation(candidates: list[tuple[dict[str, float], dict[str, Any]]]) -> tuple[dict[str, float], dict[str, Any]]:
+    """The (weights, eval record) whose validation has no regression, then the highest Δm (None ranks last)."""
+    def key(item: tuple[dict[str, float], dict[str, Any]]) -> tuple[bool, float]:
+        delta = item[1]["delta"]
+        return (not delta["regressed"], -float("inf") if delta["delta_m"] is None else delta["delta_m"])
+
+    return max(candidates, key=key)
+
+
+class Experiment:
+    """The runs of one table: baselines per seed, each balancer per seed, the tuned-scalarisation search."""
+
+    def __init__(self, out: Path, runner: Runner, common: list[str], eval_device: str, tolerance: float) -> None:
+        self.out, self.runner, self.common = out, runner, common
+        self.eval_device, self.tolerance = eval_device, tolerance
+
+    def baselines(self, seed: int) -> Path:
+        """OUT/seed-S/baselines/baselines.json, trained unless it exists."""
+        target = self.out / f"seed-{seed}" / "baselines"
+        if not (target / "baselines.json").is_file():
+            self.runner(["baselines", *self.common, f"seed={seed}", f"output_dir={self.out}/seed-{seed}/mt",
+                         "train.overwrite=true", "--out", str(target)], target / "run.log")
+        return target / "baselines.json"
+
+    def evaluate(self, run: Path, base: Future, result: Path, split: str | None = None) -> Path:
+        """`mmtl eval --baselines` of ``run`` on ``split`` (default: the baselines' own) into ``result``."""
+        baselines_path = base.result()
+        record = json.loads(baselines_path.read_text())
+        split = split or record["split"]
+        samples = record.get("split_max_samples", {}).get(split, record.get("max_samples")) or 0
+        self.runner(["eval", "--checkpoint", str(run), "--baselines", str(baselines_path), "--split", split,
+                     "--max-samples", str(samples), "--device", self.eval_device, "--tolerance", str(self.tolerance),
+                     "--output", str(result)], result.with_suffix(".log"))
+        return result
+
+    def balancer_run(self, spec: str, seed: int, base: Future, run: Path | None = None, split: str | None = None,
+                     weights: dict[str, float] | None = None) -> Path:
+        """Train ``spec`` with ``seed`` (unless trained) and evaluate it (unless evaluated); the eval JSON."""
+        label, extra = parse_balancer(spec)
+        extra += [f"balancer.weights.{task}={value}" for task, value in (weights or {}).items()]
+        run = run or self.out / f"seed-{seed}" / label
+        result = run / ("eval.json" if split is None else f"eval-{split}.json")
+        if result.is_file():
+            return result
+        if not (run / "checkpoints" / "LATEST").is_file() or not (run / "train.done").is_file():
+            self.runner(["train", *self.common, *extra, f"seed={seed}", f"output_dir={run}", "train.overwrite=true"],
+                        run / "train.log")
+            (run / "train.done").touch()
+        return self.evaluate(run, base, result, split)
+
+    def tuned(self, seed: int, base: Future, candidates: list[tuple[dict[str, float], Future]]) -> Path:
+        """The candidate best on the validation split, evaluated on the test split (with its weights recorded)."""
+        result = self.out / f"seed-{seed}" / "tuned" / "eval.json"
+        if not result.is_file():
+            scored = [(weights, json.loads(f.result().read_text())) for weights, f in candidates]
+            weights, _ = best_on_validation(scored)
+            self.evaluate(self.out / f"seed-{seed}" / "tuned" / _weights_label(weights), base, result)
+            record = json.loads(result.read_text())
+            record["weights"] = weights
+            record["validation"] = [{"weights": w, "delta_m": r["delta"]["delta_m"], "regressed": r["delta"]["regressed"]}
+                                    for w, r in scored]
+            result.write_text(json.dumps(record, indent=2))
+        return result
+
+
 def run_experiment(balancers: list[str], seeds: list[int], out: Path, config: str | None, overrides: list[str],
-                   jobs: int = 1, device: str = "auto", tolerance: float = 0.02, threads: int | None = None) -> dict[str, Any]:
+                   jobs: int = 1, device: str = "auto", tolerance: float = 0.02, threads: int | None = None,
+                   tune_weights: list[float] | None = None) -> dict[str, Any]:
     """Run every baseline, training and evaluation (skipping finished ones) and return the collected results."""
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     runner = Runner(jobs, threads)
     common = (["--config", config] if config else []) + [*overrides, f"train.device={device}", "train.progress=false"]
     eval_device = "cuda" if device == "auto" and _cuda() else ("cpu" if device == "auto" else device)
-
-    def baselines(seed: int) -> Path:
-        target = out / f"seed-{seed}" / "baselines"
-        if not (target / "baselines.json").is_file():
-            runner(["baselines", *common, f"seed={seed}", f"output_dir={out}/seed-{seed}/mt",
-                    "train.overwrite=true", "--out", str(target)], target / "run.log")
-        return target / "baselines.json"
-
-    def balancer_run(spec: str, seed: int, base: Future) -> Path:
-        label, extra = parse_balancer(spec)
-        run = out / f"seed-{seed}" / label
-        result = run / "eval.json"
-        if result.is_file():
-            return result
-        runner(["train", *common, *extra, f"seed={seed}", f"output_dir={run}", "train.overwrite=true"], run / "train.log")
-        baselines_path = base.result()
-        record = json.loads(baselines_path.read_text())
-        runner(["eval", "--checkpoint", str(run), "--baselines", str(baselines_path), "--split", record["split"],
-                "--max-samples", str(record.get("max_samples") or 0), "--device", eval_device,
-                "--tolerance", str(tolerance), "--output", str(result)], run / "eval.log")
-        return result
-
-    # baselines are queued first, so a run waiting on its seed's baselines never blocks them;
-    # with one job everything runs inline in the main thread (Ctrl-C then stops a run cleanly)
+    experiment = Experiment(out, runner, common, eval_device, tolerance)
+    # baselines are queued first, so a run waiting on its seed's baselines never blocks them (and each
+    # tuned choice after its candidates); with one job everything runs inline in the main thread
+    # (Ctrl-C then stops a run cleanly)
     with (ThreadPoolExecutor(max_workers=jobs) if jobs > 1 else InlinePool()) as pool:
-        base_futures = {seed: pool.submit(baselines, seed) for seed in seeds}
-        run_futures = {(spec, seed): pool.submit(balancer_run, spec, seed, base_futures[seed])
+        base_futures = {seed: pool.submit(experiment.baselines, seed) for seed in seeds}
+        run_futures = {(spec, seed): pool.submit(experiment.balancer_run, spec, seed, base_futures[seed])
                        for spec in balancers for seed in seeds}
+        if tune_weights:
+            from mmtl.config import load_config
+
+            resolved = load_config(config, overrides)
+            for seed in seeds:
+                candidates = [(weights, pool.submit(
+                    experiment.balancer_run, "fixed", seed, base_futures[seed],
+                    out / f"seed-{seed}" / "tuned" / _weights_label(weights), resolved.data.val_split, weights,
+                    )) for weights in weight_grid(list(resolved.tasks), tune_weights)]
+                run_futures[(TUNED, seed)] = pool.submit(experiment.tuned, seed, base_futures[seed], candidates)
         base_paths = {seed: f.result() for seed, f in base_futures.items()}
         results = {key: json.loads(f.result().read_text()) for key, f in run_futures.items()}
-    return collect(balancers, seeds, base_paths, results, runner.commands)
+    return collect(balancers + ([TUNED] if tune_weights else []), seeds, base_paths, results, runner.commands)
+
+
+def _weights_label(weights: dict[str, float]) -> str:
+    return "w-" + "-".join(f"{v:g}" for v in weights.values())
 
 
 class InlinePool:
@@ -128,10 +212,12 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def summary(values: list[float]) -> dict[str, Any]:
-    """Mean, sample standard deviation (0 for one value) and the values."""
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "values": values}
+def summary(values: list[float | None]) -> dict[str, Any]:
+    """Mean, sample standard deviation (0 for one value) and the values; None values (Δm undefined) are
+    kept in ``values`` but not averaged (mean None when all are None)."""
+    known = [v for v in values if v is not None]
+    return {"mean": statistics.fmean(known) if known else None,
+            "std": statistics.stdev(known) if len(known) > 1 else 0.0, "values": values}
 
 
 def collect(balancers: list[str], seeds: list[int], base_paths: dict[int, Path],
@@ -146,8 +232,10 @@ def collect(balancers: list[str], seeds: list[int], base_paths: dict[int, Path],
         metrics = {task: {metric: summary([r["model"][task][metric] for r in runs]) for metric in first["model"][task]}
                    for task in first["model"]}
         regressed = {task: sum(not r["delta"]["verdicts"].get(task, {"ok": True})["ok"] for r in runs) for task in primary}
+        seeds_regressed = sum(any(not v["ok"] for v in r["delta"]["verdicts"].values()) for r in runs)
         table[spec] = {"delta_m": summary([r["delta"]["delta_m"] for r in runs]), "metrics": metrics,
-                       "regressed": regressed,
+                       "regressed": regressed, "seeds_with_regression": seeds_regressed,
+                       "weights": [r["weights"] for r in runs] if all("weights" in r for r in runs) else None,
                        "flops_ratio": runs[0]["delta"].get("flops", {}).get("ratio"),
                        "parameter_ratio": runs[0]["delta"].get("parameters", {}).get("ratio")}
     base_tasks = base_records[seeds[0]]["tasks"]
@@ -158,6 +246,8 @@ def collect(balancers: list[str], seeds: list[int], base_paths: dict[int, Path],
 
 
 def _cell(s: dict[str, Any], scale: float = 1.0, signed: bool = False) -> str:
+    if s["mean"] is None:
+        return "n/a"
     mean, std = scale * s["mean"], scale * s["std"]
     digits = 2 if signed else 3
     text = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
@@ -168,16 +258,26 @@ def markdown(report: dict[str, Any]) -> str:
     """The results as a markdown table, the baselines row and the commands."""
     primary = report["primary_metric"]
     n = len(report["seeds"])
-    header = ["balancer", "Δm (%)"] + [f"{t} {m}" for t, m in primary.items()] + ["seeds with a task regressed"]
-    lines = [f"Split {report['split']!r}, {n} seed(s) {report['seeds']}: mean ± sample std over seeds.", "",
+    header = (["balancer", "Δm (%)"] + [f"{t} {m}" for t, m in primary.items()]
+              + ["seeds with a regression", "regressed tasks (seeds)"])
+    lines = [f"Split {report['split']!r}, {n} seed(s) {report['seeds']}: mean ± sample std over seeds. "
+             "Δm: per task the mean signed relative change over its metrics, then the mean over tasks "
+             "(see `mmtl eval --baselines`); a regression: a task's primary metric fell more than the tolerance "
+             "below its single-task model.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for spec, row in report["balancers"].items():
         regressed = ", ".join(f"{t} {k}/{n}" for t, k in row["regressed"].items() if k) or "none"
         cells = [spec, _cell(row["delta_m"], 100, signed=True)]
-        cells += [_cell(row["metrics"][t][m]) for t, m in primary.items()] + [regressed]
+        cells += [_cell(row["metrics"][t][m]) for t, m in primary.items()]
+        cells += [f"{row.get('seeds_with_regression', 0)}/{n}", regressed]
         lines.append("| " + " | ".join(cells) + " |")
     base = report["baselines"]
-    lines.append("| single-task models | 0 (reference) | " + " | ".join(_cell(base[t][m]) for t, m in primary.items()) + " | |")
+    lines.append("| single-task models | 0 (reference) | " + " | ".join(_cell(base[t][m]) for t, m in primary.items())
+                 + " | | |")
+    for spec, row in report["balancers"].items():
+        if row.get("weights"):
+            chosen = "; ".join(", ".join(f"{t} {w:g}" for t, w in weights.items()) for weights in row["weights"])
+            lines += ["", f"{spec}: task weights chosen on the validation split, per seed: {chosen}"]
     lines += ["", "Commands:", "", "```"] + report["commands"] + ["```"]
     return "\n".join(lines)
 
@@ -194,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch threads per process with --jobs > 1 (default cores // jobs)")
     parser.add_argument("--device", default="auto", help="train.device of every run and eval device (auto, cpu, cuda)")
     parser.add_argument("--tolerance", type=float, default=0.02, help="non-regression tolerance of mmtl eval")
+    parser.add_argument("--tune-weights", default="1,3",
+                        help="task-weight values of the tuned-scalarisation grid (default 1,3; '' skips the row)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     balancers = [b for b in args.balancers.split(",") if b]
@@ -203,10 +305,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
     if not balancers or not seeds or args.jobs < 1:
         parser.error("need at least one balancer, one seed and --jobs >= 1")
+    try:
+        tune = [float(v) for v in args.tune_weights.split(",") if v.strip()]
+    except ValueError:
+        parser.error(f"--tune-weights must be comma-separated numbers, got {args.tune_weights!r}")
     out = Path(args.out)
     try:
         report = run_experiment(balancers, seeds, out, args.config, args.overrides, args.jobs, args.device,
-                                args.tolerance, args.threads)
+                                args.tolerance, args.threads, tune)
     except RuntimeError as exc:
         print(f"balancer_table: error: {exc}", file=sys.stderr)
         return 2

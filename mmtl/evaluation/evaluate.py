@@ -1,6 +1,12 @@
-"""Held-out evaluation of every task, next to each task's trivial baseline."""
+"""Held-out evaluation of every task on every source that feeds it, next to each task's trivial baseline.
+
+A run on ``data.sources`` is evaluated on the held-out split of each source, for the tasks that
+source feeds; each task is scored per source and *overall* (all its sources' samples pooled). A
+run on ``data.path`` alone (or ``mmtl eval --data``) has one source, whose scores are the overall ones.
+"""
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -8,19 +14,22 @@ from typing import Any
 import torch
 
 from data_pipelines.loader import make_loader
-from data_pipelines.shards import iter_annotations
+from data_pipelines.mixing import Source, training_sources
+from data_pipelines.shards import iter_annotations, read_dataset_info, split_entry
 from mmtl.builder import Components
 from mmtl.config import ExperimentConfig
+from mmtl.errors import MMTLError
 from mmtl.training.precision import get_autocast
 
+log = logging.getLogger(__name__)
+
 BASELINE_FIT_LIMIT = 5000
-# metrics printed under a task's primary one when it reports them: how degenerate generated text is
-SHOWN_BESIDE_PRIMARY = ("distinct2", "repetition")
+OVERALL = "all sources"
 
 
 @dataclass
 class EvalResult:
-    """Per-task metrics of the model and of the trivial baseline, plus a few examples."""
+    """Per-task metrics of the model and of the trivial baseline (overall and per source), plus examples."""
 
     split: str
     samples: int
@@ -30,99 +39,221 @@ class EvalResult:
     examples: list[dict[str, Any]] = field(default_factory=list)
     # mean teacher-forced loss per task (per row that carries the task), when asked for
     losses: dict[str, float] = field(default_factory=dict)
+    # per source: {"samples": n, "model": {task: metrics}, "baseline": {task: metrics}}
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    not_evaluated: dict[str, str] = field(default_factory=dict)  # source -> why it was left out
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON)."""
         out = {"split": self.split, "samples": self.samples, "primary_metric": self.primary,
-               "model": self.metrics, "baseline": self.baselines}
+               "model": self.metrics, "baseline": self.baselines, "sources": self.sources}
         if self.losses:
             out["loss"] = self.losses
+        if self.not_evaluated:
+            out["not_evaluated"] = self.not_evaluated
         return out
+
+
+def evaluation_sources(config: ExperimentConfig, split: str, data_path: str | None = None
+                       ) -> tuple[list[Source], list[Source], dict[str, str]]:
+    """The held-out sources on ``split`` and the training source of each: ``data_path`` alone when given,
+    else each of ``data.sources`` (with the tasks it feeds), else ``data.path``.
+
+    A source without ``split`` is left out (third value: source -> reason); MMTLError when none has it.
+    """
+    if data_path:
+        mapping = tuple(config.data.map)
+        return [Source(data_path, split, mapping=mapping)], [Source(data_path, config.data.train_split, mapping=mapping)], {}
+    trained = training_sources(config.data)
+    held_out, fitted, missing = [], [], {}
+    for source in trained:
+        info = read_dataset_info(source.path, source.mapping)
+        try:
+            split_entry(info, split, source.path)
+        except MMTLError:
+            missing[source.path] = f"no split {split!r} (it has {', '.join(sorted(info.get('splits', {}))) or 'none'})"
+            continue
+        held_out.append(replace(source, split=split))
+        fitted.append(source)
+    if not held_out:
+        raise MMTLError(f"no source of the run has a {split!r} split: "
+                        + "; ".join(f"{path}: {why}" for path, why in missing.items()))
+    for path, why in missing.items():
+        log.warning("evaluation leaves out source %s: %s", path, why)
+    return held_out, fitted, missing
+
+
+@dataclass
+class _Collected:
+    """Predictions, references and annotations of one source, per task."""
+
+    samples: int = 0
+    predictions: dict[str, list] = field(default_factory=lambda: defaultdict(list))
+    references: dict[str, list] = field(default_factory=lambda: defaultdict(list))
+    annotations: dict[str, list] = field(default_factory=lambda: defaultdict(list))
 
 
 @torch.no_grad()
 def evaluate(components: Components, config: ExperimentConfig, device: torch.device,
              data_path: str | None = None, split: str | None = None, precision: str = "fp32",
              max_samples: int | None = None, trivial_baselines: bool = True, losses: bool = False) -> EvalResult:
-    """Predict every task on ``split`` and score it; baselines are fitted on the training split.
+    """Predict every task on ``split`` of every source that feeds it and score it (see the module docstring).
 
-    ``max_samples`` (default ``config.eval.max_samples``; 0: all) caps the samples read;
-    ``trivial_baselines=False`` skips fitting and scoring the trivial baselines (``baselines`` is
-    then empty); ``losses=True`` also averages each task's teacher-forced loss.
+    Trivial baselines are fitted on each source's training split. ``max_samples`` (default
+    ``config.eval.max_samples``; 0: all) caps the samples read *per source*;
+    ``trivial_baselines=False`` skips the trivial baselines (``baselines`` is then empty);
+    ``losses=True`` also averages each task's teacher-forced loss over all sources.
     """
-    data_path = data_path or config.data.path
     split = split or config.eval.split
     limit = config.eval.max_samples if max_samples is None else max_samples
+    held_out, fitted, missing = evaluation_sources(config, split, data_path)
     loss_sums: dict[str, float] = defaultdict(float)
     loss_rows: dict[str, int] = defaultdict(int)
-    model = components.model.eval()
-    names = [t.name for t in components.tasks]
+    components.model.eval()
+    examples: list[dict[str, Any]] = []
+    collected: dict[str, _Collected] = {}
+    for source in held_out:
+        collected[source.path] = _predict_source(components, config, device, source, precision, limit,
+                                                 (loss_sums, loss_rows) if losses else None, examples)
+    sources, metrics, baselines = _score_all(components, held_out, fitted, collected, trivial_baselines,
+                                             config.eval.threshold)
+    primary = {t.name: t.primary_metric for t in components.tasks if t.name in metrics}
+    mean_losses = {t: loss_sums[t] / loss_rows[t] for t in loss_rows if loss_rows[t]}
+    samples = sum(part.samples for part in collected.values())
+    return EvalResult(split, samples, metrics, baselines, primary, examples, mean_losses, sources, missing)
+
+
+def _score_all(components: Components, held_out: list[Source], fitted: list[Source], collected: dict[str, "_Collected"],
+               trivial_baselines: bool, threshold: float) -> tuple[dict[str, Any], dict, dict]:
+    """Per-source results, then the model's and the trivial baselines' metrics over all sources pooled."""
+    trivial = {s.path: _trivial_predictions(components, collected[s.path], f)
+               for s, f in zip(held_out, fitted)} if trivial_baselines else {}
+    sources: dict[str, dict[str, Any]] = {}
+    for source in held_out:
+        part = collected[source.path]
+        sources[source.path] = {"samples": part.samples, "model": _score(components, part, threshold),
+                                "baseline": _score_trivial(components, part, trivial.get(source.path), threshold)}
+    if len(held_out) == 1:  # one source: its scores are the overall ones (scored once)
+        return sources, sources[held_out[0].path]["model"], sources[held_out[0].path]["baseline"]
+    pooled = _pool(collected.values())
+    pooled_trivial = {t: [p for path in trivial for p in trivial[path].get(t, [])] for t in pooled.references}
+    return (sources, _score(components, pooled, threshold),
+            _score_trivial(components, pooled, pooled_trivial if trivial else None, threshold))
+
+
+def _predict_source(components: Components, config: ExperimentConfig, device: torch.device, source: Source,
+                    precision: str, limit: int, loss_totals: tuple[dict, dict] | None,
+                    examples: list[dict[str, Any]]) -> _Collected:
+    """Run the model on one held-out source, for the tasks it feeds."""
+    tasks = [t for t in components.tasks if source.tasks is None or t.name in source.tasks]
+    names = [t.name for t in tasks]
     loader = make_loader(
-        data_path, split, tasks=components.tasks, vocab=components.vocab,
+        [source], source.split, tasks=tasks, vocab=components.vocab,
         image_size=config.model.image.image_size, context_length=config.model.text.context_length,
         batch_size=config.eval.batch_size, train=False,
         max_corrupt_fraction=config.data.max_corrupt_fraction, max_image_pixels=config.data.max_image_pixels,
-        mapping=config.data.map,
     )
-    predictions: dict[str, list] = defaultdict(list)
-    references: dict[str, list] = defaultdict(list)
-    annotations: dict[str, list] = defaultdict(list)
-    examples, seen = [], 0
+    out = _Collected()
     threshold = config.eval.threshold
+    # threshold 0: every class with its score, for ranking metrics (mAP); scoring and the printed
+    # examples cut at config.eval.threshold
     ranked = replace(config.eval, threshold=0.0)
     for batch in loader:
         batch = batch.to(device)
         with get_autocast(precision, device):
-            # threshold 0: every class with its score, for ranking metrics (mAP); scoring and the
-            # printed examples cut at config.eval.threshold
-            predicted = model.predict(batch, names, ranked)
-            batch_losses = model(batch) if losses else {}
+            predicted = components.model.predict(batch, names, ranked)
+            batch_losses = components.model(batch) if loss_totals is not None else {}
         for task, loss in batch_losses.items():
             rows = len(batch.targets[task]["index"])
-            loss_sums[task] += float(loss) * rows
-            loss_rows[task] += rows
+            loss_totals[0][task] += float(loss) * rows
+            loss_totals[1][task] += rows
         for row, annotation in enumerate(batch.annotations):
-            example = {"key": batch.keys[row], "predictions": {}, "references": {}}
-            for task in components.tasks:
+            example = {"key": batch.keys[row], "source": source.path, "predictions": {}, "references": {}}
+            for task in tasks:
                 reference = task.reference(annotation)
                 if reference is None:
                     continue
-                predictions[task.name].append(predicted[task.name][row])
-                references[task.name].append(reference)
-                annotations[task.name].append(annotation)
+                out.predictions[task.name].append(predicted[task.name][row])
+                out.references[task.name].append(reference)
+                out.annotations[task.name].append(annotation)
                 example["predictions"][task.name] = task.format(task.thresholded(predicted[task.name][row], threshold))
                 example["references"][task.name] = task.format_reference(reference)
-            if len(examples) < config.eval.num_examples:
+            if len(examples) < config.eval.num_examples and example["predictions"]:
                 examples.append(example)
-        seen += len(batch)
-        if limit and seen >= limit:
+        out.samples += len(batch)
+        if limit and out.samples >= limit:
             break
-    train_annotations = list(iter_annotations(data_path, config.data.train_split, BASELINE_FIT_LIMIT, config.data.map)) \
-        if trivial_baselines else []
-    metrics, baselines = {}, {}
-    for task in components.tasks:
-        if not references[task.name]:
-            continue
-        metrics[task.name] = task.score(predictions[task.name], references[task.name], threshold)
-        if not trivial_baselines:
-            continue
-        baseline = task.fit_baseline(train_annotations)
-        baselines[task.name] = task.score([baseline(a) for a in annotations[task.name]], references[task.name],
-                                          threshold)
-    primary = {t.name: t.primary_metric for t in components.tasks if t.name in metrics}
-    mean_losses = {t: loss_sums[t] / loss_rows[t] for t in loss_rows if loss_rows[t]}
-    return EvalResult(split, seen, metrics, baselines, primary, examples, mean_losses)
+    return out
+
+
+def _score(components: Components, part: _Collected, threshold: float) -> dict[str, dict[str, float]]:
+    return {t.name: t.score(part.predictions[t.name], part.references[t.name], threshold)
+            for t in components.tasks if part.references.get(t.name)}
+
+
+def _trivial_predictions(components: Components, part: _Collected, train_source: Source) -> dict[str, list]:
+    """Each task's trivial-baseline prediction of every collected sample, fitted on ``train_source``."""
+    annotations = list(iter_annotations(train_source.path, train_source.split, BASELINE_FIT_LIMIT, train_source.mapping))
+    out = {}
+    for task in [t for t in components.tasks if part.references.get(t.name)]:
+        baseline = task.fit_baseline(annotations)  # fitted once per task and source
+        out[task.name] = [baseline(a) for a in part.annotations[task.name]]
+    return out
+
+
+def _score_trivial(components: Components, part: _Collected, predicted: dict[str, list] | None,
+                   threshold: float) -> dict[str, dict[str, float]]:
+    """The trivial baselines' ``predicted`` values scored against ``part``'s references ({} when None)."""
+    if predicted is None:
+        return {}
+    return {t.name: t.score(predicted[t.name], part.references[t.name], threshold)
+            for t in components.tasks if part.references.get(t.name)}
+
+
+def _pool(parts: Any) -> _Collected:
+    pooled = _Collected()
+    for part in parts:
+        pooled.samples += part.samples
+        for store, other in ((pooled.predictions, part.predictions), (pooled.references, part.references),
+                             (pooled.annotations, part.annotations)):
+            for task, values in other.items():
+                store[task] += values
+    return pooled
+
+
+def _metric_rows(task: str, source: str, model: dict[str, float], base: dict[str, float] | None,
+                 primary: str) -> list[tuple[str, ...]]:
+    """Table rows of one task on one source: its primary metric first, then the others."""
+    rows = []
+    for metric in [primary] + [m for m in model if m != primary]:
+        value = model[metric]
+        reference = None if base is None else base.get(metric)
+        rows.append((task, source, metric + (" *" if metric == primary else ""), f"{value:.3f}",
+                     "-" if reference is None else f"{reference:.3f}",
+                     "-" if reference is None else f"{value - reference:+.3f}"))
+    return rows
 
 
 def format_table(result: EvalResult) -> str:
-    """A plain-text table: task, metric, model, trivial baseline, difference."""
-    rows = [("task", "metric", "model", "baseline", "delta")]
-    for task, primary in result.primary.items():
-        for metric in [primary, *(m for m in SHOWN_BESIDE_PRIMARY if m in result.metrics[task])]:
-            model, base = result.metrics[task][metric], result.baselines[task][metric]
-            rows.append((task, metric, f"{model:.3f}", f"{base:.3f}", f"{model - base:+.3f}"))
+    """A plain-text table: task, source, every metric (primary marked *), model, trivial baseline, difference.
+
+    With several sources each task has one block per source that feeds it, then the pooled one.
+    """
+    rows = [("task", "source", "metric", "model", "baseline", "delta")]
+    several = len(result.sources) > 1
+    for task, metric in result.primary.items():
+        if several:
+            for source, part in result.sources.items():
+                if task in part["model"]:
+                    rows += _metric_rows(task, source, part["model"][task], part["baseline"].get(task), metric)
+        rows += _metric_rows(task, OVERALL if several else next(iter(result.sources), ""), result.metrics[task],
+                             result.baselines.get(task), metric)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("* primary metric (decides the per-task verdict)")
+    for source, why in result.not_evaluated.items():
+        lines.append(f"not evaluated: {source} ({why})")
     return "\n".join(lines)
 
 

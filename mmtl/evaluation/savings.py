@@ -10,7 +10,7 @@ their own encoders, fusion and head. So the saving is the shared encoder and fus
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -18,13 +18,13 @@ from mmtl.config import ExperimentConfig
 from mmtl.training.flops import count_flops
 
 
-def forward_flops_per_sample(components: Any, config: ExperimentConfig) -> int:
-    """FLOPs of one forward of ``components.model`` over all its tasks on one full-length sample."""
+def forward_flops_per_sample(components: Any, config: ExperimentConfig, tasks: Sequence[str] | None = None) -> int:
+    """FLOPs of one forward of ``components.model`` over all its tasks (or ``tasks``) on one full-length sample."""
     from mmtl.models.info import example_batch
 
     model = components.model
     device = next(model.parameters()).device
-    batch = example_batch(components, config).to(device)
+    batch = example_batch(components, config, tasks).to(device)
     was_training = model.training
     model.eval()
     try:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -18,24 +19,29 @@ STAND_IN_CLASSES = 80  # class count assumed when the config's data set is absen
 def build_for_info(config: ExperimentConfig):
     """Components from the config's data set when it exists, else from a stand-in (80 classes, full
     vocabulary). Returns (components, note): ``note`` says which."""
+    from data_pipelines.mixing import training_sources
     from mmtl.builder import build_components, components_from_data
 
-    if (Path(config.data.path) / DATASET_FILE).is_file():
-        return components_from_data(config), f"classes and vocabulary from {config.data.path}"
+    paths = list(dict.fromkeys(s.path for s in training_sources(config.data)))
+    if all((Path(path) / DATASET_FILE).is_file() for path in paths):
+        components = components_from_data(config)
+        return components, (f"{len(components.classes)} classes ({components.label_mode}-label) from "
+                            f"{', '.join(components.class_sources)}; vocabulary from {', '.join(paths)}")
     classes = [f"class{i}" for i in range(STAND_IN_CLASSES)]
-    note = (f"no data set at {config.data.path}: assuming {STAND_IN_CLASSES} classes and the full "
+    absent = ", ".join(p for p in paths if not (Path(p) / DATASET_FILE).is_file())
+    note = (f"no data set at {absent}: assuming {STAND_IN_CLASSES} classes and the full "
             "49,412-row vocabulary (a data set's compact vocabulary makes embeddings much smaller)")
     return build_components(config, classes, Vocabulary(None)), note
 
 
-def example_batch(components, config: ExperimentConfig) -> object:
-    """One sample that supervises every task, with inputs at their longest (text fills the context)."""
+def example_batch(components, config: ExperimentConfig, tasks: Sequence[str] | None = None) -> object:
+    """One sample that supervises every task (or ``tasks``), with inputs at their longest (text fills the context)."""
     words = " ".join(["word"] * (config.model.text.context_length + config.model.decoder.max_length))
     annotation = {field: [words] for fields in TASK_FIELDS.values() for field in fields}
     annotation[TEXT_INPUT_FIELD] = words
     annotation["labels"] = components.classes[:1]
     rng = random.Random(0)
-    targets = {t.name: t.target(annotation, rng) for t in components.tasks}
+    targets = {t.name: t.target(annotation, rng) for t in components.tasks if tasks is None or t.name in tasks}
     size = config.model.image.image_size
     ids = components.vocab.encode(words, config.model.text.context_length)
     image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8)

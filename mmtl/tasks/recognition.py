@@ -23,15 +23,11 @@ SINGLE_TOP_K = 5
 
 
 def single_label_scores(ranked: Sequence[Sequence[str]], references: Sequence[Sequence[str]]) -> dict[str, float]:
-    """Top-1 and top-5 accuracy of ranked class names against each sample's (first) label.
-
-    ``f1_micro`` equals top-1 accuracy here (one prediction, one reference per sample), so the
-    task keeps one primary metric in both label modes.
-    """
+    """Top-1 and top-5 accuracy of ranked class names against each sample's (first) label."""
     n = max(len(references), 1)
     top1 = sum(bool(r) and bool(p) and p[0] == r[0] for p, r in zip(ranked, references)) / n
     top5 = sum(bool(r) and r[0] in list(p)[:SINGLE_TOP_K] for p, r in zip(ranked, references)) / n
-    return {"top1": top1, "top5": top5, "f1_micro": top1}
+    return {"top1": top1, "top5": top5}
 
 
 @TASKS.register("recognition")
@@ -41,7 +37,11 @@ class RecognitionTask(Task):
     name = "recognition"
     inputs = ("image",)
     required_inputs = ("image",)
-    primary_metric = "f1_micro"
+
+    @property
+    def primary_metric(self) -> str:  # type: ignore[override]
+        """Multi-label: micro F1 of the tags; single-label: top-1 accuracy."""
+        return "top1" if self.single else "f1_micro"
 
     def _label_names(self, labels: Sequence[Any]) -> list[str]:
         classes = self.context.classes

@@ -2,7 +2,9 @@
 
 Every ``train.eval_every`` steps (and at the last step) the :class:`Validator` evaluates the model on
 ``data.val_split`` with :func:`mmtl.evaluation.evaluate.evaluate` and logs ``val/<task>/<metric>``,
-``val/<task>/loss``, ``val/loss`` and ``val/delta_m`` to ``log.jsonl`` and TensorBoard.
+``val/<task>/loss``, ``val/loss`` and ``val/delta_m`` to ``log.jsonl`` and TensorBoard. A run on
+``data.sources`` is validated on the val split of every source, for the tasks each feeds: the
+``val/`` metrics pool all sources, and ``val_source/<source>/<task>/<metric>`` gives each source's.
 
 Score of a validation. Its metrics are compared with a *reference*: the single-task baselines
 (``validation.baselines``, their metrics on the same split), or, without baselines, the run's own
@@ -128,10 +130,10 @@ class Selector:
             for task, values in metrics.items():
                 known = self.reference.setdefault(task, {})
                 known.update({m: v for m, v in values.items() if v and not known.get(m)})
-        try:
+        try:  # Δm is None while every reference metric is 0 (e.g. an untrained model)
             report = delta_m(metrics, self.reference, primary, lower_is_better, self.tolerance)
-            delta, regressed = report.delta_m, [t for t, v in report.verdicts.items() if not v["ok"]]
-        except ValueError:  # every reference metric is 0 (e.g. an untrained model): nothing comparable yet
+            delta, regressed = report.delta_m, report.regressed
+        except ValueError:  # no task in common with the reference: nothing comparable
             delta, regressed = None, []
         if self.select == "loss":
             score = -sum(losses.values()) if losses else None
@@ -176,22 +178,18 @@ def baseline_metrics(path: str, split: str, max_samples: int = 0) -> dict[str, d
 
     Warns when the baselines were scored on a different number of samples than ``max_samples``.
     """
-    from mmtl.evaluation.baselines_run import read_baselines
+    from mmtl.evaluation.baselines_run import baseline_split_metrics, read_baselines
 
     record = read_baselines(path)
     counted = record.get("split_max_samples", {}).get(split)
     if counted is not None and counted != max_samples:
         log.warning("%s scored split %r on max_samples=%s, validation uses %s: Δm compares different samples",
                     path, split, counted, max_samples)
-    out = {}
-    for task, entry in record["tasks"].items():
-        by_split = dict(entry.get("split_metrics", {}))
-        by_split.setdefault(record.get("split"), entry["metrics"])
-        if split not in by_split:
-            raise MMTLError(f"{path} has no metrics on split {split!r} (it has {sorted(k for k in by_split if k)}); "
-                            "rewrite it with the current `mmtl baselines`, which also evaluates on data.val_split")
-        out[task] = by_split[split]
-    return out
+    try:
+        return baseline_split_metrics(record, split)[0]
+    except MMTLError as exc:
+        raise MMTLError(f"{path}: {exc}; rewrite it with the current `mmtl baselines`, which also evaluates on "
+                        "data.val_split") from None
 
 
 class Validator:
@@ -248,14 +246,8 @@ class Validator:
             self._write_best(trainer)
         signed = {t: (-1 if m in lower[t] else 1) * result.metrics[t][m] for t, m in result.primary.items()}
         alarms = self.drift.update(signed)
-        record: dict[str, Any] = {f"val/{t}/{m}": v for t, ms in result.metrics.items() for m, v in ms.items()}
-        record.update({f"val/{t}/loss": v for t, v in result.losses.items()})
-        if result.losses:
-            record["val/loss"] = sum(result.losses.values())
-        if scored.delta_m is not None:
-            record["val/delta_m"] = scored.delta_m
-        record.update({"val/regressed": len(scored.regressed), "val/best_step": self.selector.best_step,
-                       "val/seconds": time.perf_counter() - started})
+        record = _log_record(result, scored)
+        record.update({"val/best_step": self.selector.best_step, "val/seconds": time.perf_counter() - started})
         logger.log(step, record)
         self.history.append({"step": step, "metrics": result.metrics, "losses": result.losses,
                              "delta_m": scored.delta_m, "regressed": scored.regressed, "score": scored.score,
@@ -309,6 +301,22 @@ class Validator:
         self.history = list(state.get("history", []))
         self.selector.load_state_dict(state.get("selector", {}))
         self.drift.load_state_dict(state.get("drift", {}))
+
+
+def _log_record(result: Any, scored: Scored) -> dict[str, Any]:
+    """``val/<task>/<metric>`` (all sources pooled), ``val_source/<source>/<task>/<metric>`` with several
+    sources, the losses, Δm and the number of regressed tasks of one validation."""
+    record: dict[str, Any] = {f"val/{t}/{m}": v for t, ms in result.metrics.items() for m, v in ms.items()}
+    if len(result.sources) > 1:
+        record.update({f"val_source/{source}/{t}/{m}": v for source, part in result.sources.items()
+                       for t, ms in part["model"].items() for m, v in ms.items()})
+    record.update({f"val/{t}/loss": v for t, v in result.losses.items()})
+    if result.losses:
+        record["val/loss"] = sum(result.losses.values())
+    if scored.delta_m is not None:
+        record["val/delta_m"] = scored.delta_m
+    record["val/regressed"] = len(scored.regressed)
+    return record
 
 
 def _percent(value: float | None) -> str:
