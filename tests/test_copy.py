@@ -97,3 +97,12 @@ def test_copying_decoder_learns_to_copy_tokens_it_never_generated() -> None:
 
     assert train(copy=True) > 0.9
     assert train(copy=False) < 0.2
+
+
+def test_only_decoders_whose_input_holds_text_copy() -> None:
+    """Captioning reads the image alone: a copy module there would hold parameters that never get a
+    gradient (and under FSDP an optimiser state that starts late)."""
+    heads = _parts().model.heads
+    assert heads["summarization"].copy is not None and heads["captioning"].copy is None
+    shared = _parts("model.decoder.shared=true").model.shared_heads["text_decoder"]
+    assert shared.copy is not None

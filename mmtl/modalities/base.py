@@ -34,6 +34,8 @@ class Modality:
     sample_keys: ClassVar[tuple[str, ...]]  # webdataset keys (file extensions) that hold this input
     default_encoder: ClassVar[str] = ""  # MODALITY_ENCODERS key used when the config names none
     default_stands_for: ClassVar[str] = ""  # modality whose tasks this one feeds by default
+    # its encoder embeds vocabulary tokens (Stream.ids), which a copying decoder can copy
+    carries_tokens: ClassVar[bool] = False
 
     def __init__(self, model: ModelConfig, settings: ModalityConfig | None = None) -> None:
         self.model = model

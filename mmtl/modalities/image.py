@@ -38,6 +38,7 @@ class TextModality(Modality):
 
     name = "text"
     sample_keys = ()  # read from the annotation's ``document`` by the loader, which holds the vocabulary
+    carries_tokens = True
 
     def decode_bytes(self, data: bytes) -> torch.Tensor:
         from data_pipelines.transforms import CorruptSampleError
