@@ -204,7 +204,7 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation and bookkeeping of a training run."""
 
-    steps: int = 400
+    steps: int = 560
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_steps: int = 30

@@ -1,7 +1,7 @@
 """Benchmark: mmtl single-task training next to a plain PyTorch reference, in the same run.
 
 Usage: python tools/bench_recipe.py [--data DIR | --real] [--tasks recognition,captioning,summarization]
-           [--steps 400] [--seeds 0,1,2] [--preset tiny] [--batch-size 32] [--max-eval N] [--cache DIR]
+           [--steps 560] [--seeds 0,1,2] [--preset tiny] [--batch-size 32] [--max-eval N] [--cache DIR]
 
 For every data set, task and seed:
   mmtl       ``mmtl.training.loop.train`` with ``tasks=[task]`` (the preset's recipe otherwise unchanged),
@@ -259,7 +259,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-split", default="test", help="held-out split of --data (default test)")
     parser.add_argument("--real", action="store_true", help="the real sets in ../shared/data instead")
     parser.add_argument("--tasks", default=",".join(ALL_TASKS))
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=560)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--batch-size", type=int, default=32)
