@@ -136,11 +136,12 @@ def components_from_data(config: ExperimentConfig) -> Components:
     if "recognition" in config.tasks and not classes:
         raise MMTLError(f"{', '.join(s.path for s in sources)}: dataset.json lists no classes, but the recognition "
                         "task needs them")
-    warning = long_document_report(config)
+    paths = list(dict.fromkeys(s.path for s in sources))
+    components = build_components(config, classes, build_vocabulary(config), label_mode_of(sources), paths)
+    warning = long_document_report(config) if any(t.reads_tokens() for t in components.tasks) else None
     if warning:
         log.warning(warning)
-    paths = list(dict.fromkeys(s.path for s in sources))
-    return build_components(config, classes, build_vocabulary(config), label_mode_of(sources), paths)
+    return components
 
 
 def components_from_meta(config: ExperimentConfig, meta: dict[str, Any]) -> Components:

@@ -138,20 +138,29 @@ class CopyAttention(nn.Module):
         self.scale = width ** -0.5
 
     def keys(self, memory: torch.Tensor) -> torch.Tensor:
-        """Projected memory keys (computed once per decoded batch)."""
-        return self.key(memory)
+        """Projected memory keys (computed once per decoded batch), in fp32."""
+        with torch.autocast(memory.device.type, enabled=False):
+            return self.key(memory.float())
 
     def forward(self, hidden: torch.Tensor, logits: torch.Tensor, source: CopySource) -> torch.Tensor:
-        """Log-probabilities (B, T, V) mixing the generator's ``logits`` with copying from ``source``."""
-        scores = (self.query(hidden) @ source.keys.transpose(1, 2)).float() * self.scale
+        """Log-probabilities (B, T, V) mixing the generator's ``logits`` with copying from ``source``.
+
+        Computed in fp32 whatever the autocast: like a loss, the mixture divides by small probabilities
+        in its backward pass, which fp16 does not survive (balanced gradients lost their direction).
+        """
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self._mix(hidden.float(), logits.float(), source)
+
+    def _mix(self, hidden: torch.Tensor, logits: torch.Tensor, source: CopySource) -> torch.Tensor:
+        scores = (self.query(hidden) @ source.keys.float().transpose(1, 2)) * self.scale
         scores = scores.masked_fill(~source.copyable[:, None, :], float("-inf"))
         # rows without a copyable token get an all-zero copy distribution and generate only
         attention = torch.softmax(scores, dim=-1).nan_to_num(0.0)
         copied = torch.zeros(logits.shape, dtype=attention.dtype, device=logits.device)
         copied.scatter_add_(2, source.ids[:, None, :].expand(-1, hidden.shape[1], -1), attention)
-        generate = torch.sigmoid(self.gate(hidden).float())
+        generate = torch.sigmoid(self.gate(hidden))
         generate = torch.where(source.copyable.any(1)[:, None, None], generate, torch.ones_like(generate))
-        probs = generate * logits.float().softmax(-1) + (1 - generate) * copied
+        probs = generate * logits.softmax(-1) + (1 - generate) * copied
         return probs.clamp_min(1e-12).log()
 
 

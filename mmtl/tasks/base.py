@@ -11,6 +11,7 @@ from torch import nn
 from mmtl.config import ModelConfig, build_dataclass
 from mmtl.errors import ConfigError
 from mmtl.models.fusion import Fused
+from mmtl.registry import MODALITIES
 from mmtl.text import Vocabulary
 
 
@@ -60,6 +61,11 @@ class Task:
     def settings_dict(self) -> dict[str, Any]:
         """The task's resolved settings as a plain mapping (empty when it has none)."""
         return asdict(self.settings) if self.settings is not None else {}
+
+    def reads_tokens(self) -> bool:
+        """Whether one of the task's inputs is a modality of vocabulary tokens (a document: what a decoder
+        can copy, and what the text context may cut)."""
+        return any(MODALITIES.get(modality).carries_tokens for modality in self.inputs)
 
     def target(self, annotation: dict[str, Any], rng: random.Random) -> Any | None:
         """Training target from one annotation (in loader workers), or None if unsupervised."""

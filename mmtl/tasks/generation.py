@@ -13,7 +13,6 @@ from mmtl.config import ModelConfig
 from mmtl.evaluation.metrics import bleu, diversity, rouge
 from mmtl.models.fusion import Fused
 from mmtl.models.heads import PromptedDecoder, TextDecoder
-from mmtl.registry import MODALITIES
 from mmtl.tasks.base import Task
 from mmtl.text import PAD
 
@@ -49,10 +48,6 @@ class GenerationTask(Task):
         copy = config.decoder.copy and (config.decoder.shared or self.reads_tokens())
         return TextDecoder(self.context.vocab.size, config.width, config.decoder.depth, config.num_heads,
                            config.decoder.max_length, config.mlp_ratio, config.dropout, copy=copy)
-
-    def reads_tokens(self) -> bool:
-        """Whether one of the task's inputs is a modality of vocabulary tokens (what a decoder can copy)."""
-        return any(MODALITIES.get(modality).carries_tokens for modality in self.inputs)
 
     def shared_head_key(self, config: ModelConfig) -> str | None:
         """With ``model.decoder.shared`` all generation tasks share one text decoder."""
