@@ -82,8 +82,10 @@ def test_two_gloo_ranks_match_one_process_on_the_same_global_batch(micro_data: P
         worst = max((result["params"][k] - single["params"][k]).abs().max().item() for k in single["params"])
         # on the representation the ranks balance a Cholesky factor of the global Gram matrix (1e-7 ridge), and
         # Nash-MTL's weights at the paper's scale (hundreds) carry that difference into the update: 1.2e-4 seen
-        assert worst < (1e-3 if on == "representation" else 1e-4)
-        assert all(abs(result["weights"][t] - single["weights"][t]) < 1e-4 for t in single["weights"])
+        tolerance = 1e-3 if on == "representation" else 1e-4
+        assert worst < tolerance
+        assert all(abs(result["weights"][t] - single["weights"][t]) < tolerance * max(1.0, abs(single["weights"][t]))
+                   for t in single["weights"]), (result["weights"], single["weights"])
     assert all(torch.equal(ranks[0]["params"][k], ranks[1]["params"][k]) for k in ranks[0]["params"])
 
 
@@ -142,9 +144,7 @@ def test_fsdp_on_two_gloo_ranks_matches_one_process_and_resumes_exactly(micro_da
             assert all(abs(mine[k] - theirs[k]) < 1e-4 * max(1.0, abs(theirs[k])) for k in mine), (mine, theirs)
         assert result["params"].keys() == single["params"].keys()
         worst = max((result["params"][k] - single["params"][k]).abs().max().item() for k in single["params"])
-        # on the representation the ranks balance a Cholesky factor of the global Gram matrix (1e-7 ridge), and
-        # Nash-MTL's weights at the paper's scale (hundreds) carry that difference into the update: 1.2e-4 seen
-        assert worst < (1e-3 if on == "representation" else 1e-4)
+        assert worst < 1e-4
         assert all(abs(result["weights"][t] - single["weights"][t]) < 1e-4 for t in single["weights"])
         assert result["local_numel"] < 0.6 * single["local_numel"]  # each rank holds about half the weights
         # resuming the sharded checkpoint restores weights and optimiser exactly: the same step lands bitwise
