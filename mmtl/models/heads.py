@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmtl.models.layers import Attention, DecoderBlock, DecoderCache, key_mask
@@ -140,7 +141,7 @@ class CopyAttention(nn.Module):
     def keys(self, memory: torch.Tensor) -> torch.Tensor:
         """Projected memory keys (computed once per decoded batch), in fp32."""
         with torch.autocast(memory.device.type, enabled=False):
-            return self.key(memory.float())
+            return _linear_fp32(self.key, memory)
 
     def forward(self, hidden: torch.Tensor, logits: torch.Tensor, source: CopySource) -> torch.Tensor:
         """Log-probabilities (B, T, V) mixing the generator's ``logits`` with copying from ``source``.
@@ -152,16 +153,22 @@ class CopyAttention(nn.Module):
             return self._mix(hidden.float(), logits.float(), source)
 
     def _mix(self, hidden: torch.Tensor, logits: torch.Tensor, source: CopySource) -> torch.Tensor:
-        scores = (self.query(hidden) @ source.keys.float().transpose(1, 2)) * self.scale
+        scores = (_linear_fp32(self.query, hidden) @ source.keys.float().transpose(1, 2)) * self.scale
         scores = scores.masked_fill(~source.copyable[:, None, :], float("-inf"))
         # rows without a copyable token get an all-zero copy distribution and generate only
         attention = torch.softmax(scores, dim=-1).nan_to_num(0.0)
         copied = torch.zeros(logits.shape, dtype=attention.dtype, device=logits.device)
         copied.scatter_add_(2, source.ids[:, None, :].expand(-1, hidden.shape[1], -1), attention)
-        generate = torch.sigmoid(self.gate(hidden))
+        generate = torch.sigmoid(_linear_fp32(self.gate, hidden))
         generate = torch.where(source.copyable.any(1)[:, None, None], generate, torch.ones_like(generate))
         probs = generate * logits.softmax(-1) + (1 - generate) * copied
         return probs.clamp_min(1e-12).log()
+
+
+def _linear_fp32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` in fp32, whatever the dtype of the weights (pure bf16 training) and of ``x``."""
+    bias = None if layer.bias is None else layer.bias.float()
+    return F.linear(x.float(), layer.weight.float(), bias)
 
 
 class PromptedDecoder(nn.Module):
