@@ -146,8 +146,8 @@ class CopyAttention(nn.Module):
     def forward(self, hidden: torch.Tensor, logits: torch.Tensor, source: CopySource) -> torch.Tensor:
         """Log-probabilities (B, T, V) mixing the generator's ``logits`` with copying from ``source``.
 
-        Computed in fp32 whatever the autocast: like a loss, the mixture divides by small probabilities
-        in its backward pass, which fp16 does not survive (balanced gradients lost their direction).
+        Computed in fp32 whatever the autocast or the weights' dtype: like a loss, it takes the log of
+        probabilities that can be tiny, and its backward pass divides by them.
         """
         with torch.autocast(hidden.device.type, enabled=False):
             return self._mix(hidden.float(), logits.float(), source)
