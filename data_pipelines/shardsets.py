@@ -32,12 +32,12 @@ import webdataset as wds
 
 from data_pipelines.fieldmap import Mapping, field_value, lookup, parse_mapping
 from data_pipelines.sample import supervised_tasks
-from mmtl.errors import MMTLError
+from mmtl.errors import MMTLError, os_error_message
 
 ANY_SPLIT = "all"  # the one split of a set whose files name none
 SPLIT_NAMES = ("train", "val", "valid", "validation", "dev", "test", "eval")
 SHARD_SUFFIXES = (".tar", ".tgz", ".tar.gz")
-SHARD_MAPPABLE = ("labels", "captions", "document", "summaries", "source", "count")
+# the contract's annotation fields, which are also the fields a shard's members can be mapped onto
 CONTRACT_KEYS = ("labels", "captions", "document", "summaries", "source", "count")
 # members read as defaults when the mapping does not name the field
 DEFAULT_MEMBERS = {"captions": "txt", "labels": "cls"}
@@ -125,10 +125,10 @@ def shard_mapping(items: Any, option: str = "data.map") -> Mapping:
         else:
             joined.append(str(item))
     mapping = parse_mapping(joined, option)
-    files = [name for name in mapping if name not in SHARD_MAPPABLE]
+    files = [name for name in mapping if name not in CONTRACT_KEYS]
     if files:
         raise MMTLError(f"{option}: {', '.join(files)} cannot be mapped for shards (the image is the sample's "
-                        f"jpg/png/webp); mappable: {', '.join(SHARD_MAPPABLE)}")
+                        f"jpg/png/webp); mappable: {', '.join(CONTRACT_KEYS)}")
     return mapping
 
 
@@ -194,11 +194,9 @@ def to_contract(raw: dict[str, Any], mapping: Mapping) -> dict[str, Any]:
 
 
 def unreadable(url: str, error: BaseException | None) -> str:
-    """``url: why`` for a shard that could not be read (permission denied, file not found, ...)."""
-    if isinstance(error, PermissionError):
-        return f"{url}: permission denied"
-    if isinstance(error, FileNotFoundError):
-        return f"{url}: file not found"
+    """``url: why`` for a shard that could not be read (the error boundary's wording for OS errors)."""
+    if isinstance(error, OSError):
+        return os_error_message(error) if error.filename else f"{url}: {os_error_message(error)}"
     return f"{url}: {error}" if error is not None else f"{url}: no readable samples"
 
 
@@ -206,7 +204,7 @@ def refuse_unreadable_shards(error: BaseException) -> bool:
     """webdataset handler for reading a split through: a shard file that cannot be opened is an error
     naming it; a damaged member inside a readable shard is warned about and skipped."""
     if isinstance(error, OSError) and error.filename:
-        raise MMTLError(f"cannot read shard {unreadable(str(error.filename), error)}") from None
+        raise MMTLError(f"cannot read shard {os_error_message(error)}") from None
     return wds.warn_and_continue(error)
 
 

@@ -85,10 +85,6 @@ class ShardErrors:
             wds.warn_and_continue(error)
         self.pending.clear()
 
-    def reason(self, url: str) -> str:
-        """``url: why`` for the last error (permission denied, file not found, ...)."""
-        return unreadable(url, self.last)
-
 
 @dataclass
 class Slot:
@@ -207,7 +203,7 @@ def interleaved_shards(urls: Iterator[str], width: int, mapping: dict[str, list[
         empty_in_a_row = 0 if yielded[index] else empty_in_a_row + 1
         if patience is not None and empty_in_a_row >= patience:
             raise MMTLError(f"no sample could be read from {empty_in_a_row} shards in a row; last "
-                            f"{errors.reason(opened[index])}")
+                            f"{unreadable(opened[index], errors.last)}")
         url = next(urls, None)
         if url is None:
             for items in (open_shards, yielded, opened):
