@@ -17,6 +17,12 @@ from mmtl.models.layers import key_mask
 from mmtl.text import BOS, EOS, PAD
 
 
+def copy_from(memory_ids: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Keyword arguments that let a copying decoder copy the memory's text tokens (none without them):
+    decoders that cannot copy never see the argument."""
+    return {} if memory_ids is None else {"memory_ids": memory_ids}
+
+
 class DecodingSession:
     """Next-token logits for a growing prefix, from the KV cache or by re-running the whole prefix."""
 
@@ -25,7 +31,7 @@ class DecodingSession:
         self.decoder, self.memory, self.memory_valid = decoder, memory, memory_valid
         self.mask = key_mask(memory_valid)
         # a copying decoder also reads the vocabulary ids behind the memory's text tokens
-        self.copy_from = {} if memory_ids is None else {"memory_ids": memory_ids}
+        self.copy_from = copy_from(memory_ids)
         self.caches = None
         if use_cache:
             self.caches = (decoder.new_caches(memory, memory_valid, **self.copy_from) if self.copy_from
@@ -236,8 +242,7 @@ def sequence_logprob(decoder: nn.Module, memory: torch.Tensor, memory_valid: tor
                      tokens: torch.Tensor, memory_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Sum of log-probabilities (B,) the decoder gives ``tokens`` (B, T, no BOS), up to each row's EOS."""
     ids = torch.cat([torch.full_like(tokens[:, :1], BOS), tokens], dim=1)
-    copy_from = {} if memory_ids is None else {"memory_ids": memory_ids}
-    logp = F.log_softmax(decoder(ids[:, :-1], memory, memory_valid, **copy_from).float(), -1)
+    logp = F.log_softmax(decoder(ids[:, :-1], memory, memory_valid, **copy_from(memory_ids)).float(), -1)
     picked = logp.gather(2, tokens[..., None])[..., 0]
     ended_before = torch.cumsum((tokens == EOS).long(), 1) - (tokens == EOS).long() > 0
     keep = (tokens != PAD) & ~ended_before

@@ -12,6 +12,7 @@ from torch import nn
 from mmtl.config import ModelConfig
 from mmtl.evaluation.metrics import bleu, diversity, rouge
 from mmtl.models.fusion import Fused
+from mmtl.models.generation import copy_from
 from mmtl.models.heads import PromptedDecoder, TextDecoder
 from mmtl.tasks.base import Task
 from mmtl.text import PAD
@@ -63,13 +64,13 @@ class GenerationTask(Task):
 
     def loss(self, head: nn.Module, fused: Fused, target: dict[str, torch.Tensor]) -> torch.Tensor:
         tokens = target["tokens"]
-        logits = head(tokens[:, :-1], fused.tokens, fused.valid, **_copy_from(fused)).float()
+        logits = head(tokens[:, :-1], fused.tokens, fused.valid, **copy_from(fused.ids)).float()
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), ignore_index=PAD)
 
     @torch.no_grad()
     def predict(self, head: nn.Module, fused: Fused, options: Any) -> list[str]:
         generation = getattr(options, "generation", None)
-        ids = head.generate(fused.tokens, fused.valid, config=generation, **_copy_from(fused)).cpu().tolist()
+        ids = head.generate(fused.tokens, fused.valid, config=generation, **copy_from(fused.ids)).cpu().tolist()
         return [self.context.vocab.decode(row) for row in ids]
 
     def format_reference(self, reference: Sequence[str]) -> str:
@@ -80,7 +81,3 @@ class GenerationTask(Task):
         """BLEU-4, ROUGE-1/2/L, and how degenerate the outputs are: distinct-2 and repetition (metrics.diversity)."""
         return {**bleu(predictions, references), **rouge(predictions, references), **diversity(predictions)}
 
-
-def _copy_from(fused: Fused) -> dict[str, torch.Tensor]:
-    """Keyword arguments that let a copying decoder copy the fused text tokens (none without text)."""
-    return {} if fused.ids is None else {"memory_ids": fused.ids}
