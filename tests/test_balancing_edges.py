@@ -25,7 +25,11 @@ def make(name: str, tasks: int, **options):
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0).item()
+    """Cosine of two vectors of any scale (torch's cosine_similarity clamps norms below 1e-8, which made
+    a 1e-8-scaled copy of a vector look like another direction)."""
+    a, b = a.double(), b.double()
+    a, b = a / a.abs().max().clamp_min(1e-300), b / b.abs().max().clamp_min(1e-300)
+    return torch.nn.functional.cosine_similarity(a, b, dim=0).item()
 
 
 def gradients(seed: int, tasks: int, ratio: float) -> torch.Tensor:
