@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from data_pipelines.fieldmap import clean_text
-from data_pipelines.records import KeyMaker, ReadReport, Record, confined_path, read_text_file
+from data_pipelines.convert.records import (
+    ALLOW_OUTSIDE_ROOT, KeyMaker, ReadReport, Record, SourceFormat, SourceOption, confined_path, read_text_file,
+)
 from data_pipelines.sample import supervised_tasks
 from mmtl.errors import MMTLError
 
@@ -104,3 +106,20 @@ def read_coco(images: Path, captions: Path, instances: Path | None, report: Read
             continue
         records.append(Record(keys(Path(file_name).stem), annotation, image_path))
     return records, categories
+
+
+def _read(inputs: dict[str, Any], report: ReadReport) -> tuple[list[Record], list[str]]:
+    instances = Path(inputs["instances"]) if inputs.get("instances") else None
+    return read_coco(Path(inputs["images"]), Path(inputs["captions"]), instances, report,
+                     bool(inputs.get("allow_outside_root")))
+
+
+COCO = SourceFormat(
+    options=(
+        SourceOption("images", "coco: directory of the image files", required=True),
+        SourceOption("captions", "coco: captions_*.json", required=True),
+        SourceOption("instances", "coco: instances_*.json (object categories -> recognition labels)"),
+        ALLOW_OUTSIDE_ROOT,
+    ),
+    read=_read, label_mode="multi", dataset_name=lambda inputs: "coco",
+)
