@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 from functools import lru_cache
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -49,22 +50,31 @@ def _noise_field(size: int, noise: float) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")
 
 
-def draw_object(draw: ImageDraw.ImageDraw, obj: ShapeObject, size: int, fill: int | tuple | None = None) -> None:
+Fill = int | tuple[int, int, int]
+
+
+def _cross(draw: ImageDraw.ImageDraw, cx: float, cy: float, h: float, fill: Fill) -> None:
+    arm = h / 3.0
+    draw.rectangle((cx - h, cy - arm, cx + h, cy + arm), fill=fill)
+    draw.rectangle((cx - arm, cy - h, cx + arm, cy + h), fill=fill)
+
+
+# shape -> fills the shape centred at (cx, cy) with half side h
+_OUTLINES: dict[str, Callable[[ImageDraw.ImageDraw, float, float, float, Fill], None]] = {
+    "circle": lambda draw, cx, cy, h, fill: draw.ellipse((cx - h, cy - h, cx + h, cy + h), fill=fill),
+    "square": lambda draw, cx, cy, h, fill: draw.rectangle((cx - h, cy - h, cx + h, cy + h), fill=fill),
+    "triangle": lambda draw, cx, cy, h, fill: draw.polygon(((cx, cy - h), (cx + h, cy + h), (cx - h, cy + h)),
+                                                           fill=fill),
+    "diamond": lambda draw, cx, cy, h, fill: draw.polygon(((cx, cy - h), (cx + h, cy), (cx, cy + h), (cx - h, cy)),
+                                                          fill=fill),
+    "cross": _cross,
+}
+
+
+def draw_object(draw: ImageDraw.ImageDraw, obj: ShapeObject, size: int, fill: Fill | None = None) -> None:
     """Fill one object's shape in its colour (or in ``fill``)."""
-    cx, cy = obj.x * size, obj.y * size
     h = SIZE_HALF_EXTENT[obj.size] * size
     fill = COLOUR_RGB[obj.colour] if fill is None else fill
-    if obj.shape == "circle":
-        draw.ellipse((cx - h, cy - h, cx + h, cy + h), fill=fill)
-    elif obj.shape == "square":
-        draw.rectangle((cx - h, cy - h, cx + h, cy + h), fill=fill)
-    elif obj.shape == "triangle":
-        draw.polygon(((cx, cy - h), (cx + h, cy + h), (cx - h, cy + h)), fill=fill)
-    elif obj.shape == "diamond":
-        draw.polygon(((cx, cy - h), (cx + h, cy), (cx, cy + h), (cx - h, cy)), fill=fill)
-    elif obj.shape == "cross":
-        arm = h / 3.0
-        draw.rectangle((cx - h, cy - arm, cx + h, cy + arm), fill=fill)
-        draw.rectangle((cx - arm, cy - h, cx + arm, cy + h), fill=fill)
-    else:
+    if obj.shape not in _OUTLINES:
         raise ValueError(f"unknown shape {obj.shape!r}")
+    _OUTLINES[obj.shape](draw, obj.x * size, obj.y * size, h, fill)
