@@ -60,6 +60,17 @@ def _entries(document: dict[str, Any], key: str, path: Path, required: dict[str,
     return entries
 
 
+def _labels(document: dict[str, Any], path: Path) -> tuple[list[str], dict[Any, set[str]]]:
+    """The category names in category-id order, and the set of category names of each image id."""
+    listed = _entries(document, "categories", path, _CATEGORIES, optional=True)
+    names = {c["id"]: c["name"] for c in sorted(listed, key=lambda c: str(c["id"]).zfill(12))}
+    label_sets: dict[Any, set[str]] = {}
+    for ann in _entries(document, "annotations", path, _INSTANCES):
+        if ann["category_id"] in names:
+            label_sets.setdefault(ann["image_id"], set()).add(names[ann["category_id"]])
+    return list(names.values()), label_sets
+
+
 def read_coco(images: Path, captions: Path, instances: Path | None, report: ReadReport,
               allow_outside_root: bool = False) -> tuple[list[Record], list[str]]:
     """COCO captions (+ instances) JSON -> one record per image with its captions and category names.
@@ -80,15 +91,7 @@ def read_coco(images: Path, captions: Path, instances: Path | None, report: Read
     for ann in _entries(caption_doc, "annotations", captions, _CAPTIONS):
         if text := clean_text(ann["caption"]):
             caption_lists.setdefault(ann["image_id"], []).append(text)
-    categories: list[str] = []
-    label_sets: dict[Any, set[str]] = {}
-    if instance_doc is not None:
-        listed = _entries(instance_doc, "categories", instances, _CATEGORIES, optional=True)
-        names = {c["id"]: c["name"] for c in sorted(listed, key=lambda c: str(c["id"]).zfill(12))}
-        categories = list(names.values())
-        for ann in _entries(instance_doc, "annotations", instances, _INSTANCES):
-            if ann["category_id"] in names:
-                label_sets.setdefault(ann["image_id"], set()).add(names[ann["category_id"]])
+    categories, label_sets = _labels(instance_doc, instances) if instance_doc is not None else ([], {})
     keys = KeyMaker()
     records = []
     for image_id, file_name in sorted(image_files.items(), key=lambda item: str(item[0]).zfill(12)):
