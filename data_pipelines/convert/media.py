@@ -76,7 +76,7 @@ def _audio_file(path: str, data: bytes) -> tuple[str, bytes]:
     return suffix[1:], data
 
 
-# row field of a further modality (see tables.EXTRA_FILE_FIELDS) -> (file path, bytes) -> (sample key, bytes)
+# row field naming a file of a further modality (a path, like image) -> (file path, bytes) -> (sample key, bytes)
 EXTRA_FILES: dict[str, Callable[[str, bytes], tuple[str, bytes]]] = {"depth": _depth_png, "audio": _audio_file}
 
 
