@@ -11,6 +11,7 @@ from data_pipelines.shapes_world.placement import make_scene
 from data_pipelines.shapes_world.render import render
 from data_pipelines.shapes_world.world import Difficulty, Scene
 
+
 def sample_rng(seed: int, index: int) -> random.Random:
     """A generator seeded stably (SHA-256, not ``hash()``) from ``(seed, index)``."""
     digest = hashlib.sha256(f"{seed}:{index}".encode("ascii")).digest()
