@@ -8,6 +8,7 @@ from typing import Any, Sequence
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from data_pipelines import shardsets
+from data_pipelines.fieldmap import Mapping
 from data_pipelines.inspect import iter_raw
 from data_pipelines.sample import IMAGE_KEYS
 from data_pipelines.shards import as_mapping, is_native, read_dataset_info, split_shards
@@ -97,6 +98,18 @@ def _tile(raw: dict[str, Any], font: Any, line_height: int) -> Image.Image:
     return tile
 
 
+def _first_samples(path: str | Path, split: str, num: int, mapping: Mapping | None) -> list[dict[str, Any]]:
+    """Up to ``num`` raw samples from the start of ``split`` (unreadable ones are passed over)."""
+    raws: list[dict[str, Any]] = []
+    errors: list[dict[str, str]] = []
+    for url in split_shards(path, split):
+        for raw in iter_raw(url, errors, mapping):
+            raws.append(raw)
+            if len(raws) == num:
+                return raws
+    return raws
+
+
 def contact_sheet(path: str | Path, out: str | Path, num: int = 16, split: str | None = None,
                   columns: int = 0, mapping: Sequence[str] = ()) -> Path:
     """Draw the first ``num`` samples of ``split`` (default: the first split) as a grid into ``out``
@@ -114,15 +127,7 @@ def contact_sheet(path: str | Path, out: str | Path, num: int = 16, split: str |
     split = split or next(iter(info.get("splits", {})), None)
     if split is None:
         raise MMTLError(f"{path} has no splits")
-    raws: list[dict[str, Any]] = []
-    errors: list[dict[str, str]] = []
-    for url in split_shards(path, split):
-        for raw in iter_raw(url, errors, parsed):
-            raws.append(raw)
-            if len(raws) == num:
-                break
-        if len(raws) == num:
-            break
+    raws = _first_samples(path, split, num, parsed)
     if not raws:
         raise MMTLError(f"split {split!r} of {path} has no readable samples")
     font = _font(FONT_SIZE)

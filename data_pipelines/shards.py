@@ -33,14 +33,15 @@ class SplitStats:
     skipped: Counter = field(default_factory=Counter)  # input items left out, by reason (converters)
 
     def to_dict(self) -> dict[str, Any]:
+        """The split's entry in ``dataset.json`` (``skipped`` only when something was)."""
         out = {"samples": self.samples, "shards": self.shards, "tasks": dict(self.tasks)}
         return {**out, "skipped": dict(self.skipped)} if self.skipped else out
 
 
-def encode_image(image: Image.Image, fmt: str = "png", quality: int = 90) -> bytes:
-    """Encode a PIL image to bytes in ``fmt`` (png keeps synthetic colours exact)."""
+def encode_image(image: Image.Image) -> bytes:
+    """Encode a PIL image as PNG bytes (lossless: synthetic colours stay exact)."""
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG" if fmt == "jpg" else fmt.upper(), **({"quality": quality} if fmt == "jpg" else {}))
+    image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 

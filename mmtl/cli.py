@@ -39,7 +39,7 @@ def _check_output_file(path: str | Path | None, what: str) -> None:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from data_pipelines.synthetic import write_shards
+    from data_pipelines.shapes_world import write_shards
 
     out = _check_output_dir(args.out, "--out")
     if (out / "dataset.json").exists() and not args.overwrite:

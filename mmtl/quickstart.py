@@ -5,7 +5,7 @@ import json
 import time
 from pathlib import Path
 
-from data_pipelines.synthetic import write_shards
+from data_pipelines.shapes_world import write_shards
 from mmtl.config import ExperimentConfig, load_config
 from mmtl.evaluation.evaluate import evaluate, format_examples, format_table
 from mmtl.training.loop import train

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import pytest
 import torch
 
-from data_pipelines.synthetic import write_shards
+from data_pipelines.shapes_world import write_shards
 
 MICRO_SIZES = {"train": 96, "val": 16, "test": 16}
 

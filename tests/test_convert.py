@@ -8,7 +8,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from data_pipelines.records import decode_text
+from data_pipelines.convert.records import decode_text
 from data_pipelines.shards import iter_annotations, read_dataset_info, split_shards
 from mmtl.cli import main
 from tests.conftest import micro_overrides
@@ -240,3 +240,18 @@ def test_huge_photo_needs_resize_max_and_then_converts(tmp_path: Path, capsys) -
     assert main(base + ["--out", str(tmp_path / "b"), "--resize-max", "256"]) == 0
     sizes = sorted(_jpeg(s["jpg"]).size for s in _raw_samples(tmp_path / "b", "train").values())
     assert sizes == [(10, 10), (256, 228)]
+
+
+def test_every_reader_option_is_a_convert_flag(capsys, monkeypatch) -> None:
+    """Each format declares its options next to its reader; the command line offers every one of them."""
+    from data_pipelines.convert import FORMATS, source_options
+
+    monkeypatch.setenv("COLUMNS", "400")
+    with pytest.raises(SystemExit):
+        main(["data", "convert", "--help"])
+    help_text = capsys.readouterr().out
+    assert list(FORMATS) == ["coco", "imagefolder", "jsonl", "csv", "parquet"]
+    assert [o.command_flag for o in source_options()] == [
+        "--images", "--captions", "--instances", "--allow-outside-root", "--root", "--input", "--image-root", "--map"]
+    for option in source_options():
+        assert f"{option.command_flag} " in help_text or f"{option.command_flag}\n" in help_text

@@ -8,7 +8,7 @@ import torch
 
 from data_pipelines.loader import make_loader
 from data_pipelines.shards import iter_annotations, read_dataset_info, split_shards, write_dataset_info, write_split
-from data_pipelines.synthetic import generate_sample, resolve_difficulty
+from data_pipelines.shapes_world import generate_sample, resolve_difficulty
 from data_pipelines.transforms import image_tensor
 from mmtl.builder import build_components
 from mmtl.config import resolve_config

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from data_pipelines.loader import make_loader
-from data_pipelines.synthetic import write_shards
+from data_pipelines.shapes_world import write_shards
 from mmtl.cli import main
 from mmtl.config import load_config
 from mmtl.errors import MMTLError

@@ -9,7 +9,7 @@ from PIL import Image
 
 from data_pipelines.loader import make_loader
 from data_pipelines.shards import SplitStats, iter_annotations, read_dataset_info, write_dataset_info
-from data_pipelines.synthetic import class_names, generate_sample, resolve_difficulty
+from data_pipelines.shapes_world import class_names, generate_sample, resolve_difficulty
 from mmtl.builder import build_components
 from mmtl.cli import main
 from mmtl.config import resolve_config

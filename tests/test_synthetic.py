@@ -1,4 +1,4 @@
-"""Tests for the shapes-world synthetic data set (data_pipelines.synthetic)."""
+"""Tests for the shapes-world synthetic data set (data_pipelines.shapes_world)."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_pipelines.synthetic import (
+from data_pipelines.shapes_world import (
     COLOUR_RGB,
     DIFFICULTIES,
     SIZE_HALF_EXTENT,
@@ -20,14 +20,25 @@ from data_pipelines.synthetic import (
     annotate,
     class_names,
     generate_sample,
-    iter_samples,
     make_scene,
     render,
-    split_sentences,
+    resolve_difficulty,
 )
 
 MEDIUM = DIFFICULTIES["medium"]
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def iter_samples(num: int, seed: int, difficulty: str = "medium", image_size: int = 64, start: int = 0):
+    """Samples ``start`` .. ``start + num - 1`` of the data set ``seed``."""
+    resolved = resolve_difficulty(difficulty)
+    for index in range(start, start + num):
+        yield generate_sample(index, seed, resolved, image_size)
+
+
+def split_sentences(document: str) -> list[str]:
+    """Sentences of a shapes-world document, each ending in ``" ."``."""
+    return [s.strip() + " ." for s in document.split(" .") if s.strip()]
 
 
 def _colour_pixels(image, colour: str, tolerance: int = 12) -> int:
@@ -75,7 +86,7 @@ def test_start_offset_matches_tail_of_longer_run() -> None:
 
 def test_samples_do_not_depend_on_python_hash_seed() -> None:
     code = (
-        "import hashlib; from data_pipelines.synthetic import generate_sample, DIFFICULTIES\n"
+        "import hashlib; from data_pipelines.shapes_world import generate_sample, DIFFICULTIES\n"
         "ann, img = generate_sample(3, 11, DIFFICULTIES['hard'])\n"
         "print(hashlib.sha256(repr(ann).encode() + img.tobytes()).hexdigest())"
     )
@@ -110,7 +121,7 @@ def test_scenes_respect_difficulty_and_do_not_overlap(name: str) -> None:
 
 
 def test_grid_fallback_places_objects_apart_with_a_clear_relation() -> None:
-    from data_pipelines.synthetic import _grid_place, _relation_is_clear, _separated
+    from data_pipelines.shapes_world.placement import _grid_place, _relation_is_clear, _separated
 
     pairs = [("red", "circle"), ("blue", "square"), ("green", "cross"), ("yellow", "diamond")]
     for sizes in (["large"] * 4, ["small", "large", "small", "large"], ["small", "small", "large", "small"]):

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import mmtl.components  # noqa: F401
-from data_pipelines.synthetic import write_shards
+from data_pipelines.shapes_world import write_shards
 from mmtl.config import resolve_config
 from mmtl.registry import BALANCERS
 from mmtl.training.loop import Trainer

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from data_pipelines.synthetic import generate_sample, resolve_difficulty, write_shards
+from data_pipelines.shapes_world import generate_sample, resolve_difficulty, write_shards
 from mmtl.inference import Predictor
 
 

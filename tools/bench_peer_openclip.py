@@ -33,7 +33,7 @@ import torch
 import webdataset as wds
 
 from data_pipelines.shards import split_shards
-from data_pipelines.synthetic import write_shards
+from data_pipelines.shapes_world import write_shards
 from mmtl.config import ExperimentConfig, load_config
 from mmtl.training.acceleration import compile_blocks
 from mmtl.training.loop import Trainer

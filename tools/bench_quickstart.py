@@ -41,7 +41,7 @@ def test_split(data: Path, split: str = "test") -> list[tuple[bytes | None, dict
 
 def artist_accuracy(run_dir: Path, data: Path) -> float:
     """Share of held-out summaries that name exactly the artist of the reference summary."""
-    from data_pipelines.synthetic import NAMES
+    from data_pipelines.shapes_world import NAMES
     from mmtl import Predictor
 
     predictor = Predictor.from_pretrained(run_dir)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from data_pipelines.synthetic import write_shards
+from data_pipelines.shapes_world import write_shards
 from mmtl.builder import components_from_data
 from mmtl.config import load_config
 from mmtl.training.acceleration import compile_blocks, peak_memory_gb

@@ -1,5 +1,6 @@
-"""What every converter reader produces: :class:`Record` s, a :class:`ReadReport` of what it left
-out, safe unique keys, text decoding with a fallback, and paths confined to their base folder."""
+"""What every converter reader is and produces: a :class:`SourceFormat` that declares its options,
+:class:`Record` s, a :class:`ReadReport` of what it left out, safe unique keys, text decoding with a
+fallback, and paths confined to their base folder."""
 from __future__ import annotations
 
 import os
@@ -7,7 +8,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from mmtl.errors import MMTLError
 
@@ -102,3 +103,44 @@ def confined_path(base: Path, name: str, allow_outside: bool) -> str | None:
     root = os.path.abspath(base)
     target = os.path.abspath(joined)
     return str(joined) if target == root or target.startswith(root.rstrip(os.sep) + os.sep) else None
+
+
+@dataclass(frozen=True)
+class SourceOption:
+    """One input option of a reader (``mmtl data convert --<name>``), declared next to the reader."""
+
+    name: str  # keyword of convert_source
+    help: str
+    required: bool = False
+    action: str = "store"  # argparse action: "store", "store_true" or "append"
+    metavar: str | None = None
+    flag: str = ""  # the command-line flag when it is not --name with dashes
+
+    @property
+    def command_flag(self) -> str:
+        """The command-line flag, e.g. ``--image-root``."""
+        return self.flag or "--" + self.name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class SourceFormat:
+    """One ``--format``: its options, its reader, its default label mode and data set name.
+
+    ``read(inputs, report)`` gets the options by name and returns the records and the class list
+    (None: the classes are the labels found).
+    """
+
+    options: tuple[SourceOption, ...]
+    read: Callable[[dict[str, Any], ReadReport], tuple[list[Record], list[str] | None]]
+    label_mode: str
+    dataset_name: Callable[[dict[str, Any]], str]
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        """Names of the options this format cannot do without."""
+        return tuple(option.name for option in self.options if option.required)
+
+
+ALLOW_OUTSIDE_ROOT = SourceOption(
+    "allow_outside_root", "read image/file paths that leave --images / --image-root (../ or absolute); "
+    "refused by default", action="store_true")

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from data_pipelines.fieldmap import clean_text
-from data_pipelines.records import KeyMaker, ReadReport, Record, confined_path, read_text_file
+from data_pipelines.convert.records import (
+    ALLOW_OUTSIDE_ROOT, KeyMaker, ReadReport, Record, SourceFormat, SourceOption, confined_path, read_text_file,
+)
 from data_pipelines.sample import supervised_tasks
 from mmtl.errors import MMTLError
 
@@ -58,6 +60,17 @@ def _entries(document: dict[str, Any], key: str, path: Path, required: dict[str,
     return entries
 
 
+def _labels(document: dict[str, Any], path: Path) -> tuple[list[str], dict[Any, set[str]]]:
+    """The category names in category-id order, and the set of category names of each image id."""
+    listed = _entries(document, "categories", path, _CATEGORIES, optional=True)
+    names = {c["id"]: c["name"] for c in sorted(listed, key=lambda c: str(c["id"]).zfill(12))}
+    label_sets: dict[Any, set[str]] = {}
+    for ann in _entries(document, "annotations", path, _INSTANCES):
+        if ann["category_id"] in names:
+            label_sets.setdefault(ann["image_id"], set()).add(names[ann["category_id"]])
+    return list(names.values()), label_sets
+
+
 def read_coco(images: Path, captions: Path, instances: Path | None, report: ReadReport,
               allow_outside_root: bool = False) -> tuple[list[Record], list[str]]:
     """COCO captions (+ instances) JSON -> one record per image with its captions and category names.
@@ -78,15 +91,7 @@ def read_coco(images: Path, captions: Path, instances: Path | None, report: Read
     for ann in _entries(caption_doc, "annotations", captions, _CAPTIONS):
         if text := clean_text(ann["caption"]):
             caption_lists.setdefault(ann["image_id"], []).append(text)
-    categories: list[str] = []
-    label_sets: dict[Any, set[str]] = {}
-    if instance_doc is not None:
-        listed = _entries(instance_doc, "categories", instances, _CATEGORIES, optional=True)
-        names = {c["id"]: c["name"] for c in sorted(listed, key=lambda c: str(c["id"]).zfill(12))}
-        categories = list(names.values())
-        for ann in _entries(instance_doc, "annotations", instances, _INSTANCES):
-            if ann["category_id"] in names:
-                label_sets.setdefault(ann["image_id"], set()).add(names[ann["category_id"]])
+    categories, label_sets = _labels(instance_doc, instances) if instance_doc is not None else ([], {})
     keys = KeyMaker()
     records = []
     for image_id, file_name in sorted(image_files.items(), key=lambda item: str(item[0]).zfill(12)):
@@ -104,3 +109,20 @@ def read_coco(images: Path, captions: Path, instances: Path | None, report: Read
             continue
         records.append(Record(keys(Path(file_name).stem), annotation, image_path))
     return records, categories
+
+
+def _read(inputs: dict[str, Any], report: ReadReport) -> tuple[list[Record], list[str]]:
+    instances = Path(inputs["instances"]) if inputs.get("instances") else None
+    return read_coco(Path(inputs["images"]), Path(inputs["captions"]), instances, report,
+                     bool(inputs.get("allow_outside_root")))
+
+
+COCO = SourceFormat(
+    options=(
+        SourceOption("images", "coco: directory of the image files", required=True),
+        SourceOption("captions", "coco: captions_*.json", required=True),
+        SourceOption("instances", "coco: instances_*.json (object categories -> recognition labels)"),
+        ALLOW_OUTSIDE_ROOT,
+    ),
+    read=_read, label_mode="multi", dataset_name=lambda inputs: "coco",
+)

@@ -11,31 +11,30 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from data_pipelines.fieldmap import (
-    ANNOTATION_FIELDS, Mapping, consumed_columns, lookup, mapping_warnings, read_field, root_key,
+from data_pipelines.convert.media import EXTRA_FILES  # row fields naming files of further modalities
+from data_pipelines.convert.records import (
+    ALLOW_OUTSIDE_ROOT, KeyMaker, ReadReport, Record, SourceFormat, SourceOption, confined_path, read_text_file,
 )
-from data_pipelines.records import KeyMaker, ReadReport, Record, confined_path, read_text_file
+from data_pipelines.fieldmap import (
+    ANNOTATION_FIELDS, Mapping, consumed_columns, lookup, mapping_warnings, parse_mapping, read_field, root_key,
+)
 from data_pipelines.sample import supervised_tasks
 from mmtl.errors import MMTLError
 
-TABLE_FORMATS = ("jsonl", "csv", "parquet")
-EXTRA_FILE_FIELDS = ("depth", "audio")  # row fields naming files of further modalities (paths like image)
 
-
-def iter_rows(path: Path, fmt: str, report: ReadReport) -> Iterator[dict[str, Any] | None]:
-    """The rows of a JSONL, CSV or Parquet file (None for a JSONL line that is not an object)."""
-    if fmt == "parquet":
-        yield from _parquet_rows(path)
-        return
+def _text_rows(path: Path, report: ReadReport) -> str:
     text, fallback = read_text_file(path, "--input")
     report.text_fallback += fallback
-    if fmt == "csv":
-        yield from csv.DictReader(io.StringIO(text))
-        return
-    for line in text.splitlines():
+    return text
+
+
+def _jsonl_rows(path: Path, report: ReadReport) -> Iterator[dict[str, Any] | None]:
+    """The objects of a JSONL file (None for a line that is not an object)."""
+    for line in _text_rows(path, report).splitlines():
         if not line.strip():
             continue
         try:
@@ -45,7 +44,11 @@ def iter_rows(path: Path, fmt: str, report: ReadReport) -> Iterator[dict[str, An
         yield row if isinstance(row, dict) else None
 
 
-def _parquet_rows(path: Path) -> Iterator[dict[str, Any]]:
+def _csv_rows(path: Path, report: ReadReport) -> Iterator[dict[str, Any]]:
+    yield from csv.DictReader(io.StringIO(_text_rows(path, report)))
+
+
+def _parquet_rows(path: Path, report: ReadReport) -> Iterator[dict[str, Any]]:
     import pyarrow
     import pyarrow.parquet as pq
 
@@ -59,10 +62,26 @@ def _parquet_rows(path: Path) -> Iterator[dict[str, Any]]:
         raise MMTLError(f"{path} is not a readable Parquet file: {exc}") from None
 
 
+@dataclass(frozen=True)
+class TableKind:
+    """How one kind of table file is read: its rows, and whether a cell holds a list as text (``a|b|c``)."""
+
+    rows: Callable[[Path, ReadReport], Iterator[dict[str, Any] | None]]
+    cells_hold_lists: bool = False
+
+
+TABLE_KINDS: dict[str, TableKind] = {
+    "jsonl": TableKind(_jsonl_rows),
+    "csv": TableKind(_csv_rows, cells_hold_lists=True),
+    "parquet": TableKind(_parquet_rows),
+}
+
+
 def read_table(path: Path, fmt: str, image_root: Path | None, mapping: Mapping, report: ReadReport,
                allow_outside_root: bool = False) -> list[Record]:
     """Rows of a JSONL, CSV or Parquet file (fields renamed with ``mapping``) -> records."""
-    rows = list(iter_rows(path, fmt, report))
+    kind = TABLE_KINDS[fmt]
+    rows = list(kind.rows(path, report))
     present = set().union(*(r.keys() for r in rows if r)) if rows else set()
     unknown = sorted({root_key(p) for paths in mapping.values() for p in paths} - present)
     if rows and unknown:
@@ -74,7 +93,7 @@ def read_table(path: Path, fmt: str, image_root: Path | None, mapping: Mapping, 
     keys = KeyMaker()
     records = []
     for number, row in enumerate(rows):
-        record = _row_record(row, number, fmt == "csv", mapping, consumed, base, allow_outside_root, report)
+        record = _row_record(row, number, kind.cells_hold_lists, mapping, consumed, base, allow_outside_root, report)
         if record is not None:
             record.key = keys(record.key)
             records.append(record)
@@ -106,7 +125,7 @@ def _row_record(row: dict[str, Any] | None, number: int, is_csv: bool, mapping: 
         return None
     image = _raw_field(row, "image", mapping, consumed)
     image_bytes, image_name = _image_value(image)
-    files = {name: str(value) for name in EXTRA_FILE_FIELDS if (value := _raw_field(row, name, mapping, consumed))}
+    files = {name: str(value) for name in EXTRA_FILES if (value := _raw_field(row, name, mapping, consumed))}
     image_path = confined_path(base, image_name, allow_outside) if image_name else None
     extras = {name: confined_path(base, value, allow_outside) for name, value in files.items()}
     if (image_name and image_path is None) or None in extras.values():
@@ -136,3 +155,30 @@ def _image_value(value: Any) -> tuple[bytes | None, str | None]:
     if isinstance(value, (bytes, bytearray)):
         return bytes(value), None
     return (None, str(value)) if value is not None else (None, None)
+
+
+TABLE_OPTIONS = (
+    SourceOption("input", "jsonl/csv/parquet: the rows (fields image, labels, captions, document, summaries, source, "
+                 "key; depth (a depth map file), audio (a wav/flac file), count)", required=True),
+    SourceOption("image_root", "jsonl/csv/parquet: directory the image paths are relative to (default: the input's)"),
+    SourceOption("mapping", "jsonl/csv/parquet: read FIELD from column(s) or nested paths, e.g. --map document=dialogue "
+                 "--map summaries=summary1,summary2 --map summaries=summary.outcome --map captions=annotations[].text",
+                 action="append", metavar="FIELD=PATH[,PATH]", flag="--map"),
+    ALLOW_OUTSIDE_ROOT,
+)
+
+
+def _reader(fmt: str) -> Callable[[dict[str, Any], ReadReport], tuple[list[Record], None]]:
+    def read(inputs: dict[str, Any], report: ReadReport) -> tuple[list[Record], None]:
+        root = Path(inputs["image_root"]) if inputs.get("image_root") else None
+        records = read_table(Path(inputs["input"]), fmt, root, parse_mapping(inputs.get("mapping") or ()), report,
+                             bool(inputs.get("allow_outside_root")))
+        return records, None
+    return read
+
+
+# one format per kind of table file
+TABLES: dict[str, SourceFormat] = {
+    fmt: SourceFormat(TABLE_OPTIONS, _reader(fmt), "multi", lambda inputs: Path(inputs["input"]).stem)
+    for fmt in TABLE_KINDS
+}
