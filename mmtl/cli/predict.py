@@ -73,11 +73,8 @@ def _read_text_file(path: str) -> str:
         raise MMTLError(f"--text-file {path} is not UTF-8 text") from None
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from mmtl.inference import Predictor, check_text
-
-    text = _read_text_file(args.text_file) if args.text_file else args.text
-    many = args.input is not None or args.images is not None
+def _check_inputs(args: argparse.Namespace, text: str | None, many: bool) -> dict[str, str]:
+    """Reject flag combinations that cannot go together (before the model loads); return the --modality files."""
     if args.input and args.images:
         raise MMTLError("give --input or --images, not both")
     if many and not args.output:
@@ -94,6 +91,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise MMTLError(f"--num-beams is {args.num_beams}; the most is {MAX_CLI_BEAMS} (memory and time grow with it)")
     if args.batch_size < 1:
         raise MMTLError(f"--batch-size must be >= 1, got {args.batch_size}")
+    return extra
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from mmtl.inference import Predictor, check_text
+
+    text = _read_text_file(args.text_file) if args.text_file else args.text
+    many = args.input is not None or args.images is not None
+    extra = _check_inputs(args, text, many)
     if not many:
         text = check_text(text)
         if args.image is None and text is None and not extra:

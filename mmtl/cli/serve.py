@@ -4,7 +4,10 @@ from __future__ import annotations
 import argparse
 
 from mmtl.cli.common import Subcommands
+from mmtl.config import GENERATION_BOUNDS
 from mmtl.errors import MMTLError
+
+MOST_BEAMS = GENERATION_BOUNDS["num_beams"][1]  # the largest beam decoding allows (generation.num_beams)
 
 
 def register(sub: Subcommands) -> None:
@@ -21,7 +24,7 @@ def register(sub: Subcommands) -> None:
     sv.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body in MiB (default 10)")
     sv.add_argument("--max-pixels", type=int, default=40_000_000, help="largest decoded image, in pixels")
     sv.add_argument("--max-text-chars", type=int, default=20_000, help="longest text, in characters")
-    sv.add_argument("--max-beams", type=int, default=8, help="largest num_beams a request may ask for (at most 64)")
+    sv.add_argument("--max-beams", type=int, default=8, help=f"largest num_beams a request may ask for (at most {MOST_BEAMS})")
     sv.add_argument("--max-concurrency", type=int, default=256,
                     help="connections plus requests at once; more are answered 503 (default 256)")
     sv.add_argument("--read-timeout", type=float, default=30.0,
@@ -40,8 +43,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                         ("--workers", args.workers)):
         if not value > 0 or value != value or value == float("inf"):
             raise MMTLError(f"{flag} must be positive and finite, got {value}")
-    if args.max_beams > 64:
-        raise MMTLError(f"--max-beams must be at most 64, got {args.max_beams}")
+    if args.max_beams > MOST_BEAMS:
+        raise MMTLError(f"--max-beams must be at most {MOST_BEAMS}, got {args.max_beams}")
     limits = ServerLimits(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_pixels=args.max_pixels,
                           max_text_chars=args.max_text_chars, max_beams=args.max_beams,
                           max_concurrency=args.max_concurrency, read_timeout_s=args.read_timeout)

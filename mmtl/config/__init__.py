@@ -4,7 +4,7 @@
 ``fields``), ``presets`` the model presets, ``parsing`` the reading of YAML and overrides, and
 ``validation`` the checks across fields.
 """
-from mmtl.config.fields import Range, check_ranges, choice, field_range, setting
+from mmtl.config.fields import Range, check_ranges, choice, setting
 from mmtl.config.model import (
     DecoderConfig, FusionConfig, ImageEncoderConfig, ModalityConfig, ModelConfig, TextEncoderConfig,
 )
@@ -23,6 +23,6 @@ __all__ = [
     "ExperimentConfig", "FinetuneConfig", "FusionConfig", "GenerationConfig", "ImageEncoderConfig",
     "ModalityConfig", "ModelConfig", "Range", "SourceConfig", "SyntheticConfig", "TextEncoderConfig",
     "TrainConfig", "ValidationConfig", "build_dataclass", "check_ranges", "choice", "deep_merge",
-    "field_range", "join_shard_list", "load_config", "parse_override", "read_yaml_tree", "resolve_config",
+    "join_shard_list", "load_config", "parse_override", "read_yaml_tree", "resolve_config",
     "save_config", "setting", "validate", "validate_generation",
 ]

@@ -77,11 +77,6 @@ def choice(default: Any, *options: Any) -> Any:
     return setting(default, choices=options)
 
 
-def field_range(cls: type, name: str) -> Range | None:
-    """The range declared on field ``name`` of dataclass ``cls`` (None: any value of its type)."""
-    return next((f.metadata.get("range") for f in dataclasses.fields(cls) if f.name == name), None)
-
-
 def check_ranges(obj: Any, prefix: str = "") -> None:
     """Raise a ConfigError naming the first field of the dataclass tree ``obj`` outside its range."""
     for f in dataclasses.fields(obj):
