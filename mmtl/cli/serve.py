@@ -24,7 +24,8 @@ def register(sub: Subcommands) -> None:
     sv.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body in MiB (default 10)")
     sv.add_argument("--max-pixels", type=int, default=40_000_000, help="largest decoded image, in pixels")
     sv.add_argument("--max-text-chars", type=int, default=20_000, help="longest text, in characters")
-    sv.add_argument("--max-beams", type=int, default=8, help=f"largest num_beams a request may ask for (at most {MOST_BEAMS})")
+    sv.add_argument("--max-beams", type=int, default=8,
+                    help=f"largest num_beams a request may ask for (at most {MOST_BEAMS})")
     sv.add_argument("--max-concurrency", type=int, default=256,
                     help="connections plus requests at once; more are answered 503 (default 256)")
     sv.add_argument("--read-timeout", type=float, default=30.0,

@@ -35,7 +35,8 @@ class SourceConfig:
     path: str | list[str] = ""
     split: str | None = None  # None: data.train_split
     tasks: list[str] | None = None  # None: every task of the run it has annotations for
-    weight: float = setting(1.0, range=NON_NEGATIVE)  # data.mixing=fixed: sources are drawn in proportion to their weights
+    # data.mixing=fixed: sources are drawn in proportion to their weights
+    weight: float = setting(1.0, range=NON_NEGATIVE)
     map: list[str] | None = None  # FIELD=PATH items for shards without dataset.json (None: data.map)
 
     def __post_init__(self) -> None:
