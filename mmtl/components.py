@@ -1,4 +1,8 @@
-"""Importing this module registers every built-in component in ``mmtl.registry``."""
+"""Importing this module registers every built-in component in ``mmtl.registry``.
+
+The entry points (the CLI, quickstart, inference, finetune) import it before they load a config:
+config validation looks the configured keys up in the registries.
+"""
 import mmtl.balancing.conflict  # noqa: F401
 import mmtl.balancing.gradient  # noqa: F401
 import mmtl.balancing.stochastic  # noqa: F401

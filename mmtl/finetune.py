@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mmtl.builder import Components, build_components
+import mmtl.components  # noqa: F401  (registers the components that configs name)
 from mmtl.config import ExperimentConfig, ModalityConfig, load_config, save_config, validate
 from mmtl.errors import MMTLError
 from mmtl.models.sharing import add_adapters

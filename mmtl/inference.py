@@ -17,6 +17,7 @@ from data_pipelines.transforms import (
     CorruptSampleError, decode_image, resize_center_crop, to_rgb, to_uint8_tensor,
 )
 from mmtl.builder import Components, components_from_meta
+import mmtl.components  # noqa: F401  (registers the components that configs name)
 from mmtl.config import (  # noqa: F401  (GENERATION_BOUNDS: re-exported for the server's schema)
     GENERATION_BOUNDS, EvalConfig, ExperimentConfig, GenerationConfig, build_dataclass, load_config, validate_generation,
 )

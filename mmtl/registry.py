@@ -1,4 +1,7 @@
-"""One small registry: components are found by an explicit key, never by matching names."""
+"""One small registry: components are found by an explicit key, never by matching names.
+
+The registries start empty; importing :mod:`mmtl.components` fills them with the built-in components.
+"""
 from __future__ import annotations
 
 from typing import Callable, Generic, TypeVar
@@ -31,8 +34,10 @@ class Registry(Generic[T]):
         try:
             return self._items[key]
         except KeyError:
-            valid = ", ".join(sorted(self._items)) or "(none)"
-            raise ConfigError(f"unknown {self.kind} {key!r}; valid: {valid}") from None
+            if not self._items:  # nothing imported the registering modules (the entry points import mmtl.components)
+                raise ConfigError(f"unknown {self.kind} {key!r}: no {self.kind} is registered; "
+                                  "import mmtl.components to register the built-in ones") from None
+            raise ConfigError(f"unknown {self.kind} {key!r}; valid: {', '.join(sorted(self._items))}") from None
 
     def keys(self) -> list[str]:
         """All registered keys, sorted."""

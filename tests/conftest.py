@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from data_pipelines.shapes_world import write_shards
+import mmtl.components  # noqa: F401  (fills the registries that config validation reads, as the entry points do)
 
 MICRO_SIZES = {"train": 96, "val": 16, "test": 16}
 

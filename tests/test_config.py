@@ -1,10 +1,15 @@
+import dataclasses
+import re
+import subprocess
+import sys
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
 
 from mmtl.builder import build_components
-from mmtl.config import MODEL_PRESETS, load_config, resolve_config
+from mmtl.config import MODEL_PRESETS, ExperimentConfig, Range, load_config, resolve_config
 from mmtl.errors import ConfigError
 from mmtl.text import Vocabulary
 
@@ -87,3 +92,40 @@ def test_every_config_loads_and_builds(path: Path) -> None:
     parts = build_components(config, ["red circle", "blue square"], Vocabulary([320, 321, 322]))
     assert parts.model.parameter_report()["total"] > 0
     assert [t.name for t in parts.tasks] == config.tasks
+
+
+def _ranged_fields(cls: type, prefix: str = "") -> list[tuple[str, Range]]:
+    """(dotted key, range) of every field with a declared range in the dataclass tree of ``cls``."""
+    hints = typing.get_type_hints(cls)
+    found = []
+    for spec in dataclasses.fields(cls):
+        key = f"{prefix}.{spec.name}" if prefix else spec.name
+        if "range" in spec.metadata:
+            found.append((key, spec.metadata["range"]))
+        if dataclasses.is_dataclass(hints[spec.name]):
+            found += _ranged_fields(hints[spec.name], key)
+    return found
+
+
+@pytest.mark.parametrize("key, rule", _ranged_fields(ExperimentConfig))
+def test_every_declared_range_is_checked(key: str, rule: Range) -> None:
+    """The one range check covers each field that declares a range: a value just outside it is refused."""
+    outside = rule.low - 1 if rule.low is not None else rule.high + 1
+    if rule.low is not None and rule.low_open:
+        outside = rule.low
+    with pytest.raises(ConfigError, match=re.escape(f"{key} must be {rule.describe()}, got")):
+        resolve_config({}, [f"{key}={outside}"])
+
+
+def test_range_check_reaches_list_items() -> None:
+    with pytest.raises(ConfigError, match=re.escape("data.sources[1].weight must be >= 0, got -1.0")):
+        resolve_config({"data": {"sources": [{"path": "a"}, {"path": "b", "weight": -1}]}})
+
+
+def test_config_layer_imports_no_component() -> None:
+    """mmtl.config is core: importing it loads neither torch nor the components; an empty registry says why."""
+    code = ("import sys\nfrom mmtl.config import load_config\n"
+            "assert 'torch' not in sys.modules and 'mmtl.components' not in sys.modules\n"
+            "load_config(None)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "no task is registered; import mmtl.components" in result.stderr

@@ -170,6 +170,7 @@ def run_experiment(balancers: list[str], seeds: list[int], out: Path, config: st
         run_futures = {(spec, seed): pool.submit(experiment.balancer_run, spec, seed, base_futures[seed])
                        for spec in balancers for seed in seeds}
         if tune_weights:
+            import mmtl.components  # noqa: F401  (registers the components that configs name)
             from mmtl.config import load_config
 
             resolved = load_config(config, overrides)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+import mmtl.components  # noqa: F401  (registers the components that configs name)
 from mmtl.config import load_config
 from mmtl.evaluation.evaluate import evaluate
 from mmtl.finetune import run_finetune

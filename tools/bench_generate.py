@@ -17,6 +17,7 @@ import torch
 
 from data_pipelines.loader import Collator, Example
 from mmtl.builder import build_components
+import mmtl.components  # noqa: F401  (registers the components that configs name)
 from mmtl.config import GenerationConfig, resolve_config
 from mmtl.text import Vocabulary
 

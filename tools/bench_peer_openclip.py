@@ -34,6 +34,7 @@ import webdataset as wds
 
 from data_pipelines.shards import split_shards
 from data_pipelines.shapes_world import write_shards
+import mmtl.components  # noqa: F401  (registers the components that configs name)
 from mmtl.config import ExperimentConfig, load_config
 from mmtl.training.acceleration import compile_blocks
 from mmtl.training.loop import Trainer

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from data_pipelines.shapes_world import write_shards  # noqa: E402
+import mmtl.components  # noqa: E402,F401  (registers the components that configs name)
 from mmtl.builder import components_from_data  # noqa: E402
 from mmtl.config import ExperimentConfig, load_config  # noqa: E402
 from mmtl.errors import MMTLError  # noqa: E402

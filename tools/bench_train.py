@@ -29,6 +29,7 @@ import torch
 
 from data_pipelines.shapes_world import write_shards
 from mmtl.builder import components_from_data
+import mmtl.components  # noqa: F401  (registers the components that configs name)
 from mmtl.config import load_config
 from mmtl.training.acceleration import compile_blocks, peak_memory_gb
 from mmtl.training.flops import count_flops, mfu, peak_flops

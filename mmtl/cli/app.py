@@ -1,0 +1,56 @@
+"""The ``mmtl`` command: its parser (one module per command adds its own) and the one error boundary.
+
+User errors print one line and exit with code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Callable
+
+from mmtl.cli import analyze, baselines, data, evaluate, finetune, model, predict, quickstart, serve, train
+from mmtl.errors import TrainingInterrupted, describe_failure
+
+# in the order `mmtl --help` lists them
+COMMANDS = (data, train, evaluate, analyze, baselines, predict, serve, model, finetune, quickstart)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="mmtl", description="Multimodal multi-task learning.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error (allowed anywhere on the command line)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``mmtl`` console script: the one error boundary of every subcommand.
+
+    Expected failures print ``mmtl: error: ...`` on one line and exit 2; tracebacks only with
+    ``--debug`` (anywhere on the command line) or MMTL_DEBUG=1.
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("MMTL_DEBUG", "") not in ("", "0")
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except TrainingInterrupted as exc:
+        print(f"mmtl: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("mmtl: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the boundary: one line, the traceback only when debugging
+        if debug:
+            raise
+        message, code = describe_failure(exc)
+        print(f"mmtl: error: {message}", file=sys.stderr)
+        return code
+

@@ -1,0 +1,65 @@
+"""What the commands share: output-path checks, config loading, and flags derived from config fields."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any
+
+from mmtl import config as schema
+from mmtl.errors import MMTLError
+
+Subcommands = argparse._SubParsersAction  # what add_subparsers returns: each command module adds its parser to it
+
+
+def load_experiment(path: str | None, overrides: list[str]) -> schema.ExperimentConfig:
+    """The experiment config of a command: ``path`` (None: the built-in one) plus ``key=value`` overrides."""
+    import mmtl.components  # noqa: F401  (imported here, not at start-up: it imports torch; fills the registries)
+
+    return schema.load_config(path, overrides)
+
+
+def add_field_flag(parser: argparse._ActionsContainer, flag: str, cls: type, name: str, *, keep_default: bool = True,
+                   show_default: bool = False, help_suffix: str = "") -> None:
+    """Add ``flag`` for field ``name`` of config dataclass ``cls``: its type, choices, help and default.
+
+    ``keep_default=False`` leaves the flag's default None (the config's value, e.g. a checkpoint's, applies);
+    ``show_default`` ends the help with ``(default VALUE)``.
+    """
+    spec = next(f for f in dataclasses.fields(cls) if f.name == name)
+    kind = typing.get_type_hints(cls)[name]
+    help_text = spec.metadata.get("help")
+    if help_text is not None:
+        help_text += (f" (default {spec.default})" if show_default else "") + help_suffix
+    default = spec.default if keep_default else None
+    if kind is bool:
+        parser.add_argument(flag, dest=name, action="store_const", const=True, default=default, help=help_text)
+        return
+    metavar = flag.lstrip("-").replace("-", "_").upper()
+    choices: tuple[Any, ...] | None = spec.metadata.get("choices")
+    parser.add_argument(flag, dest=name, metavar=None if choices else metavar, type=kind, default=default,
+                        choices=list(choices) if choices else None, help=help_text)
+
+
+def check_output_dir(path: str | Path, what: str) -> Path:
+    """``path`` as a directory to write into: an existing file there is a clear error."""
+    if "\x00" in str(path):
+        raise MMTLError(f"{what} {str(path)!r} holds a NUL character; give a plain path")
+    path = Path(path)
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise MMTLError(f"{what} {path} cannot be a directory: {blocker} is a file; choose another path or remove it")
+    return path
+
+
+def check_output_file(path: str | Path | None, what: str) -> None:
+    """``path`` as a file to write: a directory there is a clear error (checked before any long work)."""
+    if path is None:
+        return
+    if "\x00" in str(path):
+        raise MMTLError(f"{what} {str(path)!r} holds a NUL character; give a plain path")
+    path = Path(path)
+    if path.is_dir():
+        raise MMTLError(f"{what} {path} is a directory; give a file path, e.g. {path / 'out.json'}")
+    check_output_dir(path.parent, f"the folder of {what}").mkdir(parents=True, exist_ok=True)
