@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmtl.config import ModelConfig
-from mmtl.evaluation.metrics import bleu, diversity, rouge
+from mmtl.tasks.metrics import bleu, diversity, rouge
 from mmtl.models.fusion import Fused
 from mmtl.models.generation import copy_from
 from mmtl.models.heads import PromptedDecoder, TextDecoder

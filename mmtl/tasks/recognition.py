@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmtl.config import ModelConfig
-from mmtl.evaluation.metrics import multilabel_average_precision, multilabel_scores
+from mmtl.tasks.metrics import multilabel_average_precision, multilabel_scores
 from mmtl.models.fusion import Fused
 from mmtl.models.heads import ClassQueryHead
 from mmtl.registry import TASKS
