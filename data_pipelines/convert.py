@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from data_pipelines.coco import read_coco
 from data_pipelines.fieldmap import parse_mapping
 from data_pipelines.records import FALLBACK_ENCODINGS, KeyMaker, ReadReport, Record
-from data_pipelines.sample import TASK_FIELDS
+from data_pipelines.sample import task_fields
 from data_pipelines.shards import DATASET_FILE, SplitStats, write_dataset_info, write_split
 from data_pipelines.tables import TABLE_FORMATS, read_table
 from data_pipelines.transforms import (
@@ -82,7 +82,7 @@ class ConvertResult:
     def summary(self) -> str:
         """Human-readable lines: samples per task, what was skipped and why."""
         lines = [f"{self.split}: wrote {self.stats.samples} samples in {len(self.stats.shards)} shard(s)"]
-        for task in TASK_FIELDS:
+        for task in task_fields():
             if self.stats.tasks.get(task):
                 lines.append(f"  {task}: {self.stats.tasks[task]}")
         lines.append(f"  images re-encoded: {self.reencoded}")

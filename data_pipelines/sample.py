@@ -2,21 +2,18 @@
 
 A webdataset sample is ``__key__`` + optional image bytes (``jpg``/``png``/``webp``) + ``json``
 annotations, plus optional inputs of further modalities under their own keys (``depth.png``,
-``wav``/``flac``; see ``mmtl.modalities``). Which tasks a sample supervises follows from which annotation fields it has.
+``wav``/``flac``; see ``mmtl.modalities``). Which tasks a sample supervises follows from which annotation
+fields it has: each task declares them (``mmtl.tasks.base.Task.annotation_fields``), and this module reads
+them from the task registry, so the registrations (``mmtl.components``) must be imported first.
 """
 from __future__ import annotations
 
 from typing import Any
 
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+from mmtl.errors import MMTLError
+from mmtl.registry import TASKS
 
-# task key -> annotation fields that must all be present and non-empty for the task to be supervised
-TASK_FIELDS: dict[str, tuple[str, ...]] = {
-    "recognition": ("labels",),
-    "captioning": ("captions",),
-    "summarization": ("document", "summaries"),
-    "counting": ("count",),
-}
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
 # Annotation fields holding free text (used to build compact vocabularies).
 TEXT_FIELDS = ("captions", "summaries", "document")
@@ -25,9 +22,18 @@ TEXT_FIELDS = ("captions", "summaries", "document")
 TEXT_INPUT_FIELD = "document"
 
 
+def task_fields() -> dict[str, tuple[str, ...]]:
+    """Each registered task (in registration order) -> the annotation fields that must all be present and
+    non-empty for a sample to supervise it."""
+    tasks = TASKS.items()
+    if not tasks:
+        raise MMTLError("no task is registered: import mmtl.components before reading annotations")
+    return {key: task.annotation_fields() for key, task in tasks}
+
+
 def supervised_tasks(annotation: dict[str, Any]) -> list[str]:
     """Names of the tasks whose fields are all present and non-empty in ``annotation``."""
-    return [task for task, fields in TASK_FIELDS.items() if all(annotation.get(f) for f in fields)]
+    return [task for task, fields in task_fields().items() if all(annotation.get(f) for f in fields)]
 
 
 def annotation_texts(annotation: dict[str, Any]) -> list[str]:

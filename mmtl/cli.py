@@ -40,6 +40,7 @@ def _check_output_file(path: str | Path | None, what: str) -> None:
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     from data_pipelines.synthetic import write_shards
+    import mmtl.components  # noqa: F401  (the tasks, whose annotation fields the data code counts)
 
     out = _check_output_dir(args.out, "--out")
     if (out / "dataset.json").exists() and not args.overwrite:
@@ -66,6 +67,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from data_pipelines.convert import ConvertOptions, convert_source
+    import mmtl.components  # noqa: F401  (the tasks, whose annotation fields the data code counts)
 
     options = ConvertOptions(out=Path(args.out), split=args.split, maxcount=args.maxcount, resize_max=args.resize_max,
                              jpeg_quality=args.jpeg_quality, workers=args.workers, overwrite=args.overwrite,
@@ -81,6 +83,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from data_pipelines.inspect import DEFAULT_CONTEXT_LENGTH, format_report, inspect_shards
+    import mmtl.components  # noqa: F401  (the tasks, whose annotation fields the data code counts)
 
     report = inspect_shards(args.shards, splits=args.split, limit=args.limit, mapping=args.map or [],
                             context_length=args.context_length or DEFAULT_CONTEXT_LENGTH)

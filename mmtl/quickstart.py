@@ -5,6 +5,7 @@ import json
 import time
 from pathlib import Path
 
+import mmtl.components  # noqa: F401  (registers the tasks the data code counts)
 from data_pipelines.synthetic import write_shards
 from mmtl.config import ExperimentConfig, load_config
 from mmtl.evaluation.evaluate import evaluate, format_examples, format_table

@@ -38,6 +38,10 @@ class Registry(Generic[T]):
         """All registered keys, sorted."""
         return sorted(self._items)
 
+    def items(self) -> list[tuple[str, T]]:
+        """(key, component) pairs in the order they were registered."""
+        return list(self._items.items())
+
     def __contains__(self, key: str) -> bool:
         return key in self._items
 

@@ -13,6 +13,7 @@ from typing import Any, Iterator
 import pytest
 import torch
 
+import mmtl.components  # noqa: F401  (registers the tasks the data code counts)
 from data_pipelines.synthetic import write_shards
 
 MICRO_SIZES = {"train": 96, "val": 16, "test": 16}

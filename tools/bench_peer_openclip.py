@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import webdataset as wds
 
+import mmtl.components  # noqa: F401  (registers the tasks the data code counts)
 from data_pipelines.shards import split_shards
 from data_pipelines.synthetic import write_shards
 from mmtl.config import ExperimentConfig, load_config

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
+import mmtl.components  # noqa: F401, E402  (registers the tasks the data code counts)
 from data_pipelines.synthetic import write_shards  # noqa: E402
 from mmtl.builder import components_from_data  # noqa: E402
 from mmtl.config import ExperimentConfig, load_config  # noqa: E402

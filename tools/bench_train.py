@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+import mmtl.components  # noqa: F401  (registers the tasks the data code counts)
 from data_pipelines.synthetic import write_shards
 from mmtl.builder import components_from_data
 from mmtl.config import load_config

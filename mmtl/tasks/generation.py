@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Any, ClassVar, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +21,7 @@ from mmtl.text import PAD
 class GenerationTask(Task):
     """A task whose target is one of the strings in annotation field ``reference_field``."""
 
-    reference_field: ClassVar[str]
-    lower_is_better: ClassVar[tuple[str, ...]] = ("repetition",)  # for Δm (mmtl.evaluation.delta)
+    lower_is_better = ("repetition",)
 
     def reference(self, annotation: dict[str, Any]) -> list[str] | None:
         refs = annotation.get(self.reference_field)
