@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from data_pipelines.coco import read_coco
 from data_pipelines.fieldmap import parse_mapping
+from data_pipelines.modalities import store_input
 from data_pipelines.records import FALLBACK_ENCODINGS, KeyMaker, ReadReport, Record
 from data_pipelines.sample import task_fields
 from data_pipelines.shards import DATASET_FILE, SplitStats, write_dataset_info, write_split
@@ -34,7 +35,6 @@ from data_pipelines.transforms import (
 from mmtl.errors import MMTLError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-AUDIO_SUFFIXES = (".wav", ".flac")
 
 
 @dataclass
@@ -124,29 +124,6 @@ def read_imagefolder(root: Path, report: ReadReport) -> tuple[list[Record], list
     return records, classes
 
 
-def prepare_extra(name: str, path: str) -> tuple[str, bytes]:
-    """(sample key, bytes) of a further modality's file: depth maps are stored as PNG (``depth.png``, re-encoded
-    when the source is another format), audio as it is under ``wav`` / ``flac``. Raises CorruptSampleError."""
-    data = Path(path).read_bytes()
-    if name == "depth":
-        image = load_pixels(open_image(data))
-        if image.format == "PNG":
-            return "depth.png", data
-        buffer = io.BytesIO()
-        (image if image.mode in ("L", "I;16", "I") else to_rgb(image).convert("L")).save(buffer, format="PNG")
-        return "depth.png", buffer.getvalue()
-    suffix = Path(path).suffix.lower()
-    if suffix not in AUDIO_SUFFIXES:
-        raise CorruptSampleError("undecodable_audio", f"{path}: audio must be {' or '.join(AUDIO_SUFFIXES)}")
-    import soundfile
-
-    try:
-        soundfile.info(io.BytesIO(data))
-    except Exception as exc:  # noqa: BLE001  libsndfile reports bad streams as several types
-        raise CorruptSampleError("undecodable_audio", f"{path}: {exc}") from None
-    return suffix[1:], data
-
-
 # ---------------------------------------------------------------------------------------------
 # images
 
@@ -203,7 +180,7 @@ def _with_extras(record: Record, jpg: bytes | None, reencoded: bool) -> tuple[Re
     """Read and check the record's further modality files (a bad one skips the record, like a bad image)."""
     for name, path in record.extra_paths.items():
         try:
-            key, data = prepare_extra(name, path)
+            key, data = store_input(name, path)
         except OSError:
             return record, None, False, f"missing_{name}_file"
         except CorruptSampleError as exc:

@@ -35,6 +35,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from data_pipelines.modalities import AudioData, DepthData
+
 SOURCE = "shapes_world"
 
 COLOUR_RGB: dict[str, tuple[int, int, int]] = {
@@ -618,9 +620,9 @@ def encode_wav(wave: np.ndarray, sample_rate: int) -> bytes:
 
 # modality -> (sample key, (scene, seed, index, image size) -> encoded bytes)
 SYNTH_MODALITIES: dict[str, tuple[str, Callable[[Scene, int, int, int], bytes]]] = {
-    "depth": ("depth.png", lambda scene, seed, index, size: _encode_png(
+    "depth": (DepthData.sample_keys[0], lambda scene, seed, index, size: _encode_png(
         render_depth(scene, size, extra_rng(seed, index, "depth")))),
-    "audio": ("wav", lambda scene, seed, index, size: encode_wav(
+    "audio": (AudioData.sample_keys[0], lambda scene, seed, index, size: encode_wav(
         render_audio(scene, extra_rng(seed, index, "audio")), AUDIO_SAMPLE_RATE)),
 }
 
