@@ -39,6 +39,8 @@ class Task:
     reference_field: ClassVar[str]
     # further annotation fields the task reads (a sample supervises it only when they are non-empty too)
     input_fields: ClassVar[tuple[str, ...]] = ()
+    # whether its references are free text that a decoder writes (their words join a compact vocabulary)
+    writes_text: ClassVar[bool] = False
     # whether the task reads the data set's class list (dataset.json "classes"), which must then not be empty
     needs_classes: ClassVar[bool] = False
     primary_metric: ClassVar[str]  # the metric that decides whether the task improved

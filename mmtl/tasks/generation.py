@@ -21,6 +21,7 @@ from mmtl.text import PAD
 class GenerationTask(Task):
     """A task whose target is one of the strings in annotation field ``reference_field``."""
 
+    writes_text = True
     lower_is_better = ("repetition",)
 
     def reference(self, annotation: dict[str, Any]) -> list[str] | None:
