@@ -24,6 +24,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 
 from data_pipelines.mixing import MixPlan, Source, plan_mixing
+from data_pipelines.modalities import ModalityData, extra_inputs
 from data_pipelines.sample import IMAGE_KEYS, TEXT_INPUT_FIELD
 from data_pipelines.shards import as_mapping, is_native, split_shards
 from data_pipelines.stream import MODES, StreamDataset, StreamSpec, resolve_rank, sub_seed
@@ -43,7 +44,7 @@ class Example:
     text: list[int]
     targets: dict[str, Any]
     annotation: dict[str, Any]
-    # modalities beyond image and text (mmtl.modalities), by name
+    # modalities beyond image and text (data_pipelines.modalities), by name
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -60,14 +61,12 @@ class ModalityInput:
                              self.rows)
 
 
-def extra_modalities_of(tasks: Sequence[Any]) -> dict[str, Any]:
-    """The extra modality units of the model the tasks belong to (their context's ModelConfig)."""
+def extra_modalities_of(tasks: Sequence[Any]) -> dict[str, ModalityData]:
+    """The data units of the extra modalities of the model the tasks belong to (their context's ModelConfig)."""
     model = next((t.context.model for t in tasks if getattr(getattr(t, "context", None), "model", None)), None)
     if model is None or not getattr(model, "modalities", None):
         return {}
-    from mmtl.modalities import extra_modalities  # here: mmtl.modalities imports the model package
-
-    return extra_modalities(model)
+    return extra_inputs(model)
 
 
 @dataclass
@@ -84,7 +83,7 @@ class Batch:
     # shard -> count (they travel with the batch because the decoder lives in worker processes)
     skipped: dict[str, int] = field(default_factory=dict)
     skipped_shards: dict[str, int] = field(default_factory=dict)
-    # modalities beyond image and text that at least one row carries (see mmtl.modalities)
+    # modalities beyond image and text that at least one row carries (see data_pipelines.modalities)
     inputs: dict[str, ModalityInput] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -134,8 +133,8 @@ class SampleDecoder:
     context_length: int
     seed: int = 0
     max_pixels: int = DEFAULT_MAX_PIXELS
-    # extra modality units to decode (mmtl.modalities); None: those of the tasks' model config
-    modalities: dict[str, Any] | None = None
+    # extra modality units to decode (data_pipelines.modalities); None: those of the tasks' model config
+    modalities: dict[str, ModalityData] | None = None
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -191,8 +190,8 @@ class Collator:
 
     tasks: Sequence[Any]
     image_size: int
-    # extra modality units that stack their inputs (mmtl.modalities); None: those of the tasks' model config
-    modalities: dict[str, Any] | None = None
+    # extra modality units that stack their inputs (data_pipelines.modalities); None: those of the tasks' model config
+    modalities: dict[str, ModalityData] | None = None
 
     def __post_init__(self) -> None:
         if self.modalities is None:

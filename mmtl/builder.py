@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from data_pipelines.mixing import Source, training_sources
-from data_pipelines.sample import TASK_FIELDS, TEXT_INPUT_FIELD, annotation_texts
+from data_pipelines.sample import TEXT_INPUT_FIELD, annotation_texts
 from data_pipelines.shards import iter_annotations, read_dataset_info, split_entry
 from mmtl.config import ExperimentConfig
 from mmtl.errors import MMTLError
@@ -87,9 +87,14 @@ def build_components(config: ExperimentConfig, classes: list[str], vocab: Vocabu
                       list(class_sources or []))
 
 
+def class_tasks(config: ExperimentConfig) -> list[str]:
+    """The tasks of ``config`` that read the data set's class list (``Task.needs_classes``)."""
+    return [t for t in config.tasks if TASKS.get(t).needs_classes]
+
+
 def label_sources(config: ExperimentConfig) -> list[Source]:
     """The training sources that feed a task of ``config`` reading class labels (e.g. recognition)."""
-    labelled = [t for t in config.tasks if "labels" in TASK_FIELDS.get(t, ())]
+    labelled = class_tasks(config)
     if not labelled:
         return []
     return [s for s in training_sources(config.data) if _feeds(s, labelled)]
@@ -110,16 +115,18 @@ def _feeds(source: Source, tasks: list[str]) -> bool:
     return any(split["tasks"].get(task, 0) for task in tasks)
 
 
-def label_mode_of(sources: list[Source]) -> str:
-    """The one label mode of the sources that feed class labels; MMTLError naming them when they disagree."""
+def label_mode_of(sources: list[Source], tasks: list[str]) -> str:
+    """The one label mode of the sources that feed class labels to ``tasks``; MMTLError naming them when
+    they disagree."""
     modes: dict[str, list[str]] = {}
     for source in sources:
         modes.setdefault(str(read_dataset_info(source.path, source.mapping).get("label_mode", "multi")), []).append(source.path)
     if len(modes) > 1:
         named = "; ".join(f"{mode}-label: {', '.join(paths)}" for mode, paths in sorted(modes.items()))
-        raise MMTLError(f"the sources feeding recognition mix label modes ({named}); a model trains one label "
-                        "mode per task: restrict data.sources[i].tasks so that only sources of one mode feed "
-                        "recognition, or convert them with the same --label-mode")
+        fed = " and ".join(tasks) or "the labelled tasks"
+        raise MMTLError(f"the sources feeding {fed} mix label modes ({named}); a model trains one label "
+                        f"mode per task: restrict data.sources[i].tasks so that only sources of one mode feed "
+                        f"{fed}, or convert them with the same --label-mode")
     return next(iter(modes), "multi")
 
 
@@ -133,11 +140,12 @@ def components_from_data(config: ExperimentConfig) -> Components:
     classes: list[str] = []
     for source in sources:
         classes += [c for c in read_dataset_info(source.path, source.mapping).get("classes", []) if c not in classes]
-    if "recognition" in config.tasks and not classes:
-        raise MMTLError(f"{', '.join(s.path for s in sources)}: dataset.json lists no classes, but the recognition "
-                        "task needs them")
+    needing = class_tasks(config)
+    if needing and not classes:
+        raise MMTLError(f"{', '.join(s.path for s in sources)}: dataset.json lists no classes, but the "
+                        f"{' and '.join(needing)} task needs them")
     paths = list(dict.fromkeys(s.path for s in sources))
-    components = build_components(config, classes, build_vocabulary(config), label_mode_of(sources), paths)
+    components = build_components(config, classes, build_vocabulary(config), label_mode_of(sources, needing), paths)
     warning = long_document_report(config) if any(t.reads_tokens() for t in components.tasks) else None
     if warning:
         log.warning(warning)

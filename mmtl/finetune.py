@@ -25,11 +25,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mmtl.builder import Components, build_components
+from mmtl.builder import Components, build_components, class_tasks
 import mmtl.components  # noqa: F401  (registers the components that configs name)
 from mmtl.config import ExperimentConfig, ModalityConfig, load_config, save_config, validate
 from mmtl.errors import MMTLError
 from mmtl.models.sharing import add_adapters
+from mmtl.registry import BALANCERS
 from mmtl.text import Vocabulary
 from mmtl.training.checkpoint import CONFIG_FILE, META_FILE, MODEL_FILE, read_meta, resolve_checkpoint
 
@@ -304,11 +305,12 @@ def run_finetune(checkpoint: str | Path, config: ExperimentConfig, resume: str |
     if resume is None and is_finetuned(out) and not tuned.train.overwrite:
         raise MMTLError(f"{out} already holds a fine-tuned model; choose another output_dir or set train.overwrite=true")
     classes = set(read_dataset_info(tuned.data.path).get("classes", []))
-    unknown = sorted(classes - set(base.meta["classes"])) if "recognition" in tuned.tasks else []
+    unknown = sorted(classes - set(base.meta["classes"])) if class_tasks(tuned) else []
     if unknown:
         raise MMTLError(f"{tuned.data.path} has classes the base model does not know: {', '.join(unknown[:5])}")
-    if tuned.finetune.align_weight > 0 and tuned.balancer.name not in ("equal", "fixed", "uncertainty", "dwa"):
-        raise MMTLError("finetune.align_weight needs a loss-weighting balancer (equal, fixed, uncertainty or dwa)")
+    if tuned.finetune.align_weight > 0 and BALANCERS.get(tuned.balancer.name).kind != "loss":
+        weighting = [key for key, balancer in BALANCERS.items() if balancer.kind == "loss"]
+        raise MMTLError(f"finetune.align_weight needs a loss-weighting balancer ({', '.join(weighting)})")
     torch.manual_seed(tuned.seed)  # the new parts' initial weights follow the run's seed
     components, delta = build_finetuned(base, tuned)
     model = components.model

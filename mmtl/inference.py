@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from data_pipelines.loader import Collator, Example
+from data_pipelines.modalities import read_input
 from data_pipelines.sample import TEXT_INPUT_FIELD
 from data_pipelines.transforms import (
     CorruptSampleError, decode_image, resize_center_crop, to_rgb, to_uint8_tensor,
@@ -22,7 +23,6 @@ from mmtl.config import (  # noqa: F401  (GENERATION_BOUNDS: re-exported for the
     GENERATION_BOUNDS, EvalConfig, ExperimentConfig, GenerationConfig, build_dataclass, load_config, validate_generation,
 )
 from mmtl.errors import MMTLError, os_error_message
-from mmtl.modalities.base import read_input
 from mmtl.training.checkpoint import CONFIG_FILE, inference_weights, load_weights, read_meta, resolve_checkpoint
 from mmtl.training.precision import get_autocast, resolve_device
 

@@ -43,6 +43,10 @@ class Registry(Generic[T]):
         """All registered keys, sorted."""
         return sorted(self._items)
 
+    def items(self) -> list[tuple[str, T]]:
+        """(key, component) pairs in the order they were registered."""
+        return list(self._items.items())
+
     def __contains__(self, key: str) -> bool:
         return key in self._items
 
@@ -52,7 +56,10 @@ TEXT_ENCODERS: Registry = Registry("text encoder")
 FUSIONS: Registry = Registry("fusion")
 TASKS: Registry = Registry("task")
 BALANCERS: Registry = Registry("balancer")
-# input modalities (image, text, depth, audio, ...): sample keys, decoding, encoder (mmtl.modalities)
+# the data side of input modalities (image, text, depth, audio, ...): sample keys, storing, decoding
+# (data_pipelines.modalities)
+MODALITY_DATA: Registry = Registry("modality")
+# input modalities as model units: the data side plus encoder and what they stand for (mmtl.modalities)
 MODALITIES: Registry = Registry("modality")
 # encoders of modalities other than image and text (mmtl.modalities)
 MODALITY_ENCODERS: Registry = Registry("modality encoder")

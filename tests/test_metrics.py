@@ -1,6 +1,6 @@
 import pytest
 
-from mmtl.evaluation.metrics import bleu, cider, multilabel_average_precision, multilabel_scores, rouge
+from mmtl.tasks.metrics import bleu, cider, multilabel_average_precision, multilabel_scores, rouge
 from mmtl.tasks.summarization import lead_sentence
 from mmtl.builder import build_components
 from mmtl.config import resolve_config

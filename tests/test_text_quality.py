@@ -12,7 +12,7 @@ from mmtl.builder import components_from_data, long_document_report
 from mmtl.cli import main
 from mmtl.config import load_config
 from mmtl.errors import ConfigError
-from mmtl.evaluation.metrics import diversity
+from mmtl.tasks.metrics import diversity
 from mmtl.tasks.extractive import SentenceExtractor, oracle_sentences, split_sentences
 from mmtl.text import Vocabulary
 from tests.conftest import micro_overrides

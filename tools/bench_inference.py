@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+import mmtl.components  # noqa: F401  (registers the tasks the data code counts)
 from data_pipelines.shapes_world import generate_sample, resolve_difficulty, write_shards
 from mmtl.inference import Predictor
 

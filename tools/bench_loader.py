@@ -34,6 +34,7 @@ from torchvision import transforms
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import mmtl.components  # noqa: F401, E402  (registers the tasks the data code counts)
 from data_pipelines.convert import ConvertOptions, convert_source  # noqa: E402
 from data_pipelines.loader import make_loader  # noqa: E402
 from data_pipelines.sample import annotation_texts  # noqa: E402

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import webdataset as wds
 
+import mmtl.components  # noqa: F401  (registers the tasks the data code counts)
 from data_pipelines.shards import split_shards
 from data_pipelines.shapes_world import write_shards
 import mmtl.components  # noqa: F401  (registers the components that configs name)

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Callable
 
 from data_pipelines.convert.records import Record
+from data_pipelines.modalities import store_input
 from data_pipelines.transforms import CorruptSampleError, load_pixels, open_image, to_rgb
-
-AUDIO_SUFFIXES = (".wav", ".flac")
 
 # (record, jpg bytes or None, re-encoded?, skip reason or None)
 Prepared = tuple[Record, bytes | None, bool, str | None]
@@ -52,39 +50,6 @@ def prepare_image(data: bytes, resize_max: int, quality: int, max_pixels: int) -
     return buffer.getvalue(), True
 
 
-def _depth_png(path: str, data: bytes) -> tuple[str, bytes]:
-    """A depth map as PNG under ``depth.png`` (re-encoded when the source is another format)."""
-    image = load_pixels(open_image(data))
-    if image.format == "PNG":
-        return "depth.png", data
-    buffer = io.BytesIO()
-    (image if image.mode in ("L", "I;16", "I") else to_rgb(image).convert("L")).save(buffer, format="PNG")
-    return "depth.png", buffer.getvalue()
-
-
-def _audio_file(path: str, data: bytes) -> tuple[str, bytes]:
-    """A WAV or FLAC file as it is, under ``wav`` / ``flac``, once libsndfile can read it."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in AUDIO_SUFFIXES:
-        raise CorruptSampleError("undecodable_audio", f"{path}: audio must be {' or '.join(AUDIO_SUFFIXES)}")
-    import soundfile
-
-    try:
-        soundfile.info(io.BytesIO(data))
-    except Exception as exc:  # noqa: BLE001  libsndfile reports bad streams as several types
-        raise CorruptSampleError("undecodable_audio", f"{path}: {exc}") from None
-    return suffix[1:], data
-
-
-# row field naming a file of a further modality (a path, like image) -> (file path, bytes) -> (sample key, bytes)
-EXTRA_FILES: dict[str, Callable[[str, bytes], tuple[str, bytes]]] = {"depth": _depth_png, "audio": _audio_file}
-
-
-def prepare_extra(name: str, path: str) -> tuple[str, bytes]:
-    """(sample key, bytes) of a further modality's file. Raises OSError or CorruptSampleError."""
-    return EXTRA_FILES[name](path, Path(path).read_bytes())
-
-
 def process(job: tuple[Record, int, int, int]) -> Prepared:
     """Pool worker: read and prepare one record's image; returns (record, jpg, re-encoded, skip reason)."""
     record, resize_max, quality, max_pixels = job
@@ -105,7 +70,7 @@ def _with_extras(record: Record, jpg: bytes | None, reencoded: bool) -> Prepared
     """Read and check the record's further modality files (a bad one skips the record, like a bad image)."""
     for name, path in record.extra_paths.items():
         try:
-            key, data = prepare_extra(name, path)
+            key, data = store_input(name, path)
         except OSError:
             return record, None, False, f"missing_{name}_file"
         except CorruptSampleError as exc:

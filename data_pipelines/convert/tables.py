@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from data_pipelines.convert.media import EXTRA_FILES  # row fields naming files of further modalities
+from data_pipelines.modalities import file_modalities
 from data_pipelines.convert.records import (
     ALLOW_OUTSIDE_ROOT, KeyMaker, ReadReport, Record, SourceFormat, SourceOption, confined_path, read_text_file,
 )
@@ -125,7 +125,7 @@ def _row_record(row: dict[str, Any] | None, number: int, is_csv: bool, mapping: 
         return None
     image = _raw_field(row, "image", mapping, consumed)
     image_bytes, image_name = _image_value(image)
-    files = {name: str(value) for name in EXTRA_FILES if (value := _raw_field(row, name, mapping, consumed))}
+    files = {name: str(value) for name in file_modalities() if (value := _raw_field(row, name, mapping, consumed))}
     image_path = confined_path(base, image_name, allow_outside) if image_name else None
     extras = {name: confined_path(base, value, allow_outside) for name, value in files.items()}
     if (image_name and image_path is None) or None in extras.values():

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from data_pipelines.convert.media import Prepared, process
 from data_pipelines.convert.records import FALLBACK_ENCODINGS, ReadReport, Record
-from data_pipelines.sample import TASK_FIELDS
+from data_pipelines.sample import task_fields
 from data_pipelines.shards import DATASET_FILE, SplitStats, write_dataset_info, write_split
 from data_pipelines.transforms import DEFAULT_MAX_PIXELS
 from mmtl.errors import MMTLError
@@ -81,7 +81,7 @@ class ConvertResult:
     def summary(self) -> str:
         """Human-readable lines: samples per task, what was skipped and why."""
         lines = [f"{self.split}: wrote {self.stats.samples} samples in {len(self.stats.shards)} shard(s)"]
-        for task in TASK_FIELDS:
+        for task in task_fields():
             if self.stats.tasks.get(task):
                 lines.append(f"  {task}: {self.stats.tasks[task]}")
         lines.append(f"  images re-encoded: {self.reencoded}")

@@ -40,6 +40,7 @@ def _add_synth(data: Subcommands) -> None:
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     from data_pipelines.shapes_world import write_shards
+    import mmtl.components  # noqa: F401  (the tasks, whose annotation fields the data code counts)
 
     out = check_output_dir(args.out, "--out")
     if (out / "dataset.json").exists() and not args.overwrite:
@@ -99,6 +100,7 @@ def _add_convert(data: Subcommands) -> None:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from data_pipelines.convert import ConvertOptions, convert_source
+    import mmtl.components  # noqa: F401  (the tasks, whose annotation fields the data code counts)
 
     options = ConvertOptions(out=Path(args.out), split=args.split, maxcount=args.maxcount, resize_max=args.resize_max,
                              jpeg_quality=args.jpeg_quality, workers=args.workers, overwrite=args.overwrite,
@@ -129,6 +131,7 @@ def _add_inspect(data: Subcommands) -> None:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from data_pipelines.inspect import DEFAULT_CONTEXT_LENGTH, format_report, inspect_shards
+    import mmtl.components  # noqa: F401  (the tasks, whose annotation fields the data code counts)
 
     report = inspect_shards(args.shards, splits=args.split, limit=args.limit, mapping=args.map or [],
                             context_length=args.context_length or DEFAULT_CONTEXT_LENGTH)

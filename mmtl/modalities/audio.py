@@ -2,14 +2,10 @@
 turned into log-mel spectrograms on the device (torch only) and encoded by a small CNN."""
 from __future__ import annotations
 
-import io
-from typing import Any
-
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from data_pipelines.modalities import AudioData
 from mmtl.config import ModelConfig
 from mmtl.modalities.base import Modality
 from mmtl.modalities.mel import LogMelSpectrogram
@@ -17,49 +13,12 @@ from mmtl.models.encoders import Stream
 from mmtl.registry import MODALITIES, MODALITY_ENCODERS
 
 
-def read_audio(data: bytes) -> tuple[np.ndarray, int]:
-    """(mono float32 waveform, sample rate) of wav/flac bytes; CorruptSampleError when unreadable."""
-    import soundfile
-
-    from data_pipelines.transforms import CorruptSampleError
-
-    try:
-        wave, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except Exception as exc:  # noqa: BLE001  libsndfile reports every bad stream as one of several types
-        raise CorruptSampleError("undecodable_audio", str(exc) or type(exc).__name__) from None
-    if wave.size == 0:
-        raise CorruptSampleError("undecodable_audio", "no audio samples")
-    return wave.mean(axis=1), int(rate)
-
-
-def fit_waveform(wave: torch.Tensor, rate: int, target_rate: int, samples: int) -> torch.Tensor:
-    """Linear resampling to ``target_rate``, then cut or zero-padded to ``samples``."""
-    if rate != target_rate:
-        length = max(1, round(wave.numel() * target_rate / rate))
-        wave = F.interpolate(wave.view(1, 1, -1), size=length, mode="linear", align_corners=False).view(-1)
-    return F.pad(wave[:samples], (0, max(0, samples - wave.numel())))
-
-
 @MODALITIES.register("audio")
-class AudioModality(Modality):
-    """A short sound; float32 (samples,) waveforms at ``sample_rate``. Stands for the image by default."""
+class AudioModality(Modality, AudioData):
+    """A short sound, encoded by a small CNN over its log-mel spectrogram. Stands for the image by default."""
 
-    name = "audio"
-    sample_keys = ("wav", "flac")
     default_encoder = "audio_cnn"
     default_stands_for = "image"
-
-    @property
-    def samples(self) -> int:
-        """Waveform length in samples."""
-        return int(round(self.settings.sample_rate * self.settings.seconds))
-
-    def decode_bytes(self, data: bytes) -> torch.Tensor:
-        wave, rate = read_audio(data)
-        return fit_waveform(torch.from_numpy(wave), rate, self.settings.sample_rate, self.samples)
-
-    def build_encoder(self, vocab: Any) -> nn.Module:
-        return MODALITY_ENCODERS.get(self.settings.encoder or self.default_encoder)(self.model, self)
 
 
 class AudioCNNEncoder(nn.Module):

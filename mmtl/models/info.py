@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 
 from data_pipelines.loader import Collator, Example
-from data_pipelines.sample import TASK_FIELDS, TEXT_INPUT_FIELD
+from data_pipelines.sample import TEXT_INPUT_FIELD, task_fields
 from data_pipelines.shards import DATASET_FILE
 from mmtl.config import ExperimentConfig
 from mmtl.text import Vocabulary
@@ -37,7 +37,7 @@ def build_for_info(config: ExperimentConfig):
 def example_batch(components, config: ExperimentConfig, tasks: Sequence[str] | None = None) -> object:
     """One sample that supervises every task (or ``tasks``), with inputs at their longest (text fills the context)."""
     words = " ".join(["word"] * (config.model.text.context_length + config.model.decoder.max_length))
-    annotation = {field: [words] for fields in TASK_FIELDS.values() for field in fields}
+    annotation = {field: [words] for fields in task_fields().values() for field in fields}
     annotation[TEXT_INPUT_FIELD] = words
     annotation["labels"] = components.classes[:1]
     rng = random.Random(0)

@@ -35,7 +35,17 @@ class Task:
     name: ClassVar[str]
     inputs: ClassVar[tuple[str, ...]]  # modalities the task reads, e.g. ("image",) or ("image", "text")
     required_inputs: ClassVar[tuple[str, ...]]  # modalities without which the task cannot run
-    primary_metric: ClassVar[str]  # the metric that decides whether the task improved (higher is better)
+    # the annotation field the task learns and is scored against (what :meth:`reference` reads)
+    reference_field: ClassVar[str]
+    # further annotation fields the task reads (a sample supervises it only when they are non-empty too)
+    input_fields: ClassVar[tuple[str, ...]] = ()
+    # whether its references are free text that a decoder writes (their words join a compact vocabulary)
+    writes_text: ClassVar[bool] = False
+    # whether the task reads the data set's class list (dataset.json "classes"), which must then not be empty
+    needs_classes: ClassVar[bool] = False
+    primary_metric: ClassVar[str]  # the metric that decides whether the task improved
+    # its metrics where lower is better (all others: higher is better), e.g. for Δm (mmtl.evaluation.delta)
+    lower_is_better: ClassVar[tuple[str, ...]] = ()
     # dataclass of the task's own settings (``task_settings.<key>`` in the experiment config); None: it has none
     settings_class: ClassVar[type | None] = None
 
@@ -57,6 +67,11 @@ class Task:
         if check is not None:
             check(key)
         return settings
+
+    @classmethod
+    def annotation_fields(cls) -> tuple[str, ...]:
+        """The annotation fields the task reads: a sample supervises it when all of them are non-empty."""
+        return (*cls.input_fields, cls.reference_field)
 
     def settings_dict(self) -> dict[str, Any]:
         """The task's resolved settings as a plain mapping (empty when it has none)."""

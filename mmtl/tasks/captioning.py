@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Callable, Sequence
 
-from mmtl.evaluation.metrics import cider
+from mmtl.tasks.metrics import cider
 from mmtl.registry import TASKS
 from mmtl.tasks.generation import GenerationTask
 

@@ -26,9 +26,10 @@ class CountingTask(Task):
     inputs = ("image",)
     required_inputs = ("image",)
     primary_metric = "accuracy"
+    reference_field = "count"
 
     def reference(self, annotation: dict[str, Any]) -> int | None:
-        count = annotation.get("count")
+        count = annotation.get(self.reference_field)
         if count is None or isinstance(count, bool) or not isinstance(count, (int, float)) or count < 0:
             return None
         return min(int(count), MAX_COUNT)

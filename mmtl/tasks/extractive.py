@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from mmtl.config import ModelConfig
-from mmtl.evaluation.metrics import rouge_f
+from mmtl.tasks.metrics import rouge_f
 from mmtl.models.extractive import SentenceScorer
 from mmtl.models.fusion import Fused
 from mmtl.text import PAD, Vocabulary

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import random
-from typing import Any, ClassVar, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mmtl.config import ModelConfig
-from mmtl.evaluation.metrics import bleu, diversity, rouge
+from mmtl.tasks.metrics import bleu, diversity, rouge
 from mmtl.models.fusion import Fused
 from mmtl.models.generation import copy_from
 from mmtl.models.heads import PromptedDecoder, TextDecoder
@@ -21,8 +21,8 @@ from mmtl.text import PAD
 class GenerationTask(Task):
     """A task whose target is one of the strings in annotation field ``reference_field``."""
 
-    reference_field: ClassVar[str]
-    lower_is_better: ClassVar[tuple[str, ...]] = ("repetition",)  # for Δm (mmtl.evaluation.delta)
+    writes_text = True
+    lower_is_better = ("repetition",)
 
     def reference(self, annotation: dict[str, Any]) -> list[str] | None:
         refs = annotation.get(self.reference_field)

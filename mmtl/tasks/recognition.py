@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmtl.config import ModelConfig
-from mmtl.evaluation.metrics import multilabel_average_precision, multilabel_scores
+from mmtl.tasks.metrics import multilabel_average_precision, multilabel_scores
 from mmtl.models.fusion import Fused
 from mmtl.models.heads import ClassQueryHead
 from mmtl.registry import TASKS
@@ -37,6 +37,8 @@ class RecognitionTask(Task):
     name = "recognition"
     inputs = ("image",)
     required_inputs = ("image",)
+    reference_field = "labels"
+    needs_classes = True
 
     @property
     def primary_metric(self) -> str:  # type: ignore[override]
@@ -60,7 +62,7 @@ class RecognitionTask(Task):
         return self.context.label_mode == "single"
 
     def target(self, annotation: dict[str, Any], rng: random.Random) -> torch.Tensor | None:
-        labels = annotation.get("labels")
+        labels = annotation.get(self.reference_field)
         if not labels:
             return None
         index = self._class_index()
@@ -104,7 +106,7 @@ class RecognitionTask(Task):
         return out
 
     def reference(self, annotation: dict[str, Any]) -> list[str] | None:
-        labels = annotation.get("labels")
+        labels = annotation.get(self.reference_field)
         return self._label_names(labels) if labels else None
 
     def score(self, predictions: Sequence[Any], references: Sequence[Sequence[str]],
@@ -126,7 +128,7 @@ class RecognitionTask(Task):
     def fit_baseline(self, train_annotations: Sequence[dict[str, Any]]) -> Callable[[dict[str, Any]], Tags]:
         """Majority tags: the k most frequent training tags, k = the median number of tags per sample
         (single-label: the most frequent classes, ranked)."""
-        label_sets = [self._label_names(a["labels"]) for a in train_annotations if a.get("labels")]
+        label_sets = [labels for labels in map(self.reference, train_annotations) if labels]
         if self.single:
             label_sets = [labels[:1] for labels in label_sets]
         counts = Counter(label for labels in label_sets for label in labels)

@@ -56,6 +56,7 @@ class SummarizationTask(GenerationTask):
     required_inputs = ("text",)
     primary_metric = "rougeL"
     reference_field = "summaries"
+    input_fields = (TEXT_INPUT_FIELD,)
     settings_class = SummarizationSettings
 
     def __init__(self, context: TaskContext) -> None:

@@ -1,4 +1,5 @@
-"""Metric functions, computed with torchmetrics, sacrebleu, rouge-score and pycocoevalcap rather than by hand."""
+"""The tasks' metric functions, computed with torchmetrics, sacrebleu, rouge-score and pycocoevalcap rather
+than by hand."""
 from __future__ import annotations
 
 import re
