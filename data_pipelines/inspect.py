@@ -17,7 +17,7 @@ import webdataset as wds
 
 from data_pipelines import shardsets
 from data_pipelines.fieldmap import Mapping
-from data_pipelines.sample import IMAGE_KEYS, TEXT_INPUT_FIELD, supervised_tasks
+from data_pipelines.sample import IMAGE_KEYS, TEXT_INPUT_FIELD, class_tasks, supervised_tasks
 from data_pipelines.shards import as_mapping, is_native, read_dataset_info, split_shards
 from data_pipelines.transforms import DEFAULT_MAX_PIXELS, CorruptSampleError, load_pixels, open_image, parse_annotation
 from mmtl.config import MODEL_PRESETS
@@ -194,7 +194,8 @@ def inspect_shards(path: str | Path, splits: list[str] | None = None, limit: int
         seen_classes.update(stats["class_histogram"])
     if parsed is not None:  # what the scan would write into a dataset.json
         report["classes"] = len(seen_classes)
-        single = all(s["tasks"].get("recognition", 0) == sum(s["class_histogram"].values())
+        labelled = class_tasks()  # single-label when each labelled sample adds exactly one label to the histogram
+        single = all(sum(s["tasks"].get(t, 0) for t in labelled) == sum(s["class_histogram"].values())
                      for s in report["splits"].values())
         report["label_mode"] = "single" if seen_classes and single else "multi"
     return report

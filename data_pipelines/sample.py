@@ -24,6 +24,7 @@ class TaskFields(Protocol):
 
     reference_field: str
     writes_text: bool
+    needs_classes: bool
 
     def annotation_fields(self) -> tuple[str, ...]:
         """The annotation fields that must all be non-empty for a sample to supervise the task."""
@@ -40,6 +41,11 @@ def task_fields() -> dict[str, tuple[str, ...]]:
     """Each registered task (in registration order) -> the annotation fields that must all be present and
     non-empty for a sample to supervise it."""
     return {key: task.annotation_fields() for key, task in _registered_tasks()}
+
+
+def class_tasks() -> list[str]:
+    """Registered tasks that read the data set's class list (``Task.needs_classes``)."""
+    return [key for key, task in _registered_tasks() if task.needs_classes]
 
 
 def text_fields() -> tuple[str, ...]:
