@@ -7,6 +7,7 @@ import torch
 
 from mmtl.cli import main
 from mmtl.evaluation.delta import delta_m, format_delta
+from mmtl.registry import TASKS
 from tests.conftest import micro_overrides
 
 
@@ -231,3 +232,14 @@ def test_balancer_table_end_to_end_with_the_tuned_row(micro_data: Path, tmp_path
     assert table.main(["--balancers", "equal", "--seeds", "0", "--out", str(out), "--device", "cpu",
                        "--tune-weights", "1,2", *overrides]) == 0
     assert json.loads((out / "table.json").read_text())["commands"] == []  # everything done: nothing ran again
+
+
+def test_counting_error_metric_counts_against_the_model() -> None:
+    """A counting model worse than its baseline on accuracy and on mean absolute error has a negative Δm."""
+    counting = TASKS.get("counting")
+    references = [1, 2, 3, 4]
+    baseline = counting.score(counting, [1, 2, 3, 3], references)
+    model = counting.score(counting, [1, 0, 0, 0], references)
+    report = delta_m({"counting": model}, {"counting": baseline}, {"counting": "accuracy"},
+                     {"counting": counting.lower_is_better})
+    assert model["mae"] > baseline["mae"] and report.delta_m < 0

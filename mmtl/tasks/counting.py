@@ -26,6 +26,7 @@ class CountingTask(Task):
     inputs = ("image",)
     required_inputs = ("image",)
     primary_metric = "accuracy"
+    lower_is_better = ("mae",)
     reference_field = "count"
 
     def reference(self, annotation: dict[str, Any]) -> int | None:
