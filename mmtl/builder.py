@@ -19,7 +19,6 @@ from mmtl.text import Vocabulary, bpe_encode
 VOCAB_SCAN_LIMIT = 50_000
 LONG_DOCUMENT_SCAN = 300  # training documents measured against the text context at the start of a run
 LABEL_MODES = ("multi", "single")  # dataset.json "label_mode": several labels per sample, or exactly one
-from mmtl import __version__
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +33,6 @@ class Components:
     model: MultiTaskModel
     label_mode: str = "multi"
     class_sources: list[str] = field(default_factory=list)  # the data sets the classes were read from
-
-    def meta(self, step: int) -> dict[str, Any]:
-        """What a checkpoint must store to rebuild these components without the data."""
-        return {
-            "mmtl_version": __version__, "step": step, "tasks": [t.name for t in self.tasks],
-            "classes": self.classes, "label_mode": self.label_mode, "class_sources": self.class_sources,
-            "vocab": self.vocab.to_dict(), "parameters": self.model.parameter_report(),
-        }
 
 
 def build_vocabulary(config: ExperimentConfig) -> Vocabulary:

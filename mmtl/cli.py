@@ -309,7 +309,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_model_info(args: argparse.Namespace) -> int:
     from mmtl.config import load_config
-    from mmtl.models.info import model_info
+    from mmtl.evaluation.info import model_info
 
     print(model_info(load_config(args.config, args.overrides)))
     return 0

@@ -30,7 +30,7 @@ from mmtl.config import ExperimentConfig, ModalityConfig, load_config, save_conf
 from mmtl.errors import MMTLError
 from mmtl.models.sharing import add_adapters
 from mmtl.text import Vocabulary
-from mmtl.training.checkpoint import CONFIG_FILE, META_FILE, MODEL_FILE, read_meta, resolve_checkpoint
+from mmtl.checkpoint import CONFIG_FILE, META_FILE, MODEL_FILE, checkpoint_meta, read_meta, resolve_checkpoint
 
 DELTA_FILE = "delta.safetensors"
 REGRESSION_FILE = "regression.json"
@@ -176,7 +176,7 @@ def save_delta(directory: Path, components: Components, config: ExperimentConfig
     state = components.model.state_dict()
     # clones: tied weights share storage, which safetensors refuses to write twice
     tensors = {k: state[k].detach().cpu().clone().contiguous() for k in sorted(delta)}
-    meta = components.meta(step)
+    meta = checkpoint_meta(components, step)
     meta["finetune"] = {"base": str(base.path.resolve()), "base_sha256": base.sha256,
                         "strategy": config.finetune.strategy, "added_modalities": list(config.finetune.add_modalities),
                         "added_tasks": list(config.finetune.add_tasks), "tensors": len(tensors),
@@ -295,7 +295,7 @@ def run_finetune(checkpoint: str | Path, config: ExperimentConfig, resume: str |
     """
     from data_pipelines.shards import read_dataset_info
     from mmtl.training.loop import Trainer
-    from mmtl.training.precision import resolve_device
+    from mmtl.precision import resolve_device
 
     base = load_base(checkpoint)
     tuned = finetune_config(base, config)

@@ -179,7 +179,7 @@ def test_resume_refuses_a_pickle_without_torchs_advice(trained_run: tuple[Path, 
 ])
 def test_full_disk_during_a_checkpoint(trained_run: tuple[Path, Path], tmp_path: Path, monkeypatch, capsys,
                                        failure: Exception) -> None:
-    import mmtl.training.checkpoint as checkpoint
+    import mmtl.checkpoint as checkpoint
 
     def full(*args, **kwargs):
         raise failure

@@ -8,7 +8,7 @@ import torch
 from mmtl.config import resolve_config
 from mmtl.errors import ConfigError, MMTLError
 from mmtl.evaluation.evaluate import EvalResult
-from mmtl.training.checkpoint import resolve_checkpoint
+from mmtl.checkpoint import resolve_checkpoint
 from mmtl.training.loop import Trainer, train
 from mmtl.training.validation import DriftDetector, Scored, Selector, Validator, relative_change
 from tests.conftest import micro_overrides
@@ -190,7 +190,7 @@ def test_drift_alarm_shows_in_the_progress_bar(tmp_path: Path) -> None:
 def test_flop_savings_arithmetic_on_a_micro_model(micro_data: Path, tmp_path: Path) -> None:
     from mmtl.builder import components_from_data
     from mmtl.evaluation.savings import forward_flops_per_sample, savings
-    from mmtl.models.info import example_batch
+    from mmtl.evaluation.info import example_batch
 
     tasks = ["recognition", "captioning", "summarization"]
     config = resolve_config({}, micro_overrides(micro_data, tmp_path / "r"))

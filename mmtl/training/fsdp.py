@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from mmtl.checkpoint import load_weights, tied_names
 from mmtl.errors import MMTLError
 
 log = logging.getLogger(__name__)
@@ -95,26 +96,12 @@ def shard_model(model: nn.Module) -> int:
     return len(units) + 1
 
 
-def _aliases(model: nn.Module) -> dict[str, str]:
-    """State-dict names that refer to a tensor already listed under an earlier name (tied weights):
-    ``{alias: kept_name}``. ``safetensors.save_model`` writes each shared tensor once as well."""
-    seen: dict[int, str] = {}
-    aliases: dict[str, str] = {}
-    named = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
-    for name, tensor in named:
-        if id(tensor) in seen:
-            aliases[name] = seen[id(tensor)]
-        else:
-            seen[id(tensor)] = name
-    return aliases
-
-
 def gather_model_state(model: nn.Module, main: bool) -> dict[str, torch.Tensor]:
     """The full model state dict on CPU on rank 0 (``main``), tied weights once; ``{}`` on the others.
 
     A collective: every rank must call it.
     """
-    aliases = _aliases(model)
+    aliases = {name for names in tied_names(model) for name in names[1:]}
     out = {}
     for name, tensor in model.state_dict().items():
         value = full(tensor.detach())  # every rank takes part in the all-gather
@@ -140,23 +127,7 @@ def load_model_state(model: nn.Module, file: Path) -> None:
 
     Every rank reads the file and keeps its own shard of each tensor.
     """
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(str(file))
-    except Exception as exc:  # safetensors raises several types for damaged files
-        raise MMTLError(f"cannot load weights from {file}: {exc}") from None
-    for alias, kept in _aliases(model).items():
-        if kept in state:
-            state.setdefault(alias, state[kept])
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise MMTLError(f"checkpoint {file.parent} does not match the model: missing {missing[:5]}, "
-                        f"unexpected {unexpected[:5]}")
-    with torch.no_grad():
-        for name, target in own.items():
-            _copy_into(target, state[name])
+    load_weights(model, file.parent, file.name, assign=_copy_into)
 
 
 def _copy_into(target: torch.Tensor, value: torch.Tensor) -> None:

@@ -23,8 +23,8 @@ from mmtl.registry import BALANCERS
 from mmtl.training import distributed as dist
 from mmtl.training import fsdp
 from mmtl.training.acceleration import compile_blocks, enable_grad_checkpointing, peak_memory_gb
-from mmtl.training.checkpoint import (
-    EMA_FILE, MODEL_FILE, load_train_state, load_weights, resolve_checkpoint, rng_state, save_run_checkpoint, set_rng_state,
+from mmtl.checkpoint import (
+    EMA_FILE, MODEL_FILE, checkpoint_meta, load_train_state, load_weights, resolve_checkpoint, rng_state, save_run_checkpoint, set_rng_state,
 )
 from mmtl.training.ema import WeightEMA
 from mmtl.training.environment import save_environment
@@ -32,7 +32,7 @@ from mmtl.training.flops import count_flops, mfu, peak_flops
 from mmtl.training.logging import RunLogger, plot_losses, plot_task_monitor
 from mmtl.training.nonfinite import NonFiniteGuard
 from mmtl.training.optim import build_optimizer, build_scheduler
-from mmtl.training.precision import get_autocast, make_grad_scaler, resolve_device, resolve_precision
+from mmtl.precision import get_autocast, make_grad_scaler, resolve_device, resolve_precision
 from mmtl.training.signals import GracefulStop
 from mmtl.training.validation import Validator
 
@@ -187,7 +187,7 @@ class Trainer:
             }
             path = save_run_checkpoint(
                 self.run_dir, self.step, keep=self.config.train.keep_checkpoints, model=weights,
-                meta=self.components.meta(self.step), config=self.config, train_state=train_state,
+                meta=checkpoint_meta(self.components, self.step), config=self.config, train_state=train_state,
                 ema=self.ema.module if self.ema is not None else None,
             )
         dist.barrier(self.dist)

@@ -224,7 +224,7 @@ class Validator:
     def validate(self, trainer: Any, logger: Any) -> Scored:
         """Evaluate on the val split, log, update the drift alarm, the best checkpoint and early stopping."""
         from mmtl.evaluation.evaluate import evaluate
-        from mmtl.training.checkpoint import rng_state, set_rng_state
+        from mmtl.checkpoint import rng_state, set_rng_state
 
         started, step, rng = time.perf_counter(), trainer.step, rng_state()
         ema = getattr(trainer, "ema", None)
@@ -271,11 +271,11 @@ class Validator:
         log.warning(message)
 
     def _write_best(self, trainer: Any) -> None:
-        from mmtl.training.checkpoint import write_checkpoint
+        from mmtl.checkpoint import checkpoint_meta, write_checkpoint
 
         ema = getattr(trainer, "ema", None)
         write_checkpoint(self.run_dir / "checkpoints" / BEST_DIR, model=trainer.model,
-                         meta={**trainer.components.meta(trainer.step), "selected_by": self.config.validation.select},
+                         meta={**checkpoint_meta(trainer.components, trainer.step), "selected_by": self.config.validation.select},
                          config=self.config, **({"ema": ema.module} if ema is not None else {}))
 
     def finish(self, log_path: Path) -> Path | None:
