@@ -99,7 +99,7 @@ def _cmd_preview(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from mmtl.config import load_config
-    from mmtl.training.loop import train
+    from mmtl.training.validation import train
 
     config = load_config(args.config, args.overrides)
     _check_output_dir(config.output_dir, "output_dir")
@@ -123,7 +123,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     _check_output_file(args.output, "--output")  # before the evaluation, not after it
     if args.baselines:  # read first: a bad file should fail before a long evaluation
-        from mmtl.evaluation.baselines_run import baseline_split_metrics, read_baselines
+        from mmtl.evaluation.baselines import baseline_split_metrics, read_baselines
 
         baselines = read_baselines(args.baselines)
         baseline_split_metrics(baselines, args.split)
@@ -146,7 +146,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _report_delta(predictor, config, result, baselines: dict, tolerance: float) -> dict:
     """Print Δm with its per-task verdicts (overall, then per source) and the savings; return the report."""
-    from mmtl.evaluation.baselines_run import compare_with_baselines
+    from mmtl.evaluation.baselines import compare_with_baselines
     from mmtl.evaluation.delta import DeltaReport, format_delta, format_verdicts
     from mmtl.evaluation.savings import format_savings, forward_flops_per_sample
 
@@ -174,7 +174,8 @@ def _report_delta(predictor, config, result, baselines: dict, tolerance: float) 
 
 
 def _cmd_affinity(args: argparse.Namespace) -> int:
-    from mmtl.balancing.affinity import format_affinity, measure_affinity, plot_affinity
+    from mmtl.balancing.affinity import format_affinity, plot_affinity
+    from mmtl.training.affinity import measure_affinity
     from mmtl.config import load_config
 
     config = load_config(args.config, args.overrides)
@@ -194,7 +195,7 @@ def _cmd_affinity(args: argparse.Namespace) -> int:
 
 def _cmd_baselines(args: argparse.Namespace) -> int:
     from mmtl.config import load_config
-    from mmtl.evaluation.baselines_run import train_baselines
+    from mmtl.baselines import train_baselines
 
     config = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path(f"{config.output_dir}-baselines")

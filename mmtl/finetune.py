@@ -3,7 +3,7 @@
 The fine-tuned model is the base model plus what is added: encoders of new modalities
 (``model.modalities``), heads of new tasks, and with ``strategy=lora`` low-rank adapters on the
 fusion and the task heads that are switched on only for the new modalities and tasks. Training
-reuses :class:`mmtl.training.loop.Trainer` with the prepared model; only parameters that require
+reuses :class:`mmtl.training.loop.Trainer` (with validation) with the prepared model; only parameters that require
 gradients train (``frozen``, ``lora``), or every parameter with the trained ones at a lower
 learning rate (``full``). The result directory keeps only what is new (``delta.safetensors``)
 plus the base checkpoint's path and the SHA-256 of its weights; it loads as one model through
@@ -294,7 +294,7 @@ def run_finetune(checkpoint: str | Path, config: ExperimentConfig, resume: str |
     holds the settings it was started with.
     """
     from data_pipelines.shards import read_dataset_info
-    from mmtl.training.loop import Trainer
+    from mmtl.training.validation import make_trainer
     from mmtl.precision import resolve_device
 
     base = load_base(checkpoint)
@@ -323,7 +323,7 @@ def run_finetune(checkpoint: str | Path, config: ExperimentConfig, resume: str |
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, settings)
     resume_command = f"mmtl finetune --checkpoint {checkpoint} --config {settings} --resume latest"
-    trainer = Trainer(dataclasses.replace(tuned, output_dir=str(out / "train")), resume=resume,
+    trainer = make_trainer(dataclasses.replace(tuned, output_dir=str(out / "train")), resume=resume,
                       components=components, resume_command=resume_command)
     result = trainer.run()
     model = components.model.cpu()

@@ -8,7 +8,7 @@ from pathlib import Path
 from data_pipelines.synthetic import write_shards
 from mmtl.config import ExperimentConfig, load_config
 from mmtl.evaluation.evaluate import evaluate, format_examples, format_table
-from mmtl.training.loop import train
+from mmtl.training.validation import train
 
 
 def ensure_synthetic_data(config: ExperimentConfig) -> bool:

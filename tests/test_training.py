@@ -9,7 +9,8 @@ from mmtl.config import resolve_config
 from mmtl.errors import MMTLError
 from mmtl.inference import Predictor
 from mmtl.checkpoint import LATEST, load_train_state, resolve_checkpoint
-from mmtl.training.loop import Trainer, train
+from mmtl.training.loop import Trainer
+from mmtl.training.validation import train
 from mmtl.training.optim import lr_factor
 from tests.conftest import micro_overrides, sigterm_after_step
 
