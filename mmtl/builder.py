@@ -138,4 +138,4 @@ def components_from_data(config: ExperimentConfig) -> Components:
 def components_from_meta(config: ExperimentConfig, meta: dict[str, Any]) -> Components:
     """Components for a saved checkpoint (no data needed)."""
     return build_components(config, list(meta["classes"]), Vocabulary.from_dict(meta["vocab"]),
-                            str(meta.get("label_mode", "multi")), list(meta.get("class_sources", [])))
+                            str(meta["label_mode"]), list(meta["class_sources"]))

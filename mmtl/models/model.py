@@ -17,6 +17,7 @@ from data_pipelines.loader import Batch
 from mmtl.config import ModelConfig
 from mmtl.models.encoders import Stream
 from mmtl.models.fusion import Fused
+from mmtl.models.layers import find_units
 from mmtl.models.sharing import PER_TASK, build_fusion, set_adapters
 from mmtl.text import Vocabulary
 
@@ -136,6 +137,10 @@ class MultiTaskModel(nn.Module):
         """Learning-rate factor of parameter ``name`` (``lr_scales`` by longest matching prefix; default 1)."""
         matches = [prefix for prefix in self.lr_scales if name == prefix or name.startswith(prefix + ".")]
         return self.lr_scales[max(matches, key=len)] if matches else 1.0
+
+    def units(self) -> list[nn.Module]:
+        """The blocks to compile, checkpoint (activations) or shard one by one (see ``layers.find_units``)."""
+        return find_units(self)
 
     def objectives(self) -> list[str]:
         """Names of every loss ``forward`` can return: the tasks, then the auxiliary losses."""

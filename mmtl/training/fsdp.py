@@ -1,8 +1,8 @@
 """Fully sharded data parallelism (``train.fsdp=true``) with FSDP2 (``torch.distributed.fsdp.fully_shard``).
 
-Parameters, gradients and optimiser state are sharded over the ranks. The units are every mmtl
-transformer block (``mmtl.models.layers.Block``), every block of a timm ViT backbone, and the
-root model, which holds everything else. Each unit's parameters are all-gathered just before it
+Parameters, gradients and optimiser state are sharded over the ranks. The units are the model's
+units (``MultiTaskModel.units``: every mmtl transformer block and the blocks of third-party
+encoders), and the root model, which holds everything else. Each unit's parameters are all-gathered just before it
 runs and freed after; its gradients are reduce-scattered (averaged over the ranks) in the backward
 pass, which is exactly the averaging ``distributed.average_gradients`` does for DDP, so the
 global-batch loss scaling of ``distributed.global_losses`` carries over unchanged.
@@ -28,6 +28,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from mmtl.checkpoint import load_weights, tied_names
 from mmtl.errors import MMTLError
+from mmtl.models.layers import find_units
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +41,6 @@ def is_sharded(tensor: torch.Tensor) -> bool:
 def full(tensor: torch.Tensor) -> torch.Tensor:
     """The whole tensor behind ``tensor`` (a collective for a DTensor: every rank must call it)."""
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-
-
-def _units(model: nn.Module) -> list[nn.Module]:
-    """The modules that become their own FSDP units, innermost first (the root comes last)."""
-    from mmtl.models.layers import Block
-
-    units = [m for m in model.modules() if isinstance(m, Block)]
-    for module in model.modules():  # timm ViTs: ``backbone.blocks`` (an nn.Sequential of blocks)
-        blocks = getattr(module, "blocks", None)
-        if hasattr(module, "forward_features") and isinstance(blocks, nn.Sequential):
-            units.extend(b for b in blocks if not isinstance(b, Block))
-    return units
 
 
 def _present_tasks_hook(tasks: list[str]):
@@ -81,7 +70,7 @@ def shard_model(model: nn.Module) -> int:
     """
     from torch.distributed.fsdp import fully_shard
 
-    units = _units(model)
+    units = find_units(model)
     for unit in units:
         fully_shard(unit)
     root = fully_shard(model)
