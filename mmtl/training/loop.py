@@ -108,10 +108,14 @@ class Trainer:
                               {"scheduler": self.scheduler, "scaler": self.scaler, "balancer": self.balancer},
                               {"nonfinite": self.guard, **({"validator": validator} if validator else {})}, self.ema)
         if resume:
-            state = self.state.load(resolve_checkpoint(self.run_dir if resume == "latest" else resume))
-            self.step, self.batches_consumed = int(state["step"]), int(state["data"]["batches"])
+            self.resume(resume)
         else:
             self.state.start(self.run_dir, config.train.overwrite, self.dist, self.device)
+
+    def resume(self, where: str) -> None:
+        """Restore everything from a checkpoint directory, or this run's newest for ``latest``."""
+        state = self.state.load(resolve_checkpoint(self.run_dir if where == "latest" else where))
+        self.step, self.batches_consumed = int(state["step"]), int(state["data"]["batches"])
 
     def save(self) -> Path | None:
         """Write a resumable checkpoint of the current step (rank 0; other ranks wait and get None)."""
