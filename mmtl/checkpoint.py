@@ -234,13 +234,14 @@ Assign = Callable[[torch.Tensor, torch.Tensor], None]
 
 
 def load_weights(model: torch.nn.Module, checkpoint: Path, file: str = MODEL_FILE,
-                 required: Collection[str] | None = None, assign: Assign | None = None) -> None:
+                 required: Collection[str] | None = None, assign: Assign | None = None) -> set[str]:
     """Load ``file`` of ``checkpoint`` into ``model``: the one strict weight loader.
 
     Every tensor in the file must exist in the model with the same shape, and every name in
     ``required`` (default: all of the model's) must be in the file; otherwise an MMTLError names
     the missing, unexpected and wrongly shaped tensors. ``assign(target, value)`` copies one tensor
     (default: ``load_state_dict``; sharded training passes one that keeps each rank's shard).
+    Returns the names loaded (tied names included).
     """
     path = checkpoint / file
     state = read_weights(path)
@@ -261,10 +262,11 @@ def load_weights(model: torch.nn.Module, checkpoint: Path, file: str = MODEL_FIL
                         + "; ".join(filter(None, problems)))
     if assign is None:
         model.load_state_dict(state, strict=False)
-        return
-    with torch.no_grad():
-        for name, value in state.items():
-            assign(own[name], value)
+    else:
+        with torch.no_grad():
+            for name, value in state.items():
+                assign(own[name], value)
+    return set(state)
 
 
 def load_train_state(checkpoint: Path) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from mmtl.builder import Components, build_components
@@ -30,7 +30,9 @@ from mmtl.config import ExperimentConfig, ModalityConfig, load_config, save_conf
 from mmtl.errors import MMTLError
 from mmtl.models.sharing import add_adapters
 from mmtl.text import Vocabulary
-from mmtl.checkpoint import CONFIG_FILE, META_FILE, MODEL_FILE, checkpoint_meta, read_meta, resolve_checkpoint
+from mmtl.checkpoint import (
+    CONFIG_FILE, META_FILE, MODEL_FILE, checkpoint_meta, load_weights, read_meta, resolve_checkpoint,
+)
 
 DELTA_FILE = "delta.safetensors"
 REGRESSION_FILE = "regression.json"
@@ -131,14 +133,8 @@ def build_finetuned(base: BaseCheckpoint, config: ExperimentConfig) -> tuple[Com
     components = build_components(config, list(meta["classes"]), Vocabulary.from_dict(meta["vocab"]),
                                   str(meta.get("label_mode", "multi")))
     model = components.model
-    state = load_file(str(base.path / MODEL_FILE))
-    own = model.state_dict()
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
-    if unexpected or wrong:
-        raise MMTLError(f"{base.path} does not fit the model its config builds: {(unexpected + wrong)[:5]}")
-    model.load_state_dict(state, strict=False)
-    base_tensors = {id(t) for k, t in model.state_dict(keep_vars=True).items() if k in state}
+    loaded = load_weights(model, base.path, required=())  # the new parts are not in the base
+    base_tensors = {id(t) for k, t in model.state_dict(keep_vars=True).items() if k in loaded}
     spec = config.finetune
     for name in spec.add_modalities:
         source = config.model.modalities[name].init_from
@@ -212,17 +208,7 @@ def load_finetuned(path: str | Path) -> tuple[Components, ExperimentConfig, dict
     config = load_config(path / CONFIG_FILE)
     base = BaseCheckpoint(base_path, load_config(base_path / CONFIG_FILE), read_meta(base_path), digest)
     components, delta = build_finetuned(base, config)
-    try:
-        state = load_file(str(path / DELTA_FILE))
-    except Exception as exc:  # damaged files raise several types
-        raise MMTLError(f"cannot read {path / DELTA_FILE}: {exc}") from None
-    own = components.model.state_dict()
-    missing, unexpected = sorted(delta - set(state)), sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
-    if missing or unexpected or wrong:
-        raise MMTLError(f"{path / DELTA_FILE} does not fit the fine-tuned model: missing {missing[:5]}, "
-                        f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}")
-    components.model.load_state_dict(state, strict=False)
+    load_weights(components.model, path, DELTA_FILE, required=delta)
     components.model.eval()
     return components, config, meta
 
