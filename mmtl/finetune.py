@@ -25,14 +25,18 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from data_pipelines.shards import read_dataset_info
 from mmtl.builder import Components, build_components
-from mmtl.config import ExperimentConfig, ModalityConfig, load_config, save_config, validate
-from mmtl.errors import MMTLError
-from mmtl.models.sharing import add_adapters
-from mmtl.text import Vocabulary
 from mmtl.checkpoint import (
     CONFIG_FILE, META_FILE, MODEL_FILE, checkpoint_meta, load_weights, read_meta, resolve_checkpoint,
 )
+from mmtl.config import ExperimentConfig, ModalityConfig, load_config, save_config, validate
+from mmtl.errors import MMTLError
+from mmtl.evaluation.evaluate import evaluate
+from mmtl.models.sharing import add_adapters
+from mmtl.precision import resolve_device
+from mmtl.text import Vocabulary
+from mmtl.training.validation import make_trainer
 
 DELTA_FILE = "delta.safetensors"
 REGRESSION_FILE = "regression.json"
@@ -230,8 +234,6 @@ class RegressionRow:
 def old_task_metrics(components: Components, old_tasks: list[str], base: BaseCheckpoint, config: ExperimentConfig,
                      device: torch.device) -> dict[str, dict[str, float]]:
     """Metrics of the old tasks on the base model's own data (``finetune.regression_split``)."""
-    from mmtl.evaluation.evaluate import evaluate
-
     spec = config.finetune
     check = copy.deepcopy(config)
     check.eval.max_samples = spec.regression_samples
@@ -279,10 +281,6 @@ def run_finetune(checkpoint: str | Path, config: ExperimentConfig, resume: str |
     checkpoints live in ``output_dir/train`` until the delta is written, and ``output_dir/finetune.yaml``
     holds the settings it was started with.
     """
-    from data_pipelines.shards import read_dataset_info
-    from mmtl.training.validation import make_trainer
-    from mmtl.precision import resolve_device
-
     base = load_base(checkpoint)
     tuned = finetune_config(base, config)
     out = Path(tuned.output_dir)

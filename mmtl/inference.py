@@ -22,6 +22,7 @@ from mmtl.config import (  # noqa: F401  (GENERATION_BOUNDS: re-exported for the
     GENERATION_BOUNDS, EvalConfig, ExperimentConfig, GenerationConfig, build_dataclass, validate_generation,
 )
 from mmtl.errors import MMTLError, os_error_message
+from mmtl.finetune import is_finetuned, load_finetuned
 from mmtl.modalities.base import read_input
 from mmtl.precision import get_autocast, resolve_device
 
@@ -160,8 +161,6 @@ class Predictor:
         torch_device = check_device(device)
         if precision == "fp16" and torch_device.type != "cuda":
             raise MMTLError("fp16 needs a CUDA GPU; use fp32 or bf16 on a CPU")
-        from mmtl.finetune import is_finetuned, load_finetuned
-
         if is_finetuned(path):  # a fine-tuned model: its base checkpoint plus the saved delta
             components, config, meta = load_finetuned(path)
             predictor = cls(components, config, torch_device, precision, meta)

@@ -29,6 +29,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from mmtl.checkpoint import load_weights, tied_names
 from mmtl.errors import MMTLError
 from mmtl.models.layers import find_units
+from mmtl.training import distributed
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +161,6 @@ def shard_for_training(model: nn.Module, config: Any, context: Any) -> bool:
     One process trains unsharded (with a warning). Under torchrun every rank first takes rank 0's
     initial weights (a broadcast must not touch sharded parameters), then the model is sharded.
     """
-    from mmtl.training import distributed
-
     if not config.fsdp:
         return False
     if not context.enabled:
