@@ -17,6 +17,7 @@ from PIL import Image
 from data_pipelines import shardsets
 from data_pipelines.fieldmap import Mapping
 from data_pipelines.sample import supervised_tasks
+from data_pipelines.transforms import CorruptSampleError, parse_annotation
 from mmtl.errors import MMTLError
 
 DATASET_FILE = "dataset.json"
@@ -149,8 +150,6 @@ def raw_samples(path: str | Path, split: str, mapping: Mapping | Iterable[str] |
 def iter_annotations(path: str | Path, split: str, limit: int = 0, mapping: Mapping | Iterable[str] | None = None
                      ) -> Iterator[dict[str, Any]]:
     """Stream only the ``json`` annotations of a split (images are not decoded; corrupt ones are left out)."""
-    from data_pipelines.transforms import CorruptSampleError, parse_annotation
-
     count = 0
     for sample in raw_samples(path, split, mapping):
         try:

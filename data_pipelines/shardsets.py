@@ -32,6 +32,7 @@ import webdataset as wds
 
 from data_pipelines.fieldmap import Mapping, field_value, lookup, parse_mapping
 from data_pipelines.sample import supervised_tasks
+from data_pipelines.transforms import CorruptSampleError, parse_annotation
 from mmtl.errors import MMTLError, os_error_message
 
 ANY_SPLIT = "all"  # the one split of a set whose files name none
@@ -242,8 +243,6 @@ def describe(reference: str | Path, mapping: Mapping) -> dict[str, Any]:
 
 
 def _scan(shards: ShardSet, mapping: Mapping) -> dict[str, Any]:
-    from data_pipelines.transforms import CorruptSampleError, parse_annotation
-
     total = sum(len(u) for u in shards.splits.values())
     print(f"mmtl: scanning {total} shard(s) of {shards.reference} once (no dataset.json); the counts are cached",
           file=sys.stderr)

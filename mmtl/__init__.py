@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from mmtl.version import __version__
+
 __all__ = ["Predictor", "PredictionResult", "__version__"]
 
 

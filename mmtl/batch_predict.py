@@ -16,14 +16,12 @@ from tqdm import tqdm
 
 from mmtl.errors import MMTLError, os_error_message
 from mmtl.inference import PredictOptions, Predictor
+from mmtl.registry import MODALITIES
 
 log = logging.getLogger(__name__)
 
 def further_modalities() -> list[str]:
     """Registered modality names besides image and text (JSONL fields holding their file paths)."""
-    import mmtl.components  # noqa: F401  (registers the built-in modalities)
-    from mmtl.registry import MODALITIES
-
     return [name for name in MODALITIES.keys() if name not in ("image", "text")]
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from data_pipelines.mixing import Source, training_sources
 from data_pipelines.sample import TEXT_INPUT_FIELD, annotation_texts
 from data_pipelines.shards import iter_annotations, read_dataset_info, split_entry
+import mmtl.components  # noqa: F401  (registers the components that configs name)
 from mmtl.config import ExperimentConfig
 from mmtl.errors import MMTLError
 from mmtl.models.model import MultiTaskModel
@@ -19,7 +20,6 @@ from mmtl.text import Vocabulary, bpe_encode
 VOCAB_SCAN_LIMIT = 50_000
 LONG_DOCUMENT_SCAN = 300  # training documents measured against the text context at the start of a run
 LABEL_MODES = ("multi", "single")  # dataset.json "label_mode": several labels per sample, or exactly one
-from mmtl import __version__
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +34,6 @@ class Components:
     model: MultiTaskModel
     label_mode: str = "multi"
     class_sources: list[str] = field(default_factory=list)  # the data sets the classes were read from
-
-    def meta(self, step: int) -> dict[str, Any]:
-        """What a checkpoint must store to rebuild these components without the data."""
-        return {
-            "mmtl_version": __version__, "step": step, "tasks": [t.name for t in self.tasks],
-            "classes": self.classes, "label_mode": self.label_mode, "class_sources": self.class_sources,
-            "vocab": self.vocab.to_dict(), "parameters": self.model.parameter_report(),
-        }
 
 
 def build_vocabulary(config: ExperimentConfig) -> Vocabulary:
@@ -76,8 +68,6 @@ def long_document_report(config: ExperimentConfig, limit: int = LONG_DOCUMENT_SC
 def build_components(config: ExperimentConfig, classes: list[str], vocab: Vocabulary,
                      label_mode: str = "multi", class_sources: list[str] | None = None) -> Components:
     """Tasks and model for known classes, vocabulary and label mode ("multi" or "single")."""
-    import mmtl.components  # noqa: F401
-
     if label_mode not in LABEL_MODES:
         raise MMTLError(f"label_mode must be one of {', '.join(LABEL_MODES)}; got {label_mode!r}")
     context = TaskContext(classes=classes, vocab=vocab, model=config.model, label_mode=label_mode,
@@ -155,4 +145,4 @@ def components_from_data(config: ExperimentConfig) -> Components:
 def components_from_meta(config: ExperimentConfig, meta: dict[str, Any]) -> Components:
     """Components for a saved checkpoint (no data needed)."""
     return build_components(config, list(meta["classes"]), Vocabulary.from_dict(meta["vocab"]),
-                            str(meta.get("label_mode", "multi")), list(meta.get("class_sources", [])))
+                            str(meta["label_mode"]), list(meta["class_sources"]))

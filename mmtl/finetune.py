@@ -3,7 +3,7 @@
 The fine-tuned model is the base model plus what is added: encoders of new modalities
 (``model.modalities``), heads of new tasks, and with ``strategy=lora`` low-rank adapters on the
 fusion and the task heads that are switched on only for the new modalities and tasks. Training
-reuses :class:`mmtl.training.loop.Trainer` with the prepared model; only parameters that require
+reuses :class:`mmtl.training.loop.Trainer` (with validation) with the prepared model; only parameters that require
 gradients train (``frozen``, ``lora``), or every parameter with the trained ones at a lower
 learning rate (``full``). The result directory keeps only what is new (``delta.safetensors``)
 plus the base checkpoint's path and the SHA-256 of its weights; it loads as one model through
@@ -22,17 +22,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from data_pipelines.shards import read_dataset_info
 from mmtl.builder import Components, build_components, class_tasks
+from mmtl.checkpoint import (
+    CONFIG_FILE, META_FILE, MODEL_FILE, checkpoint_meta, load_weights, read_meta, resolve_checkpoint,
+)
 import mmtl.components  # noqa: F401  (registers the components that configs name)
 from mmtl.config import ExperimentConfig, ModalityConfig, load_config, save_config, validate
 from mmtl.errors import MMTLError
+from mmtl.evaluation.evaluate import evaluate
 from mmtl.models.sharing import add_adapters
+from mmtl.precision import resolve_device
 from mmtl.registry import BALANCERS
 from mmtl.text import Vocabulary
-from mmtl.training.checkpoint import CONFIG_FILE, META_FILE, MODEL_FILE, read_meta, resolve_checkpoint
+from mmtl.training.validation import make_trainer
 
 DELTA_FILE = "delta.safetensors"
 REGRESSION_FILE = "regression.json"
@@ -133,14 +139,8 @@ def build_finetuned(base: BaseCheckpoint, config: ExperimentConfig) -> tuple[Com
     components = build_components(config, list(meta["classes"]), Vocabulary.from_dict(meta["vocab"]),
                                   str(meta.get("label_mode", "multi")))
     model = components.model
-    state = load_file(str(base.path / MODEL_FILE))
-    own = model.state_dict()
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
-    if unexpected or wrong:
-        raise MMTLError(f"{base.path} does not fit the model its config builds: {(unexpected + wrong)[:5]}")
-    model.load_state_dict(state, strict=False)
-    base_tensors = {id(t) for k, t in model.state_dict(keep_vars=True).items() if k in state}
+    loaded = load_weights(model, base.path, required=())  # the new parts are not in the base
+    base_tensors = {id(t) for k, t in model.state_dict(keep_vars=True).items() if k in loaded}
     spec = config.finetune
     for name in spec.add_modalities:
         source = config.model.modalities[name].init_from
@@ -178,7 +178,7 @@ def save_delta(directory: Path, components: Components, config: ExperimentConfig
     state = components.model.state_dict()
     # clones: tied weights share storage, which safetensors refuses to write twice
     tensors = {k: state[k].detach().cpu().clone().contiguous() for k in sorted(delta)}
-    meta = components.meta(step)
+    meta = checkpoint_meta(components, step)
     meta["finetune"] = {"base": str(base.path.resolve()), "base_sha256": base.sha256,
                         "strategy": config.finetune.strategy, "added_modalities": list(config.finetune.add_modalities),
                         "added_tasks": list(config.finetune.add_tasks), "tensors": len(tensors),
@@ -214,17 +214,7 @@ def load_finetuned(path: str | Path) -> tuple[Components, ExperimentConfig, dict
     config = load_config(path / CONFIG_FILE)
     base = BaseCheckpoint(base_path, load_config(base_path / CONFIG_FILE), read_meta(base_path), digest)
     components, delta = build_finetuned(base, config)
-    try:
-        state = load_file(str(path / DELTA_FILE))
-    except Exception as exc:  # damaged files raise several types
-        raise MMTLError(f"cannot read {path / DELTA_FILE}: {exc}") from None
-    own = components.model.state_dict()
-    missing, unexpected = sorted(delta - set(state)), sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
-    if missing or unexpected or wrong:
-        raise MMTLError(f"{path / DELTA_FILE} does not fit the fine-tuned model: missing {missing[:5]}, "
-                        f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}")
-    components.model.load_state_dict(state, strict=False)
+    load_weights(components.model, path, DELTA_FILE, required=delta)
     components.model.eval()
     return components, config, meta
 
@@ -246,8 +236,6 @@ class RegressionRow:
 def old_task_metrics(components: Components, old_tasks: list[str], base: BaseCheckpoint, config: ExperimentConfig,
                      device: torch.device) -> dict[str, dict[str, float]]:
     """Metrics of the old tasks on the base model's own data (``finetune.regression_split``)."""
-    from mmtl.evaluation.evaluate import evaluate
-
     spec = config.finetune
     check = copy.deepcopy(config)
     check.eval.max_samples = spec.regression_samples
@@ -295,10 +283,6 @@ def run_finetune(checkpoint: str | Path, config: ExperimentConfig, resume: str |
     checkpoints live in ``output_dir/train`` until the delta is written, and ``output_dir/finetune.yaml``
     holds the settings it was started with.
     """
-    from data_pipelines.shards import read_dataset_info
-    from mmtl.training.loop import Trainer
-    from mmtl.training.precision import resolve_device
-
     base = load_base(checkpoint)
     tuned = finetune_config(base, config)
     out = Path(tuned.output_dir)
@@ -326,7 +310,7 @@ def run_finetune(checkpoint: str | Path, config: ExperimentConfig, resume: str |
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, settings)
     resume_command = f"mmtl finetune --checkpoint {checkpoint} --config {settings} --resume latest"
-    trainer = Trainer(dataclasses.replace(tuned, output_dir=str(out / "train")), resume=resume,
+    trainer = make_trainer(dataclasses.replace(tuned, output_dir=str(out / "train")), resume=resume,
                       components=components, resume_command=resume_command)
     result = trainer.run()
     model = components.model.cpu()

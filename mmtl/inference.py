@@ -17,14 +17,15 @@ from data_pipelines.sample import TEXT_INPUT_FIELD
 from data_pipelines.transforms import (
     CorruptSampleError, decode_image, resize_center_crop, to_rgb, to_uint8_tensor,
 )
-from mmtl.builder import Components, components_from_meta
+from mmtl.builder import Components
+from mmtl.checkpoint import load_checkpoint
 import mmtl.components  # noqa: F401  (registers the components that configs name)
 from mmtl.config import (  # noqa: F401  (GENERATION_BOUNDS: re-exported for the server's schema)
-    GENERATION_BOUNDS, EvalConfig, ExperimentConfig, GenerationConfig, build_dataclass, load_config, validate_generation,
+    GENERATION_BOUNDS, EvalConfig, ExperimentConfig, GenerationConfig, build_dataclass, validate_generation,
 )
 from mmtl.errors import MMTLError, os_error_message
-from mmtl.training.checkpoint import CONFIG_FILE, inference_weights, load_weights, read_meta, resolve_checkpoint
-from mmtl.training.precision import get_autocast, resolve_device
+from mmtl.finetune import is_finetuned, load_finetuned
+from mmtl.precision import get_autocast, resolve_device
 
 ImageInput = Image.Image | str | Path | bytes | None
 GenerationInput = GenerationConfig | Mapping[str, Any] | None
@@ -161,21 +162,12 @@ class Predictor:
         torch_device = check_device(device)
         if precision == "fp16" and torch_device.type != "cuda":
             raise MMTLError("fp16 needs a CUDA GPU; use fp32 or bf16 on a CPU")
-        from mmtl.finetune import is_finetuned, load_finetuned
-
         if is_finetuned(path):  # a fine-tuned model: its base checkpoint plus the saved delta
             components, config, meta = load_finetuned(path)
             predictor = cls(components, config, torch_device, precision, meta)
             predictor.checkpoint = Path(path)
             return predictor
-        checkpoint = resolve_checkpoint(path)
-        config = load_config(checkpoint / CONFIG_FILE)
-        meta = read_meta(checkpoint)
-        try:
-            components = components_from_meta(config, meta)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MMTLError(f"checkpoint {checkpoint} has damaged metadata: {exc!r}") from None
-        load_weights(components.model, checkpoint, inference_weights(checkpoint))
+        components, config, meta, checkpoint = load_checkpoint(path)
         predictor = cls(components, config, torch_device, precision, meta)
         predictor.checkpoint = checkpoint
         return predictor

@@ -15,8 +15,9 @@ from mmtl.balancing.solvers import min_norm_weights, normalized_gram
 from mmtl.config import BalancerConfig, resolve_config
 from mmtl.errors import ConfigError
 from mmtl.registry import BALANCERS
-from mmtl.training.checkpoint import load_train_state
-from mmtl.training.loop import Trainer, train
+from mmtl.checkpoint import load_train_state
+from mmtl.training.loop import Trainer
+from mmtl.training.validation import train
 from tests.conftest import micro_overrides
 
 TWO = ["a", "b"]

@@ -10,7 +10,7 @@ import torch
 
 from mmtl.config import resolve_config
 from mmtl.errors import MMTLError
-from mmtl.training.checkpoint import (
+from mmtl.checkpoint import (
     LATEST, MODEL_FILE, load_train_state, resolve_checkpoint, save_run_checkpoint, write_checkpoint,
 )
 

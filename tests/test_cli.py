@@ -179,7 +179,7 @@ def test_resume_refuses_a_pickle_without_torchs_advice(trained_run: tuple[Path, 
 ])
 def test_full_disk_during_a_checkpoint(trained_run: tuple[Path, Path], tmp_path: Path, monkeypatch, capsys,
                                        failure: Exception) -> None:
-    import mmtl.training.checkpoint as checkpoint
+    import mmtl.checkpoint as checkpoint
 
     def full(*args, **kwargs):
         raise failure
@@ -207,11 +207,11 @@ TRAIN_TOKENS = st.one_of(
 @given(argv=st.lists(TRAIN_TOKENS, max_size=5))
 def test_any_train_arguments_exit_0_or_2_with_one_line(argv: list[str], tmp_path: Path, monkeypatch,
                                                         capsys) -> None:
-    import mmtl.training.loop
+    import mmtl.training.validation
 
     capsys.readouterr()  # the fixtures live across hypothesis' examples: start from empty output
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(mmtl.training.loop, "train", lambda config, resume=None: SimpleNamespace(
+    monkeypatch.setattr(mmtl.training.validation, "train", lambda config, resume=None: SimpleNamespace(
         final_losses={}, seconds=0.0, checkpoint="c", run_dir=tmp_path / "none"))
     try:
         code = main(["train", *argv])

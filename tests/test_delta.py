@@ -117,7 +117,7 @@ def test_baselines_then_eval_reports_delta_m(micro_data: Path, tmp_path: Path, c
     assert flops["multi_task"] < flops["separate_models"]
     assert flops["ratio"] == pytest.approx(flops["separate_models"] / flops["multi_task"])
     # an older baselines file without stored FLOPs: counted from the single-task checkpoints it names
-    from mmtl.evaluation.baselines_run import baseline_flops
+    from mmtl.evaluation.baselines import baseline_flops
 
     entry = dict(record["tasks"]["captioning"])
     stored = entry.pop("flops_per_sample")

@@ -16,7 +16,7 @@ from data_pipelines.loader import make_loader
 from mmtl.config import resolve_config
 from mmtl.errors import ConfigError, MMTLError
 from mmtl.training import fsdp
-from mmtl.training.distributed import DistContext
+from mmtl.training.distributed import DistContext, balanced_backward
 from mmtl.training.loop import Trainer
 from tests.conftest import micro_overrides, without_batchnorm
 
@@ -116,7 +116,7 @@ def _fsdp_worker(rank: int, world_size: int, port: int, overrides: list[str], ou
     for _ in range(2):
         trainer.train_step(batch.subset(rows))
         after.append({k: fsdp.full(v.detach()).clone() for k, v in trainer.model.named_parameters()})
-        trainer._resume("latest")
+        trainer.resume("latest")
     result["continued"], result["resumed"] = after
     uneven = batch.subset(rows)
     if rank == 1:  # a task with rows on rank 0 only: sharded blocks would wait for ever, so the run stops
@@ -192,10 +192,9 @@ def test_fsdp_with_a_gradient_balancer_is_a_one_line_config_error(micro_data: Pa
 def test_db_mtl_on_the_representation_is_refused_under_data_parallelism(micro_data: Path, tmp_path: Path) -> None:
     # its running average is of gradient vectors, and each rank's representation rows are other samples
     overrides = [*micro_overrides(micro_data, tmp_path / "run"), "train.device=cpu", "balancer.name=db_mtl"]
+    two_ranks = DistContext(rank=0, world_size=2)
     trainer = Trainer(resolve_config({}, overrides + ["balancer.on=representation"]))
-    trainer.dist = DistContext(rank=0, world_size=2)
     with pytest.raises(ConfigError, match="balancer.on=params"):
-        trainer._balanced_backward()
+        balanced_backward(trainer.model, trainer.balancer, trainer.scaler, two_ranks, "db_mtl")
     trainer = Trainer(resolve_config({}, overrides + ["balancer.on=params", "train.overwrite=true"]))
-    trainer.dist = DistContext(rank=0, world_size=2)
-    assert trainer._balanced_backward().reduce_gram is not None
+    assert balanced_backward(trainer.model, trainer.balancer, trainer.scaler, two_ranks, "db_mtl").reduce_gram is not None

@@ -8,6 +8,7 @@ import torch
 
 from data_pipelines.loader import Collator, Example
 from mmtl.builder import build_components
+from mmtl.checkpoint import checkpoint_meta, load_pretrained, save_pretrained
 from mmtl.config import resolve_config
 from mmtl.errors import ConfigError
 from mmtl.models.sharing import LoRALinear, TaskGatedMoE
@@ -150,7 +151,7 @@ def test_single_label_recognition_uses_softmax_and_ranks_top_classes(tmp_path) -
                                  "model.text.vocab=full"])
     parts = components_from_data(config)
     task = parts.tasks[0]
-    assert parts.meta(0)["label_mode"] == "single" and task.single
+    assert checkpoint_meta(parts, 0)["label_mode"] == "single" and task.single
     assert task.target({"labels": ["blue square", "red circle"]}, random.Random(0)).item() == 1
     batch = _batch(parts)
     optimizer = torch.optim.AdamW(parts.model.parameters(), lr=1e-2)
@@ -177,8 +178,6 @@ def test_multi_label_stays_the_default() -> None:
 
 
 def test_save_pretrained_round_trip_gives_identical_outputs(tmp_path) -> None:
-    from mmtl.models.model import MultiTaskModel
-
     parts = _parts("model.sharing=hybrid", "model.moe_experts=2", "model.decoder.shared=true",
                    "model.fusion.name=cross_attention")
     model = parts.model.eval()
@@ -186,9 +185,9 @@ def test_save_pretrained_round_trip_gives_identical_outputs(tmp_path) -> None:
     with torch.no_grad():
         torch.nn.init.normal_(next(iter(m for m in model.modules() if isinstance(m, LoRALinear))).per_task["captioning"].up)
         before = model(batch)
-    model.save_pretrained(tmp_path / "saved")
+    save_pretrained(parts, tmp_path / "saved")
     assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["config.yaml", "meta.json", "model.safetensors"]
-    loaded = MultiTaskModel.from_pretrained(tmp_path / "saved")
+    loaded = load_pretrained(tmp_path / "saved").model
     with torch.no_grad():
         after = loaded(batch)
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
@@ -200,17 +199,16 @@ def test_from_pretrained_names_mismatched_tensors(tmp_path) -> None:
     import yaml
 
     from mmtl.errors import MMTLError
-    from mmtl.models.model import MultiTaskModel
 
-    _parts().model.save_pretrained(tmp_path)
+    save_pretrained(_parts(), tmp_path)
     config = yaml.safe_load((tmp_path / "config.yaml").read_text())
     config["model"]["fusion"]["depth"] = 2
     config["model"]["decoder"]["max_length"] = 50
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(MMTLError, match=r"missing fusion\.blocks\.1\.attn.*shape heads\.captioning\.position \(40, 32\) vs \(50, 32\)"):
-        MultiTaskModel.from_pretrained(tmp_path)
+        load_pretrained(tmp_path)
     with pytest.raises(MMTLError, match="holds no model.safetensors"):
-        MultiTaskModel.from_pretrained(tmp_path / "nothing")
+        load_pretrained(tmp_path / "nothing")
 
 
 def test_model_info_cli_prints_parameters_per_part_and_flops(micro_data, capsys) -> None:

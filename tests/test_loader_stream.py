@@ -170,6 +170,7 @@ def test_length_buckets_cut_padding_and_keep_every_sample(tmp_path: Path, parts)
 def test_eval_honours_max_corrupt_fraction(tmp_path: Path, parts, capsys) -> None:
     import yaml
 
+    from mmtl.checkpoint import save_pretrained
     from mmtl.cli import main
 
     data, checkpoint = tmp_path / "data", tmp_path / "model"
@@ -182,7 +183,7 @@ def test_eval_honours_max_corrupt_fraction(tmp_path: Path, parts, capsys) -> Non
             for i, sample in enumerate(samples):
                 body = b"[broken" if i in (5, 10, 15) else sample["json"]
                 sink.write({"__key__": sample["__key__"], "json": body})
-    parts.model.save_pretrained(checkpoint)
+    save_pretrained(parts, checkpoint)
     settings = yaml.safe_load((checkpoint / "config.yaml").read_text())
     settings["eval"]["generation"]["max_length"] = 4
     (checkpoint / "config.yaml").write_text(yaml.safe_dump(settings))

@@ -116,10 +116,10 @@ def test_extractive_train_eval_predict_round_trip(micro_data: Path, tmp_path: Pa
     assert len(chosen) == 2 and summary == " ".join(chosen)  # two whole sentences, in document order
 
     from mmtl import Predictor
-    from mmtl.models.model import MultiTaskModel
+    from mmtl.checkpoint import load_pretrained, save_pretrained
 
     assert Predictor.from_pretrained(run).predict(text=document).summary == summary
-    saved = Predictor.from_pretrained(run).model.save_pretrained(tmp_path / "pretrained")
-    reloaded = MultiTaskModel.from_pretrained(saved)
+    saved = save_pretrained(Predictor.from_pretrained(run).components, tmp_path / "pretrained")
+    reloaded = load_pretrained(saved).model
     assert reloaded.tasks["summarization"].settings.mode == "extractive"
     assert reloaded.tasks["summarization"].settings.sentences == 2

@@ -8,8 +8,9 @@ from mmtl.cli import main
 from mmtl.config import resolve_config
 from mmtl.errors import MMTLError
 from mmtl.inference import Predictor
-from mmtl.training.checkpoint import LATEST, load_train_state, resolve_checkpoint
-from mmtl.training.loop import Trainer, train
+from mmtl.checkpoint import LATEST, load_train_state, resolve_checkpoint
+from mmtl.training.loop import Trainer
+from mmtl.training.validation import train
 from mmtl.training.optim import lr_factor
 from tests.conftest import micro_overrides, sigterm_after_step
 

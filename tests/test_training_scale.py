@@ -11,7 +11,7 @@ from mmtl.config import resolve_config
 from mmtl.errors import MMTLError
 from mmtl.inference import Predictor
 from mmtl.training.acceleration import enable_grad_checkpointing
-from mmtl.training.checkpoint import EMA_FILE, resolve_checkpoint
+from mmtl.checkpoint import EMA_FILE, resolve_checkpoint
 from mmtl.training.loop import Trainer
 from tests.conftest import micro_overrides, sigterm_after_step, without_batchnorm
 

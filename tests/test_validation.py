@@ -8,8 +8,8 @@ import torch
 from mmtl.config import resolve_config
 from mmtl.errors import ConfigError, MMTLError
 from mmtl.evaluation.evaluate import EvalResult
-from mmtl.training.checkpoint import resolve_checkpoint
-from mmtl.training.loop import Trainer, train
+from mmtl.checkpoint import resolve_checkpoint
+from mmtl.training.validation import make_trainer, train
 from mmtl.training.validation import DriftDetector, Scored, Selector, Validator, relative_change
 from tests.conftest import micro_overrides
 
@@ -108,8 +108,9 @@ def _scripted_evaluate(sequence: list[dict[str, float]]):
 
 def test_drift_warning_and_early_stop_in_a_run_then_resume(micro_data: Path, tmp_path: Path, monkeypatch,
                                                            caplog, one_thread, no_run_plots) -> None:
-    import mmtl.evaluation.evaluate as evaluation
-    import mmtl.training.logging as run_logging
+    import mmtl.training.validation as evaluation  # where validation looks evaluate and plot_validation up
+
+    run_logging = evaluation
 
     run = tmp_path / "run"
     scripted = [  # recognition worsens while the others improve; Δm peaks at the 2nd validation
@@ -139,7 +140,7 @@ def test_drift_warning_and_early_stop_in_a_run_then_resume(micro_data: Path, tmp
     # resume: history, reference and counters come back; training goes on to the new budget
     monkeypatch.setattr(evaluation, "evaluate", _scripted_evaluate(
         [{"recognition": 0.7, "captioning": 0.4, "summarization": 0.4}]))
-    resumed = Trainer(resolve_config({}, [*overrides[:-1], "train.steps=5"]), resume="latest")
+    resumed = make_trainer(resolve_config({}, [*overrides[:-1], "train.steps=5"]), resume="latest")
     assert [h["step"] for h in resumed.validator.history] == [1, 2, 3, 4]
     assert resumed.validator.selector.best_step == 2 and resumed.validator.selector.stale == 2
     assert resumed.validator.drift.streak["recognition"] == 2
@@ -190,7 +191,7 @@ def test_drift_alarm_shows_in_the_progress_bar(tmp_path: Path) -> None:
 def test_flop_savings_arithmetic_on_a_micro_model(micro_data: Path, tmp_path: Path) -> None:
     from mmtl.builder import components_from_data
     from mmtl.evaluation.savings import forward_flops_per_sample, savings
-    from mmtl.models.info import example_batch
+    from mmtl.evaluation.info import example_batch
 
     tasks = ["recognition", "captioning", "summarization"]
     config = resolve_config({}, micro_overrides(micro_data, tmp_path / "r"))

@@ -34,7 +34,7 @@ from mmtl.config import load_config
 from mmtl.training.acceleration import compile_blocks, peak_memory_gb
 from mmtl.training.flops import count_flops, mfu, peak_flops
 from mmtl.training.loop import Trainer
-from mmtl.training.precision import get_autocast
+from mmtl.precision import get_autocast
 
 
 def _sync(device: torch.device) -> None:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
+from torch import nn
 
-from mmtl.config import ExperimentConfig
+from data_pipelines.loader import Batch
 
 
 @dataclass
@@ -32,10 +33,10 @@ class AffinityResult:
         return {"tasks": self.tasks, "affinity": self.matrix, "groups": self.groups, "measurements": self.measurements}
 
 
-def lookahead_affinity(trainer, batch, lookahead_lr: float) -> torch.Tensor:
-    """Z (T, T) on one batch for the trainer's model (tasks in ``trainer.config.tasks`` order; NaN if absent)."""
-    model, shared = trainer.model, trainer.backward.shared
-    tasks = trainer.config.tasks
+def lookahead_affinity(model: nn.Module, shared: Sequence[torch.Tensor], tasks: Sequence[str], batch: Batch,
+                       lookahead_lr: float) -> torch.Tensor:
+    """Z (T, T) on one batch for ``model`` whose ``shared`` parameters take the lookahead steps (``tasks``
+    order; NaN where a task is absent from the batch)."""
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     saved = [p.detach().clone() for p in shared]
     model.train()
@@ -94,28 +95,6 @@ def recommend_groups(tasks: list[str], matrix: torch.Tensor, max_groups: int | N
 
     options = [p for p in partitions(list(tasks)) if max_groups is None or len(p) <= max_groups]
     return max(options, key=lambda p: (round(score(p), 12), -len(p)))
-
-
-def measure_affinity(config: ExperimentConfig, every: int = 1, lookahead_lr: float = 0.01,
-                     max_groups: int | None = None) -> AffinityResult:
-    """Train ``config`` for ``train.steps`` and measure the lookahead affinity every ``every`` steps."""
-    from mmtl.training.loop import Trainer
-
-    trainer = Trainer(config)
-    batches = iter(trainer._loader())
-    total = torch.zeros(len(config.tasks), len(config.tasks))
-    count = torch.zeros_like(total)
-    for step in range(config.train.steps):
-        batch = next(batches).to(trainer.device)
-        if step % every == 0:
-            z = lookahead_affinity(trainer, batch, lookahead_lr)
-            seen = ~torch.isnan(z)
-            total += torch.where(seen, z, torch.zeros_like(z))
-            count += seen
-        trainer.train_step(batch, monitor=False)
-    matrix = torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
-    groups = recommend_groups(config.tasks, matrix, max_groups)
-    return AffinityResult(list(config.tasks), matrix.tolist(), groups, int(count.max()))
 
 
 def format_affinity(result: AffinityResult) -> str:

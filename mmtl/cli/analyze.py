@@ -25,7 +25,8 @@ def register(sub: Subcommands) -> None:
 
 
 def _cmd_affinity(args: argparse.Namespace) -> int:
-    from mmtl.balancing.affinity import format_affinity, measure_affinity, plot_affinity
+    from mmtl.balancing.affinity import format_affinity, plot_affinity
+    from mmtl.training.affinity import measure_affinity
 
     config = load_experiment(args.config, args.overrides)
     if args.every < 1 or args.lookahead_lr <= 0:

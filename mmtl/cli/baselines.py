@@ -21,7 +21,7 @@ def register(sub: Subcommands) -> None:
 
 
 def _cmd_baselines(args: argparse.Namespace) -> int:
-    from mmtl.evaluation.baselines_run import train_baselines
+    from mmtl.baselines import train_baselines
 
     config = load_experiment(args.config, args.overrides)
     out = Path(args.out) if args.out else Path(f"{config.output_dir}-baselines")

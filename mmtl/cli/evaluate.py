@@ -35,7 +35,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     check_output_file(args.output, "--output")  # before the evaluation, not after it
     if args.baselines:  # read first: a bad file should fail before a long evaluation
-        from mmtl.evaluation.baselines_run import baseline_split_metrics, read_baselines
+        from mmtl.evaluation.baselines import baseline_split_metrics, read_baselines
 
         baselines = read_baselines(args.baselines)
         baseline_split_metrics(baselines, args.split)
@@ -59,7 +59,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _report_delta(predictor: Predictor, config: ExperimentConfig, result: EvalResult, baselines: dict,
                   tolerance: float) -> dict:
     """Print Δm with its per-task verdicts (overall, then per source) and the savings; return the report."""
-    from mmtl.evaluation.baselines_run import compare_with_baselines
+    from mmtl.evaluation.baselines import compare_with_baselines
     from mmtl.evaluation.delta import DeltaReport, format_delta, format_verdicts
     from mmtl.evaluation.savings import format_savings, forward_flops_per_sample
 

@@ -20,7 +20,7 @@ def register(sub: Subcommands) -> None:
 
 
 def _cmd_model_info(args: argparse.Namespace) -> int:
-    from mmtl.models.info import model_info
+    from mmtl.evaluation.info import model_info
 
     print(model_info(load_experiment(args.config, args.overrides)))
     return 0

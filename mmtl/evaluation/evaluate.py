@@ -19,7 +19,7 @@ from data_pipelines.shards import iter_annotations, read_dataset_info, split_ent
 from mmtl.builder import Components
 from mmtl.config import ExperimentConfig
 from mmtl.errors import MMTLError
-from mmtl.training.precision import get_autocast
+from mmtl.precision import get_autocast
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """What one multi-task model saves against separate single-task models: parameters and forward FLOPs.
 
 FLOPs per sample are counted with ``torch.utils.flop_counter`` on one sample that supervises every
-task, inputs at their longest (:func:`mmtl.models.info.example_batch`), through the training
+task, inputs at their longest (:func:`mmtl.evaluation.info.example_batch`), through the training
 forward (teacher-forced heads, no generation loop, so the count does not depend on what the model
 happens to generate). The multi-task model runs all its tasks in *one* forward, which encodes each
 modality once and fuses each input combination once (hard sharing); the separate models each run
@@ -14,14 +14,16 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from mmtl.builder import Components
+from mmtl.checkpoint import load_checkpoint
 from mmtl.config import ExperimentConfig
+from mmtl.evaluation.info import example_batch
 from mmtl.training.flops import count_flops
 
 
-def forward_flops_per_sample(components: Any, config: ExperimentConfig, tasks: Sequence[str] | None = None) -> int:
+def forward_flops_per_sample(components: Components, config: ExperimentConfig,
+                             tasks: Sequence[str] | None = None) -> int:
     """FLOPs of one forward of ``components.model`` over all its tasks (or ``tasks``) on one full-length sample."""
-    from mmtl.models.info import example_batch
-
     model = components.model
     device = next(model.parameters()).device
     batch = example_batch(components, config, tasks).to(device)
@@ -36,10 +38,8 @@ def forward_flops_per_sample(components: Any, config: ExperimentConfig, tasks: S
 
 def checkpoint_flops_per_sample(run: str | Path) -> int:
     """:func:`forward_flops_per_sample` of the model saved in a run or checkpoint directory (on the CPU)."""
-    from mmtl.inference import Predictor
-
-    predictor = Predictor.from_pretrained(run, device="cpu")
-    return forward_flops_per_sample(predictor.components, predictor.config)
+    components, config, _, _ = load_checkpoint(run)
+    return forward_flops_per_sample(components, config)
 
 
 def savings(multi_task: int, separate: Mapping[str, int]) -> dict[str, Any]:

@@ -78,6 +78,12 @@ class TimmImageEncoder(nn.Module):
         return cls(image.timm_model, image.timm_kwargs, config.width, image.image_size, image.pretrained_path,
                    feature_pool=image.feature_pool)
 
+    def units(self) -> list[nn.Module]:
+        """The backbone's stages as timm lists them in ``feature_info`` (ViT blocks, CNN stages), those
+        with parameters: what is compiled, checkpointed and sharded one by one (``mmtl.models.layers.find_units``)."""
+        stages = [self.backbone.get_submodule(info["module"]) for info in getattr(self.backbone, "feature_info", [])]
+        return [stage for stage in stages if any(True for _ in stage.parameters())]
+
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         features = self.backbone.forward_features(x)
         if features.ndim == 4:  # CNN feature map (B, C, H, W) -> tokens
@@ -214,6 +220,10 @@ class OpenClipImageEncoder(nn.Module):
         image = config.image
         return cls(image.open_clip_model, image.open_clip_kwargs, config.width, image.image_size, image.pretrained_path)
 
+    def units(self) -> list[nn.Module]:
+        """The tower's residual blocks (see :meth:`TimmImageEncoder.units`)."""
+        return list(self.tower.transformer.resblocks)
+
     def forward(self, image: torch.Tensor, present: torch.Tensor) -> Stream:
         """``image``: (B, 3, H, W) uint8; normalised here with CLIP's mean/std."""
         x = (image.to(self.mean.dtype) - self.mean) / self.std
@@ -266,6 +276,10 @@ class OpenClipTextEncoder(nn.Module):
         clip = torch.where(ids >= len(SPECIAL_TOKENS), ids - len(SPECIAL_TOKENS), torch.zeros_like(ids))
         clip = torch.where(ids == BOS, torch.full_like(ids, FULL_BPE_SIZE - 2), clip)
         return torch.where(ids == EOS, torch.full_like(ids, FULL_BPE_SIZE - 1), clip)
+
+    def units(self) -> list[nn.Module]:
+        """The tower's residual blocks (see :meth:`TimmImageEncoder.units`)."""
+        return list(self.tower.transformer.resblocks)
 
     def forward(self, ids: torch.Tensor, present: torch.Tensor) -> Stream:
         """``ids``: (B, L) PAD-padded full-vocabulary ids."""

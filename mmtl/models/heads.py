@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmtl.models.generation import generate
 from mmtl.models.layers import Attention, DecoderBlock, DecoderCache, key_mask
 from mmtl.text import PAD
 
@@ -113,8 +114,6 @@ class TextDecoder(nn.Module):
         ``config`` is a GenerationConfig (greedy when None). With ``use_cache`` each new token
         costs one position; without it every step re-runs the whole prefix. Both give the same tokens.
         """
-        from mmtl.models.generation import generate
-
         return generate(self, memory, memory_valid, config, max_length=max_length, use_cache=use_cache,
                         memory_ids=memory_ids)
 
@@ -199,7 +198,5 @@ class PromptedDecoder(nn.Module):
     def generate(self, memory: torch.Tensor, memory_valid: torch.Tensor, max_length: int | None = None,
                  use_cache: bool = True, config: Any = None, memory_ids: torch.Tensor | None = None) -> torch.Tensor:
         """As :meth:`TextDecoder.generate`, decoding for this head's task."""
-        from mmtl.models.generation import generate
-
         return generate(self, memory, memory_valid, config, max_length=max_length, use_cache=use_cache,
                         memory_ids=memory_ids)

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from mmtl.errors import MMTLError
+
 
 class Attention(nn.Module):
     """Multi-head attention; self-attention when ``context`` is None, cross-attention otherwise."""
@@ -68,6 +70,22 @@ class Block(nn.Module):
     def compute(self, *args, **kwargs) -> torch.Tensor:
         """The block's function (subclasses define it)."""
         raise NotImplementedError
+
+
+def find_units(module: nn.Module) -> list[nn.Module]:
+    """The blocks of ``module`` that are compiled, activation-checkpointed and sharded one by one: every
+    :class:`Block`, and what a third-party encoder inside declares with a ``units()`` method of its own
+    (timm stages, open_clip residual blocks). An MMTLError when there is none."""
+    found: dict[int, nn.Module] = {}
+    for part in module.modules():
+        if isinstance(part, Block):
+            found[id(part)] = part
+        elif part is not module and callable(getattr(part, "units", None)):
+            found.update((id(unit), unit) for unit in part.units())
+    if not found:
+        raise MMTLError(f"{type(module).__name__} has no blocks to compile, checkpoint or shard (no mmtl Block and "
+                        "no encoder that declares its units)")
+    return list(found.values())
 
 
 class EncoderBlock(Block):

@@ -7,20 +7,18 @@ share one fusion pass, and summarization (image + document) reuses the same imag
 from __future__ import annotations
 
 import dataclasses
-import json
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
-from safetensors.torch import load_file, save_model
 from torch import nn
 
 from data_pipelines.loader import Batch
 from mmtl.config import ModelConfig
-from mmtl.errors import MMTLError
+from mmtl.modalities import model_modalities
 from mmtl.models.encoders import Stream
 from mmtl.models.fusion import Fused
+from mmtl.models.layers import find_units
 from mmtl.models.sharing import PER_TASK, build_fusion, set_adapters
 from mmtl.text import Vocabulary
 
@@ -35,10 +33,6 @@ class MultiTaskModel(nn.Module):
 
     def __init__(self, config: ModelConfig, tasks: Sequence[Any], vocab: Vocabulary) -> None:
         super().__init__()
-        import mmtl.components  # noqa: F401  (registers built-in components)
-
-        from mmtl.modalities import model_modalities
-
         self.config = config
         self.vocab = vocab
         self.tasks = {task.name: task for task in tasks}
@@ -143,6 +137,10 @@ class MultiTaskModel(nn.Module):
         matches = [prefix for prefix in self.lr_scales if name == prefix or name.startswith(prefix + ".")]
         return self.lr_scales[max(matches, key=len)] if matches else 1.0
 
+    def units(self) -> list[nn.Module]:
+        """The blocks to compile, checkpoint (activations) or shard one by one (see ``layers.find_units``)."""
+        return find_units(self)
+
     def objectives(self) -> list[str]:
         """Names of every loss ``forward`` can return: the tasks, then the auxiliary losses."""
         return [*self.tasks, *self.auxiliary]
@@ -214,60 +212,6 @@ class MultiTaskModel(nn.Module):
                 self(single)
             flops[name] = counter.get_total_flops()
         return flops
-
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.yaml``, ``model.safetensors`` and ``meta.json`` (classes, label mode,
-        vocabulary) to ``directory``: everything :meth:`from_pretrained` (or ``Predictor``) needs."""
-        from mmtl import __version__
-        from mmtl.config import ExperimentConfig, save_config
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        context = next(iter(self.tasks.values())).context
-        save_model(self, str(directory / "model.safetensors"))
-        settings = {name: task.settings_dict() for name, task in self.tasks.items() if task.settings_dict()}
-        save_config(ExperimentConfig(tasks=list(self.tasks), model=self.config, task_settings=settings),
-                    directory / "config.yaml")
-        meta = {"mmtl_version": __version__, "step": 0, "tasks": list(self.tasks), "classes": list(context.classes),
-                "label_mode": context.label_mode, "vocab": self.vocab.to_dict(), "parameters": self.parameter_report()}
-        (directory / "meta.json").write_text(json.dumps(meta, indent=2))
-        return directory
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "MultiTaskModel":
-        """The model saved by :meth:`save_pretrained` (no pickle), in eval mode.
-
-        A checkpoint whose tensors do not fit the model its config builds is rejected with the
-        names of the missing, unexpected and wrongly shaped tensors.
-        """
-        from mmtl.builder import components_from_meta
-        from mmtl.config import load_config
-        from mmtl.training.checkpoint import read_meta
-
-        directory = Path(directory)
-        if not (directory / "model.safetensors").is_file():
-            raise MMTLError(f"{directory} holds no model.safetensors (write one with model.save_pretrained)")
-        model = components_from_meta(load_config(directory / "config.yaml"), read_meta(directory)).model
-        model.load_safetensors(directory / "model.safetensors")
-        return model.eval()
-
-    def load_safetensors(self, path: str | Path) -> None:
-        """Load weights from a safetensors file; every tensor must exist here with the same shape."""
-        try:
-            state = load_file(str(path))
-        except Exception as exc:  # damaged files raise several types
-            raise MMTLError(f"cannot read weights from {path}: {exc}") from None
-        own = self.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        wrong = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
-        if missing or unexpected or wrong:
-            problems = [f"missing {', '.join(missing[:5])}" if missing else "",
-                        f"unexpected {', '.join(unexpected[:5])}" if unexpected else "",
-                        "shape " + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:5])
-                        if wrong else ""]
-            raise MMTLError(f"{path} does not match the configured model: " + "; ".join(filter(None, problems)))
-        self.load_state_dict(state)
 
 
 def _cut(fused: Fused, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> Fused:

@@ -29,8 +29,6 @@ SHARING: Registry = Registry("parameter sharing mode")
 
 def build_fusion(config: ModelConfig, task_names: Sequence[str]) -> nn.Module:
     """The fusion trunk of a model for ``task_names``, shared as ``config.sharing`` says."""
-    import mmtl.models.fusion  # noqa: F401  (registers the fusions)
-
     make = lambda: FUSIONS.get(config.fusion.name).from_config(config)  # noqa: E731
     return SHARING.get(config.sharing)(make, list(task_names), config)
 

@@ -33,7 +33,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from data_pipelines.loader import Example
-from mmtl import __version__
+from mmtl.version import __version__
 from mmtl.errors import MMTLError
 from mmtl.inference import DEFAULT_MAX_PIXELS, InputTooLarge, PredictOptions, Predictor
 from mmtl.serve.batching import DynamicBatcher, ServerBusy

@@ -29,6 +29,10 @@ import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+from mmtl.balancing.backward import BalancedBackward
+from mmtl.balancing.base import Balancer
+from mmtl.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -166,3 +170,19 @@ def shutdown(context: DistContext) -> None:
     """Leave the process group (at the end of a run)."""
     if context.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def balanced_backward(model: torch.nn.Module, balancer: Balancer, scaler: torch.amp.GradScaler,
+                      context: DistContext, balancer_name: str) -> BalancedBackward:
+    """The backward pass ``balancer`` asks for, synchronised over ranks under data parallelism."""
+    if not context.enabled:
+        return BalancedBackward(model, balancer, scaler)
+    if balancer.kind == "gradient" and balancer.on == "representation" and not balancer.inner_products_only:
+        raise ConfigError(f"balancer.name={balancer_name} with balancer.on=representation cannot "
+                          "be trained on several processes (it averages the gradient vectors themselves, "
+                          "and each rank holds other samples); use balancer.on=params")
+    return BalancedBackward(model, balancer, scaler,
+                            reduce_task_grads=lambda grads: all_reduce_mean(grads, context),
+                            # the mean of the ranks' Gram matrices is world_size x the global one,
+                            # because each rank's gradients carry the factor world_size (global_losses)
+                            reduce_gram=lambda gram: all_reduce_mean(gram, context) / context.world_size)

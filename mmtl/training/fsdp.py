@@ -1,8 +1,8 @@
 """Fully sharded data parallelism (``train.fsdp=true``) with FSDP2 (``torch.distributed.fsdp.fully_shard``).
 
-Parameters, gradients and optimiser state are sharded over the ranks. The units are every mmtl
-transformer block (``mmtl.models.layers.Block``), every block of a timm ViT backbone, and the
-root model, which holds everything else. Each unit's parameters are all-gathered just before it
+Parameters, gradients and optimiser state are sharded over the ranks. The units are the model's
+units (``MultiTaskModel.units``: every mmtl transformer block and the blocks of third-party
+encoders), and the root model, which holds everything else. Each unit's parameters are all-gathered just before it
 runs and freed after; its gradients are reduce-scattered (averaged over the ranks) in the backward
 pass, which is exactly the averaging ``distributed.average_gradients`` does for DDP, so the
 global-batch loss scaling of ``distributed.global_losses`` carries over unchanged.
@@ -26,7 +26,10 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from mmtl.checkpoint import load_weights, tied_names
 from mmtl.errors import MMTLError
+from mmtl.models.layers import find_units
+from mmtl.training import distributed
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +42,6 @@ def is_sharded(tensor: torch.Tensor) -> bool:
 def full(tensor: torch.Tensor) -> torch.Tensor:
     """The whole tensor behind ``tensor`` (a collective for a DTensor: every rank must call it)."""
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-
-
-def _units(model: nn.Module) -> list[nn.Module]:
-    """The modules that become their own FSDP units, innermost first (the root comes last)."""
-    from mmtl.models.layers import Block
-
-    units = [m for m in model.modules() if isinstance(m, Block)]
-    for module in model.modules():  # timm ViTs: ``backbone.blocks`` (an nn.Sequential of blocks)
-        blocks = getattr(module, "blocks", None)
-        if hasattr(module, "forward_features") and isinstance(blocks, nn.Sequential):
-            units.extend(b for b in blocks if not isinstance(b, Block))
-    return units
 
 
 def _present_tasks_hook(tasks: list[str]):
@@ -80,7 +71,7 @@ def shard_model(model: nn.Module) -> int:
     """
     from torch.distributed.fsdp import fully_shard
 
-    units = _units(model)
+    units = find_units(model)
     for unit in units:
         fully_shard(unit)
     root = fully_shard(model)
@@ -95,26 +86,12 @@ def shard_model(model: nn.Module) -> int:
     return len(units) + 1
 
 
-def _aliases(model: nn.Module) -> dict[str, str]:
-    """State-dict names that refer to a tensor already listed under an earlier name (tied weights):
-    ``{alias: kept_name}``. ``safetensors.save_model`` writes each shared tensor once as well."""
-    seen: dict[int, str] = {}
-    aliases: dict[str, str] = {}
-    named = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
-    for name, tensor in named:
-        if id(tensor) in seen:
-            aliases[name] = seen[id(tensor)]
-        else:
-            seen[id(tensor)] = name
-    return aliases
-
-
 def gather_model_state(model: nn.Module, main: bool) -> dict[str, torch.Tensor]:
     """The full model state dict on CPU on rank 0 (``main``), tied weights once; ``{}`` on the others.
 
     A collective: every rank must call it.
     """
-    aliases = _aliases(model)
+    aliases = {name for names in tied_names(model) for name in names[1:]}
     out = {}
     for name, tensor in model.state_dict().items():
         value = full(tensor.detach())  # every rank takes part in the all-gather
@@ -140,23 +117,7 @@ def load_model_state(model: nn.Module, file: Path) -> None:
 
     Every rank reads the file and keeps its own shard of each tensor.
     """
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(str(file))
-    except Exception as exc:  # safetensors raises several types for damaged files
-        raise MMTLError(f"cannot load weights from {file}: {exc}") from None
-    for alias, kept in _aliases(model).items():
-        if kept in state:
-            state.setdefault(alias, state[kept])
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise MMTLError(f"checkpoint {file.parent} does not match the model: missing {missing[:5]}, "
-                        f"unexpected {unexpected[:5]}")
-    with torch.no_grad():
-        for name, target in own.items():
-            _copy_into(target, state[name])
+    load_weights(model, file.parent, file.name, assign=_copy_into)
 
 
 def _copy_into(target: torch.Tensor, value: torch.Tensor) -> None:
@@ -200,8 +161,6 @@ def shard_for_training(model: nn.Module, config: Any, context: Any) -> bool:
     One process trains unsharded (with a warning). Under torchrun every rank first takes rank 0's
     initial weights (a broadcast must not touch sharded parameters), then the model is sharded.
     """
-    from mmtl.training import distributed
-
     if not config.fsdp:
         return False
     if not context.enabled:

@@ -3,42 +3,54 @@ from __future__ import annotations
 
 import math
 import random
-import shutil
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from data_pipelines.loader import Batch, make_loader
 from data_pipelines.mixing import training_sources
-from mmtl.balancing.backward import BalancedBackward
 from mmtl.builder import Components, components_from_data
+from mmtl.checkpoint import checkpoint_meta, resolve_checkpoint
 from mmtl.config import ExperimentConfig, save_config
-from mmtl.errors import ConfigError, MMTLError, TrainingInterrupted
+from mmtl.errors import MMTLError, TrainingInterrupted
+from mmtl.precision import get_autocast, make_grad_scaler, resolve_device, resolve_precision
 from mmtl.registry import BALANCERS
 from mmtl.training import distributed as dist
 from mmtl.training import fsdp
 from mmtl.training.acceleration import compile_blocks, enable_grad_checkpointing, peak_memory_gb
-from mmtl.training.checkpoint import (
-    EMA_FILE, MODEL_FILE, load_train_state, load_weights, resolve_checkpoint, rng_state, save_run_checkpoint, set_rng_state,
-)
 from mmtl.training.ema import WeightEMA
 from mmtl.training.environment import save_environment
-from mmtl.training.flops import count_flops, mfu, peak_flops
+from mmtl.training.flops import count_flops, peak_flops
 from mmtl.training.logging import RunLogger, plot_losses, plot_task_monitor
 from mmtl.training.nonfinite import NonFiniteGuard
 from mmtl.training.optim import build_optimizer, build_scheduler
-from mmtl.training.precision import get_autocast, make_grad_scaler, resolve_device, resolve_precision
 from mmtl.training.signals import GracefulStop
-from mmtl.training.validation import Validator
+from mmtl.training.state import RunState, claim_run_dir
+from mmtl.training.timer import StepTimer
 
 OOM_ADVICE = ("out of GPU memory at step {step} (data.batch_size={batch}); try a smaller data.batch_size with "
               "train.grad_accum to keep the global batch, train.grad_checkpointing=true, or train.precision=bf16. "
               "Continue from the last checkpoint with --resume latest")
+
+
+class StepCallback(Protocol):
+    """Called by the loop on rank 0 after every step (validation implements it: mmtl.training.validation).
+    Its state is saved with the run's; a ``stop_reason`` ends the run cleanly at the next step."""
+
+    stop_reason: str | None
+
+    def after_step(self, trainer: "Trainer", logger: RunLogger, progress: tqdm) -> None: ...
+
+    def finish(self, log_path: Path) -> Any: ...
+
+    def state_dict(self) -> Mapping[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> Any: ...
 
 
 @dataclass
@@ -58,11 +70,12 @@ class Trainer:
     Under torchrun every rank builds the same Trainer; rank 0 alone writes logs and checkpoints.
     """
 
-    def __init__(self, config: ExperimentConfig, resume: str | None = None,
-                 components: Components | None = None, resume_command: str | None = None) -> None:
+    def __init__(self, config: ExperimentConfig, resume: str | None = None, components: Components | None = None,
+                 resume_command: str | None = None, validator: StepCallback | None = None) -> None:
         """``components``: a prepared model (e.g. by mmtl.finetune) instead of one built from ``config``;
         only its parameters that require gradients are trained. ``resume_command``: what an interrupted
-        run tells the user to run to continue (default: ``mmtl train ... --resume latest``)."""
+        run tells the user to run to continue (default: ``mmtl train ... --resume latest``).
+        ``validator``: called after every step (see :class:`StepCallback`; None: no validation)."""
         self.config = config
         self.resume_command = resume_command or f"mmtl train --config {config.output_dir}/config.yaml --resume latest"
         self.run_dir = Path(config.output_dir)
@@ -84,112 +97,31 @@ class Trainer:
         self.optimizer = build_optimizer([self.model, self.balancer], config.train, self.device)
         self.scheduler = build_scheduler(self.optimizer, config.train)
         self.scaler = make_grad_scaler(self.precision, self.device)
-        self.backward = self._balanced_backward()
+        self.backward = dist.balanced_backward(self.model, self.balancer, self.scaler, self.dist, config.balancer.name)
         self.ema = WeightEMA(self.model, config.train.ema_decay) if config.train.ema_decay > 0 else None
         self.guard = NonFiniteGuard(config.train.max_nonfinite_steps)
         self.step = 0
         self.batches_consumed = 0  # the data position: micro-batches this rank has trained on
         self.flops_per_step: float | None = None
-        self.validator = Validator(config, self.run_dir)  # periodic validation, best checkpoint, early stop
+        self.validator = validator
+        self.state = RunState(self.model, self.optimizer, self.sharded,
+                              {"scheduler": self.scheduler, "scaler": self.scaler, "balancer": self.balancer},
+                              {"nonfinite": self.guard, **({"validator": validator} if validator else {})}, self.ema)
         if resume:
-            self._resume(resume)
+            self.resume(resume)
         else:
-            refusal = None
-            if self.dist.is_main:
-                try:
-                    self._claim_run_dir()
-                except MMTLError as exc:
-                    refusal = exc
-            if dist.all_ranks_agree(refusal is not None, self.dist, self.device):  # no rank may wait for ever
-                raise refusal or MMTLError(f"rank 0 refused to start a run in {self.run_dir}")
-            if self.dist.enabled and not self.sharded:  # sharded: broadcast before sharding
-                dist.broadcast_module(self.model)
-                if self.ema is not None:
-                    self.ema.averaged.module.load_state_dict(self.model.state_dict())
+            self.state.start(self.run_dir, config.train.overwrite, self.dist, self.device)
 
-    def _balanced_backward(self) -> BalancedBackward:
-        """The backward pass the balancer asks for, synchronised over ranks under data parallelism."""
-        if not self.dist.enabled:
-            return BalancedBackward(self.model, self.balancer, self.scaler)
-        balancer = self.balancer
-        if (balancer.kind == "gradient" and balancer.on == "representation"
-                and not balancer.inner_products_only):
-            raise ConfigError(f"balancer.name={self.config.balancer.name} with balancer.on=representation cannot "
-                              "be trained on several processes (it averages the gradient vectors themselves, "
-                              "and each rank holds other samples); use balancer.on=params")
-        context = self.dist
-        return BalancedBackward(self.model, balancer, self.scaler,
-                                reduce_task_grads=lambda grads: dist.all_reduce_mean(grads, context),
-                                # the mean of the ranks' Gram matrices is world_size x the global one,
-                                # because each rank's gradients carry the factor world_size (global_losses)
-                                reduce_gram=lambda gram: dist.all_reduce_mean(gram, context) / context.world_size)
-
-    def _claim_run_dir(self) -> None:
-        """A fresh run must not silently mix its log and checkpoints with an earlier run's."""
-        previous = [self.run_dir / "log.jsonl", self.run_dir / "checkpoints"]
-        if not any(p.exists() for p in previous):
-            return
-        if not self.config.train.overwrite:
-            raise MMTLError(f"{self.run_dir} already holds a run; continue it with --resume latest, "
-                            "or start over with train.overwrite=true (deletes its log and checkpoints)")
-        for path in previous + [self.run_dir / "tensorboard"]:
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-
-    def _resume(self, where: str) -> None:
-        checkpoint = resolve_checkpoint(self.run_dir if where == "latest" else where)
-        if self.sharded:
-            fsdp.load_model_state(self.model, checkpoint / MODEL_FILE)
-        else:
-            load_weights(self.model, checkpoint)
-        state = load_train_state(checkpoint)
-        try:
-            if self.sharded:
-                fsdp.load_optimizer_state(self.optimizer, state["optimizer"])
-            else:
-                self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
-            self.balancer.load_state_dict(state["balancer"])
-        except (ValueError, KeyError, RuntimeError) as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise MMTLError(f"{checkpoint} was saved by a run with other settings (optimiser or balancer state "
-                            f"does not fit: {first_line}); resume with the settings it was started with, "
-                            f"e.g. --config {checkpoint}/config.yaml") from None
-        self.validator.load_state_dict(state.get("validator", {}))
-        self.guard.load_state_dict(state.get("nonfinite", {"skipped": 0, "streak": 0}))
-        if self.ema is not None:
-            if not (checkpoint / EMA_FILE).is_file():
-                raise MMTLError(f"train.ema_decay is set but {checkpoint} has no {EMA_FILE} to resume the average from")
-            load_weights(self.ema.module, checkpoint, EMA_FILE)
-            self.ema.updates = int(state.get("ema_updates", 0))
-        set_rng_state(state["rng"])
-        self.step = int(state["step"])
-        self.batches_consumed = int(state.get("data", {}).get("batches", self.step * self.config.train.grad_accum))
+    def resume(self, where: str) -> None:
+        """Restore everything from a checkpoint directory, or this run's newest for ``latest``."""
+        state = self.state.load(resolve_checkpoint(self.run_dir if where == "latest" else where))
+        self.step, self.batches_consumed = int(state["step"]), int(state["data"]["batches"])
 
     def save(self) -> Path | None:
         """Write a resumable checkpoint of the current step (rank 0; other ranks wait and get None)."""
-        path = None
-        if self.sharded:  # collectives: every rank gathers, rank 0 keeps the full tensors
-            weights = fsdp.StateDictModule(fsdp.gather_model_state(self.model, self.dist.is_main))
-            optimizer = fsdp.gather_optimizer_state(self.optimizer, self.dist.is_main)
-        else:
-            weights, optimizer = self.model, None
-        if self.dist.is_main:
-            train_state = {
-                "optimizer": optimizer if self.sharded else self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "balancer": self.balancer.state_dict(),
-                "rng": rng_state(), "step": self.step, "validator": self.validator.state_dict(),
-                "nonfinite": self.guard.state_dict(), "data": {"batches": self.batches_consumed},
-                "ema_updates": self.ema.updates if self.ema is not None else 0,
-            }
-            path = save_run_checkpoint(
-                self.run_dir, self.step, keep=self.config.train.keep_checkpoints, model=weights,
-                meta=self.components.meta(self.step), config=self.config, train_state=train_state,
-                ema=self.ema.module if self.ema is not None else None,
-            )
+        path = self.state.save(self.run_dir, self.dist.is_main, self.config.train.keep_checkpoints,
+                               checkpoint_meta(self.components, self.step), self.config,
+                               {"step": self.step, "data": {"batches": self.batches_consumed}})
         dist.barrier(self.dist)
         return path
 
@@ -293,24 +225,22 @@ class Trainer:
                         dynamic_ncols=True)
         self.data_loader = self._loader()
         batches = iter(self.data_loader)
-        started = last_log = time.perf_counter()
-        data_wait, samples, steps_since_log = 0.0, 0, 0
+        timer = StepTimer()
         final: dict[str, float] = {}
         with GracefulStop() as stop:
             try:
                 while self.step < cfg.steps:
                     # every rank must leave the loop at the same step: 1 = a signal, 2 = early stopping
-                    reason = dist.max_over_ranks(
-                        1 if stop.requested is not None else 2 if self.validator.stop_reason is not None else 0,
-                        self.dist, self.device)
+                    stopping = self.validator is not None and self.validator.stop_reason is not None
+                    reason = dist.max_over_ranks(1 if stop.requested is not None else 2 if stopping else 0,
+                                                 self.dist, self.device)
                     if reason == 1:
                         stop.requested = stop.requested or "SIGTERM"
                     if reason:
                         break
                     fetch = time.perf_counter()
                     parts = self._next_step_batches(batches)
-                    data_wait += time.perf_counter() - fetch
-                    samples += sum(len(p) for p in parts) * self.dist.world_size
+                    timer.waited(fetch, sum(len(p) for p in parts) * self.dist.world_size)
                     if self.flops_per_step is None:
                         self.flops_per_step = self._count_step_flops(parts[0])
                         if cfg.compile:  # after counting: the FLOP counter cannot see inside compiled graphs
@@ -320,18 +250,13 @@ class Trainer:
                     except torch.cuda.OutOfMemoryError:
                         raise MMTLError(OOM_ADVICE.format(step=self.step + 1, batch=self.config.data.batch_size)) from None
                     progress.update(1)
-                    steps_since_log += 1
+                    timer.steps += 1
                     if self._logs_at(self.step):
-                        now = time.perf_counter()
+                        throughput = timer.lap(self.flops_per_step or 0.0, peak_flops(self.device, self.precision)[0])
                         if main:
-                            final = self._log(logger, progress, out, {
-                                "samples_per_s": samples / (now - last_log),
-                                "data_wait_fraction": data_wait / (now - last_log),
-                                "mfu": self._mfu(steps_since_log, now - last_log),
-                                "gpu_memory_gb": peak_memory_gb(self.device),
-                            })
-                        last_log, data_wait, samples, steps_since_log = now, 0.0, 0, 0
-                    if main:
+                            final = self._log(logger, progress, out,
+                                              {**throughput, "gpu_memory_gb": peak_memory_gb(self.device)})
+                    if main and self.validator is not None:
                         self.validator.after_step(self, logger, progress)
                     if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                         self.save()
@@ -350,13 +275,10 @@ class Trainer:
         if main:
             plot_losses(logger.path, self.run_dir, self.task_names)
             plot_task_monitor(logger.path, self.run_dir)
-            self.validator.finish(logger.path)
+            if self.validator is not None:
+                self.validator.finish(logger.path)
         dist.shutdown(self.dist)
-        return TrainResult(self.run_dir, checkpoint, self.components, final, time.perf_counter() - started)
-
-    def _mfu(self, steps: int, seconds: float) -> float:
-        peak, _ = peak_flops(self.device, self.precision)
-        return mfu((self.flops_per_step or 0.0) * steps, seconds, peak)
+        return TrainResult(self.run_dir, checkpoint, self.components, final, timer.elapsed())
 
     def _log(self, logger: RunLogger, progress: tqdm, out: dict[str, torch.Tensor],
              throughput: dict[str, float]) -> dict[str, float]:
@@ -373,7 +295,3 @@ class Trainer:
         progress.set_postfix({**postfix, "samples/s": f"{throughput['samples_per_s']:.0f}"}, refresh=False)
         return {name: value for name, value in values.items() if name != "grad_norm" and math.isfinite(value)}
 
-
-def train(config: ExperimentConfig, resume: str | None = None) -> TrainResult:
-    """Train a model as ``config`` says (optionally resuming) and return the result."""
-    return Trainer(config, resume).run()

@@ -39,13 +39,20 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from tqdm.auto import tqdm
 
+from mmtl.builder import Components
+from mmtl.checkpoint import BEST_NAME, checkpoint_meta, rng_state, set_rng_state, write_checkpoint
 from mmtl.config import ExperimentConfig
 from mmtl.errors import MMTLError
+from mmtl.evaluation.baselines import baseline_split_metrics, read_baselines
+from mmtl.evaluation.delta import delta_m
+from mmtl.evaluation.evaluate import EvalResult, evaluate
+from mmtl.training.logging import RunLogger, plot_validation
+from mmtl.training.loop import Trainer, TrainResult
 
 log = logging.getLogger(__name__)
 
-BEST_DIR = "best"
 SUMMARY_FILE = "validation.json"
 
 
@@ -123,8 +130,6 @@ class Selector:
     def score(self, step: int, metrics: dict[str, dict[str, float]], losses: Mapping[str, float],
               primary: Mapping[str, str], lower_is_better: Mapping[str, Any]) -> Scored:
         """Δm and regressions of ``metrics`` against the reference (set to ``metrics`` when there is none yet)."""
-        from mmtl.evaluation.delta import delta_m
-
         if not self.fixed_reference:  # each metric's reference is its first non-zero value in the run
             self.reference = self.reference or {}
             for task, values in metrics.items():
@@ -178,8 +183,6 @@ def baseline_metrics(path: str, split: str, max_samples: int = 0) -> dict[str, d
 
     Warns when the baselines were scored on a different number of samples than ``max_samples``.
     """
-    from mmtl.evaluation.baselines_run import baseline_split_metrics, read_baselines
-
     record = read_baselines(path)
     counted = record.get("split_max_samples", {}).get(split)
     if counted is not None and counted != max_samples:
@@ -210,7 +213,7 @@ class Validator:
         """Whether the run validates after reaching ``step``."""
         return bool(self.every) and (step % self.every == 0 or step == self.config.train.steps)
 
-    def after_step(self, trainer: Any, logger: Any, progress: Any) -> None:
+    def after_step(self, trainer: Trainer, logger: RunLogger, progress: tqdm) -> None:
         """Called by the Trainer after every step: validates when due, keeps the drift alarm in the bar."""
         if self.due(trainer.step) and (not self.history or self.history[-1]["step"] != trainer.step):
             self.validate(trainer, logger)
@@ -221,13 +224,10 @@ class Validator:
                                      refresh=False)
 
     @torch.no_grad()
-    def validate(self, trainer: Any, logger: Any) -> Scored:
+    def validate(self, trainer: Trainer, logger: RunLogger) -> Scored:
         """Evaluate on the val split, log, update the drift alarm, the best checkpoint and early stopping."""
-        from mmtl.evaluation.evaluate import evaluate
-        from mmtl.training.checkpoint import rng_state, set_rng_state
-
         started, step, rng = time.perf_counter(), trainer.step, rng_state()
-        ema = getattr(trainer, "ema", None)
+        ema = trainer.ema
         # with a weight average, validate what evaluation and inference will load: the average
         components = trainer.components if ema is None else dataclasses.replace(trainer.components, model=ema.module)
         was_training = components.model.training
@@ -266,27 +266,23 @@ class Validator:
             self._warn(logger, step, "early_stop", self.stop_reason)
         return scored
 
-    def _warn(self, logger: Any, step: int, kind: str, message: str, **extra: Any) -> None:
+    def _warn(self, logger: RunLogger, step: int, kind: str, message: str, **extra: Any) -> None:
         logger.log(step, {"warning": message, "warning_kind": kind, **extra})
         log.warning(message)
 
-    def _write_best(self, trainer: Any) -> None:
-        from mmtl.training.checkpoint import write_checkpoint
-
-        ema = getattr(trainer, "ema", None)
-        write_checkpoint(self.run_dir / "checkpoints" / BEST_DIR, model=trainer.model,
-                         meta={**trainer.components.meta(trainer.step), "selected_by": self.config.validation.select},
+    def _write_best(self, trainer: Trainer) -> None:
+        ema = trainer.ema
+        write_checkpoint(self.run_dir / "checkpoints" / BEST_NAME, model=trainer.model,
+                         meta={**checkpoint_meta(trainer.components, trainer.step), "selected_by": self.config.validation.select},
                          config=self.config, **({"ema": ema.module} if ema is not None else {}))
 
     def finish(self, log_path: Path) -> Path | None:
         """Write ``RUN/validation.json`` (history, best step, stop reason) and the val plot; None when validation is off."""
         if not self.history:
             return None
-        from mmtl.training.logging import plot_validation
-
         summary = {"select": self.config.validation.select, "best_step": self.selector.best_step,
                    "best": self.selector.best, "stop_reason": self.stop_reason,
-                   "best_checkpoint": str(self.run_dir / "checkpoints" / BEST_DIR), "history": self.history}
+                   "best_checkpoint": str(self.run_dir / "checkpoints" / BEST_NAME), "history": self.history}
         path = self.run_dir / SUMMARY_FILE
         path.write_text(json.dumps(summary, indent=2))
         plot_validation(log_path, self.run_dir)
@@ -303,7 +299,7 @@ class Validator:
         self.drift.load_state_dict(state.get("drift", {}))
 
 
-def _log_record(result: Any, scored: Scored) -> dict[str, Any]:
+def _log_record(result: EvalResult, scored: Scored) -> dict[str, Any]:
     """``val/<task>/<metric>`` (all sources pooled), ``val_source/<source>/<task>/<metric>`` with several
     sources, the losses, Δm and the number of regressed tasks of one validation."""
     record: dict[str, Any] = {f"val/{t}/{m}": v for t, ms in result.metrics.items() for m, v in ms.items()}
@@ -321,3 +317,14 @@ def _log_record(result: Any, scored: Scored) -> dict[str, Any]:
 
 def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:+.2f}%"
+
+
+def make_trainer(config: ExperimentConfig, resume: str | None = None, components: Components | None = None,
+                 resume_command: str | None = None) -> Trainer:
+    """A :class:`Trainer` whose run validates as ``config.validation`` says (the standard run)."""
+    return Trainer(config, resume, components, resume_command, Validator(config, Path(config.output_dir)))
+
+
+def train(config: ExperimentConfig, resume: str | None = None) -> TrainResult:
+    """Train a model as ``config`` says (optionally resuming), validating it, and return the result."""
+    return make_trainer(config, resume).run()

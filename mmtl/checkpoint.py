@@ -1,4 +1,9 @@
-"""Checkpoints: written atomically, loaded without unpickling arbitrary code.
+"""Checkpoints: built, written atomically, loaded without unpickling arbitrary code.
+
+The one place that writes and reads checkpoint directories: training runs (full checkpoints with
+their training state and moving average), pretrained exports (:func:`save_pretrained`) and what
+inference, evaluation and fine-tuning load. Every write goes through :func:`write_checkpoint`,
+every weight file through :func:`load_weights`, every ``meta.json`` comes from :func:`checkpoint_meta`.
 
 Layout of a checkpoint directory (what ``Predictor.from_pretrained`` and ``--resume`` read):
     model.safetensors   model weights
@@ -19,13 +24,15 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Collection
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_model
 
-from mmtl.config import ExperimentConfig, save_config
+from mmtl.builder import Components, components_from_meta
+from mmtl.config import ExperimentConfig, load_config, save_config
 from mmtl.errors import MMTLError
+from mmtl.version import __version__
 
 MODEL_FILE, META_FILE, CONFIG_FILE, STATE_FILE = "model.safetensors", "meta.json", "config.yaml", "train_state.pt"
 EMA_FILE = "ema.safetensors"
@@ -205,23 +212,61 @@ def inference_weights(checkpoint: Path) -> str:
     return EMA_FILE if (checkpoint / EMA_FILE).is_file() else MODEL_FILE
 
 
-def load_weights(model: torch.nn.Module, checkpoint: Path, file: str = MODEL_FILE) -> None:
-    """Load ``file`` (default ``model.safetensors``) of ``checkpoint`` into ``model`` (strict: every key must match)."""
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (MMTLError naming the file when it is damaged or absent)."""
     try:
-        missing, unexpected = load_model(model, str(checkpoint / file), strict=False)
-    except Exception as exc:  # safetensors raises several types for damaged files, torch one for shapes
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises several types for damaged files
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
-        mismatched = str(exc).count("size mismatch")
-        detail = lines[0]
-        if mismatched:  # one line, not torch's list of every tensor
-            detail = (f"{mismatched} tensor(s) differ in shape, e.g. {lines[-1].removeprefix('size mismatch for ')} "
-                      "(was the model built with other settings?)")
-        raise MMTLError(f"cannot load weights from {checkpoint / file}: {detail}") from None
-    if missing or unexpected:
-        raise MMTLError(
-            f"checkpoint {checkpoint} does not match the model: missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}"
-        )
+        raise MMTLError(f"cannot load weights from {path}: {lines[0]}") from None
+
+
+def tied_names(model: torch.nn.Module) -> list[list[str]]:
+    """Groups of state-dict names that refer to one tensor (tied weights; ``save_model`` writes each once)."""
+    groups: dict[int, list[str]] = {}
+    named = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
+    for name, tensor in named:
+        groups.setdefault(id(tensor), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+Assign = Callable[[torch.Tensor, torch.Tensor], None]
+
+
+def load_weights(model: torch.nn.Module, checkpoint: Path, file: str = MODEL_FILE,
+                 required: Collection[str] | None = None, assign: Assign | None = None) -> set[str]:
+    """Load ``file`` of ``checkpoint`` into ``model``: the one strict weight loader.
+
+    Every tensor in the file must exist in the model with the same shape, and every name in
+    ``required`` (default: all of the model's) must be in the file; otherwise an MMTLError names
+    the missing, unexpected and wrongly shaped tensors. ``assign(target, value)`` copies one tensor
+    (default: ``load_state_dict``; sharded training passes one that keeps each rank's shard).
+    Returns the names loaded (tied names included).
+    """
+    path = checkpoint / file
+    state = read_weights(path)
+    for names in tied_names(model):
+        stored = next((state[n] for n in names if n in state), None)
+        if stored is not None:
+            state.update({n: stored for n in names if n not in state})
+    own = model.state_dict()
+    missing = sorted(set(own if required is None else required) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(state) & set(own) if tuple(state[k].shape) != tuple(own[k].shape))
+    if missing or unexpected or wrong:
+        problems = [f"missing {', '.join(missing[:5])}" if missing else "",
+                    f"unexpected {', '.join(unexpected[:5])}" if unexpected else "",
+                    "shape " + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:5])
+                    if wrong else ""]
+        raise MMTLError(f"{path} does not match the model (was it built with other settings?): "
+                        + "; ".join(filter(None, problems)))
+    if assign is None:
+        model.load_state_dict(state, strict=False)
+    else:
+        with torch.no_grad():
+            for name, value in state.items():
+                assign(own[name], value)
+    return set(state)
 
 
 def load_train_state(checkpoint: Path) -> dict[str, Any]:
@@ -245,3 +290,46 @@ def load_train_state(checkpoint: Path) -> dict[str, Any]:
         text = str(exc).strip()
         raise MMTLError(f"cannot read {path}: {text.splitlines()[0] if text else type(exc).__name__} (a damaged "
                         "checkpoint; resume from an earlier one by passing its directory to --resume)") from exc
+
+
+def checkpoint_meta(components: Components, step: int) -> dict[str, Any]:
+    """``meta.json`` of a checkpoint: what rebuilds ``components`` without the data (the one metadata writer)."""
+    return {
+        "mmtl_version": __version__, "step": step, "tasks": [t.name for t in components.tasks],
+        "classes": list(components.classes), "label_mode": components.label_mode,
+        "class_sources": list(components.class_sources), "vocab": components.vocab.to_dict(),
+        "parameters": components.model.parameter_report(),
+    }
+
+
+def save_pretrained(components: Components, directory: str | Path) -> Path:
+    """Write ``components``' model for inference (``config.yaml``, ``model.safetensors``, ``meta.json``),
+    atomically: everything :func:`load_pretrained` or ``Predictor`` needs."""
+    model = components.model
+    settings = {t.name: t.settings_dict() for t in components.tasks if t.settings_dict()}
+    config = ExperimentConfig(tasks=[t.name for t in components.tasks], model=model.config, task_settings=settings)
+    return write_checkpoint(Path(directory), model=model, meta=checkpoint_meta(components, 0), config=config)
+
+
+def load_checkpoint(path: str | Path) -> tuple[Components, ExperimentConfig, dict[str, Any], Path]:
+    """Components (with the inference weights: the moving average when saved), config, meta and
+    directory of the checkpoint in ``path`` (a checkpoint, a run, or ``RUN/checkpoints``)."""
+    checkpoint = resolve_checkpoint(path)
+    config = load_config(checkpoint / CONFIG_FILE)
+    meta = read_meta(checkpoint)
+    try:
+        components = components_from_meta(config, meta)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MMTLError(f"checkpoint {checkpoint} has damaged metadata: {exc!r}") from None
+    load_weights(components.model, checkpoint, inference_weights(checkpoint))
+    return components, config, meta, checkpoint
+
+
+def load_pretrained(directory: str | Path) -> Components:
+    """The components saved by :func:`save_pretrained` (no pickle), their model in eval mode."""
+    directory = Path(directory)
+    if not (directory / MODEL_FILE).is_file():
+        raise MMTLError(f"{directory} holds no {MODEL_FILE} (write one with mmtl.checkpoint.save_pretrained)")
+    components = load_checkpoint(directory)[0]
+    components.model.eval()
+    return components

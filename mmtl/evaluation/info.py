@@ -7,21 +7,20 @@ from typing import Sequence
 
 import torch
 
-from data_pipelines.loader import Collator, Example
+from data_pipelines.loader import Batch, Collator, Example
+from data_pipelines.mixing import training_sources
 from data_pipelines.sample import TEXT_INPUT_FIELD, task_fields
 from data_pipelines.shards import DATASET_FILE
+from mmtl.builder import Components, build_components, components_from_data
 from mmtl.config import ExperimentConfig
 from mmtl.text import Vocabulary
 
 STAND_IN_CLASSES = 80  # class count assumed when the config's data set is absent (COCO's)
 
 
-def build_for_info(config: ExperimentConfig):
+def build_for_info(config: ExperimentConfig) -> tuple[Components, str]:
     """Components from the config's data set when it exists, else from a stand-in (80 classes, full
     vocabulary). Returns (components, note): ``note`` says which."""
-    from data_pipelines.mixing import training_sources
-    from mmtl.builder import build_components, components_from_data
-
     paths = list(dict.fromkeys(s.path for s in training_sources(config.data)))
     if all((Path(path) / DATASET_FILE).is_file() for path in paths):
         components = components_from_data(config)
@@ -34,7 +33,7 @@ def build_for_info(config: ExperimentConfig):
     return build_components(config, classes, Vocabulary(None)), note
 
 
-def example_batch(components, config: ExperimentConfig, tasks: Sequence[str] | None = None) -> object:
+def example_batch(components: Components, config: ExperimentConfig, tasks: Sequence[str] | None = None) -> Batch:
     """One sample that supervises every task (or ``tasks``), with inputs at their longest (text fills the context)."""
     words = " ".join(["word"] * (config.model.text.context_length + config.model.decoder.max_length))
     annotation = {field: [words] for fields in task_fields().values() for field in fields}
