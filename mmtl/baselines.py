@@ -21,7 +21,7 @@ from mmtl.evaluation.baselines import BASELINES_FILE, TASK_FILE
 from mmtl.evaluation.evaluate import EvalResult, evaluate
 from mmtl.evaluation.savings import forward_flops_per_sample
 from mmtl.training.loop import Trainer
-from mmtl.training.validation import make_trainer
+from mmtl.training.run import make_trainer
 
 log = logging.getLogger(__name__)
 

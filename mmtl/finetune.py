@@ -38,7 +38,7 @@ from mmtl.models.sharing import add_adapters
 from mmtl.precision import resolve_device
 from mmtl.registry import BALANCERS
 from mmtl.text import Vocabulary
-from mmtl.training.validation import make_trainer
+from mmtl.training.run import make_trainer
 
 DELTA_FILE = "delta.safetensors"
 REGRESSION_FILE = "regression.json"

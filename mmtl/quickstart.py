@@ -9,7 +9,7 @@ from data_pipelines.shapes_world import write_shards
 import mmtl.components  # noqa: F401  (registers the components that configs name)
 from mmtl.config import ExperimentConfig, load_config
 from mmtl.evaluation.evaluate import evaluate, format_examples, format_table
-from mmtl.training.validation import train
+from mmtl.training.run import train
 
 
 def ensure_synthetic_data(config: ExperimentConfig) -> bool:

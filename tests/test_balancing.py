@@ -17,7 +17,7 @@ from mmtl.errors import ConfigError
 from mmtl.registry import BALANCERS
 from mmtl.checkpoint import load_train_state
 from mmtl.training.loop import Trainer
-from mmtl.training.validation import train
+from mmtl.training.run import train
 from tests.conftest import micro_overrides
 
 TWO = ["a", "b"]

@@ -207,11 +207,11 @@ TRAIN_TOKENS = st.one_of(
 @given(argv=st.lists(TRAIN_TOKENS, max_size=5))
 def test_any_train_arguments_exit_0_or_2_with_one_line(argv: list[str], tmp_path: Path, monkeypatch,
                                                         capsys) -> None:
-    import mmtl.training.validation
+    import mmtl.training.run
 
     capsys.readouterr()  # the fixtures live across hypothesis' examples: start from empty output
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(mmtl.training.validation, "train", lambda config, resume=None: SimpleNamespace(
+    monkeypatch.setattr(mmtl.training.run, "train", lambda config, resume=None: SimpleNamespace(
         final_losses={}, seconds=0.0, checkpoint="c", run_dir=tmp_path / "none"))
     try:
         code = main(["train", *argv])

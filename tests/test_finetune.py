@@ -20,7 +20,7 @@ from mmtl.finetune import (
     DELTA_FILE, REGRESSION_FILE, build_finetuned, finetune_config, load_base, load_finetuned, run_finetune, save_delta,
 )
 from mmtl.inference import Predictor
-from mmtl.training.validation import train
+from mmtl.training.run import train
 from mmtl.serve import ServerLimits, make_server
 from tests.conftest import micro_overrides, multipart, post_json, request, serving, sigterm_after_step
 

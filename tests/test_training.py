@@ -10,7 +10,7 @@ from mmtl.errors import MMTLError
 from mmtl.inference import Predictor
 from mmtl.checkpoint import LATEST, load_train_state, resolve_checkpoint
 from mmtl.training.loop import Trainer
-from mmtl.training.validation import train
+from mmtl.training.run import train
 from mmtl.training.optim import lr_factor
 from tests.conftest import micro_overrides, sigterm_after_step
 

@@ -9,7 +9,7 @@ from mmtl.config import resolve_config
 from mmtl.errors import ConfigError, MMTLError
 from mmtl.evaluation.evaluate import EvalResult
 from mmtl.checkpoint import resolve_checkpoint
-from mmtl.training.validation import make_trainer, train
+from mmtl.training.run import make_trainer, train
 from mmtl.training.validation import DriftDetector, Scored, Selector, Validator, relative_change
 from tests.conftest import micro_overrides
 

@@ -44,7 +44,7 @@ from mmtl.builder import components_from_data  # noqa: E402
 from mmtl.config import ExperimentConfig, load_config  # noqa: E402
 from mmtl.errors import MMTLError  # noqa: E402
 from mmtl.evaluation.evaluate import evaluate  # noqa: E402
-from mmtl.training.validation import train  # noqa: E402
+from mmtl.training.run import train  # noqa: E402
 from mmtl.precision import resolve_device  # noqa: E402
 from recipe_reference import prepare, read_split, train_reference  # noqa: E402
 

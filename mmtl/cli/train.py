@@ -17,7 +17,7 @@ def register(sub: Subcommands) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from mmtl.training.validation import train
+    from mmtl.training.run import train
 
     config = load_experiment(args.config, args.overrides)
     check_output_dir(config.output_dir, "output_dir")

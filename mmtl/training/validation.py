@@ -41,7 +41,6 @@ from typing import Any, Mapping
 import torch
 from tqdm.auto import tqdm
 
-from mmtl.builder import Components
 from mmtl.checkpoint import BEST_NAME, checkpoint_meta, rng_state, set_rng_state, write_checkpoint
 from mmtl.config import ExperimentConfig
 from mmtl.errors import MMTLError
@@ -317,14 +316,3 @@ def _log_record(result: EvalResult, scored: Scored) -> dict[str, Any]:
 
 def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:+.2f}%"
-
-
-def make_trainer(config: ExperimentConfig, resume: str | None = None, components: Components | None = None,
-                 resume_command: str | None = None) -> Trainer:
-    """A :class:`Trainer` whose run validates as ``config.validation`` says (the standard run)."""
-    return Trainer(config, resume, components, resume_command, Validator(config, Path(config.output_dir)))
-
-
-def train(config: ExperimentConfig, resume: str | None = None) -> TrainResult:
-    """Train a model as ``config`` says (optionally resuming), validating it, and return the result."""
-    return make_trainer(config, resume).run()

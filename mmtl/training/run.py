@@ -1,0 +1,20 @@
+"""The standard training run: a :class:`Trainer` that validates as ``config.validation`` says."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from mmtl.builder import Components
+from mmtl.config import ExperimentConfig
+from mmtl.training.loop import Trainer, TrainResult
+from mmtl.training.validation import Validator
+
+
+def make_trainer(config: ExperimentConfig, resume: str | None = None, components: Components | None = None,
+                 resume_command: str | None = None) -> Trainer:
+    """A :class:`Trainer` whose run validates as ``config.validation`` says (the standard run)."""
+    return Trainer(config, resume, components, resume_command, Validator(config, Path(config.output_dir)))
+
+
+def train(config: ExperimentConfig, resume: str | None = None) -> TrainResult:
+    """Train a model as ``config`` says (optionally resuming), validating it, and return the result."""
+    return make_trainer(config, resume).run()
