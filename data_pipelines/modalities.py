@@ -9,6 +9,7 @@ side (its encoder, the modality it stands for) is in ``mmtl.modalities``, whose 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,7 +21,7 @@ from data_pipelines.sample import IMAGE_KEYS, TEXT_INPUT_FIELD
 from data_pipelines.transforms import (
     CorruptSampleError, decode_image, image_tensor, load_pixels, open_image, resize_center_crop, to_rgb,
 )
-from mmtl.config import ModalityConfig, ModelConfig
+from mmtl.config import ModalityConfig, ModelConfig, NoSettings, settings_of
 from mmtl.errors import MMTLError
 from mmtl.registry import MODALITY_DATA
 
@@ -36,15 +37,21 @@ def read_input(source: str | Path | bytes, kind: str) -> tuple[bytes, str]:
 
 
 class ModalityData:
-    """Base class; subclasses register in ``mmtl.registry.MODALITY_DATA`` under their ``name``."""
+    """Base class; subclasses register in ``mmtl.registry.MODALITY_DATA`` under their ``name``.
+
+    ``config`` is the modality's section (``model.modalities.<name>``); ``settings`` the values of its
+    own ``Settings`` dataclass read from it (the model side's units extend the dataclass).
+    """
 
     name: ClassVar[str]
     # webdataset keys (file extensions) that hold this input; new samples are written under the first
     sample_keys: ClassVar[tuple[str, ...]]
+    Settings: ClassVar[type] = NoSettings
 
-    def __init__(self, model: ModelConfig, settings: ModalityConfig | None = None) -> None:
+    def __init__(self, model: ModelConfig, config: ModalityConfig | None = None) -> None:
         self.model = model
-        self.settings = settings or ModalityConfig()
+        self.config = config or ModalityConfig()
+        self.settings = settings_of(self.config, type(self), f"model.modalities.{self.name}")
 
     def decode(self, raw: dict[str, Any]) -> torch.Tensor | None:
         """This modality's tensor from a raw webdataset sample, or None when the sample lacks it.
@@ -107,10 +114,18 @@ class TextData(ModalityData):
         raise CorruptSampleError("invalid_annotation", f"text is read from the json field {TEXT_INPUT_FIELD!r}")
 
 
+@dataclass
+class MapSettings:
+    """Settings of a 2-D map modality."""
+
+    size: int = 0  # side in pixels (0: the image encoder's)
+
+
 class MapData(ModalityData):
     """A 2-D map with ``channels`` channels, kept as uint8 (C, S, S) until the encoder normalises it."""
 
     channels: ClassVar[int] = 1
+    Settings = MapSettings
 
     @property
     def size(self) -> int:
@@ -170,12 +185,22 @@ def fit_waveform(wave: torch.Tensor, rate: int, target_rate: int, samples: int) 
     return F.pad(wave[:samples], (0, max(0, samples - wave.numel())))
 
 
+@dataclass
+class AudioSettings:
+    """Settings of the audio modality's data side: waveforms are resampled to ``sample_rate`` and cut or
+    padded to ``seconds``."""
+
+    sample_rate: int = 8000
+    seconds: float = 1.0
+
+
 @MODALITY_DATA.register("audio")
 class AudioData(ModalityData):
     """A short sound stored as ``wav`` or ``flac``; float32 (samples,) waveforms at ``sample_rate``."""
 
     name = "audio"
     sample_keys = ("wav", "flac")
+    Settings = AudioSettings
 
     @property
     def samples(self) -> int:
@@ -205,7 +230,7 @@ class AudioData(ModalityData):
 
 def extra_inputs(model: ModelConfig) -> dict[str, ModalityData]:
     """The data units of ``model.modalities`` (what the loader decodes into ``Batch.inputs``), by name."""
-    return {name: MODALITY_DATA.get(name)(model, settings) for name, settings in model.modalities.items()}
+    return {name: MODALITY_DATA.get(name)(model, section) for name, section in model.modalities.items()}
 
 
 def file_modalities() -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmtl.config import resolve_config
+from mmtl.config import resolve_config, settings_of
 from mmtl.errors import ConfigError
 from mmtl.models.encoders import OpenClipImageEncoder, OpenClipTextEncoder, TimmImageEncoder
 from mmtl.registry import IMAGE_ENCODERS, TEXT_ENCODERS
@@ -132,7 +132,8 @@ def test_feature_pool_shrinks_the_token_grid_and_keeps_every_position() -> None:
     """The tiny preset's stride-8 ResNet gives an 8x8 map at 64 px; feature_pool=2 makes it 4x4 tokens,
     each the mean of a 2x2 block (ceil mode: an odd map keeps its last row and column)."""
     config = resolve_config({}, ["model.preset=tiny"]).model
-    assert config.image.feature_pool == 2 and config.image.timm_kwargs["output_stride"] == 8
+    settings = settings_of(config.image, TimmImageEncoder, "model.image")
+    assert settings.feature_pool == 2 and settings.timm_kwargs["output_stride"] == 8
     encoder = IMAGE_ENCODERS.get("timm").from_config(config, SMALL).eval()
     images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
     stream = encoder(images, torch.ones(2, dtype=torch.bool))
@@ -142,7 +143,7 @@ def test_feature_pool_shrinks_the_token_grid_and_keeps_every_position() -> None:
     assert full.shape[-2:] == (8, 8)
     pooled = encoder._features(x)
     assert torch.allclose(pooled[:, 0], full[:, :, :2, :2].mean((2, 3)), atol=1e-5)
-    odd = TimmImageEncoder(config.image.timm_model, config.image.timm_kwargs, 16, 72, feature_pool=2)
+    odd = TimmImageEncoder(settings.timm_model, settings.timm_kwargs, 16, 72, feature_pool=2)
     assert odd.position.shape[0] == 25  # a 9x9 map pools to 5x5
 
 

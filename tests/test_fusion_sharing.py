@@ -230,11 +230,11 @@ def test_model_info_cli_prints_parameters_per_part_and_flops(micro_data, capsys)
 
 
 def test_base_preset_resolves_to_a_vit_b16_class_model() -> None:
-    from mmtl.config import MODEL_PRESETS
+    from mmtl.config import MODEL_PRESETS, selected
 
     config = resolve_config({}, ["model.preset=base"]).model
-    assert (config.width, config.num_heads, config.text.depth) == (768, 12, 12)
-    assert config.image.timm_model == "vit_base_patch16_224" and config.image.image_size == 224
+    assert (config.width, config.num_heads, selected(config.text, "model.text")[1].depth) == (768, 12, 12)
+    assert selected(config.image, "model.image")[1].timm_model == "vit_base_patch16_224" and config.image.image_size == 224
     assert {"micro", "tiny", "small", "base"} <= set(MODEL_PRESETS)
 
 

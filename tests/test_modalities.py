@@ -103,7 +103,7 @@ def test_depth_and_audio_decoding(tmp_path: Path) -> None:
     wide.save(buffer, format="PNG")
     tensor = depth.decode_bytes(buffer.getvalue())
     assert tensor.shape == (1, 32, 32) and tensor.dtype == torch.uint8 and int(tensor.max()) >= 250
-    audio = AudioModality(model, ModalityConfig(sample_rate=8000, seconds=0.5))
+    audio = AudioModality(model, ModalityConfig(options={"sample_rate": 8000, "seconds": 0.5}))
     t = np.arange(16000) / 16000
     flac = io.BytesIO()
     soundfile.write(flac, np.stack([np.sin(2 * np.pi * 440 * t)] * 2, 1).astype(np.float32), 16000, format="FLAC")

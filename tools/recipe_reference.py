@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch import nn
 
-from mmtl.config import ExperimentConfig
+from mmtl.config import ExperimentConfig, selected
 from mmtl.tasks.base import Task
 from mmtl.tasks.generation import GenerationTask
 from mmtl.text import PAD, UNK, BOS, EOS, Vocabulary
@@ -86,7 +86,7 @@ def _pad(rows: list[list[int]]) -> torch.Tensor:
 def _backbone(config: ExperimentConfig, num_classes: int = 0) -> nn.Module:
     import timm
 
-    image = config.model.image
+    image = selected(config.model.image, "model.image")[1]
     return timm.create_model(image.timm_model, num_classes=num_classes, **image.timm_kwargs)
 
 
@@ -198,7 +198,8 @@ class SummaryReference(nn.Module):
         self.tokens = TokenEmbedding(vocab_size, m.width, m.text.context_length)
         # as deep as mmtl's text encoder plus its fusion, the layers a document passes through there
         self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(**layer_options(config)),
-                                             m.text.depth + m.fusion.depth, enable_nested_tensor=False)
+                                             selected(m.text, "model.text")[1].depth + m.fusion.depth,
+                                             enable_nested_tensor=False)
         self.decoder = Decoder(vocab_size, config)
 
     def memory(self, document: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,7 +14,7 @@ State (learned weights, running averages) lives in parameters and buffers, so it
 """
 from __future__ import annotations
 
-import dataclasses
+import math
 from contextlib import contextmanager
 from typing import Any, ClassVar, Iterator
 
@@ -22,29 +22,13 @@ import torch
 from torch import nn
 
 from mmtl.balancing.solvers import safe_divide, scaled_gram
-from mmtl.config import BalancerConfig, build_dataclass
-from mmtl.errors import ConfigError
-
-
-@dataclasses.dataclass
-class NoSettings:
-    """Settings of a balancer that has none."""
-
-
-def balancer_settings(balancer: type["Balancer"], options: dict[str, Any]) -> Any:
-    """``balancer.options`` checked against the balancer's own ``Settings`` dataclass (ConfigError if not)."""
-    settings = build_dataclass(balancer.Settings, options, "balancer.options")
-    for field in dataclasses.fields(settings):
-        bounds = field.metadata.get("range")
-        value = getattr(settings, field.name)
-        if bounds is not None and not bounds[0] <= value <= bounds[1]:
-            raise ConfigError(f"balancer.options.{field.name} must lie in [{bounds[0]}, {bounds[1]}]; got {value!r}")
-    return settings
+from mmtl.config import BalancerConfig, NoSettings, Range, settings_of
+from mmtl.config import setting as config_setting
 
 
 def setting(default: Any, low: float, high: float = float("inf")) -> Any:
-    """A numeric setting with its valid range (checked by :func:`balancer_settings`)."""
-    return dataclasses.field(default=default, metadata={"range": (low, high)})
+    """A numeric setting of a balancer with its valid range [low, high] (checked with the config)."""
+    return config_setting(default, range=Range(low, None if math.isinf(high) else high))
 
 
 class Balancer(nn.Module):
@@ -62,7 +46,7 @@ class Balancer(nn.Module):
         super().__init__()
         self.tasks = list(tasks)
         self.config = config
-        self.settings = balancer_settings(type(self), config.options)
+        self.settings = settings_of(config, type(self), "balancer")
         self.index = {task: i for i, task in enumerate(self.tasks)}
         # effective weight of every task as last used (for logging and, in gradient balancers,
         # for the steps between two gradient updates)
@@ -71,11 +55,6 @@ class Balancer(nn.Module):
         # (the trainer seeds torch first) and advanced only by the balancer, so that every rank of a
         # data-parallel run draws the same numbers whatever its dropout consumed; saved in checkpoints
         self.generator = torch.Generator().manual_seed(torch.initial_seed())
-
-    @classmethod
-    def check_options(cls, options: dict[str, Any]) -> None:
-        """Raise ConfigError unless ``options`` are valid settings of this balancer."""
-        balancer_settings(cls, options)
 
     def random_order(self, n: int) -> list[int]:
         """A random permutation of ``range(n)`` from the balancer's own generator (on the CPU: no sync)."""

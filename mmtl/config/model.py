@@ -2,45 +2,42 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from mmtl.config.fields import NON_NEGATIVE, POSITIVE, Range, choice, setting
+from mmtl.config.slots import Slot
+from mmtl.registry import IMAGE_ENCODERS, MODALITIES, TEXT_ENCODERS
 
 
 @dataclass
 class ImageEncoderConfig:
-    """Image encoder: a registry key plus the options the registered builder reads."""
+    """Image encoder: a registry key plus what every image encoder reads.
 
+    The registered encoder's own settings (its ``Settings`` dataclass, e.g. ``timm_model``,
+    ``timm_kwargs``, ``feature_pool`` for ``timm``) sit beside these keys in YAML and in ``options`` here.
+    """
+
+    slot: ClassVar[Slot] = Slot(IMAGE_ENCODERS)
     name: str = "timm"
-    timm_model: str = "resnet18"
-    # passed to timm.create_model as they are (architecture knobs of the chosen model)
-    timm_kwargs: dict[str, Any] = field(default_factory=dict)
     image_size: int = 64
     pretrained_path: str | None = None
-    # name="timm", CNNs: average-pool the feature map by this factor before it becomes tokens (a
-    # high-resolution backbone with few tokens for the fusion)
-    feature_pool: int = setting(1, range=POSITIVE)
-    # name="open_clip": an open_clip model config name, and overrides of its vision_cfg
-    open_clip_model: str = "ViT-B-32"
-    open_clip_kwargs: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class TextEncoderConfig:
-    """Text encoder over open_clip BPE tokens."""
+    """Text encoder over open_clip BPE tokens; the registered encoder's own settings (e.g. ``depth`` for
+    ``transformer``) sit beside these keys in YAML and in ``options`` here."""
 
+    slot: ClassVar[Slot] = Slot(TEXT_ENCODERS)
     name: str = "transformer"
-    depth: int = 2
     context_length: int = setting(128, range=POSITIVE)
     # "dataset": embed only the BPE tokens seen in the training split (fast on CPU);
     # "full": all 49,408 open_clip BPE tokens (needed to load pretrained text towers).
     vocab: str = choice("dataset", "dataset", "full")
-    # name="open_clip": an open_clip model config name, overrides of its text_cfg, a local checkpoint
-    # (a full open_clip one or the text tower's), and whether tokens see later tokens
-    open_clip_model: str = "ViT-B-32"
-    open_clip_kwargs: dict[str, Any] = field(default_factory=dict)
+    # a local checkpoint of the text tower, for encoders that load one
     pretrained_path: str | None = None
-    bidirectional: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -67,10 +64,11 @@ class DecoderConfig:
 class ModalityConfig:
     """An input modality beyond image and text (``model.modalities.<name>``; name = its MODALITIES key).
 
-    Fields a modality does not use are ignored (a 2-D map reads the timm fields, audio the
-    spectrogram ones).
+    The modality's own settings (its ``Settings`` dataclass: ``size`` and ``timm_model`` of a 2-D map,
+    ``sample_rate`` or ``n_mels`` of audio) sit beside these keys in YAML and in ``options`` here.
     """
 
+    slot: ClassVar[Slot] = Slot(MODALITIES, selector="")
     # MODALITY_ENCODERS key ("": the modality's default encoder)
     encoder: str = ""
     # an existing modality whose place this one takes for the tasks that read it (depth -> image):
@@ -79,17 +77,7 @@ class ModalityConfig:
     # fine-tuning: start this modality's encoder from a trained one's weights where they fit (first
     # convolution summed over its input channels), e.g. depth from image ("": a fresh encoder)
     init_from: str = ""
-    # 2-D maps: side in pixels and timm model (0 / "": the image encoder's), timm arguments ({}: the image's)
-    size: int = 0
-    timm_model: str = ""
-    timm_kwargs: dict[str, Any] = field(default_factory=dict)
-    # audio: waveforms are resampled to sample_rate and cut or padded to seconds; log-mel settings
-    sample_rate: int = 8000
-    seconds: float = 1.0
-    n_fft: int = 256
-    hop_length: int = 128
-    n_mels: int = 48
-    channels: int = 32
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -7,22 +7,17 @@ key and what would be valid.
 from __future__ import annotations
 
 import copy
-import dataclasses
-import math
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from mmtl.config.building import build_dataclass, short
 from mmtl.config.model import ModelConfig
 from mmtl.config.presets import MODEL_PRESETS
 from mmtl.config.schema import ExperimentConfig
 from mmtl.config.validation import validate
 from mmtl.errors import ConfigError
-
-INT64_LIMIT = 2**63
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -51,7 +46,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
-        raise ConfigError(f"override {_short(text)}: value is not valid YAML ({problem})") from None
+        raise ConfigError(f"override {short(text)}: value is not valid YAML ({problem})") from None
     except RecursionError:
         raise ConfigError(f"override {key}: value nested too deeply") from None
     return key.split("."), value
@@ -67,117 +62,6 @@ def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    """Check/convert one YAML value against a type hint."""
-    if tp is Any:
-        return value
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return _convert_union(value, typing.get_args(tp), key)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a section (mapping), got {_short(value)}")
-        return build_dataclass(tp, value, key)
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list):
-            raise ConfigError(f"{key} must be a list, got {_short(value)}")
-        return [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        key_tp, val_tp = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping, got {_short(value)}")
-        return {_convert(k, key_tp, key): _convert(v, val_tp, f"{key}.{k}") for k, v in value.items()}
-    return _convert_scalar(value, tp, key)
-
-
-def _convert_union(value: Any, args: tuple[Any, ...], key: str) -> Any:
-    """The first member type of a union that ``value`` converts to (the first member's error otherwise)."""
-    if value is None and type(None) in args:
-        return None
-    errors = []
-    for arg in args:
-        if arg is type(None):
-            continue
-        try:
-            return _convert(value, arg, key)
-        except ConfigError as exc:
-            errors.append(str(exc))
-    raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
-
-
-def _convert_scalar(value: Any, tp: Any, key: str) -> Any:
-    """Check/convert a YAML value against bool, int (64-bit), float (finite) or str."""
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key} must be true or false, got {_short(value)}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            if not -INT64_LIMIT <= value < INT64_LIMIT:
-                raise ConfigError(f"{key} must fit in 64 bits (|value| < 2**63), got {value}")
-            return value
-        raise ConfigError(f"{key} must be an integer, got {_short(value)}")
-    if tp is float:
-        number = _as_float(value)
-        if number is None:
-            raise ConfigError(f"{key} must be a number, got {_short(value)}")
-        if not math.isfinite(number):
-            raise ConfigError(f"{key} must be a finite number, got {value!r}")
-        return number
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key} must be a string, got {_short(value)}")
-    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
-
-
-def _as_float(value: Any) -> float | None:
-    """A YAML number (or numeric string: YAML 1.1 reads 1e-3 without a dot as one) as a float; None if not one."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float, str)):
-        try:
-            return float(value)
-        except (ValueError, OverflowError):
-            return None
-    return None
-
-
-def _short(value: Any) -> str:
-    """``repr(value)``, cut to a readable length."""
-    try:
-        text = repr(value)
-    except RecursionError:
-        return "(a value nested too deeply)"
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def build_dataclass(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and checking types and choices."""
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    values = cls.migrate(values) if hasattr(cls, "migrate") else values  # a section's own legacy keys
-    kwargs = {}
-    for name, value in values.items():
-        key = f"{prefix}.{name}" if prefix else str(name)
-        if name not in fields:
-            valid = ", ".join(sorted(fields))
-            raise ConfigError(f"unknown config key {key!r}; valid keys here: {valid}")
-        converted = _convert(value, hints[name], key)
-        options = fields[name].metadata.get("choices")
-        if options and converted not in options:
-            raise ConfigError(f"{key} must be one of {', '.join(map(str, options))}; got {converted!r}")
-        kwargs[name] = converted
-    return cls(**kwargs)
-
-
 def resolve_config(raw: dict[str, Any] | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Build an ExperimentConfig from a raw mapping plus ``key=value`` overrides, applying the model preset."""
     tree = copy.deepcopy(raw or {})
@@ -189,7 +73,7 @@ def resolve_config(raw: dict[str, Any] | None = None, overrides: list[str] | Non
         raise ConfigError("model must be a section (mapping)")
     preset = model.get("preset", ModelConfig.preset)
     if not isinstance(preset, str) or preset not in MODEL_PRESETS:
-        raise ConfigError(f"unknown model.preset {_short(preset)}; valid: {', '.join(sorted(MODEL_PRESETS))}")
+        raise ConfigError(f"unknown model.preset {short(preset)}; valid: {', '.join(sorted(MODEL_PRESETS))}")
     tree["model"] = deep_merge(MODEL_PRESETS[preset], model)
     config = build_dataclass(ExperimentConfig, tree)
     validate(config)
@@ -225,7 +109,7 @@ def read_yaml_tree(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if isinstance(includes, str):
         includes = [includes]
     if not isinstance(includes, list) or not all(isinstance(item, str) and item for item in includes):
-        raise ConfigError(f"{path}: include must be a file name or a list of file names, got {_short(includes)}")
+        raise ConfigError(f"{path}: include must be a file name or a list of file names, got {short(includes)}")
     tree: dict[str, Any] = {}
     for include in includes:
         tree = deep_merge(tree, read_yaml_tree(path.parent / include, _seen + (path.resolve(),)))

@@ -11,7 +11,10 @@ from typing import Any, ClassVar
 from mmtl.config.fields import (
     AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Number, Range, between, check_ranges, choice, setting,
 )
+from mmtl.config.components import as_tree
 from mmtl.config.model import ModelConfig
+from mmtl.config.slots import Slot
+from mmtl.registry import BALANCERS
 
 
 @dataclass
@@ -129,6 +132,7 @@ class BalancerConfig:
     against the dataclass that the registered balancer owns (``Balancer.Settings``).
     """
 
+    slot: ClassVar[Slot] = Slot(BALANCERS, flat=False)
     name: str = "equal"
     weights: dict[str, float] = field(default_factory=dict)
     # gradient balancers: per-task gradients on all shared parameters, or on the shared
@@ -139,25 +143,6 @@ class BalancerConfig:
     # instead of T backwards: same numbers; on 2 CPU cores it was slower (docs/benchmarks.md), so off by default
     batched_backward: bool = False
     options: dict[str, Any] = field(default_factory=dict)
-
-    # settings that earlier versions kept flat in this section, and the balancers that read them:
-    # configs saved by those versions still load, each value moving into ``options`` where it applies
-    LEGACY_KEYS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "temperature": ("dwa",), "window": ("dwa",), "lr": ("gradnorm", "famo"), "gamma": ("famo",),
-        "alpha": ("gradnorm",), "c": ("cagrad",), "beta": ("gradvac",), "iterations": ("cagrad", "nash_mtl"),
-    }
-
-    @classmethod
-    def migrate(cls, values: dict[str, Any]) -> dict[str, Any]:
-        """``values`` with the legacy flat keys moved into ``options`` (dropped where the method has no such setting)."""
-        legacy = {key: values[key] for key in cls.LEGACY_KEYS if key in values}
-        if not legacy:
-            return values
-        name = values.get("name", cls.name)
-        options = values.get("options") or {}
-        moved = {key: value for key, value in legacy.items() if name in cls.LEGACY_KEYS[key]}
-        rest = {key: value for key, value in values.items() if key not in legacy}
-        return {**rest, "options": {**moved, **options} if isinstance(options, dict) else options}
 
 
 @dataclass
@@ -273,5 +258,5 @@ class ExperimentConfig:
     task_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict (YAML-serialisable)."""
-        return dataclasses.asdict(self)
+        """Plain nested dict (YAML-serialisable); the component settings of flat sections sit beside their keys."""
+        return as_tree(self)

@@ -1,14 +1,16 @@
-"""Checks across fields of a built config: registry keys, ranges (declared on the fields), consistency.
+"""Checks across fields of a built config: registry keys, component settings, ranges (declared on the fields),
+consistency.
 
 Registry keys are looked up in :mod:`mmtl.registry`, which the entry points fill by importing
 :mod:`mmtl.components` before they load a config.
 """
 from __future__ import annotations
 
+from mmtl.config.components import check_components
 from mmtl.config.fields import check_ranges
 from mmtl.config.schema import ExperimentConfig
 from mmtl.errors import ConfigError
-from mmtl.registry import BALANCERS, FUSIONS, IMAGE_ENCODERS, MODALITIES, MODALITY_ENCODERS, TASKS, TEXT_ENCODERS
+from mmtl.registry import BALANCERS, FUSIONS, MODALITIES, MODALITY_ENCODERS, TASKS
 
 
 def validate(config: ExperimentConfig) -> None:
@@ -19,12 +21,10 @@ def validate(config: ExperimentConfig) -> None:
         TASKS.get(task)
     if len(set(config.tasks)) != len(config.tasks):
         raise ConfigError(f"tasks lists a task twice: {config.tasks}")
-    IMAGE_ENCODERS.get(config.model.image.name)
-    TEXT_ENCODERS.get(config.model.text.name)
+    _check_modality_names(config)
     FUSIONS.get(config.model.fusion.name)
-    balancer = BALANCERS.get(config.balancer.name)
+    check_components(config)
     check_ranges(config)
-    balancer.check_options(config.balancer.options)
     unknown = set(config.balancer.weights) - set(config.tasks)
     if unknown:
         raise ConfigError(f"balancer.weights names tasks not in tasks: {', '.join(sorted(unknown))}")
@@ -64,13 +64,17 @@ def _validate_fsdp(config: ExperimentConfig) -> None:
                           "use train.eval_every=0 and `mmtl eval` on the checkpoints, or train.fsdp=false")
 
 
+def _check_modality_names(config: ExperimentConfig) -> None:
+    """``model.modalities`` holds only modalities beyond image and text."""
+    for name in config.model.modalities:
+        if name in ("image", "text"):
+            raise ConfigError(f"model.modalities.{name}: image and text are configured in model.image / model.text")
+
+
 def _validate_modalities(config: ExperimentConfig) -> None:
     """Extra modalities and fine-tuning additions name registered components."""
     present = ("image", "text", *config.model.modalities)
     for name, modality in config.model.modalities.items():
-        if name in ("image", "text"):
-            raise ConfigError(f"model.modalities.{name}: image and text are configured in model.image / model.text")
-        MODALITIES.get(name)
         if modality.encoder:
             MODALITY_ENCODERS.get(modality.encoder)
         if modality.stands_for and modality.stands_for not in present:

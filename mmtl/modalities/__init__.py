@@ -18,7 +18,7 @@ def model_modalities(model: ModelConfig) -> dict[str, Modality]:
 
 def extra_modalities(model: ModelConfig) -> dict[str, Modality]:
     """The modalities of ``model.modalities`` (those the loader decodes into ``Batch.inputs``)."""
-    return {name: MODALITIES.get(name)(model, settings) for name, settings in model.modalities.items()}
+    return {name: MODALITIES.get(name)(model, section) for name, section in model.modalities.items()}
 
 
 __all__ = ["BUILTIN", "Modality", "extra_modalities", "model_modalities"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from data_pipelines.modalities import AudioData
+from dataclasses import dataclass
+
+from data_pipelines.modalities import AudioData, AudioSettings
 from mmtl.config import ModelConfig
 from mmtl.modalities.base import Modality
 from mmtl.modalities.mel import LogMelSpectrogram
@@ -13,10 +15,21 @@ from mmtl.models.encoders import Stream
 from mmtl.registry import MODALITIES, MODALITY_ENCODERS
 
 
+@dataclass
+class AudioModelSettings(AudioSettings):
+    """``model.modalities.audio``: the data side's settings and the log-mel spectrogram and CNN of its encoder."""
+
+    n_fft: int = 256
+    hop_length: int = 128
+    n_mels: int = 48
+    channels: int = 32
+
+
 @MODALITIES.register("audio")
 class AudioModality(Modality, AudioData):
     """A short sound, encoded by a small CNN over its log-mel spectrogram. Stands for the image by default."""
 
+    Settings = AudioModelSettings
     default_encoder = "audio_cnn"
     default_stands_for = "image"
 

@@ -29,7 +29,7 @@ class Modality(ModalityData):
     @property
     def stands_for(self) -> str:
         """The modality this one takes the place of for the tasks that read that one ("" if none)."""
-        return self.settings.stands_for or self.default_stands_for
+        return self.config.stands_for or self.default_stands_for
 
     def batch_input(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(input tensor, per-row presence) of this modality in a batch."""
@@ -39,4 +39,4 @@ class Modality(ModalityData):
     def build_encoder(self, vocab: Vocabulary) -> nn.Module:
         """The encoder: input tensor + presence -> :class:`mmtl.models.encoders.Stream` at model width
         (by default the ``MODALITY_ENCODERS`` entry the settings name, else ``default_encoder``)."""
-        return MODALITY_ENCODERS.get(self.settings.encoder or self.default_encoder)(self.model, self)
+        return MODALITY_ENCODERS.get(self.config.encoder or self.default_encoder)(self.model, self)

@@ -1,14 +1,16 @@
 """Modality encoders: each turns one input into width-sized tokens carrying a modality-type embedding."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmtl.config import ModelConfig
+from mmtl.config import ModelConfig, setting, settings_of
+from mmtl.config.fields import POSITIVE
 from mmtl.errors import ConfigError
 from mmtl.models.layers import EncoderBlock, key_mask
 from mmtl.registry import IMAGE_ENCODERS, TEXT_ENCODERS
@@ -29,9 +31,23 @@ class Stream:
     ids: torch.Tensor | None = None
 
 
+@dataclass
+class TimmSettings:
+    """``model.image`` settings of the timm encoder."""
+
+    timm_model: str = "resnet18"
+    # passed to timm.create_model as they are (architecture knobs of the chosen model)
+    timm_kwargs: dict[str, Any] = field(default_factory=dict)
+    # CNNs: average-pool the feature map by this factor before it becomes tokens (a high-resolution
+    # backbone with few tokens for the fusion)
+    feature_pool: int = setting(1, range=POSITIVE)
+
+
 @IMAGE_ENCODERS.register("timm")
 class TimmImageEncoder(nn.Module):
     """Any timm model, read through ``forward_features`` (ViT tokens or CNN feature maps)."""
+
+    Settings = TimmSettings
 
     def __init__(self, timm_model: str, timm_kwargs: dict, width: int, image_size: int,
                  pretrained_path: str | None = None, in_chans: int = 3, key: str = "model.image",
@@ -74,9 +90,9 @@ class TimmImageEncoder(nn.Module):
 
     @classmethod
     def from_config(cls, config: ModelConfig, vocab: Vocabulary) -> "TimmImageEncoder":
-        image = config.image
-        return cls(image.timm_model, image.timm_kwargs, config.width, image.image_size, image.pretrained_path,
-                   feature_pool=image.feature_pool)
+        image, settings = config.image, settings_of(config.image, cls, "model.image")
+        return cls(settings.timm_model, settings.timm_kwargs, config.width, image.image_size, image.pretrained_path,
+                   feature_pool=settings.feature_pool)
 
     def units(self) -> list[nn.Module]:
         """The backbone's stages as timm lists them in ``feature_info`` (ViT blocks, CNN stages), those
@@ -100,9 +116,18 @@ class TimmImageEncoder(nn.Module):
         return Stream(tokens, present[:, None].expand(-1, tokens.shape[1]))
 
 
+@dataclass
+class TransformerSettings:
+    """``model.text`` settings of the transformer encoder."""
+
+    depth: int = 2
+
+
 @TEXT_ENCODERS.register("transformer")
 class TransformerTextEncoder(nn.Module):
     """Bidirectional transformer over vocabulary ids (open_clip BPE tokens)."""
+
+    Settings = TransformerSettings
 
     def __init__(self, vocab_size: int, width: int, depth: int, num_heads: int, context_length: int,
                  mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
@@ -116,7 +141,8 @@ class TransformerTextEncoder(nn.Module):
 
     @classmethod
     def from_config(cls, config: ModelConfig, vocab: Vocabulary) -> "TransformerTextEncoder":
-        return cls(vocab.size, config.width, config.text.depth, config.num_heads,
+        depth = settings_of(config.text, cls, "model.text").depth
+        return cls(vocab.size, config.width, depth, config.num_heads,
                    config.text.context_length, config.mlp_ratio, config.dropout)
 
     def forward(self, ids: torch.Tensor, present: torch.Tensor) -> Stream:
@@ -188,9 +214,27 @@ def open_clip_config(model_name: str, part: str, overrides: dict, key: str) -> t
     return embed_dim, {**config[part], **overrides}
 
 
+@dataclass
+class OpenClipSettings:
+    """Settings of the open_clip encoders: an open_clip model config name and overrides of its
+    ``vision_cfg`` (``model.image``) or ``text_cfg`` (``model.text``)."""
+
+    open_clip_model: str = "ViT-B-32"
+    open_clip_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OpenClipTextSettings(OpenClipSettings):
+    """``model.text`` settings of the open_clip text encoder: also whether tokens see later tokens."""
+
+    bidirectional: bool = False
+
+
 @IMAGE_ENCODERS.register("open_clip")
 class OpenClipImageEncoder(nn.Module):
     """An open_clip vision transformer tower, read as tokens (patch tokens after its final norm)."""
+
+    Settings = OpenClipSettings
 
     def __init__(self, model_name: str, overrides: dict, width: int, image_size: int,
                  pretrained_path: str | None = None) -> None:
@@ -217,8 +261,9 @@ class OpenClipImageEncoder(nn.Module):
 
     @classmethod
     def from_config(cls, config: ModelConfig, vocab: Vocabulary) -> "OpenClipImageEncoder":
-        image = config.image
-        return cls(image.open_clip_model, image.open_clip_kwargs, config.width, image.image_size, image.pretrained_path)
+        image, settings = config.image, settings_of(config.image, cls, "model.image")
+        return cls(settings.open_clip_model, settings.open_clip_kwargs, config.width, image.image_size,
+                   image.pretrained_path)
 
     def units(self) -> list[nn.Module]:
         """The tower's residual blocks (see :meth:`TimmImageEncoder.units`)."""
@@ -239,6 +284,8 @@ class OpenClipTextEncoder(nn.Module):
     It embeds open_clip BPE ids, so it needs the full vocabulary (``model.text.vocab=full``); each
     row gets open_clip's start-of-text token first, whose output is dropped.
     """
+
+    Settings = OpenClipTextSettings
 
     def __init__(self, model_name: str, overrides: dict, width: int, context_length: int,
                  pretrained_path: str | None = None, bidirectional: bool = False) -> None:
@@ -267,8 +314,9 @@ class OpenClipTextEncoder(nn.Module):
         if text.vocab != "full" or vocab.size != FULL_BPE_SIZE + len(SPECIAL_TOKENS):
             raise ConfigError("model.text.name=open_clip needs model.text.vocab=full "
                               "(its embedding table is indexed by open_clip BPE ids)")
-        return cls(text.open_clip_model, text.open_clip_kwargs, config.width, text.context_length,
-                   text.pretrained_path, text.bidirectional)
+        settings = settings_of(text, cls, "model.text")
+        return cls(settings.open_clip_model, settings.open_clip_kwargs, config.width, text.context_length,
+                   text.pretrained_path, settings.bidirectional)
 
     @staticmethod
     def to_open_clip_ids(ids: torch.Tensor) -> torch.Tensor:
