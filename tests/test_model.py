@@ -6,6 +6,7 @@ import torch
 from data_pipelines.loader import Collator, Example
 from mmtl.builder import build_components
 from mmtl.config import resolve_config
+from mmtl.models.layers import EncoderBlock
 from mmtl.text import Vocabulary
 
 CLASSES = ["red circle", "blue square", "green triangle"]
@@ -114,3 +115,13 @@ def test_cached_and_uncached_greedy_decoding_are_identical() -> None:
     plain = decoder.generate(fused.tokens, fused.valid, 20, use_cache=False)
     assert cached.shape[1] > 1
     assert torch.equal(cached, plain)
+
+
+def test_an_untrained_encoder_block_passes_its_input_through_and_still_learns() -> None:
+    torch.manual_seed(0)
+    block = EncoderBlock(width=16, num_heads=2)
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    y = block(x)
+    assert torch.equal(y, x)
+    (y * torch.randn_like(y)).sum().backward()
+    assert block.attn.out.weight.grad.abs().sum() > 0 and block.mlp[2].weight.grad.abs().sum() > 0

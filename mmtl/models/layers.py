@@ -89,13 +89,24 @@ def find_units(module: nn.Module) -> list[nn.Module]:
 
 
 class EncoderBlock(Block):
-    """Pre-norm self-attention + MLP."""
+    """Pre-norm self-attention + MLP that starts as the identity.
+
+    The output projections of both residual branches start at zero (skip-init, as in ReZero /
+    Fixup): an untrained block passes its input through instead of mixing every token with random
+    attention. With two such fusion blocks between the image encoder and the caption decoder, the
+    default init blurred the tokens' positions and single-task captioning on shapes world reached
+    BLEU-4 65.8 after 560 steps against 77.5 with skip-init and 78.5 for a plain reference
+    (docs/benchmarks.md, "Models that learn", session 5).
+    """
 
     def __init__(self, width: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
         self.attn = Attention(width, num_heads, dropout)
         self.mlp = MLP(width, mlp_ratio, dropout)
+        for projection in (self.attn.out, self.mlp[2]):
+            nn.init.zeros_(projection.weight)
+            nn.init.zeros_(projection.bias)
 
     def compute(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), mask=mask)
