@@ -51,9 +51,11 @@ def selected(section: object, prefix: str, key: str = "") -> tuple[type, Any]:
 
 
 def check_components(config: object, prefix: str = "") -> None:
-    """Check every component-selecting section of the dataclass tree ``config`` (key and settings)."""
+    """Check every component-selecting section of the dataclass tree ``config`` (key and settings) and
+    leave in its ``options`` the chosen component's resolved settings (defaults filled in, values meant
+    for other components dropped): what a saved config holds, so that saving and loading give equal configs."""
     for key, section, mapping_key in _sections(config, prefix):
-        selected(section, key, mapping_key)
+        setattr(section, OPTIONS, dataclasses.asdict(selected(section, key, mapping_key)[1]))
 
 
 def as_tree(value: Any, prefix: str = "", key: str = "") -> Any:
