@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import webdataset as wds
-
 from data_pipelines import shardsets
 from data_pipelines.fieldmap import Mapping
 from data_pipelines.sample import IMAGE_KEYS, TEXT_INPUT_FIELD, class_tasks, supervised_tasks

@@ -1,6 +1,8 @@
 """Shared fixtures: a micro synthetic data set written once per session into a temp dir."""
 from __future__ import annotations
 
+import builtins
+
 import json
 import threading
 import urllib.error
@@ -8,7 +10,7 @@ import urllib.request
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 import torch
@@ -113,3 +115,17 @@ def request(server, path: str, body: bytes | None = None, content_type: str | No
 
 def post_json(server, payload: dict) -> tuple[int, dict]:
     return request(server, "/v1/predict", json.dumps(payload).encode(), "application/json")
+
+
+@pytest.fixture
+def refuse_tar_reads(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """A function that makes every later ``open`` of a ``.tar`` fail with "permission denied"
+    (simulated: the tests run as root, which reads any file)."""
+    real_open = builtins.open
+
+    def refuse_tars(file, *args, **kwargs):
+        if str(file).endswith(".tar"):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    return lambda: monkeypatch.setattr(builtins, "open", refuse_tars)

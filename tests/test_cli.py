@@ -133,19 +133,11 @@ def test_a_bug_is_one_line_with_exit_1(monkeypatch, capsys) -> None:
     _one_line_error(capsys, "internal error: ValueError: something unexpected second line (run with --debug")
 
 
-def test_unreadable_shard_is_one_line(trained_run: tuple[Path, Path], tmp_path: Path, monkeypatch, capsys) -> None:
+def test_unreadable_shard_is_one_line(trained_run: tuple[Path, Path], tmp_path: Path, refuse_tar_reads,
+                                      capsys) -> None:
     """Permission denied on a shard (simulated: the tests run as root, which reads any file)."""
-    import builtins
-
     data, _ = trained_run
-    real_open = builtins.open
-
-    def open_(file, *args, **kwargs):
-        if str(file).endswith(".tar"):
-            raise PermissionError(13, "Permission denied", str(file))
-        return real_open(file, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "open", open_)
+    refuse_tar_reads()
     assert main(["train", *micro_overrides(data, tmp_path / "run", steps=1)]) == 2
     _one_line_error(capsys, ".tar: permission denied")
 

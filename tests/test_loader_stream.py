@@ -196,22 +196,13 @@ def test_eval_honours_max_corrupt_fraction(tmp_path: Path, parts, capsys) -> Non
     assert "117 samples of split 'test'" in capsys.readouterr().out
 
 
-def test_a_stream_whose_shards_cannot_be_read_stops_with_the_reason(tmp_path: Path, parts, monkeypatch) -> None:
+def test_a_stream_whose_shards_cannot_be_read_stops_with_the_reason(tmp_path: Path, parts, refuse_tar_reads) -> None:
     """Resampling draws shards for ever: when none can be opened the stream must fail, naming a shard
     and why, instead of drawing unreadable shards without end."""
-    import builtins
-
     from mmtl.errors import MMTLError
 
     write_text_shards(tmp_path, 12, 4)
-    real_open = builtins.open
-
-    def refuse_tars(file, *args, **kwargs):
-        if str(file).endswith(".tar"):
-            raise PermissionError(13, "Permission denied", str(file))
-        return real_open(file, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "open", refuse_tars)
+    refuse_tar_reads()
     loader = _loader(tmp_path, parts, mode="resampled")
     with pytest.raises(MMTLError, match=r"train-00000\d\.tar: permission denied"):
         next(iter(loader))

@@ -9,7 +9,6 @@ A positive Z[i, j] means that training on i helps j.
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence

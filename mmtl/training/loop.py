@@ -30,7 +30,7 @@ from mmtl.training.logging import RunLogger, plot_losses, plot_task_monitor
 from mmtl.training.nonfinite import NonFiniteGuard
 from mmtl.training.optim import build_optimizer, build_scheduler
 from mmtl.training.signals import GracefulStop
-from mmtl.training.state import RunState, claim_run_dir
+from mmtl.training.state import RunState
 from mmtl.training.timer import StepTimer
 
 OOM_ADVICE = ("out of GPU memory at step {step} (data.batch_size={batch}); try a smaller data.batch_size with "

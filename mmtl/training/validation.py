@@ -48,7 +48,7 @@ from mmtl.evaluation.baselines import baseline_split_metrics, read_baselines
 from mmtl.evaluation.delta import delta_m
 from mmtl.evaluation.evaluate import EvalResult, evaluate
 from mmtl.training.logging import RunLogger, plot_validation
-from mmtl.training.loop import Trainer, TrainResult
+from mmtl.training.loop import Trainer
 
 log = logging.getLogger(__name__)
 
