@@ -46,3 +46,13 @@ def test_bench_recipe_reports_ratios_and_the_reference_learns(micro_data: Path, 
 def test_bench_recipe_refuses_a_directory_without_shards(tmp_path: Path, capsys) -> None:
     assert load_bench().main(["--data", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("mmtl: error: ")
+
+
+def test_bench_recipe_passes_set_overrides_to_the_mmtl_side(micro_data: Path, capsys) -> None:
+    """--set reaches mmtl's config: an invalid value is the config's one-line error, exit 2."""
+    bench = load_bench()
+    code = bench.main(["--data", str(micro_data), "--preset", "micro", "--steps", "1", "--seeds", "0",
+                       "--tasks", "summarization", "--set", "task_settings.summarization.mode=nonsense"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmtl: error: ") and "nonsense" in err and len(err.strip().splitlines()) == 1

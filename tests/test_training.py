@@ -1,4 +1,5 @@
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from mmtl.config import resolve_config
 from mmtl.errors import MMTLError
 from mmtl.inference import Predictor
 from mmtl.checkpoint import LATEST, load_train_state, resolve_checkpoint
+from mmtl.training import loop
 from mmtl.training.loop import Trainer
 from mmtl.training.run import train
 from mmtl.training.optim import lr_factor
@@ -30,6 +32,19 @@ def test_training_writes_a_complete_run_directory(micro_data: Path, tmp_path: Pa
     assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-00000002", "step-00000004"]
     assert not list((run / "checkpoints").glob(".*tmp*"))  # no temp leftovers
     assert load_train_state(result.checkpoint)["step"] == 4
+
+
+def test_step_seconds_count_the_steps_alone(micro_data: Path, tmp_path: Path, monkeypatch) -> None:
+    """bench_recipe compares step time at equal wall time: one-off work (checkpoints, FLOP counting)
+    must not count, or the comparison is unfair to mmtl."""
+    save, count = loop.Trainer.save, loop.Trainer._count_step_flops
+    monkeypatch.setattr(loop.Trainer, "save", lambda self: (time.sleep(0.5), save(self))[1])
+    monkeypatch.setattr(loop.Trainer, "_count_step_flops", lambda self, batch: (time.sleep(0.5), count(self, batch))[1])
+    config = resolve_config({}, micro_overrides(micro_data, tmp_path / "run", steps=3) + ["train.checkpoint_every=1"])
+    result = train(config)
+    # three checkpoints (steps 1, 2 and the final one) and one FLOP count: 2 s of one-off sleeps
+    assert result.seconds - result.step_seconds >= 2.0
+    assert 0 < result.step_seconds < result.seconds
 
 
 def test_predictor_reproduces_the_trained_model(micro_data: Path, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 Usage: python tools/bench_recipe.py [--data DIR | --real] [--tasks recognition,captioning,summarization]
            [--steps 560] [--seeds 0,1,2] [--preset tiny] [--batch-size 32] [--max-eval N] [--cache DIR]
+           [--set KEY=VALUE ...]
 
 For every data set, task and seed:
   mmtl       ``mmtl.training.loop.train`` with ``tasks=[task]`` (the preset's recipe otherwise unchanged),
@@ -12,8 +13,9 @@ For every data set, task and seed:
              the same data (read from the shard tars into memory), steps and batch size, greedy
              decoding, scored by the same mmtl task object's ``score()``.
 Equal steps: both train ``--steps`` steps. Equal wall time: the budget is the faster one's time for
-``--steps`` steps (mmtl: ``TrainResult.seconds``; reference: decoding the train split into memory
-plus its loop); the slower one is trained again, from scratch with its full schedule, for the steps
+``--steps`` steps (mmtl: ``TrainResult.step_seconds``, its steps with their data fetches, without
+setup, FLOP counting, checkpoints and plots; reference: decoding the train split into memory plus
+its loop); the slower one is trained again, from scratch with its full schedule, for the steps
 that fit in that budget at its measured rate (at least 1), and scored.
 Without ``--data`` / ``--real`` the data is shapes world written into a temp dir like the quickstart.
 ``--real`` converts the sets in ``<repo>/../shared/data`` (or $MMTL_SHARED_DATA) once into ``--cache``.
@@ -126,7 +128,7 @@ def base_config(data: DataSet, task: str, args: argparse.Namespace, seed: int, s
     """mmtl's single-task config: built-in defaults (the quickstart's recipe) for one task and seed."""
     overrides = [f"data.path={data.path}", f"tasks=[{task}]", f"model.preset={args.preset}", f"seed={seed}",
                  f"data.batch_size={args.batch_size}", f"eval.split={data.eval_split}", f"output_dir={out}",
-                 "train.overwrite=true", "train.progress=false", "train.checkpoint_every=0"]
+                 "train.overwrite=true", "train.progress=false", "train.checkpoint_every=0", *args.set]
     if args.max_eval:  # an eval batch that divides N, so that mmtl scores exactly N samples too
         overrides.append(f"eval.batch_size={max(d for d in range(1, 65) if args.max_eval % d == 0)}")
     warmup = load_config(None, overrides).train.warmup_steps
@@ -141,7 +143,7 @@ def run_mmtl(config: ExperimentConfig, max_eval: int) -> dict[str, Any]:
     task = config.tasks[0]
     metric = evaluation.primary[task]
     return {"metric": evaluation.metrics[task][metric], "baseline": evaluation.baselines[task][metric],
-            "seconds": result.seconds, "samples": evaluation.samples, "name": metric}
+            "seconds": result.step_seconds, "samples": evaluation.samples, "name": metric}
 
 
 class ReferenceBench:
@@ -247,6 +249,7 @@ def run_bench(datasets: list[DataSet], args: argparse.Namespace, workdir: Path) 
             results[f"{data.name}/{task}"] = summarize(rows)
     print(format_table(results))
     return {"bench": "recipe", "preset": args.preset, "steps": args.steps, "batch_size": args.batch_size,
+            "overrides": args.set,
             "seeds": args.seeds, "threads": torch.get_num_threads(),
             "ratios": {k: {"equal_steps": r["ratio_equal_steps"], "equal_time": r["ratio_equal_time"]}
                        for k, r in results.items()},
@@ -265,6 +268,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-eval", type=int, default=0, help="score at most N held-out samples (0: all)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an mmtl config override for the mmtl side (repeatable), e.g. "
+                             "task_settings.summarization.mode=extractive; the reference is unchanged")
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "mmtl-bench-recipe"),
                         help="where --real conversions and the default shapes world are kept")
     args = parser.parse_args(argv)

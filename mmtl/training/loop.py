@@ -61,7 +61,8 @@ class TrainResult:
     checkpoint: Path
     components: Components
     final_losses: dict[str, float]
-    seconds: float
+    seconds: float  # the whole run: setup, FLOP counting, checkpoints and plots included
+    step_seconds: float = 0.0  # the steps alone: data fetch, forward, backward and update
 
 
 class Trainer:
@@ -242,15 +243,17 @@ class Trainer:
                     parts = self._next_step_batches(batches)
                     timer.waited(fetch, sum(len(p) for p in parts) * self.dist.world_size)
                     if self.flops_per_step is None:
+                        counting = time.perf_counter()
                         self.flops_per_step = self._count_step_flops(parts[0])
                         if cfg.compile:  # after counting: the FLOP counter cannot see inside compiled graphs
                             compile_blocks(self.model)
+                        fetch += time.perf_counter() - counting  # one-off setup, not step time
                     try:
                         out = self.train_step(parts)
                     except torch.cuda.OutOfMemoryError:
                         raise MMTLError(OOM_ADVICE.format(step=self.step + 1, batch=self.config.data.batch_size)) from None
+                    timer.stepped(fetch)
                     progress.update(1)
-                    timer.steps += 1
                     if self._logs_at(self.step):
                         throughput = timer.lap(self.flops_per_step or 0.0, peak_flops(self.device, self.precision)[0])
                         if main:
@@ -278,7 +281,7 @@ class Trainer:
             if self.validator is not None:
                 self.validator.finish(logger.path)
         dist.shutdown(self.dist)
-        return TrainResult(self.run_dir, checkpoint, self.components, final, timer.elapsed())
+        return TrainResult(self.run_dir, checkpoint, self.components, final, timer.elapsed(), timer.stepping)
 
     def _log(self, logger: RunLogger, progress: tqdm, out: dict[str, torch.Tensor],
              throughput: dict[str, float]) -> dict[str, float]:

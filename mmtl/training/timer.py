@@ -1,4 +1,5 @@
-"""Throughput between two log steps: samples per second, the fraction spent waiting for data, MFU."""
+"""Throughput between two log steps (samples per second, the fraction spent waiting for data, MFU), and
+the time spent in steps alone over a run."""
 from __future__ import annotations
 
 import time
@@ -12,11 +13,17 @@ class StepTimer:
     def __init__(self) -> None:
         self.started = self.last = time.perf_counter()
         self.data_wait, self.samples, self.steps = 0.0, 0, 0
+        self.stepping = 0.0  # seconds inside steps (data fetch + forward/backward/update), over the whole run
 
     def waited(self, since: float, samples: int) -> None:
         """A step's batches arrived (fetched from ``since``) holding ``samples`` samples over all ranks."""
         self.data_wait += time.perf_counter() - since
         self.samples += samples
+
+    def stepped(self, since: float) -> None:
+        """One optimiser step finished; it began (with its data fetch) at ``since``."""
+        self.stepping += time.perf_counter() - since
+        self.steps += 1
 
     def lap(self, flops_per_step: float, peak: float) -> dict[str, float]:
         """Throughput since the last lap (``peak``: the device's peak FLOP/s, for MFU); restarts the counts."""
