@@ -81,7 +81,9 @@ def write_checkpoint(
         save_config(config, tmp / CONFIG_FILE)
         if train_state is not None:
             torch.save(train_state, tmp / STATE_FILE)
+        sync_tree(tmp)
         _replace_dir(tmp, directory)
+        sync_path(directory.parent)
     except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise _write_error(exc, directory) from exc
@@ -89,6 +91,24 @@ def write_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def sync_path(path: Path) -> None:
+    """fsync one file or directory, so that a rename after it cannot land before its contents do."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_tree(root: Path) -> None:
+    """fsync every file under ``root``, then ``root`` itself (its entries): a power cut after the
+    rename must not leave a checkpoint whose files are empty or short."""
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            sync_path(path)
+    sync_path(root)
 
 
 def _replace_dir(new: Path, directory: Path) -> None:
@@ -158,7 +178,9 @@ def save_run_checkpoint(run_dir: Path, step: int, keep: int = 3, **kwargs: Any) 
     pointer = root / f".{LATEST}.tmp"
     try:
         pointer.write_text(path.name)
+        sync_path(pointer)
         os.replace(pointer, root / LATEST)
+        sync_path(root)
     except OSError as exc:
         raise _write_error(exc, root / LATEST) from exc
     for old in sorted(root.glob("step-*"))[:-keep]:

@@ -82,3 +82,22 @@ def test_rewriting_a_checkpoint_replaces_it_whole(tmp_path: Path) -> None:
         write_checkpoint(target, model=model, meta={"v": value}, config=resolve_config({}))
     assert sorted(p.name for p in target.parent.iterdir()) == ["best"]
     assert '"v": 2.0' in (target / "meta.json").read_text()
+
+
+def test_every_file_is_synced_before_the_renames_that_publish_it(tmp_path: Path, monkeypatch) -> None:
+    """A power cut after a rename must not publish a checkpoint (or LATEST) whose data never reached
+    the disk: each file is fsynced before the rename that makes it visible."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("sync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                  real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda src, dst: (events.append(("replace", str(src))), real_replace(src, dst))[1])
+    _save(tmp_path / "run", 1)
+    root = tmp_path / "run" / "checkpoints"
+    renamed = [i for i, (kind, _) in enumerate(events) if kind == "replace"]
+    assert len(renamed) == 2  # the checkpoint directory, then LATEST
+    checkpoint_files = sorted(p.name for p in (root / "step-00000001").iterdir())
+    synced_first = {Path(path).name for kind, path in events[:renamed[0]] if kind == "sync"}
+    assert set(checkpoint_files) <= synced_first and MODEL_FILE in checkpoint_files
+    assert any(path.endswith(f".{LATEST}.tmp") for kind, path in events[renamed[0]:renamed[1]] if kind == "sync")
+    assert events[-1] == ("sync", str(root))  # the directory entry of LATEST itself
