@@ -125,3 +125,26 @@ def test_an_untrained_encoder_block_passes_its_input_through_and_still_learns() 
     assert torch.equal(y, x)
     (y * torch.randn_like(y)).sum().backward()
     assert block.attn.out.weight.grad.abs().sum() > 0 and block.mlp[2].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_decoder_output_layer_is_separate_unless_tied(tie: bool, tmp_path: Path) -> None:
+    """Untied (the default): an output layer of its own and unit-scale token embeddings, which made
+    captioning learn reliably across seeds. Tied: the embedding is the output layer, started small."""
+    from mmtl.checkpoint import load_pretrained, save_pretrained
+
+    torch.manual_seed(0)
+    config, parts = _model(f"model.decoder.tie_embeddings={str(tie).lower()}")
+    decoder = parts.model.heads["captioning"]
+    embed_std = decoder.embed.weight[1:].std().item()
+    if tie:
+        assert decoder.out is None and embed_std < 0.05
+    else:
+        assert decoder.out.weight.shape == decoder.embed.weight.shape and 0.9 < embed_std < 1.1
+    batch = _batch(parts)
+    model = parts.model.eval()
+    with torch.no_grad():
+        before = model(batch)["captioning"]
+    loaded = load_pretrained(save_pretrained(parts, tmp_path / "m"))
+    with torch.no_grad():
+        assert torch.equal(loaded.model.eval()(batch)["captioning"], before)

@@ -36,7 +36,13 @@ class ClassQueryHead(nn.Module):
 
 
 class TextDecoder(nn.Module):
-    """Causal transformer decoder with cross-attention to fused tokens; tied input/output embeddings.
+    """Causal transformer decoder with cross-attention to fused tokens.
+
+    The output layer is its own linear map over the vocabulary, and token embeddings start at unit
+    scale (as ``nn.Embedding`` and PyTorch's own transformer recipes). With ``tie_embeddings`` the output
+    reuses the embedding, which then has to start small (std 0.02) to keep the first logits small;
+    that small input embedding made captioning learn late and erratically over seeds (BLEU-4 64 to
+    77.5 at 560 steps on shapes world, against 76-77 untied).
 
     ``prompt`` (W,), when given, is added to the first (BOS) position: a decoder shared by several
     tasks reads which task it is decoding for from it (OFA-style task prompt).
@@ -49,11 +55,13 @@ class TextDecoder(nn.Module):
     """
 
     def __init__(self, vocab_size: int, width: int, depth: int, num_heads: int, max_length: int,
-                 mlp_ratio: float = 4.0, dropout: float = 0.0, copy: bool = False) -> None:
+                 mlp_ratio: float = 4.0, dropout: float = 0.0, copy: bool = False, tie_embeddings: bool = False) -> None:
         super().__init__()
         self.max_length = max_length
-        self.embed = nn.Embedding(vocab_size, width, padding_idx=PAD)
-        nn.init.normal_(self.embed.weight, std=0.02)  # tied with the output layer: keep initial logits small
+        self.embed = nn.Embedding(vocab_size, width, padding_idx=PAD)  # N(0, 1), PAD row zero
+        self.out = None if tie_embeddings else nn.Linear(width, vocab_size)
+        if tie_embeddings:  # the embedding is the output layer too: keep the first logits small
+            nn.init.normal_(self.embed.weight, std=0.02)
         self.position = nn.Parameter(torch.randn(max_length, width) * 0.02)
         self.blocks = nn.ModuleList(DecoderBlock(width, num_heads, mlp_ratio, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
@@ -67,7 +75,7 @@ class TextDecoder(nn.Module):
 
     def _output(self, x: torch.Tensor, copy_source: "CopySource | None") -> torch.Tensor:
         hidden = self.norm(x)
-        logits = hidden @ self.embed.weight.t()
+        logits = hidden @ self.embed.weight.t() if self.out is None else self.out(hidden)
         if self.copy is None or copy_source is None:
             return logits
         return self.copy(hidden, logits, copy_source)

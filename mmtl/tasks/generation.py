@@ -48,7 +48,8 @@ class GenerationTask(Task):
         # so that no head carries parameters that never get a gradient
         copy = config.decoder.copy and (config.decoder.shared or self.reads_tokens())
         return TextDecoder(self.context.vocab.size, config.width, config.decoder.depth, config.num_heads,
-                           config.decoder.max_length, config.mlp_ratio, config.dropout, copy=copy)
+                           config.decoder.max_length, config.mlp_ratio, config.dropout, copy=copy,
+                           tie_embeddings=config.decoder.tie_embeddings)
 
     def shared_head_key(self, config: ModelConfig) -> str | None:
         """With ``model.decoder.shared`` all generation tasks share one text decoder."""
