@@ -87,6 +87,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+# file suffixes read as images from a folder (image-folder conversion, batch prediction over a folder)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int = 0) -> Image.Image:
     """Decode image bytes to an RGB PIL image with EXIF orientation applied.
 

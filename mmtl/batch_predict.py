@@ -14,18 +14,17 @@ from typing import Iterable, Iterator
 
 from tqdm import tqdm
 
+from data_pipelines.transforms import IMAGE_SUFFIXES
 from mmtl.errors import MMTLError, os_error_message
 from mmtl.inference import PredictOptions, Predictor
 from mmtl.registry import MODALITIES
 
 log = logging.getLogger(__name__)
 
+
 def further_modalities() -> list[str]:
     """Registered modality names besides image and text (JSONL fields holding their file paths)."""
     return [name for name in MODALITIES.keys() if name not in ("image", "text")]
-
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 @dataclass

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from data_pipelines.convert.records import KeyMaker, ReadReport, Record, SourceFormat, SourceOption
+from data_pipelines.transforms import IMAGE_SUFFIXES
 from mmtl.errors import MMTLError
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 def read_imagefolder(root: Path, report: ReadReport) -> tuple[list[Record], list[str]]:
