@@ -10,7 +10,10 @@ written to a temp dir, through the real ``Trainer.train_step`` (non-log steps: n
 monitor). Gradient balancers run on the shared representation (the issue's target, <= 1.5x)
 and on all shared parameters. Rounds interleave the balancers so that drifting machine load
 hits all of them alike; each balancer's time is its median over rounds.
-ratio = median step time / equal weighting's median step time. Final line: one JSON object.
+ratio = median step time / equal weighting's median step time. ``flop ratio`` = the model FLOPs of
+one step (``torch.utils.flop_counter``: matmuls and convolutions, forward and backward) / equal
+weighting's: the ceiling that no implementation of the same per-task gradients goes below (on all
+shared parameters, T backward passes through the trunk). Final line: one JSON object.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import mmtl.components  # noqa: F401
 from data_pipelines.shapes_world import write_shards
 from mmtl.config import resolve_config
 from mmtl.registry import BALANCERS
+from mmtl.training.flops import count_flops
 from mmtl.training.loop import Trainer
 
 
@@ -80,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         base = [f"data.path={data}", f"model.preset={args.preset}", f"data.batch_size={args.batch_size}",
                 "train.progress=false", "train.steps=1000000", "train.log_every=1000000",
                 f"train.device={args.device}", f"train.precision={args.precision}", *args.overrides]
-        trainers, batch, shared = {}, None, None
+        trainers, batch, shared, flops = {}, None, None, {}
         for label, extra in chosen:
             # one model for all: each trainer brings only its balancer, optimiser state and scheduler,
             # so that the small preset's 26 trainers fit in memory; the weights a balancer starts a
@@ -91,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                 batch = next(iter(trainer._loader())).to(trainer.device)
             for _ in range(args.warmup):
                 trainer.train_step(batch, monitor=False)
+            flops[label] = count_flops(lambda: trainer.train_step(batch, monitor=False))
             trainers[label] = trainer
         device = next(iter(trainers.values())).device
         times: dict[str, list[float]] = {label: [] for label in trainers}
@@ -104,15 +109,17 @@ def main(argv: list[str] | None = None) -> int:
                 times[label].append((time.perf_counter() - start) / args.steps)
     median = {label: statistics.median(t) for label, t in times.items()}
     equal = median["equal"]
-    print(f"{'balancer':<22}{'ms/step':>10}{'ratio':>8}")
+    print(f"{'balancer':<22}{'ms/step':>10}{'ratio':>8}{'flop ratio':>12}")
     for label, seconds in median.items():
-        print(f"{label:<22}{1000 * seconds:>10.1f}{seconds / equal:>8.2f}")
+        print(f"{label:<22}{1000 * seconds:>10.1f}{seconds / equal:>8.2f}{flops[label] / flops['equal']:>12.2f}")
     result = {
         "preset": args.preset, "device": str(device), "precision": next(iter(trainers.values())).precision,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "batch_size": args.batch_size, "tasks": 3,
         "equal_ms_per_step": round(1000 * equal, 2),
         "ratio": {label: round(seconds / equal, 3) for label, seconds in median.items()},
+        "equal_gflop_per_step": round(flops["equal"] / 1e9, 2),
+        "flop_ratio": {label: round(flops[label] / flops["equal"], 3) for label in median},
     }
     print(json.dumps(result))
     return 0

@@ -6,7 +6,8 @@ import re
 from typing import Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 # Dense peak FLOP/s per device, by the dtype the matmuls run in. GPUs: vendor datasheets (dense,
 # no sparsity). CPUs are estimated per core from the widest SIMD unit the machine reports.
@@ -20,11 +21,31 @@ GPU_PEAK_FLOPS = {
 CPU_FLOPS_PER_CYCLE = {"avx512f": 64, "avx2": 32, "sse": 8}
 
 
+class _FlopTotal(TorchDispatchMode):
+    """Adds up torch's own FLOP formulas (matmuls, convolutions, attention) as the ops dispatch.
+
+    ``FlopCounterMode`` does the same but also hooks every module to attribute FLOPs, and
+    ``torch.autograd.grad`` (the per-task gradients of gradient balancers) refuses those hooks.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
 def count_flops(fn: Callable[[], object]) -> int:
     """Total FLOPs that ``fn()`` executes (forward and backward included if ``fn`` runs both)."""
-    with FlopCounterMode(display=False) as counter:
+    with _FlopTotal() as counter:
         fn()
-    return int(counter.get_total_flops())
+    return int(counter.total)
 
 
 def _cpu_peak_fp32() -> float:

@@ -1,0 +1,26 @@
+"""tools/bench_balancers.py: step-time and FLOP ratios against equal weighting, on the micro preset."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+TOOLS = Path(__file__).parents[1] / "tools"
+
+
+def test_bench_balancers_reports_time_and_flop_ratios(one_thread, capsys) -> None:
+    spec = importlib.util.spec_from_file_location("bench_balancers", TOOLS / "bench_balancers.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_balancers"] = bench
+    spec.loader.exec_module(bench)
+    code = bench.main(["--preset", "micro", "--batch-size", "4", "--steps", "1", "--warmup", "0", "--rounds", "1",
+                       "--only", "uncertainty,pcgrad,pcgrad@params"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result["ratio"]) == {"equal", "uncertainty", "pcgrad", "pcgrad@params"}
+    flops = result["flop_ratio"]
+    assert flops["equal"] == 1.0 and result["equal_gflop_per_step"] > 0
+    assert abs(flops["uncertainty"] - 1.0) < 0.02  # loss weighting: the same single backward
+    # three tasks' gradients on all shared parameters: three backward passes through the trunk
+    assert flops["pcgrad@params"] > 1.3 and flops["pcgrad@params"] > flops["pcgrad"]
