@@ -2,10 +2,10 @@
 turned into log-mel spectrograms on the device (torch only) and encoded by a small CNN."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
-
-from dataclasses import dataclass
 
 from data_pipelines.modalities import AudioData, AudioSettings
 from mmtl.config import ModelConfig

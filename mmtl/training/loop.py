@@ -62,7 +62,7 @@ class TrainResult:
     components: Components
     final_losses: dict[str, float]
     seconds: float  # the whole run: setup, FLOP counting, checkpoints and plots included
-    step_seconds: float = 0.0  # the steps alone: data fetch, forward, backward and update
+    step_seconds: float  # the steps alone: data fetch, forward, backward and update
 
 
 class Trainer:
