@@ -6,16 +6,23 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 TOOLS = Path(__file__).parents[1] / "tools"
 
 
-def test_bench_balancers_reports_time_and_flop_ratios(one_thread, capsys) -> None:
+def load_bench():
+    """The tool as a module (tools/ is not a package)."""
     spec = importlib.util.spec_from_file_location("bench_balancers", TOOLS / "bench_balancers.py")
     bench = importlib.util.module_from_spec(spec)
     sys.modules["bench_balancers"] = bench
     spec.loader.exec_module(bench)
-    code = bench.main(["--preset", "micro", "--batch-size", "4", "--steps", "1", "--warmup", "0", "--rounds", "1",
-                       "--only", "uncertainty,pcgrad,pcgrad@params"])
+    return bench
+
+
+def test_bench_balancers_reports_time_and_flop_ratios(one_thread, capsys) -> None:
+    code = load_bench().main(["--preset", "micro", "--batch-size", "4", "--steps", "1", "--warmup", "0",
+                              "--rounds", "1", "--only", "uncertainty,pcgrad,pcgrad@params"])
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(result["ratio"]) == {"equal", "uncertainty", "pcgrad", "pcgrad@params"}
@@ -24,3 +31,13 @@ def test_bench_balancers_reports_time_and_flop_ratios(one_thread, capsys) -> Non
     assert abs(flops["uncertainty"] - 1.0) < 0.02  # loss weighting: the same single backward
     # three tasks' gradients on all shared parameters: three backward passes through the trunk
     assert flops["pcgrad@params"] > 1.3 and flops["pcgrad@params"] > flops["pcgrad"]
+
+
+def test_bench_balancers_refuses_bad_arguments_in_one_line(capsys) -> None:
+    bench = load_bench()
+    for argv in (["--steps", "0"], ["--only", "pcgrad,nonsense"]):
+        with pytest.raises(SystemExit) as stop:
+            bench.main(argv)
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert "error:" in err and "Traceback" not in err

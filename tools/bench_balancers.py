@@ -72,9 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here")
+    if args.steps < 1 or args.rounds < 1 or args.warmup < 0 or args.batch_size < 1:
+        parser.error("--steps, --rounds and --batch-size must be >= 1, --warmup >= 0")
     chosen = variants()
     if args.only:
         wanted = {"equal", *args.only.split(",")}
+        unknown = wanted - {label for label, _ in chosen}
+        if unknown:
+            parser.error(f"--only: unknown labels {', '.join(sorted(unknown))}; valid: "
+                         f"{', '.join(label for label, _ in chosen)}")
         chosen = [v for v in chosen if v[0] in wanted]
     else:
         chosen = [v for v in chosen if not v[0].endswith("-batched")]
