@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import builtins
-
+import importlib.util
 import json
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -19,6 +20,17 @@ from data_pipelines.shapes_world import write_shards
 import mmtl.components  # noqa: F401  (fills the registries that config validation reads, as the entry points do)
 
 MICRO_SIZES = {"train": 96, "val": 16, "test": 16}
+TOOLS = Path(__file__).parents[1] / "tools"
+
+
+def load_tool(name: str) -> Any:
+    """``tools/<name>.py`` as a module (tools/ is not a package; registered in sys.modules so that its
+    dataclasses resolve their own module)."""
+    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

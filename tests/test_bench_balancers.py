@@ -1,28 +1,18 @@
 """tools/bench_balancers.py: step-time and FLOP ratios against equal weighting, on the micro preset."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-TOOLS = Path(__file__).parents[1] / "tools"
-
-
-def load_bench():
-    """The tool as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("bench_balancers", TOOLS / "bench_balancers.py")
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["bench_balancers"] = bench
-    spec.loader.exec_module(bench)
-    return bench
+from tests.conftest import load_tool
 
 
 def test_bench_balancers_reports_time_and_flop_ratios(one_thread, capsys) -> None:
-    code = load_bench().main(["--preset", "micro", "--batch-size", "4", "--steps", "1", "--warmup", "0",
-                              "--rounds", "1", "--only", "uncertainty,pcgrad,pcgrad@params"])
+    code = load_tool("bench_balancers").main(["--preset", "micro", "--batch-size", "4", "--steps", "1",
+                                              "--warmup", "0", "--rounds", "1",
+                                              "--only", "uncertainty,pcgrad,pcgrad@params"])
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(result["ratio"]) == {"equal", "uncertainty", "pcgrad", "pcgrad@params"}
@@ -34,7 +24,7 @@ def test_bench_balancers_reports_time_and_flop_ratios(one_thread, capsys) -> Non
 
 
 def test_bench_balancers_refuses_bad_arguments_in_one_line(capsys) -> None:
-    bench = load_bench()
+    bench = load_tool("bench_balancers")
     for argv in (["--steps", "0"], ["--only", "pcgrad,nonsense"]):
         with pytest.raises(SystemExit) as stop:
             bench.main(argv)

@@ -1,27 +1,15 @@
 """tools/bench_recipe.py: mmtl next to the plain PyTorch reference on tiny shards, a few steps."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
-import pytest
 
-TOOLS = Path(__file__).parents[1] / "tools"
-
-
-def load_bench():
-    """The tool as a module (tools/ is not a package; the tool puts tools/ on sys.path itself)."""
-    spec = importlib.util.spec_from_file_location("bench_recipe", TOOLS / "bench_recipe.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_recipe"] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_tool
 
 
 def test_bench_recipe_reports_ratios_and_the_reference_learns(micro_data: Path, one_thread, capsys) -> None:
-    bench = load_bench()
+    bench = load_tool("bench_recipe")
     code = bench.main(["--data", str(micro_data), "--preset", "micro", "--steps", "16", "--seeds", "0",
                        "--batch-size", "8", "--max-eval", "16"])
     assert code == 0
@@ -44,13 +32,13 @@ def test_bench_recipe_reports_ratios_and_the_reference_learns(micro_data: Path, 
 
 
 def test_bench_recipe_refuses_a_directory_without_shards(tmp_path: Path, capsys) -> None:
-    assert load_bench().main(["--data", str(tmp_path)]) == 2
+    assert load_tool("bench_recipe").main(["--data", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("mmtl: error: ")
 
 
 def test_bench_recipe_passes_set_overrides_to_the_mmtl_side(micro_data: Path, capsys) -> None:
     """--set reaches mmtl's config: an invalid value is the config's one-line error, exit 2."""
-    bench = load_bench()
+    bench = load_tool("bench_recipe")
     code = bench.main(["--data", str(micro_data), "--preset", "micro", "--steps", "1", "--seeds", "0",
                        "--tasks", "summarization", "--set", "task_settings.summarization.mode=nonsense"])
     assert code == 2

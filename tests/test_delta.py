@@ -8,7 +8,7 @@ import torch
 from mmtl.cli import main
 from mmtl.evaluation.delta import delta_m, format_delta
 from mmtl.registry import TASKS
-from tests.conftest import micro_overrides
+from tests.conftest import load_tool, micro_overrides
 
 
 def test_delta_m_matches_a_hand_computed_case() -> None:
@@ -172,7 +172,7 @@ def test_analyze_affinity_cli(micro_data: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_balancer_table_summarises_seeds(tmp_path: Path) -> None:
-    table = _balancer_table()
+    table = load_tool("balancer_table")
     assert table.parse_balancer("pcgrad@representation") == (
         "pcgrad@representation", ["balancer.name=pcgrad", "balancer.on=representation"])
     bases, results = {}, {}
@@ -192,17 +192,8 @@ def test_balancer_table_summarises_seeds(tmp_path: Path) -> None:
     assert row["seeds_with_regression"] == 1
 
 
-def _balancer_table():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("balancer_table", Path(__file__).parents[1] / "tools" / "balancer_table.py")
-    table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(table)
-    return table
-
-
 def test_tuned_scalarisation_grid_and_choice() -> None:
-    table = _balancer_table()
+    table = load_tool("balancer_table")
     grid = table.weight_grid(["a", "b"], [1, 3])
     assert grid == [{"a": 1.0, "b": 1.0}, {"a": 0.5, "b": 1.5}, {"a": 1.5, "b": 0.5}]  # (3, 3) is (1, 1) scaled
     assert len(table.weight_grid(["a", "b", "c"], [1, 3])) == 7
@@ -213,7 +204,7 @@ def test_tuned_scalarisation_grid_and_choice() -> None:
 
 
 def test_balancer_table_end_to_end_with_the_tuned_row(micro_data: Path, tmp_path: Path, one_thread) -> None:
-    table = _balancer_table()
+    table = load_tool("balancer_table")
     out = tmp_path / "table"
     overrides = [o for o in micro_overrides(micro_data, tmp_path, steps=2) if not o.startswith("output_dir=")]
     overrides.append("tasks=[recognition,captioning]")
