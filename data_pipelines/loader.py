@@ -85,6 +85,9 @@ class Batch:
     skipped_shards: dict[str, int] = field(default_factory=dict)
     # modalities beyond image and text that at least one row carries (see data_pipelines.modalities)
     inputs: dict[str, ModalityInput] = field(default_factory=dict)
+    # how many rows carry an image and a document ("image", "text"; extra modalities count theirs in
+    # ``inputs``), known on the host so that models can skip an encoder without a device sync; {}: unknown
+    rows_with: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -104,14 +107,21 @@ class Batch:
         text = self.text[rows]
         length = max(1, int((text != PAD).sum(1).max())) if len(rows) else 1
         return Batch([self.keys[r] for r in rows], self.image[rows], self.has_image[rows], text[:, :length], targets,
-                     [self.annotations[r] for r in rows] if self.annotations else [])
+                     [self.annotations[r] for r in rows] if self.annotations else [],
+                     rows_with=_rows_with(self.has_image[rows], text))
 
     def to(self, device: torch.device | str) -> "Batch":
         """Move tensors to ``device`` (non-blocking where the memory is pinned)."""
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
         targets = {task: {k: move(v) for k, v in t.items()} for task, t in self.targets.items()}
         return Batch(self.keys, move(self.image), move(self.has_image), move(self.text), targets, self.annotations,
-                     self.skipped, self.skipped_shards, {k: v.to(device) for k, v in self.inputs.items()})
+                     self.skipped, self.skipped_shards, {k: v.to(device) for k, v in self.inputs.items()},
+                     self.rows_with)
+
+
+def _rows_with(has_image: torch.Tensor, text: torch.Tensor) -> dict[str, int]:
+    """Batch.rows_with from the presence of images and the PAD-padded document ids."""
+    return {"image": int(has_image.sum()), "text": int((text != PAD).any(1).sum())}
 
 
 @dataclass
@@ -222,7 +232,7 @@ class Collator:
             if rows:  # a modality no row carries is left out, so models skip its encoder
                 inputs[name] = ModalityInput(*modality.collate(items), rows)
         return Batch([e.key for e in examples], image, has_image, text, targets, [e.annotation for e in examples],
-                     inputs=inputs)
+                     inputs=inputs, rows_with=_rows_with(has_image, text))
 
 
 def batch_groups(groups: Iterable[list[tuple[int, dict[str, Any]]]], decoders: Sequence[SampleDecoder],

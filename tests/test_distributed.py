@@ -118,6 +118,7 @@ def _fsdp_worker(rank: int, world_size: int, port: int, overrides: list[str], ou
         after.append({k: fsdp.full(v.detach()).clone() for k, v in trainer.model.named_parameters()})
         trainer.resume("latest")
     result["continued"], result["resumed"] = after
+    result["skips_absent_modalities"] = trainer.model.skip_absent_modalities
     uneven = batch.subset(rows)
     if rank == 1:  # a task with rows on rank 0 only: sharded blocks would wait for ever, so the run stops
         uneven.targets.pop("summarization")
@@ -150,6 +151,8 @@ def test_fsdp_on_two_gloo_ranks_matches_one_process_and_resumes_exactly(micro_da
         # resuming the sharded checkpoint restores weights and optimiser exactly: the same step lands bitwise
         assert all(torch.equal(result["continued"][k], result["resumed"][k]) for k in result["continued"])
         assert "summarization" in result["uneven_error"] and "train.fsdp=false" in result["uneven_error"]
+        # a rank whose rows carry no image must still run the sharded image encoder with the others
+        assert result["skips_absent_modalities"] is False
     checkpoint = tmp_path / "run" / "checkpoints" / "step-00000003"
     saved = load_file(str(checkpoint / "model.safetensors"))  # whole tensors, the usual names
     assert all(torch.equal(saved[k], ranks[0]["params"][k]) for k in single["params"])

@@ -90,6 +90,29 @@ def test_any_fusion_handles_missing_modalities(fusion: str, image: bool, text: b
     assert torch.isfinite(fused.tokens).all() and torch.isfinite(fused.pooled).all()
 
 
+@pytest.mark.parametrize("fusion", ["single_stream", "cross_attention", "late"])
+def test_a_modality_no_row_carries_is_not_encoded(fusion: str) -> None:
+    """Text-only rows for a task that reads image and text: the image encoder does not run on blank
+    images (time, and BatchNorm statistics of blank images), and the loss is what encoding them gives."""
+    config, parts = _model(f"model.fusion.name={fusion}", "tasks=[summarization]")
+    model = parts.model
+    batch = _batch(parts, image=False).to("cpu")  # as the trainer moves it
+    calls = []
+    model.encoders["image"].register_forward_hook(lambda *a: calls.append(1))
+    statistics = {k: v.clone() for k, v in model.encoders["image"].state_dict().items()}
+    model.train()
+    model(batch)["summarization"].backward()
+    assert calls == []
+    assert all(torch.equal(v, model.encoders["image"].state_dict()[k]) for k, v in statistics.items())
+    model.eval()
+    with torch.no_grad():
+        skipped = model(batch)["summarization"]
+        model.skip_absent_modalities = False
+        encoded = model(batch)["summarization"]
+    assert calls == [1]
+    torch.testing.assert_close(skipped, encoded)
+
+
 def test_rows_without_a_task_are_not_in_its_loss() -> None:
     config, parts = _model("tasks=[recognition]")
     batch = _batch(parts)

@@ -36,6 +36,10 @@ class Modality(ModalityData):
         entry = batch.inputs[self.name]
         return entry.data, entry.present
 
+    def rows(self, batch: Batch) -> int | None:
+        """How many rows of ``batch`` carry this modality (None: unknown without a device sync)."""
+        return batch.inputs[self.name].rows if self.name in batch.inputs else 0
+
     def build_encoder(self, vocab: Vocabulary) -> nn.Module:
         """The encoder: input tensor + presence -> :class:`mmtl.models.encoders.Stream` at model width
         (by default the ``MODALITY_ENCODERS`` entry the settings name, else ``default_encoder``)."""

@@ -19,6 +19,9 @@ class ImageModality(Modality, ImageData):
     def batch_input(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         return batch.image, batch.has_image
 
+    def rows(self, batch: Batch) -> int | None:
+        return batch.rows_with.get("image")
+
     def build_encoder(self, vocab: Vocabulary) -> nn.Module:
         return IMAGE_ENCODERS.get(self.model.image.name).from_config(self.model, vocab)
 
@@ -31,6 +34,9 @@ class TextModality(Modality, TextData):
 
     def batch_input(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         return batch.text, (batch.text != PAD).any(1)
+
+    def rows(self, batch: Batch) -> int | None:
+        return batch.rows_with.get("text")
 
     def build_encoder(self, vocab: Vocabulary) -> nn.Module:
         return TEXT_ENCODERS.get(self.model.text.name).from_config(self.model, vocab)

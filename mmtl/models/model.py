@@ -31,6 +31,10 @@ SHARED_OUTPUTS = "shared_outputs"
 class MultiTaskModel(nn.Module):
     """Encoders, fusion and task heads assembled from a ModelConfig and a list of tasks."""
 
+    # leave a modality that no row of a batch carries out of the fusion (see ``streams``); sharded
+    # training (mmtl.training.fsdp) turns it off, since every rank must run the same encoders
+    skip_absent_modalities = True
+
     def __init__(self, config: ModelConfig, tasks: Sequence[Any], vocab: Vocabulary) -> None:
         super().__init__()
         self.config = config
@@ -77,12 +81,7 @@ class MultiTaskModel(nn.Module):
         key = (modalities, task) if task_specific else modalities
         key = (key, on) if self.adapted else key
         if key not in cache:
-            streams: list[Stream] = []
-            for modality in modalities:
-                if modality not in cache:
-                    data, present = self.modalities[modality].batch_input(batch)
-                    cache[modality] = dataclasses.replace(self.encoders[modality](data, present), modality=modality)
-                streams.append(cache[modality])
+            streams = self.streams(batch, modalities, cache)
             with self.adapters([self.fusion], on):
                 outputs = self.fusion(streams, [task]) if task_specific else {None: self.fusion(streams)}
             for name, fused in outputs.items():
@@ -91,6 +90,22 @@ class MultiTaskModel(nn.Module):
                 own = (modalities, name) if task_specific else modalities
                 cache[(own, on) if self.adapted else own] = fused
         return cache[key]
+
+    def streams(self, batch: Batch, modalities: tuple[str, ...], cache: dict) -> list[Stream]:
+        """The encoded streams of ``modalities``, each encoded once per batch (memoised in ``cache``).
+
+        A modality that no row of the batch carries is left out (with ``skip_absent_modalities``),
+        unless that leaves nothing: every row would only mask its tokens out, and encoding blank
+        images would cost time and feed blank-image statistics to the encoder's BatchNorm layers.
+        """
+        present = [m for m in modalities if not (self.skip_absent_modalities and self.modalities[m].rows(batch) == 0)]
+        streams: list[Stream] = []
+        for modality in present or modalities:
+            if modality not in cache:
+                data, rows = self.modalities[modality].batch_input(batch)
+                cache[modality] = dataclasses.replace(self.encoders[modality](data, rows), modality=modality)
+            streams.append(cache[modality])
+        return streams
 
     def task_inputs(self, task: Any, batch: Batch) -> tuple[str, ...]:
         """The modalities ``task`` reads from ``batch``: its declared inputs, each replaced by the

@@ -72,6 +72,8 @@ def shard_model(model: nn.Module) -> int:
     from torch.distributed.fsdp import fully_shard
 
     units = find_units(model)
+    if hasattr(model, "skip_absent_modalities"):  # all ranks must run the same units, whatever their rows
+        model.skip_absent_modalities = False
     for unit in units:
         fully_shard(unit)
     root = fully_shard(model)
