@@ -25,9 +25,11 @@ def test_fused_ids_point_at_the_text_tokens(fusion: str, sharing: str) -> None:
     text_ids = batch.text
     assert fused.ids is not None and fused.ids.shape == fused.valid.shape
     for row in range(len(batch)):
-        # the non-PAD ids are exactly the document's tokens, in order, and all of them sit on valid tokens
+        # the non-PAD ids are exactly the document's tokens, in order (twice where the heads also read the
+        # fusion's inputs, model.fusion.keep_inputs), and all of them sit on valid tokens
         copied = fused.ids[row][fused.ids[row] != PAD]
-        assert copied.tolist() == text_ids[row][text_ids[row] != PAD].tolist()
+        copies = 1 if model.input_norm is None else 2
+        assert copied.tolist() == text_ids[row][text_ids[row] != PAD].tolist() * copies
         assert bool(fused.valid[row][fused.ids[row] != PAD].all())
     image_only = model.fuse(batch, ("image",), {}, "captioning")
     assert image_only.ids is None

@@ -113,6 +113,33 @@ def test_a_modality_no_row_carries_is_not_encoded(fusion: str) -> None:
     torch.testing.assert_close(skipped, encoded)
 
 
+@pytest.mark.parametrize("keep", [True, False])
+def test_heads_read_the_fusion_inputs_beside_its_outputs_unless_told_not_to(keep: bool) -> None:
+    config, parts = _model(f"model.fusion.keep_inputs={str(keep).lower()}")
+    model = parts.model.eval()
+    batch = _batch(parts)
+    cache: dict = {}
+    with torch.no_grad():
+        fused = model.fuse(batch, ("image", "text"), cache)
+    image, text = cache["image"], cache["text"]
+    inputs = image.tokens.shape[1] + text.tokens.shape[1]
+    assert fused.tokens.shape[1] == 1 + inputs * (2 if keep else 1)  # the global token, outputs, inputs
+    assert fused.ids.shape == fused.valid.shape == fused.tokens.shape[:2]
+    if keep:  # the appended document tokens carry their vocabulary ids (what a copying decoder copies)
+        assert torch.equal(fused.ids[:, -text.tokens.shape[1]:], batch.text[:, :text.tokens.shape[1]])
+        assert torch.equal(fused.valid[:, -inputs:], torch.cat([image.valid, text.valid], 1))
+        expected = torch.nn.functional.layer_norm(image.tokens, image.tokens.shape[-1:], model.input_norm.weight,
+                                                  model.input_norm.bias)
+        torch.testing.assert_close(fused.tokens[:, 1 + inputs:1 + inputs + image.tokens.shape[1]], expected)
+
+
+def test_late_fusion_does_not_repeat_the_inputs_its_tokens_already_hold() -> None:
+    config, parts = _model("model.fusion.name=late")
+    cache: dict = {}
+    fused = parts.model.fuse(_batch(parts), ("image",), cache)
+    assert fused.tokens.shape[1] == 1 + cache["image"].tokens.shape[1]
+
+
 def test_rows_without_a_task_are_not_in_its_loss() -> None:
     config, parts = _model("tasks=[recognition]")
     batch = _batch(parts)

@@ -46,6 +46,10 @@ class FusionConfig:
 
     name: str = "single_stream"
     depth: int = 2
+    # heads read the fusion's input tokens (each stream's, layer-normed) after its output tokens: a path
+    # around the trunk. On shapes world this took multi-task captioning from BLEU-4 68.0 / 68.2 to
+    # 75.9 / 75.9 (seeds 1 / 2; docs/benchmarks.md, "Heads read the fusion's inputs too")
+    keep_inputs: bool = True
 
 
 @dataclass

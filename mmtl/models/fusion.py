@@ -57,6 +57,16 @@ def stream_ids(streams: list[Stream], leading: int = 0) -> torch.Tensor | None:
     return torch.cat(parts, dim=1)
 
 
+def with_inputs(fused: Fused, streams: list[Stream], norm: nn.Module) -> Fused:
+    """``fused`` followed by the streams it was fused from (their tokens through ``norm``), so that heads
+    read the encoders' tokens directly as well as through the fusion trunk."""
+    tokens = norm(torch.cat([s.tokens for s in streams], dim=1))
+    valid = torch.cat([s.valid for s in streams], dim=1)
+    ids = None if fused.ids is None else torch.cat([fused.ids, stream_ids(streams)], dim=1)
+    return Fused(torch.cat([fused.tokens, tokens.to(fused.tokens.dtype)], dim=1),
+                 torch.cat([fused.valid, valid], dim=1), fused.pooled, ids)
+
+
 def _concat(global_token: torch.Tensor, streams: list[Stream],
             like: Stream | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``global_token`` followed by every stream's tokens; batch size and dtype from ``like`` or the first stream."""
@@ -88,6 +98,10 @@ class LayeredFusion(nn.Module, abc.ABC):
     Parameter sharing (mmtl.models.sharing) drives fusions through these three steps: soft
     sharing mixes task trunks between layers, hybrid sharing adapts the layers per task.
     """
+
+    # whether the fused tokens already hold every input stream's tokens unchanged (model.fusion.keep_inputs
+    # then appends nothing)
+    tokens_include_inputs = False
 
     @abc.abstractmethod
     def layers(self) -> list[nn.Module]:
@@ -191,6 +205,8 @@ class CrossAttentionFusion(LayeredFusion):
 class LateFusion(LayeredFusion):
     """Cheap baseline without cross-modal attention: pooled = MLP(sum of per-stream means + a learned
     bias); the fused tokens are the pooled vector followed by the streams' own tokens."""
+
+    tokens_include_inputs = True
 
     def __init__(self, width: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
         super().__init__()

@@ -17,9 +17,10 @@ from data_pipelines.loader import Batch
 from mmtl.config import ModelConfig
 from mmtl.modalities import model_modalities
 from mmtl.models.encoders import Stream
-from mmtl.models.fusion import Fused
+from mmtl.models.fusion import Fused, with_inputs
 from mmtl.models.layers import find_units
 from mmtl.models.sharing import PER_TASK, build_fusion, set_adapters
+from mmtl.registry import FUSIONS
 from mmtl.text import Vocabulary
 
 # cache key under which ``fuse`` records (shared output, detached copy) pairs when present: the
@@ -55,6 +56,9 @@ class MultiTaskModel(nn.Module):
         self.frozen_parts: list[str] = []
         self.lr_scales: dict[str, float] = {}
         self.fusion = build_fusion(config, list(self.tasks))
+        keep_inputs = config.fusion.keep_inputs and not getattr(FUSIONS.get(config.fusion.name),
+                                                                 "tokens_include_inputs", False)
+        self.input_norm = nn.LayerNorm(config.width) if keep_inputs else None
         # heads that several tasks use (e.g. one text decoder for all generation tasks): owned here,
         # each task's entry in ``heads`` holds only its own parameters and refers to the shared one
         self.shared_heads = nn.ModuleDict()
@@ -85,6 +89,8 @@ class MultiTaskModel(nn.Module):
             with self.adapters([self.fusion], on):
                 outputs = self.fusion(streams, [task]) if task_specific else {None: self.fusion(streams)}
             for name, fused in outputs.items():
+                if self.input_norm is not None:
+                    fused = with_inputs(fused, streams, self.input_norm)
                 if SHARED_OUTPUTS in cache:
                     fused = _cut(fused, cache[SHARED_OUTPUTS])
                 own = (modalities, name) if task_specific else modalities
