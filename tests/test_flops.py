@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from mmtl.training.flops import count_flops, mfu, peak_flops
+from mmtl.flop_count import count_flops
+from mmtl.training.flops import mfu, peak_flops
 
 
 def test_count_flops_of_a_matmul_forward_and_backward() -> None:

@@ -31,7 +31,7 @@ import mmtl.components  # noqa: F401
 from data_pipelines.shapes_world import write_shards
 from mmtl.config import resolve_config
 from mmtl.registry import BALANCERS
-from mmtl.training.flops import count_flops
+from mmtl.flop_count import count_flops
 from mmtl.training.loop import Trainer
 
 

@@ -125,7 +125,7 @@ def run_open_clip(model_file: Path, table: Path, config: ExperimentConfig, sampl
 
 
 def training_flops_per_sample(model: torch.nn.Module, loss_fn, batch_size: int) -> float:
-    from mmtl.training.flops import count_flops
+    from mmtl.flop_count import count_flops
 
     return count_flops(lambda: loss_fn(model).backward()) / batch_size
 

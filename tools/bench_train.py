@@ -12,7 +12,7 @@ Measured in the same run:
   baseline a bare PyTorch loop on the same architecture: one fixed pre-loaded batch, summed
            losses, backward, AdamW step (no loader, no balancer, no clipping, no schedule).
 ratio = mmtl step time / baseline step time (1.0 = the loop adds nothing).
-FLOPs per step are counted with torch.utils.flop_counter over forward + backward; MFU uses the
+FLOPs per step are counted with mmtl.flop_count over forward + backward; MFU uses the
 device's peak from mmtl.training.flops. Final line: one JSON object.
 """
 from __future__ import annotations
@@ -32,7 +32,8 @@ from mmtl.builder import components_from_data
 import mmtl.components  # noqa: F401  (registers the components that configs name)
 from mmtl.config import load_config
 from mmtl.training.acceleration import compile_blocks, peak_memory_gb
-from mmtl.training.flops import count_flops, mfu, peak_flops
+from mmtl.flop_count import count_flops
+from mmtl.training.flops import mfu, peak_flops
 from mmtl.training.loop import Trainer
 from mmtl.precision import get_autocast
 

@@ -1,6 +1,6 @@
 """What one multi-task model saves against separate single-task models: parameters and forward FLOPs.
 
-FLOPs per sample are counted with ``torch.utils.flop_counter`` on one sample that supervises every
+FLOPs per sample are counted with ``mmtl.flop_count`` on one sample that supervises every
 task, inputs at their longest (:func:`mmtl.evaluation.info.example_batch`), through the training
 forward (teacher-forced heads, no generation loop, so the count does not depend on what the model
 happens to generate). The multi-task model runs all its tasks in *one* forward, which encodes each
@@ -18,7 +18,7 @@ from mmtl.builder import Components
 from mmtl.checkpoint import load_checkpoint
 from mmtl.config import ExperimentConfig
 from mmtl.evaluation.info import example_batch
-from mmtl.training.flops import count_flops
+from mmtl.flop_count import count_flops
 
 
 def forward_flops_per_sample(components: Components, config: ExperimentConfig,

@@ -15,6 +15,7 @@ from torch import nn
 
 from data_pipelines.loader import Batch
 from mmtl.config import ModelConfig
+from mmtl.flop_count import count_flops
 from mmtl.modalities import model_modalities
 from mmtl.models.encoders import Stream
 from mmtl.models.fusion import Fused, with_inputs
@@ -223,15 +224,12 @@ class MultiTaskModel(nn.Module):
 
     def forward_flops(self, batch: Batch) -> dict[str, int]:
         """FLOPs of one training forward per task on ``batch`` (encoders, fusion and head that the task
-        runs, counted with ``torch.utils.flop_counter``; nothing is shared between the tasks' counts)."""
-        from torch.utils.flop_counter import FlopCounterMode
-
+        runs, counted by :func:`mmtl.flop_count.count_flops`; nothing is shared between the tasks' counts)."""
         flops = {}
         for name, target in batch.targets.items():
             single = dataclasses.replace(batch, targets={name: target})
-            with torch.no_grad(), FlopCounterMode(display=False) as counter:
-                self(single)
-            flops[name] = counter.get_total_flops()
+            with torch.no_grad():
+                flops[name] = count_flops(lambda: self(single))
         return flops
 
 

@@ -1,13 +1,10 @@
-"""FLOPs of a training step (counted by torch.utils.flop_counter) and model FLOPs utilisation (MFU)."""
+"""Peak FLOP/s of a device and model FLOPs utilisation (MFU); counting FLOPs is mmtl.flop_count."""
 from __future__ import annotations
 
 import os
 import re
-from typing import Any, Callable
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
 
 # Dense peak FLOP/s per device, by the dtype the matmuls run in. GPUs: vendor datasheets (dense,
 # no sparsity). CPUs are estimated per core from the widest SIMD unit the machine reports.
@@ -19,33 +16,6 @@ GPU_PEAK_FLOPS = {
 }
 # fp32 FLOPs per cycle per core: 2 FMA pipes x (vector lanes) x 2
 CPU_FLOPS_PER_CYCLE = {"avx512f": 64, "avx2": 32, "sse": 8}
-
-
-class _FlopTotal(TorchDispatchMode):
-    """Adds up torch's own FLOP formulas (matmuls, convolutions, attention) as the ops dispatch.
-
-    ``FlopCounterMode`` does the same but also hooks every module to attribute FLOPs, and
-    ``torch.autograd.grad`` (the per-task gradients of gradient balancers) refuses those hooks.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.total = 0
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        formula = flop_registry.get(func._overloadpacket)
-        if formula is not None:
-            self.total += formula(*args, **kwargs, out_val=out)
-        return out
-
-
-def count_flops(fn: Callable[[], object]) -> int:
-    """Total FLOPs that ``fn()`` executes (forward and backward included if ``fn`` runs both)."""
-    with _FlopTotal() as counter:
-        fn()
-    return int(counter.total)
 
 
 def _cpu_peak_fp32() -> float:

@@ -18,6 +18,7 @@ from mmtl.builder import Components, components_from_data
 from mmtl.checkpoint import checkpoint_meta, resolve_checkpoint
 from mmtl.config import ExperimentConfig, save_config
 from mmtl.errors import MMTLError, TrainingInterrupted
+from mmtl.flop_count import count_flops
 from mmtl.precision import get_autocast, make_grad_scaler, resolve_device, resolve_precision
 from mmtl.registry import BALANCERS
 from mmtl.training import distributed as dist
@@ -25,7 +26,7 @@ from mmtl.training import fsdp
 from mmtl.training.acceleration import compile_blocks, enable_grad_checkpointing, peak_memory_gb
 from mmtl.training.ema import WeightEMA
 from mmtl.training.environment import save_environment
-from mmtl.training.flops import count_flops, peak_flops
+from mmtl.training.flops import peak_flops
 from mmtl.training.logging import RunLogger, plot_losses, plot_task_monitor
 from mmtl.training.nonfinite import NonFiniteGuard
 from mmtl.training.optim import build_optimizer, build_scheduler
@@ -200,8 +201,7 @@ class Trainer:
         return {**sums, **balanced, "grad_norm": grad_norm}
 
     def _count_step_flops(self, batch: Batch) -> float:
-        """Model FLOPs of one optimiser step (forward + backward of the summed losses; eval mode and a
-        forked RNG, so counting changes neither BatchNorm statistics nor the random stream)."""
+        """Model FLOPs of one optimiser step, forward + backward (eval mode, forked RNG: BatchNorm, RNG unchanged)."""
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             self.model.eval()
             flops = count_flops(lambda: sum(self.model(batch).values()).backward())
