@@ -28,7 +28,7 @@ from torch import nn
 from data_pipelines.shards import read_dataset_info
 from mmtl.builder import Components, build_components, class_tasks
 from mmtl.checkpoint import (
-    CONFIG_FILE, META_FILE, MODEL_FILE, checkpoint_meta, load_weights, read_meta, resolve_checkpoint,
+    CONFIG_FILE, META_FILE, MODEL_FILE, checkpoint_meta, load_weights, read_meta, resolve_checkpoint, sync_path,
 )
 import mmtl.components  # noqa: F401  (registers the components that configs name)
 from mmtl.config import ExperimentConfig, ModalityConfig, load_config, save_config, validate
@@ -183,12 +183,15 @@ def save_delta(directory: Path, components: Components, config: ExperimentConfig
                         "strategy": config.finetune.strategy, "added_modalities": list(config.finetune.add_modalities),
                         "added_tasks": list(config.finetune.add_tasks), "tensors": len(tensors),
                         "parameters": sum(t.numel() for t in tensors.values())}
+    # meta.json last: loading starts there, so a crash part-way never pairs it with an older delta
     for name, write in ((DELTA_FILE, lambda p: save_file(tensors, str(p))),
-                        (META_FILE, lambda p: p.write_text(json.dumps(meta, indent=2))),
-                        (CONFIG_FILE, lambda p: save_config(config, p))):
+                        (CONFIG_FILE, lambda p: save_config(config, p)),
+                        (META_FILE, lambda p: p.write_text(json.dumps(meta, indent=2)))):
         tmp = directory / f".{name}.tmp"
         write(tmp)
+        sync_path(tmp)
         os.replace(tmp, directory / name)
+    sync_path(directory)
     return directory
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -13,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from data_pipelines.loader import make_loader
 from data_pipelines.shapes_world import write_shards
+from mmtl.checkpoint import META_FILE
 from mmtl.cli import main
 from mmtl.config import load_config
 from mmtl.errors import MMTLError
@@ -177,6 +179,28 @@ def test_delta_round_trip_and_bad_base(base_run: Path, depth_data: Path, tmp_pat
     save_file(state, str(checkpoint))
     with pytest.raises(MMTLError, match="changed since"):
         Predictor.from_pretrained(out)
+
+
+def test_a_saved_delta_reaches_the_disk_before_its_meta_names_it(base_run: Path, depth_data: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch, one_thread: None) -> None:
+    """Each file is fsynced before the rename that publishes it, and meta.json (what loading reads first)
+    is published last: a crash part-way never pairs a new meta with an old or empty delta."""
+    config = _config(depth_data, tmp_path / "ft", "finetune.strategy=lora", "finetune.add_modalities=[depth]")
+    base = load_base(base_run)
+    tuned = finetune_config(base, config)
+    components, delta = build_finetuned(base, tuned)
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("sync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                  real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda src, dst: (events.append(("replace", str(src))), real_replace(src, dst))[1])
+    out = save_delta(tmp_path / "ft", components, tuned, base, delta, step=1)
+    replaced = [Path(path).name for kind, path in events if kind == "replace"]
+    assert replaced[-1] == f".{META_FILE}.tmp" and f".{DELTA_FILE}.tmp" in replaced
+    for index, (kind, path) in enumerate(events):
+        if kind == "replace":
+            assert ("sync", path) in events[:index], f"{path} renamed before it was synced"
+    assert events[-1] == ("sync", str(out))
 
 
 def test_finetune_cli_happy_path_predict_and_bad_inputs(base_run: Path, depth_data: Path, tmp_path: Path,
