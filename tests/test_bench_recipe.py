@@ -27,6 +27,12 @@ def test_bench_recipe_reports_ratios_and_the_reference_learns(micro_data: Path, 
         steps = sorted([result["mmtl_time_steps"][0], result["reference_time_steps"][0]])
         assert steps[1] == 16 and 1 <= steps[0] <= 16
         assert result["metric"] in ("f1_micro", "bleu4", "rougeL")
+        # generated text: how degenerate it is, on both sides (percentages); recognition generates none
+        quality = [f"{side}_{key}" for side in ("mmtl", "reference") for key in ("distinct2", "repetition")]
+        if task == "recognition":
+            assert not set(quality) & set(result)
+        else:
+            assert all(0 <= result[key][0] <= 100 for key in quality), result
     assert "ratio@time" in "\n".join(out)
 
 

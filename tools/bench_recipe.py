@@ -20,7 +20,8 @@ that fit in that budget at its measured rate (at least 1), and scored.
 Without ``--data`` / ``--real`` the data is shapes world written into a temp dir like the quickstart.
 ``--real`` converts the sets in ``<repo>/../shared/data`` (or $MMTL_SHARED_DATA) once into ``--cache``.
 Prints a table (mean ± std over seeds) and ends with one JSON line: mmtl / reference ratios of the
-primary metric per data set and task, at equal steps and at equal wall time.
+primary metric per data set and task, at equal steps and at equal wall time; for generation tasks the
+results also hold both sides' distinct-2 and repetition rate (how degenerate the generated texts are).
 """
 from __future__ import annotations
 
@@ -51,6 +52,8 @@ from mmtl.precision import resolve_device  # noqa: E402
 from recipe_reference import prepare, read_split, train_reference  # noqa: E402
 
 ALL_TASKS = ("recognition", "captioning", "summarization")
+# degeneration of generated text (mmtl.tasks.metrics.diversity), reported beside the primary metric
+TEXT_QUALITY = ("distinct2", "repetition")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -143,7 +146,13 @@ def run_mmtl(config: ExperimentConfig, max_eval: int) -> dict[str, Any]:
     task = config.tasks[0]
     metric = evaluation.primary[task]
     return {"metric": evaluation.metrics[task][metric], "baseline": evaluation.baselines[task][metric],
-            "seconds": result.step_seconds, "samples": evaluation.samples, "name": metric}
+            "seconds": result.step_seconds, "samples": evaluation.samples, "name": metric,
+            "text": text_quality(evaluation.metrics[task])}
+
+
+def text_quality(metrics: dict[str, float]) -> dict[str, float]:
+    """How degenerate generated texts are (distinct-2, repetition); empty for tasks that generate none."""
+    return {key: metrics[key] for key in TEXT_QUALITY if key in metrics}
 
 
 class ReferenceBench:
@@ -166,7 +175,7 @@ class ReferenceBench:
         device = resolve_device(config.train.device)  # where mmtl trains: a GPU when there is one
         run = train_reference(task, components.vocab, config, train_rows, eval_rows, steps, seed, device)
         return {"metric": run.metrics[task.primary_metric], "seconds": self.load_seconds + run.seconds,
-                "train_seconds": run.seconds, "losses": run.losses}
+                "train_seconds": run.seconds, "losses": run.losses, "text": text_quality(run.metrics)}
 
 
 def steps_in(budget: float, seconds: float, steps: int, fixed: float = 0.0) -> int:
@@ -185,7 +194,8 @@ def bench_task(data: DataSet, task: str, args: argparse.Namespace, seed: int, re
     row = {"seed": seed, "metric": mmtl["name"], "baseline": mmtl["baseline"], "mmtl": mmtl["metric"],
            "reference": ref["metric"], "mmtl_seconds": mmtl["seconds"], "reference_seconds": ref["seconds"],
            "reference_first_loss": statistics.fmean(ref["losses"][:window]),
-           "reference_last_loss": statistics.fmean(ref["losses"][-window:])}
+           "reference_last_loss": statistics.fmean(ref["losses"][-window:]),
+           **{f"mmtl_{k}": v for k, v in mmtl["text"].items()}, **{f"reference_{k}": v for k, v in ref["text"].items()}}
     if ref["seconds"] <= mmtl["seconds"]:  # mmtl is slower: it gets the steps that fit in the reference's time
         cut = steps_in(ref["seconds"], mmtl["seconds"], steps)
         cut_config = base_config(data, task, args, seed, cut, runs / f"{data.name}-{task}-{seed}-cut")
@@ -213,6 +223,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
     keys = ("baseline", "mmtl", "reference", "mmtl_time", "reference_time", "mmtl_time_steps",
             "reference_time_steps", "mmtl_seconds", "reference_seconds", "reference_first_loss", "reference_last_loss")
+    keys += tuple(f"{side}_{k}" for side in ("mmtl", "reference") for k in TEXT_QUALITY if f"{side}_{k}" in rows[0])
     out: dict[str, Any] = {"metric": rows[0]["metric"], **{k: mean_std(k) for k in keys}}
     out["ratio_equal_steps"] = ratio(out["mmtl"][0], out["reference"][0])
     out["ratio_equal_time"] = ratio(out["mmtl_time"][0], out["reference_time"][0])
