@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_model
 
 from mmtl.builder import Components, components_from_meta
-from mmtl.config import ExperimentConfig, load_config, save_config
+from mmtl.config import ExperimentConfig, load_config, load_saved_config, save_config
 from mmtl.errors import MMTLError
 from mmtl.version import __version__
 
@@ -337,7 +337,7 @@ def load_checkpoint(path: str | Path) -> tuple[Components, ExperimentConfig, dic
     """Components (with the inference weights: the moving average when saved), config, meta and
     directory of the checkpoint in ``path`` (a checkpoint, a run, or ``RUN/checkpoints``)."""
     checkpoint = resolve_checkpoint(path)
-    config = load_config(checkpoint / CONFIG_FILE)
+    config = load_saved_config(checkpoint / CONFIG_FILE)
     meta = read_meta(checkpoint)
     try:
         components = components_from_meta(config, meta)

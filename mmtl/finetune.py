@@ -31,7 +31,7 @@ from mmtl.checkpoint import (
     CONFIG_FILE, META_FILE, MODEL_FILE, checkpoint_meta, load_weights, read_meta, resolve_checkpoint, sync_path,
 )
 import mmtl.components  # noqa: F401  (registers the components that configs name)
-from mmtl.config import ExperimentConfig, ModalityConfig, load_config, save_config, validate
+from mmtl.config import ExperimentConfig, ModalityConfig, load_config, load_saved_config, save_config, validate
 from mmtl.errors import MMTLError
 from mmtl.evaluation.evaluate import evaluate
 from mmtl.models.sharing import add_adapters
@@ -70,7 +70,8 @@ def load_base(path: str | Path) -> BaseCheckpoint:
     meta = read_meta(checkpoint)
     if "finetune" in meta:
         raise MMTLError(f"{path} is itself a fine-tuned model; fine-tune its base checkpoint instead")
-    return BaseCheckpoint(checkpoint, load_config(checkpoint / CONFIG_FILE), meta, file_sha256(checkpoint / MODEL_FILE))
+    return BaseCheckpoint(checkpoint, load_saved_config(checkpoint / CONFIG_FILE), meta,
+                          file_sha256(checkpoint / MODEL_FILE))
 
 
 def finetune_config(base: BaseCheckpoint, config: ExperimentConfig) -> ExperimentConfig:
@@ -214,8 +215,8 @@ def load_finetuned(path: str | Path) -> tuple[Components, ExperimentConfig, dict
     if digest != info["base_sha256"]:
         raise MMTLError(f"the base checkpoint {base_path} changed since {path} was fine-tuned from it "
                         f"(sha256 {digest[:12]}... != {info['base_sha256'][:12]}...)")
-    config = load_config(path / CONFIG_FILE)
-    base = BaseCheckpoint(base_path, load_config(base_path / CONFIG_FILE), read_meta(base_path), digest)
+    config = load_saved_config(path / CONFIG_FILE)
+    base = BaseCheckpoint(base_path, load_saved_config(base_path / CONFIG_FILE), read_meta(base_path), digest)
     components, delta = build_finetuned(base, config)
     load_weights(components.model, path, DELTA_FILE, required=delta)
     components.model.eval()

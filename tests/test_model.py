@@ -140,6 +140,27 @@ def test_late_fusion_does_not_repeat_the_inputs_its_tokens_already_hold() -> Non
     assert fused.tokens.shape[1] == 1 + cache["image"].tokens.shape[1]
 
 
+def test_a_checkpoint_saved_before_a_model_setting_existed_loads_as_the_model_it_was(tmp_path: Path) -> None:
+    """Settings added later (the fusion's input tokens, untied decoder embeddings) take, for a config.yaml
+    written without them, the value that rebuilds the saved model, not today's default."""
+    import yaml
+
+    from mmtl.checkpoint import CONFIG_FILE, load_checkpoint, save_pretrained
+
+    config, parts = _model("model.fusion.keep_inputs=false", "model.decoder.tie_embeddings=true")
+    saved = save_pretrained(parts, tmp_path / "old")
+    tree = yaml.safe_load((saved / CONFIG_FILE).read_text())
+    del tree["model"]["fusion"]["keep_inputs"], tree["model"]["decoder"]["tie_embeddings"]
+    (saved / CONFIG_FILE).write_text(yaml.safe_dump(tree))
+    components, loaded, _, _ = load_checkpoint(saved)
+    assert loaded.model.fusion.keep_inputs is False and loaded.model.decoder.tie_embeddings is True
+    batch = _batch(parts)
+    names = ["recognition", "captioning", "summarization"]
+    assert components.model.eval().predict(batch, names) == parts.model.eval().predict(batch, names)
+    # a config file a user writes still gets today's defaults
+    assert resolve_config({}).model.fusion.keep_inputs is True
+
+
 def test_rows_without_a_task_are_not_in_its_loss() -> None:
     config, parts = _model("tasks=[recognition]")
     batch = _batch(parts)

@@ -12,7 +12,9 @@ from mmtl.config.fields import Range, check_ranges, choice, setting
 from mmtl.config.model import (
     DecoderConfig, FusionConfig, ImageEncoderConfig, ModalityConfig, ModelConfig, TextEncoderConfig,
 )
-from mmtl.config.parsing import deep_merge, load_config, parse_override, read_yaml_tree, resolve_config, save_config
+from mmtl.config.parsing import (
+    deep_merge, load_config, load_saved_config, parse_override, read_yaml_tree, resolve_config, save_config,
+)
 from mmtl.config.presets import MODEL_PRESETS
 from mmtl.config.schema import (
     GENERATION_BOUNDS, BalancerConfig, DataConfig, EvalConfig, ExperimentConfig, FinetuneConfig, GenerationConfig,

@@ -58,9 +58,17 @@ def between(low: Number, high: Number, low_open: bool = False) -> Range:
 
 
 def setting(default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | None = None,
-            choices: tuple[Any, ...] = (), range: Range | None = None, help: str = "") -> Any:  # noqa: A002
-    """A dataclass field with its allowed values and description in its metadata."""
+            choices: tuple[Any, ...] = (), range: Range | None = None, help: str = "",  # noqa: A002
+            earlier: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with its allowed values and description in its metadata.
+
+    ``earlier``: for a setting added after models were already saved, the value that rebuilds a
+    model whose saved config.yaml predates it (``parsing.load_saved_config``), where it differs
+    from today's default.
+    """
     metadata: dict[str, Any] = {}
+    if earlier is not dataclasses.MISSING:
+        metadata["earlier"] = earlier
     if choices:
         metadata["choices"] = choices
     if range is not None:

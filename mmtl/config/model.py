@@ -49,7 +49,7 @@ class FusionConfig:
     # heads read the fusion's input tokens (each stream's, layer-normed) after its output tokens: a path
     # around the trunk. On shapes world this took multi-task captioning from BLEU-4 68.0 / 68.2 to
     # 75.9 / 75.9 (seeds 1 / 2; docs/benchmarks.md, "Heads read the fusion's inputs too")
-    keep_inputs: bool = True
+    keep_inputs: bool = setting(True, earlier=False)
 
 
 @dataclass
@@ -65,7 +65,7 @@ class DecoderConfig:
     # true: the output layer reuses the token embedding (fewer parameters for a large vocabulary).
     # false (default): a separate output layer, and embeddings at unit scale; on shapes world this took
     # single-task captioning from BLEU-4 77.5 / 64.0 (seeds 0 / 1) to 75.8 / 76.5 (docs/benchmarks.md)
-    tie_embeddings: bool = False
+    tie_embeddings: bool = setting(False, earlier=True)
 
 
 @dataclass

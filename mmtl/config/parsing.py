@@ -7,6 +7,8 @@ key and what would be valid.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +86,26 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     """Load a YAML experiment file (or the built-in defaults when ``path`` is None) and apply overrides."""
     raw = read_yaml_tree(Path(path)) if path is not None else {}
     return resolve_config(raw, overrides)
+
+
+def load_saved_config(path: str | Path) -> ExperimentConfig:
+    """The config mmtl saved beside a model (a checkpoint's config.yaml). A setting added since it was
+    written takes its ``earlier`` value (see ``fields.setting``), so the saved model is rebuilt as it was."""
+    raw = read_yaml_tree(Path(path))
+    _fill_earlier(ExperimentConfig, raw)
+    return resolve_config(raw)
+
+
+def _fill_earlier(cls: type, tree: dict[str, Any]) -> None:
+    """Set, in ``tree``, every field of dataclass ``cls`` (and its nested sections) that is absent and
+    has an ``earlier`` value to that value."""
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if field.name not in tree:
+            if "earlier" in field.metadata:
+                tree[field.name] = field.metadata["earlier"]
+        elif dataclasses.is_dataclass(hints[field.name]) and isinstance(tree[field.name], dict):
+            _fill_earlier(hints[field.name], tree[field.name])
 
 
 def read_yaml_tree(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
