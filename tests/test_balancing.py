@@ -267,6 +267,20 @@ def micro_trainer(micro_data: Path, tmp_path_factory) -> tuple[Trainer, object]:
     return trainer, batch
 
 
+def test_a_decoder_shared_by_the_generation_tasks_is_balanced_as_a_shared_part(micro_data: Path, tmp_path: Path) -> None:
+    """With one decoder for captioning and summarization (``model.decoder.shared``), gradient balancing
+    on the parameters must give it the same gradient as one backward of the summed loss (it got none)."""
+    trainer = Trainer(resolve_config({}, micro_overrides(micro_data, tmp_path / "run") + [
+        "model.dropout=0.0", "model.decoder.shared=true"]))
+    batch = next(iter(trainer._loader())).to(trainer.device)
+    reference = _grads_of(trainer, batch)
+    combined = _grads_of(trainer, batch, balancer=SumOfGradients(trainer.config.tasks, BalancerConfig(on="params")))
+    decoder = [n for n in reference if n.startswith("shared_heads.")]
+    assert decoder
+    for name in decoder:
+        assert name in combined and torch.allclose(combined[name], reference[name], atol=1e-5, rtol=1e-4), name
+
+
 @pytest.mark.parametrize("on", ["params", "representation"])
 def test_per_task_gradients_sum_to_the_gradient_of_the_summed_loss(micro_trainer, on: str) -> None:
     trainer, batch = micro_trainer

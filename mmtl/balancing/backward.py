@@ -65,8 +65,11 @@ class BalancedBackward:
         self.balancer, self.scaler = balancer, scaler
         self.reduce_task_grads = reduce_task_grads or (lambda grads: grads)
         self.reduce_gram = reduce_gram
-        self.shared = [p for m in (model.encoders, model.fusion) for p in m.parameters() if p.requires_grad]
         self.heads = {name: [p for p in head.parameters() if p.requires_grad] for name, head in model.heads.items()}
+        # shared: every trainable parameter no single task's head owns (encoders, fusion, the norm on the
+        # fusion's inputs, a decoder several generation tasks share)
+        own = {id(p) for params in self.heads.values() for p in params}
+        self.shared = [p for p in model.parameters() if p.requires_grad and id(p) not in own]
 
     def per_task_step(self, step: int) -> bool:
         """Whether step ``step`` computes per-task gradients for the balancer."""
