@@ -3,27 +3,35 @@
 Usage: python tools/bench_balancers.py [--preset tiny] [--steps 5] [--warmup 2] [--rounds 3]
            [--device auto|cpu|cuda] [--precision auto|fp32|bf16|fp16] [KEY=VALUE ...]
        e.g. --preset small --device cuda --precision bf16 --batch-size 64
-On CUDA the timer synchronises the device before and after each timed block.
+On CUDA the timer synchronises the device before and after each timed step.
 
 Every balancer trains the same model (one shared instance, three tasks) on one fixed synthetic batch
 written to a temp dir, through the real ``Trainer.train_step`` (non-log steps: no gradient
-monitor). Gradient balancers run on the shared representation (the issue's target, <= 1.5x)
-and on all shared parameters. Rounds interleave the balancers so that drifting machine load
-hits all of them alike; each balancer's time is its median over rounds.
-ratio = median step time / equal weighting's median step time. ``flop ratio`` = the model FLOPs of
-one step (``torch.utils.flop_counter``: matmuls and convolutions, forward and backward) / equal
-weighting's: the ceiling that no implementation of the same per-task gradients goes below (on all
-shared parameters, T backward passes through the trunk). Final line: one JSON object.
+monitor). Gradient balancers run on the shared representation and on all shared parameters.
+
+Paired design: after warm-up, each balancer's timed steps alternate with equal weighting's on the
+same batch, B M B M ... M B, and each method step M gives one ratio, its time over the mean of the
+two equal-weighting steps around it (equal weighting is also paired with itself: an A/A control
+whose interval shows the run's noise). Load from other processes that changes more slowly than a
+step or two hits both alike and cancels. Rounds visit the balancers in a rotated order. ``ratio`` =
+the median of a balancer's ``steps x rounds`` pair ratios, with a distribution-free interval for
+that median (order statistics; 95% where there are at least 6 pairs, else the full range and the
+coverage it has). ``flop ratio`` = the model FLOPs of one step (torch's FLOP formulas: matmuls and
+convolutions, forward and backward) / equal weighting's: the ceiling that no implementation of the
+same per-task gradients goes below (on all shared parameters, T backward passes through the
+trunk). Final line: one JSON object.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -33,11 +41,6 @@ from mmtl.config import resolve_config
 from mmtl.registry import BALANCERS
 from mmtl.flop_count import count_flops
 from mmtl.training.loop import Trainer
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def variants() -> list[tuple[str, list[str]]]:
@@ -56,11 +59,46 @@ def variants() -> list[tuple[str, list[str]]]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def paired_ratios(baseline_step: Callable[[], object], method_step: Callable[[], object], pairs: int,
+                  clock: Callable[[], float] = time.perf_counter,
+                  sync: Callable[[], None] = lambda: None) -> tuple[list[float], list[float]]:
+    """Runs B (M B) x ``pairs``; returns each M's time over the mean of its two neighbouring B times,
+    and the ``pairs + 1`` B times (seconds). ``sync`` waits for the device before each clock read."""
+    def timed(step: Callable[[], object]) -> float:
+        sync()
+        start = clock()
+        step()
+        sync()
+        return clock() - start
+
+    baseline = [timed(baseline_step)]
+    ratios = []
+    for _ in range(pairs):
+        method = timed(method_step)
+        baseline.append(timed(baseline_step))
+        ratios.append(method / ((baseline[-2] + baseline[-1]) / 2))
+    return ratios, baseline
+
+
+def median_interval(samples: list[float], confidence: float = 0.95) -> tuple[float, float, float, float]:
+    """(median, low, high, coverage): the sample median and the narrowest order-statistic interval
+    [x_(k), x_(n+1-k)] that covers the true median with probability ``coverage`` >= ``confidence``
+    for any continuous distribution (1 - 2 P(Binomial(n, 1/2) < k)); the full range if none does."""
+    ordered, n = sorted(samples), len(samples)
+
+    def coverage(k: int) -> float:
+        return 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2 ** n
+
+    k = max((k for k in range(1, (n + 1) // 2 + 1) if coverage(k) >= confidence), default=1)
+    return statistics.median(ordered), ordered[k - 1], ordered[n - k], coverage(k)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per balancer and round")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps (pairs with equal weighting) per "
+                        "balancer and round")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", help="comma-separated labels to run (equal is always included; the "
@@ -81,51 +119,71 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"--only: unknown labels {', '.join(sorted(unknown))}; valid: "
                          f"{', '.join(label for label, _ in chosen)}")
-        chosen = [v for v in chosen if v[0] in wanted]
+        args.chosen = [v for v in chosen if v[0] in wanted]
     else:
-        chosen = [v for v in chosen if not v[0].endswith("-batched")]
+        args.chosen = [v for v in chosen if not v[0].endswith("-batched")]
+    return args
+
+
+def _trainers(args: argparse.Namespace, tmp: str) -> tuple[dict[str, Trainer], object, dict[str, float]]:
+    """One warmed-up trainer per chosen label, the fixed batch, and each label's FLOPs per step."""
+    data = Path(tmp) / "data"
+    write_shards(data, {"train": args.batch_size}, seed=0, difficulty="medium", image_size=64, shard_size=1000)
+    base = [f"data.path={data}", f"model.preset={args.preset}", f"data.batch_size={args.batch_size}",
+            "train.progress=false", "train.steps=1000000", "train.log_every=1000000",
+            f"train.device={args.device}", f"train.precision={args.precision}", *args.overrides]
+    trainers, batch, shared, flops = {}, None, None, {}
+    for label, extra in args.chosen:
+        # one model for all: each trainer brings only its balancer, optimiser state and scheduler,
+        # so that the small preset's 26 trainers fit in memory; the weights a balancer starts a
+        # timing block from do not change what a step costs
+        trainer = Trainer(resolve_config({}, base + [f"output_dir={tmp}/run-{label}"] + extra), components=shared)
+        shared = trainer.components
+        if batch is None:
+            batch = next(iter(trainer._loader())).to(trainer.device)
+        for _ in range(args.warmup):
+            trainer.train_step(batch, monitor=False)
+        flops[label] = count_flops(lambda: trainer.train_step(batch, monitor=False))
+        trainers[label] = trainer
+    return trainers, batch, flops
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "data"
-        write_shards(data, {"train": args.batch_size}, seed=0, difficulty="medium", image_size=64, shard_size=1000)
-        base = [f"data.path={data}", f"model.preset={args.preset}", f"data.batch_size={args.batch_size}",
-                "train.progress=false", "train.steps=1000000", "train.log_every=1000000",
-                f"train.device={args.device}", f"train.precision={args.precision}", *args.overrides]
-        trainers, batch, shared, flops = {}, None, None, {}
-        for label, extra in chosen:
-            # one model for all: each trainer brings only its balancer, optimiser state and scheduler,
-            # so that the small preset's 26 trainers fit in memory; the weights a balancer starts a
-            # timing block from do not change what a step costs
-            trainer = Trainer(resolve_config({}, base + [f"output_dir={tmp}/run-{label}"] + extra), components=shared)
-            shared = trainer.components
-            if batch is None:
-                batch = next(iter(trainer._loader())).to(trainer.device)
-            for _ in range(args.warmup):
-                trainer.train_step(batch, monitor=False)
-            flops[label] = count_flops(lambda: trainer.train_step(batch, monitor=False))
-            trainers[label] = trainer
-        device = next(iter(trainers.values())).device
-        times: dict[str, list[float]] = {label: [] for label in trainers}
-        for _ in range(args.rounds):
-            for label, trainer in trainers.items():
-                _sync(device)
-                start = time.perf_counter()
-                for _ in range(args.steps):
-                    trainer.train_step(batch, monitor=False)
-                _sync(device)
-                times[label].append((time.perf_counter() - start) / args.steps)
-    median = {label: statistics.median(t) for label, t in times.items()}
-    equal = median["equal"]
-    print(f"{'balancer':<22}{'ms/step':>10}{'ratio':>8}{'flop ratio':>12}")
-    for label, seconds in median.items():
-        print(f"{label:<22}{1000 * seconds:>10.1f}{seconds / equal:>8.2f}{flops[label] / flops['equal']:>12.2f}")
+        trainers, batch, flops = _trainers(args, tmp)
+        device = trainers["equal"].device
+        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+        equal = trainers["equal"]
+        # equal weighting is also paired with itself: an A/A control that shows this run's noise floor
+        labels = list(trainers)
+        ratios: dict[str, list[float]] = {label: [] for label in labels}
+        equal_seconds: list[float] = []
+        for round_index in range(args.rounds):
+            shift = round_index * len(labels) // args.rounds  # each round starts elsewhere in the list
+            for label in labels[shift:] + labels[:shift]:
+                pair, baseline = paired_ratios(lambda: equal.train_step(batch, monitor=False),
+                                               lambda: trainers[label].train_step(batch, monitor=False),
+                                               args.steps, sync=sync)
+                ratios[label] += pair
+                equal_seconds += baseline
+    equal_ms = 1000 * statistics.median(equal_seconds)
+    summary = {label: median_interval(r) for label, r in ratios.items()}
+    coverage = min(s[3] for s in summary.values())
+    print(f"{'balancer':<22}{'ms/step':>10}{'ratio':>8}  {f'{100 * coverage:.1f}% interval':<18}{'flop ratio':>10}")
+    for label, (ratio, low, high, _) in summary.items():
+        print(f"{label:<22}{equal_ms * ratio:>10.1f}{ratio:>8.3f}  [{low:.3f}, {high:.3f}]  "
+              f"{flops[label] / flops['equal']:>10.2f}")
     result = {
-        "preset": args.preset, "device": str(device), "precision": next(iter(trainers.values())).precision,
+        "preset": args.preset, "device": str(device), "precision": equal.precision,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "batch_size": args.batch_size, "tasks": 3,
-        "equal_ms_per_step": round(1000 * equal, 2),
-        "ratio": {label: round(seconds / equal, 3) for label, seconds in median.items()},
+        "batch_size": args.batch_size, "tasks": 3, "design": "paired", "pairs": args.steps * args.rounds,
+        "interval_coverage": round(coverage, 4),
+        "equal_ms_per_step": round(equal_ms, 2),
+        "ratio": {label: round(s[0], 3) for label, s in summary.items()},
+        "ratio_interval": {label: [round(s[1], 3), round(s[2], 3)] for label, s in summary.items()},
         "equal_gflop_per_step": round(flops["equal"] / 1e9, 2),
-        "flop_ratio": {label: round(flops[label] / flops["equal"], 3) for label in median},
+        "flop_ratio": {label: round(flops[label] / flops["equal"], 3) for label in summary},
     }
     print(json.dumps(result))
     return 0
