@@ -31,6 +31,12 @@ def setting(default: Any, low: float, high: float = float("inf")) -> Any:
     return config_setting(default, range=Range(low, None if math.isinf(high) else high))
 
 
+def known_true(flag: torch.Tensor) -> bool:
+    """Whether the boolean tensor ``flag`` is known to hold without waiting for a device: True only for a
+    true flag in host memory (reading it there costs nothing); an accelerator's flag stays a tensor."""
+    return flag.device.type == "cpu" and bool(flag)
+
+
 class Balancer(nn.Module):
     """Combines per-task losses into the scalar that is back-propagated.
 
@@ -81,6 +87,9 @@ class Balancer(nn.Module):
         """Whatever the block changes in the balancer's buffers is undone unless ``finite`` (a bool tensor)
         holds: a step the non-finite guard will skip leaves the state as it was (tensor ops, no sync).
         The random generator still advances (only its position, never its quality, is affected)."""
+        if known_true(finite):  # nothing to undo: no copy of the state (which may be (T, D) vectors)
+            yield
+            return
         saved = {name: buffer.clone() for name, buffer in self.named_buffers()}
         yield
         with torch.no_grad():
