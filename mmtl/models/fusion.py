@@ -57,14 +57,17 @@ def stream_ids(streams: list[Stream], leading: int = 0) -> torch.Tensor | None:
     return torch.cat(parts, dim=1)
 
 
-def with_inputs(fused: Fused, streams: list[Stream], norm: nn.Module) -> Fused:
-    """``fused`` followed by the streams it was fused from (their tokens through ``norm``), so that heads
-    read the encoders' tokens directly as well as through the fusion trunk."""
+def with_inputs(outputs: dict[str | None, Fused], streams: list[Stream], norm: nn.Module) -> dict[str | None, Fused]:
+    """Each of ``outputs`` (one per task under soft sharing) followed by the streams they were fused from
+    (their tokens through ``norm``, computed once for all), so that heads read the encoders' tokens
+    directly as well as through the fusion trunk."""
     tokens = norm(torch.cat([s.tokens for s in streams], dim=1))
     valid = torch.cat([s.valid for s in streams], dim=1)
-    ids = None if fused.ids is None else torch.cat([fused.ids, stream_ids(streams)], dim=1)
-    return Fused(torch.cat([fused.tokens, tokens.to(fused.tokens.dtype)], dim=1),
-                 torch.cat([fused.valid, valid], dim=1), fused.pooled, ids)
+    ids = stream_ids(streams)
+    return {name: Fused(torch.cat([fused.tokens, tokens.to(fused.tokens.dtype)], dim=1),
+                        torch.cat([fused.valid, valid], dim=1), fused.pooled,
+                        None if fused.ids is None else torch.cat([fused.ids, ids], dim=1))
+            for name, fused in outputs.items()}
 
 
 def _concat(global_token: torch.Tensor, streams: list[Stream],

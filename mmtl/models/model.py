@@ -89,9 +89,9 @@ class MultiTaskModel(nn.Module):
             streams = self.streams(batch, modalities, cache)
             with self.adapters([self.fusion], on):
                 outputs = self.fusion(streams, [task]) if task_specific else {None: self.fusion(streams)}
+            if self.input_norm is not None:
+                outputs = with_inputs(outputs, streams, self.input_norm)
             for name, fused in outputs.items():
-                if self.input_norm is not None:
-                    fused = with_inputs(fused, streams, self.input_norm)
                 if SHARED_OUTPUTS in cache:
                     fused = _cut(fused, cache[SHARED_OUTPUTS])
                 own = (modalities, name) if task_specific else modalities
@@ -105,12 +105,12 @@ class MultiTaskModel(nn.Module):
         unless that leaves nothing: every row would only mask its tokens out, and encoding blank
         images would cost time and feed blank-image statistics to the encoder's BatchNorm layers.
         """
-        present = [m for m in modalities if not (self.skip_absent_modalities and self.modalities[m].rows(batch) == 0)]
+        carried = [m for m in modalities if not (self.skip_absent_modalities and self.modalities[m].rows(batch) == 0)]
         streams: list[Stream] = []
-        for modality in present or modalities:
+        for modality in carried or modalities:
             if modality not in cache:
-                data, rows = self.modalities[modality].batch_input(batch)
-                cache[modality] = dataclasses.replace(self.encoders[modality](data, rows), modality=modality)
+                data, present = self.modalities[modality].batch_input(batch)
+                cache[modality] = dataclasses.replace(self.encoders[modality](data, present), modality=modality)
             streams.append(cache[modality])
         return streams
 
