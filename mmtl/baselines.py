@@ -35,6 +35,7 @@ def single_task_config(config: ExperimentConfig, task: str, out_dir: Path) -> Ex
     single.tasks, single.output_dir = [task], str(out_dir / task)
     single.balancer = BalancerConfig()
     single.train.eval_every = 0  # no validation (it could need the very baselines being written)
+    single.validation.protect = False  # one task: nothing to protect it from
     if config.data.sources:
         feeding = [(cfg, src) for cfg, src in zip(config.data.sources, training_sources(config.data))
                    if source_counts(src, [task]).tasks]

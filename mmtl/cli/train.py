@@ -32,4 +32,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print(record["stop_reason"])
         print(f"best checkpoint (validation.select={record['select']}): {record['best_checkpoint']} "
               f"(step {record['best_step']})")
+    if summary.is_file() and "protection" in (record := json.loads(summary.read_text())):
+        from mmtl.training.protection import format_verdicts
+
+        print(f"\nno task left behind (validation.protect), last validation against {record['protection']['against']}:")
+        print(format_verdicts(record["protection"]["tasks"], record["protection"]["against"]))
     return 0

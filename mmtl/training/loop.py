@@ -106,6 +106,8 @@ class Trainer:
         self.batches_consumed = 0  # the data position: micro-batches this rank has trained on
         self.flops_per_step: float | None = None
         self.validator = validator
+        # loss factor per task, multiplied in before the balancer (set by "no task left behind": validation.protect)
+        self.task_scale: dict[str, float] = {}
         self.state = RunState(self.model, self.optimizer, self.sharded,
                               {"scheduler": self.scheduler, "scaler": self.scaler, "balancer": self.balancer},
                               {"nonfinite": self.guard, **({"validator": validator} if validator else {})}, self.ema)
@@ -176,7 +178,8 @@ class Trainer:
             cache = self.backward.new_cache(self.step)
             losses = self._task_losses(part, cache)
             last = index == len(micro) - 1
-            balanced = self.backward(losses, cache, self.step, monitor and last, factor=1.0 / len(micro))
+            scaled = {n: v * self.task_scale[n] for n, v in losses.items() if n in self.task_scale}
+            balanced = self.backward({**losses, **scaled}, cache, self.step, monitor and last, factor=1.0 / len(micro))
             for name, value in {**losses, "total": balanced.pop("total")}.items():
                 sums[name] = sums.get(name, 0) + value.detach() / len(micro)
         if self.dist.enabled:  # sharded parameters got averaged gradients from FSDP's reduce-scatter already

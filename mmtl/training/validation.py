@@ -49,6 +49,7 @@ from mmtl.evaluation.delta import delta_m
 from mmtl.evaluation.evaluate import EvalResult, evaluate
 from mmtl.training.logging import RunLogger, plot_validation
 from mmtl.training.loop import Trainer
+from mmtl.training.protection import TaskProtection
 
 log = logging.getLogger(__name__)
 
@@ -200,10 +201,13 @@ class Validator:
     def __init__(self, config: ExperimentConfig, run_dir: Path) -> None:
         self.config, self.run_dir = config, run_dir
         cfg = config.validation
-        self.every = config.train.eval_every
+        # protection needs validations: without train.eval_every it validates every steps // 8 steps
+        self.every = config.train.eval_every or (max(1, config.train.steps // 8) if cfg.protect else 0)
         baseline = baseline_metrics(cfg.baselines, config.data.val_split, cfg.max_samples) \
             if cfg.baselines and self.every else None
         self.selector = Selector(cfg.select, cfg.tolerance, cfg.min_improvement, baseline)
+        self.protection = TaskProtection(cfg.tolerance, cfg.protect_boost, cfg.protect_max) if cfg.protect else None
+        self._baseline = baseline
         self.drift = DriftDetector(cfg.drift_patience)
         self.history: list[dict[str, Any]] = []
         self.stop_reason: str | None = None
@@ -216,8 +220,13 @@ class Validator:
         """Called by the Trainer after every step: validates when due, keeps the drift alarm in the bar."""
         if self.due(trainer.step) and (not self.history or self.history[-1]["step"] != trainer.step):
             self.validate(trainer, logger)
+        if self.protection is not None:
+            trainer.task_scale = self.protection.factors
         alarms = self.drift.alarms()
         postfix = getattr(progress, "postfix", None)
+        if self.protection is not None and self.protection.standings and isinstance(postfix, str) \
+                and "vs reference" not in postfix:
+            progress.set_postfix_str(f"{postfix}, vs reference: {self.protection.postfix()}", refresh=False)
         if alarms and isinstance(postfix, str) and "DRIFT" not in postfix:
             progress.set_postfix_str(f"{postfix}, DRIFT={'+'.join(alarms)}" if postfix else f"DRIFT={'+'.join(alarms)}",
                                      refresh=False)
@@ -246,6 +255,9 @@ class Validator:
         signed = {t: (-1 if m in lower[t] else 1) * result.metrics[t][m] for t, m in result.primary.items()}
         alarms = self.drift.update(signed)
         record = _log_record(result, scored)
+        if self.protection is not None:
+            self._protect(signed, lower, result.primary)
+            record.update(self.protection.log_record())
         record.update({"val/best_step": self.selector.best_step, "val/seconds": time.perf_counter() - started})
         logger.log(step, record)
         self.history.append({"step": step, "metrics": result.metrics, "losses": result.losses,
@@ -265,6 +277,17 @@ class Validator:
             self._warn(logger, step, "early_stop", self.stop_reason)
         return scored
 
+    def _protect(self, signed: Mapping[str, float], lower: Mapping[str, Any], primary: Mapping[str, str]) -> None:
+        """Update the "no task left behind" factors from this validation's signed primary metrics."""
+        assert self.protection is not None
+        if self._baseline is not None and self.protection.references is None:
+            self.protection.references = {t: (-1 if primary[t] in lower[t] else 1) * self._baseline[t][primary[t]]
+                                          for t in signed if primary[t] in self._baseline.get(t, {})}
+        for task, standing in self.protection.update(signed).items():
+            if standing.behind:
+                log.info("protect: %s is %.1f%% behind its reference, loss factor now %g", task,
+                         -100 * (standing.change or 0.0), self.protection.factors[task])
+
     def _warn(self, logger: RunLogger, step: int, kind: str, message: str, **extra: Any) -> None:
         logger.log(step, {"warning": message, "warning_kind": kind, **extra})
         log.warning(message)
@@ -282,6 +305,9 @@ class Validator:
         summary = {"select": self.config.validation.select, "best_step": self.selector.best_step,
                    "best": self.selector.best, "stop_reason": self.stop_reason,
                    "best_checkpoint": str(self.run_dir / "checkpoints" / BEST_NAME), "history": self.history}
+        if self.protection is not None:
+            summary["protection"] = {"against": "single-task baselines" if self._baseline else "own best validation",
+                                     "tasks": self.protection.verdicts()}
         path = self.run_dir / SUMMARY_FILE
         path.write_text(json.dumps(summary, indent=2))
         plot_validation(log_path, self.run_dir)
@@ -289,13 +315,18 @@ class Validator:
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data (loadable with ``torch.load(weights_only=True)``)."""
-        return {"history": self.history, "selector": self.selector.state_dict(), "drift": self.drift.state_dict()}
+        state = {"history": self.history, "selector": self.selector.state_dict(), "drift": self.drift.state_dict()}
+        if self.protection is not None:
+            state["protection"] = self.protection.state_dict()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Inverse of :meth:`state_dict`; an early stop is not restored, so a resumed run trains on."""
         self.history = list(state.get("history", []))
         self.selector.load_state_dict(state.get("selector", {}))
         self.drift.load_state_dict(state.get("drift", {}))
+        if self.protection is not None:
+            self.protection.load_state_dict(state.get("protection", {}))
 
 
 def _log_record(result: EvalResult, scored: Scored) -> dict[str, Any]:
