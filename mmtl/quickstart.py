@@ -7,9 +7,17 @@ from pathlib import Path
 
 from data_pipelines.shapes_world import write_shards
 import mmtl.components  # noqa: F401  (registers the components that configs name)
+from mmtl.baselines import train_baselines
+from mmtl.builder import Components
 from mmtl.config import ExperimentConfig, load_config
-from mmtl.evaluation.evaluate import evaluate, format_examples, format_table
+from mmtl.evaluation.baselines import compare_with_baselines, read_baselines
+from mmtl.evaluation.delta import DeltaReport, format_delta
+from mmtl.evaluation.evaluate import EvalResult, evaluate, format_examples, format_table
+from mmtl.evaluation.savings import format_savings, forward_flops_per_sample
 from mmtl.training.run import train
+
+# a task whose primary metric is more than this fraction below its single-task model's counts as regressed
+COMPARE_TOLERANCE = 0.01
 
 
 def ensure_synthetic_data(config: ExperimentConfig) -> bool:
@@ -24,8 +32,27 @@ def ensure_synthetic_data(config: ExperimentConfig) -> bool:
     return True
 
 
-def run_quickstart(overrides: list[str] | None = None) -> int:
-    """Run the whole quickstart; returns the process exit code."""
+def compare_with_single_task(config: ExperimentConfig, components: Components, evaluation: EvalResult,
+                             run_dir: Path) -> dict:
+    """Train the single-task models of ``config`` (same budget, ``RUN-baselines/``), print the multi-task
+    model against them task by task (verdicts, Δm, cost) and return the report."""
+    print(f"\ntraining one single-task model per task with the same budget ({config.train.steps} steps each)")
+    path = train_baselines(config, Path(f"{run_dir}-baselines"))
+    lower = {t.name: tuple(getattr(t, "lower_is_better", ())) for t in components.tasks}
+    report = compare_with_baselines(evaluation, read_baselines(path), COMPARE_TOLERANCE, lower,
+                                    components.model.parameter_report(),
+                                    lambda tasks: forward_flops_per_sample(components, config, tasks))
+    print(f"\nthe multi-task model against its single-task models ({evaluation.samples} samples of split "
+          f"{evaluation.split!r}; regression: more than {100 * COMPARE_TOLERANCE:g}% below):")
+    print(format_delta(DeltaReport.from_dict(report), definition=False))
+    for key, name, unit in (("parameters", "parameters", ""), ("flops", "forward FLOPs per sample", "FLOP")):
+        if key in report:
+            print(format_savings(name, report[key], unit=unit))
+    return report
+
+
+def run_quickstart(overrides: list[str] | None = None, compare: bool = False) -> int:
+    """Run the whole quickstart (``compare``: also against single-task models); returns the exit code."""
     started = time.perf_counter()
     config = load_config(None, ["train.overwrite=true", *(overrides or [])])  # a demo: rerunning starts over
     written = ensure_synthetic_data(config)
@@ -44,6 +71,10 @@ def run_quickstart(overrides: list[str] | None = None) -> int:
     print(format_examples(evaluation))
     beaten = [t for t, m in evaluation.primary.items() if evaluation.metrics[t][m] > evaluation.baselines[t][m]]
     print(f"\nthe model beats the trivial baseline on {len(beaten)} of {len(evaluation.primary)} tasks")
+    if compare:
+        report["single_task"] = compare_with_single_task(config, result.components, evaluation, result.run_dir)
+        (result.run_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+        seconds = time.perf_counter() - started
     print(f"run directory: {result.run_dir} (checkpoint, config.yaml, metrics.json, log.jsonl, loss_*.png)")
     print(f"try: mmtl predict --checkpoint {result.run_dir} --image IMAGE --text 'a document to summarize'")
     print(f"quickstart finished in {seconds:.0f}s")
