@@ -1,0 +1,32 @@
+"""tools/bench_mtl.py end to end on its smallest setting with a micro model: baselines, a recipe, the report."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import load_tool
+
+
+def test_bench_mtl_compares_each_task_with_its_single_task_model_and_ends_with_a_json_line(
+        tmp_path: Path, capsys, one_thread) -> None:
+    bench = load_tool("bench_mtl")
+    out = tmp_path / "bench"
+    overrides = ["model.preset=micro", "train.steps=2", "data.batch_size=8", "eval.max_samples=16",
+                 "train.warmup_steps=1", "model.decoder.max_length=48", "eval.generation.max_length=8"]
+    argv = ["--settings", "shapes-hard-10", "--seeds", "0", "--out", str(out), "--recipes", "shipped=",
+            "captioning2=balancer.name=fixed;balancer.weights.captioning=2", "--", *overrides]
+    assert bench.main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert set(summary["summary"]) == {"shapes-hard-10/shipped", "shapes-hard-10/captioning2"}
+    report = json.loads((out / "report.json").read_text())["settings"]["shapes-hard-10"]
+    row = report["recipes"]["captioning2"]
+    assert set(row["tasks"]) == {"recognition", "captioning", "summarization"}
+    assert 0 < row["parameter_share"] < 0.7 and row["train_seconds"] > 0
+    data = json.loads((out / "data" / "shapes-hard-300" / "dataset.json").read_text())
+    assert data["splits"]["train"]["samples"] == 300  # 10% of the quickstart's 3,000 training scenes
+    config = (out / "shapes-hard-10" / "seed-0" / "captioning2" / "config.yaml").read_text()
+    assert "captioning: 2.0" in config  # the recipe's overrides reached its run
+    assert any("| captioning | bleu4 |" in line for line in lines)
+    # a second call finds every step done and only reports
+    assert bench.main(argv) == 0
