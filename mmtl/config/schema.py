@@ -94,6 +94,9 @@ class TrainConfig:
     warmup_steps: int = setting(30, range=NON_NEGATIVE)
     schedule: str = choice("cosine", "cosine", "linear", "constant")
     grad_clip: float = setting(1.0, range=Range(0, low_open=True))
+    # global: one norm over all parameters; owner: the shared parameters and each task's head are clipped
+    # apart, so one task's large gradient does not shrink another task's head updates
+    grad_clip_scope: str = choice("global", "global", "owner")
     # auto: bf16 autocast on a GPU, fp32 on a CPU; pure_bf16: bf16 weights, gradients and optimiser state
     precision: str = choice("auto", "auto", "fp32", "bf16", "fp16", "pure_bf16")
     device: str = "auto"

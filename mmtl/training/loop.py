@@ -29,7 +29,7 @@ from mmtl.training.environment import save_environment
 from mmtl.training.flops import peak_flops
 from mmtl.training.logging import RunLogger, plot_losses, plot_task_monitor
 from mmtl.training.nonfinite import NonFiniteGuard
-from mmtl.training.optim import build_optimizer, build_scheduler
+from mmtl.training.optim import build_optimizer, build_scheduler, clip_gradients, clip_groups
 from mmtl.training.signals import GracefulStop
 from mmtl.training.state import RunState
 from mmtl.training.timer import StepTimer
@@ -97,6 +97,7 @@ class Trainer:
         self.objectives = self.components.model.objectives()  # the tasks, then any auxiliary losses
         self.balancer = BALANCERS.get(config.balancer.name)(self.objectives, config.balancer).to(self.device)
         self.optimizer = build_optimizer([self.model, self.balancer], config.train, self.device)
+        self.clip_groups = clip_groups(self.model, config.train.grad_clip_scope)
         self.scheduler = build_scheduler(self.optimizer, config.train)
         self.scaler = make_grad_scaler(self.precision, self.device)
         self.backward = dist.balanced_backward(self.model, self.balancer, self.scaler, self.dist, config.balancer.name)
@@ -186,7 +187,7 @@ class Trainer:
             params = [p for group in self.optimizer.param_groups for p in group["params"] if not fsdp.is_sharded(p)]
             dist.average_gradients(params, self.dist)
         self.scaler.unscale_(self.optimizer)
-        grad_norm = fsdp.full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip))
+        grad_norm = clip_gradients(self.clip_groups, self.config.train.grad_clip, fsdp.full)
         task_losses = {name: value for name, value in sums.items() if name != "total"}
         applied = self.guard.allows(task_losses, grad_norm, self.step, scaler_handles_inf=self.scaler.is_enabled())
         if applied:

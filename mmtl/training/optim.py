@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -55,3 +55,29 @@ def lr_factor(step: int, config: TrainConfig) -> float:
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
     """Step-wise schedule following :func:`lr_factor`."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
+
+
+def clip_groups(model: nn.Module, scope: str) -> list[list[nn.Parameter]]:
+    """The parameter groups whose gradient norms are clipped apart (``train.grad_clip_scope``).
+
+    ``global``: one group of every parameter. ``owner``: the shared parameters (everything no single
+    task's head owns) and then each task's head (``model.heads``), so the update of a task's own
+    parameters never shrinks because another task's gradient is large.
+    """
+    params = list(model.parameters())  # frozen ones have no gradient, which clipping skips
+    heads = getattr(model, "heads", None)
+    if scope == "global" or not heads:
+        return [params]
+    owned = [list(head.parameters()) for head in heads.values()]
+    own = {id(p) for group in owned for p in group}
+    return [[p for p in params if id(p) not in own], *[group for group in owned if group]]
+
+
+def clip_gradients(groups: list[list[nn.Parameter]], max_norm: float,
+                   full: Callable[[torch.Tensor], torch.Tensor] = lambda norm: norm) -> torch.Tensor:
+    """Clip each group's gradient norm to ``max_norm``; the norm over all groups before clipping.
+
+    ``full`` turns a group's (possibly sharded) norm into a plain tensor (FSDP).
+    """
+    norms = [full(torch.nn.utils.clip_grad_norm_(group, max_norm)) for group in groups if group]
+    return norms[0] if len(norms) == 1 else torch.stack([n.float() for n in norms]).square().sum().sqrt()
