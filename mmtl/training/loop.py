@@ -68,9 +68,7 @@ class TrainResult:
 
 class Trainer:
     """Owns the model, optimiser and bookkeeping of one run; ``run()`` trains to ``train.steps``.
-
-    Under torchrun every rank builds the same Trainer; rank 0 alone writes logs and checkpoints.
-    """
+    Under torchrun every rank builds the same Trainer; rank 0 alone writes logs and checkpoints."""
 
     def __init__(self, config: ExperimentConfig, resume: str | None = None, components: Components | None = None,
                  resume_command: str | None = None, validator: StepCallback | None = None) -> None:
@@ -107,8 +105,7 @@ class Trainer:
         self.batches_consumed = 0  # the data position: micro-batches this rank has trained on
         self.flops_per_step: float | None = None
         self.validator = validator
-        # loss factor per task, multiplied in before the balancer (set by "no task left behind": validation.protect)
-        self.task_scale: dict[str, float] = {}
+        self.task_scale: dict[str, float] = {}  # loss factor per task before the balancer
         self.state = RunState(self.model, self.optimizer, self.sharded,
                               {"scheduler": self.scheduler, "scaler": self.scaler, "balancer": self.balancer},
                               {"nonfinite": self.guard, **({"validator": validator} if validator else {})}, self.ema)
@@ -178,9 +175,8 @@ class Trainer:
         for index, part in enumerate(micro):
             cache = self.backward.new_cache(self.step)
             losses = self._task_losses(part, cache)
-            last = index == len(micro) - 1
-            scaled = {n: v * self.task_scale[n] for n, v in losses.items() if n in self.task_scale}
-            balanced = self.backward({**losses, **scaled}, cache, self.step, monitor and last, factor=1.0 / len(micro))
+            scaled = {n: v * self.task_scale.get(n, 1.0) for n, v in losses.items()}  # validation.protect
+            balanced = self.backward(scaled, cache, self.step, monitor and index == len(micro) - 1, factor=1.0 / len(micro))
             for name, value in {**losses, "total": balanced.pop("total")}.items():
                 sums[name] = sums.get(name, 0) + value.detach() / len(micro)
         if self.dist.enabled:  # sharded parameters got averaged gradients from FSDP's reduce-scatter already
