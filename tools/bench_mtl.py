@@ -14,7 +14,8 @@ Settings (``--settings``, default ``quickstart``; ``--list`` prints them):
 
 For every setting and seed it prepares the data once, runs ``mmtl baselines`` (one single-task model
 per task, same config, steps and seed), then every recipe (``--recipes LABEL=OVERRIDE;OVERRIDE,...``;
-default ``shipped=``: the setting's config unchanged) with ``mmtl train`` and scores it with
+default ``shipped=``: the setting's config unchanged; ``{baselines}`` in an override stands for that
+seed's baselines.json) with ``mmtl train`` and scores it with
 ``mmtl eval --baselines`` on the test split. ``--grouping`` also runs ``mmtl analyze affinity`` on
 the setting and, when it recommends splitting the tasks, trains each recommended group as its own
 multi-task model and reports the grouping's Δm next to all-in-one. KEY=VALUE overrides go to every
@@ -144,6 +145,8 @@ class Bench:
         if result.is_file():
             return result
         if not (run / "train.done").is_file():
+            if any("{baselines}" in o for o in extra):  # e.g. validation.baselines={baselines} (protect mode)
+                extra = [o.replace("{baselines}", str(base.result())) for o in extra]
             subset = [f"tasks=[{','.join(tasks)}]"] if tasks else []
             self._timed(["train", "--config", self.config, *self.common, *extra, *subset, f"seed={seed}",
                          f"output_dir={run}", "train.overwrite=true"], run / "train.log", run / "seconds.txt")
