@@ -199,17 +199,6 @@ def test_balancer_table_summarises_seeds(tmp_path: Path) -> None:
     assert row["seeds_with_regression"] == 1
 
 
-def test_tuned_scalarisation_grid_and_choice() -> None:
-    table = load_tool("balancer_table")
-    grid = table.weight_grid(["a", "b"], [1, 3])
-    assert grid == [{"a": 1.0, "b": 1.0}, {"a": 0.5, "b": 1.5}, {"a": 1.5, "b": 0.5}]  # (3, 3) is (1, 1) scaled
-    assert len(table.weight_grid(["a", "b", "c"], [1, 3])) == 7
-    record = lambda delta, regressed: {"delta": {"delta_m": delta, "regressed": regressed}}  # noqa: E731
-    candidates = [({"a": 1}, record(0.30, ["b"])), ({"a": 2}, record(0.05, [])), ({"a": 3}, record(None, [])),
-                  ({"a": 4}, record(0.01, []))]
-    assert table.best_on_validation(candidates)[0] == {"a": 2}  # no regression beats a higher Δm
-
-
 def test_balancer_table_end_to_end_with_the_tuned_row(micro_data: Path, tmp_path: Path, one_thread) -> None:
     table = load_tool("balancer_table")
     out = tmp_path / "table"
