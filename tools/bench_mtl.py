@@ -134,7 +134,7 @@ class Bench:
         target = self.out / f"seed-{seed}" / "baselines"
         if not (target / "baselines.json").is_file():
             self._timed(["baselines", "--config", self.config, *self.common, f"seed={seed}",
-                         f"output_dir={target}-mt", "train.overwrite=true", "--out", str(target)],
+                         f"output_dir={target}-mt", "--resume", "--out", str(target)],
                         target / "run.log", target / "seconds.txt")
         return target / "baselines.json"
 
