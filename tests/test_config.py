@@ -224,3 +224,14 @@ def test_a_config_saved_with_every_encoders_keys_loads_with_the_same_meaning() -
                                             "timm_model": "", "timm_kwargs": {}}
     switched = resolve_config({}, ["model.image.name=open_clip", "model.image.open_clip_model=ViT-B-16"])
     assert selected(switched.model.image, "model.image")[1].open_clip_model == "ViT-B-16"
+
+
+def test_balancer_weights_survive_a_task_subset_but_not_a_typo(caplog: pytest.LogCaptureFixture) -> None:
+    tuned = ["balancer.name=fixed", "balancer.weights.recognition=0.1", "balancer.weights.captioning=2"]
+    subset = load_config(None, [*tuned, "tasks=[captioning,summarization]"])  # recognition's weight: unused
+    assert subset.balancer.weights == {"recognition": 0.1, "captioning": 2.0}
+    with pytest.raises(ConfigError, match="recogniton"):
+        load_config(None, ["balancer.name=fixed", "balancer.weights.recogniton=0.1"])
+    caplog.clear()
+    load_config(None, [*tuned, "balancer.name=pcgrad"])
+    assert "balancer.weights is ignored by balancer 'pcgrad'" in caplog.text

@@ -45,6 +45,7 @@ class Balancer(nn.Module):
     """
 
     kind: ClassVar[str] = "loss"
+    reads_weights: ClassVar[bool] = False  # whether ``balancer.weights`` means anything to it
     # the method's own settings (``balancer.options``): a dataclass, validated with the config
     Settings: ClassVar[type] = NoSettings
 

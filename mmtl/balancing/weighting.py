@@ -23,6 +23,8 @@ class FixedWeights(Balancer):
     Cost: none beyond the sum.
     """
 
+    reads_weights = True
+
     def __init__(self, tasks: list[str], config: BalancerConfig) -> None:
         super().__init__(tasks, config)
         self.weights.copy_(torch.tensor([float(config.weights.get(task, 1.0)) for task in tasks]))
@@ -31,6 +33,8 @@ class FixedWeights(Balancer):
 @BALANCERS.register("equal")
 class EqualWeights(FixedWeights):
     """Plain sum of task losses: the baseline every other balancer is compared with. Cost: none."""
+
+    reads_weights = False
 
     def __init__(self, tasks: list[str], config: BalancerConfig) -> None:
         super().__init__(tasks, BalancerConfig(name=config.name))

@@ -6,11 +6,26 @@ Registry keys are looked up in :mod:`mmtl.registry`, which the entry points fill
 """
 from __future__ import annotations
 
+import logging
+
 from mmtl.config.components import check_components
 from mmtl.config.fields import check_ranges
 from mmtl.config.schema import ExperimentConfig
 from mmtl.errors import ConfigError
 from mmtl.registry import BALANCERS, FUSIONS, MODALITIES, MODALITY_ENCODERS, TASKS
+
+log = logging.getLogger(__name__)
+
+
+def _check_balancer_weights(config: ExperimentConfig) -> None:
+    """Every name in ``balancer.weights`` is a known task (a typo fails); a task not in ``tasks`` keeps its
+    weight unused, so a config's tuned weights survive ``tasks=`` picking a subset. A balancer that
+    does not read the weights says so."""
+    for task in config.balancer.weights:
+        TASKS.get(task)
+    if config.balancer.weights and not getattr(BALANCERS.get(config.balancer.name), "reads_weights", False):
+        log.warning("balancer.weights is ignored by balancer %r (only balancers such as 'fixed' read it)",
+                    config.balancer.name)
 
 
 def validate(config: ExperimentConfig) -> None:
@@ -25,9 +40,7 @@ def validate(config: ExperimentConfig) -> None:
     FUSIONS.get(config.model.fusion.name)
     check_components(config)
     check_ranges(config)
-    unknown = set(config.balancer.weights) - set(config.tasks)
-    if unknown:
-        raise ConfigError(f"balancer.weights names tasks not in tasks: {', '.join(sorted(unknown))}")
+    _check_balancer_weights(config)
     if config.model.width % config.model.num_heads:
         raise ConfigError(f"model.width ({config.model.width}) must be divisible by model.num_heads ({config.model.num_heads})")
     for i, source in enumerate(config.data.sources):
