@@ -50,10 +50,24 @@ def compare_with_single_task(config: ExperimentConfig, components: Components, e
     return report
 
 
+# Tuned scalarisation (issue #24): with equal weights, recognition's loss (binary cross-entropy summed
+# over classes) drives the shared encoders and captioning fell 10% behind its single-task model. These
+# fixed weights were chosen on the validation split (seed 0, 7 recipes) and hold on seeds 0-2
+# (docs/benchmarks.md, "Multi-task against single-task"); configs/experiment/quickstart.yaml says the same.
+QUICKSTART_BALANCER = {"name": "fixed", "weights": {"recognition": 0.1, "captioning": 2.0}}
+
+
+def quickstart_overrides() -> list[str]:
+    """The quickstart's settings beyond the built-in defaults, as ``key=value`` overrides."""
+    weights = QUICKSTART_BALANCER["weights"]
+    return [f"balancer.name={QUICKSTART_BALANCER['name']}", *(f"balancer.weights.{t}={w}" for t, w in weights.items())]
+
+
 def run_quickstart(overrides: list[str] | None = None, compare: bool = False) -> int:
     """Run the whole quickstart (``compare``: also against single-task models); returns the exit code."""
     started = time.perf_counter()
-    config = load_config(None, ["train.overwrite=true", *(overrides or [])])  # a demo: rerunning starts over
+    # a demo: rerunning starts over
+    config = load_config(None, ["train.overwrite=true", *quickstart_overrides(), *(overrides or [])])
     written = ensure_synthetic_data(config)
     print(f"{'wrote' if written else 'using'} synthetic data set at {config.data.path}")
     print(f"training the {config.model.preset!r} preset on {', '.join(config.tasks)} for {config.train.steps} steps")

@@ -79,8 +79,11 @@ def test_include_merges_before_own_values(tmp_path: Path) -> None:
 
 
 def test_quickstart_yaml_equals_builtin_defaults() -> None:
+    from mmtl.quickstart import QUICKSTART_BALANCER, quickstart_overrides
+
     root = Path(__file__).parent.parent / "configs" / "experiment" / "quickstart.yaml"
-    assert load_config(root).to_dict() == resolve_config({}).to_dict()
+    assert load_config(root).to_dict() == resolve_config({"balancer": QUICKSTART_BALANCER}).to_dict()
+    assert load_config(None, quickstart_overrides()).to_dict() == load_config(root).to_dict()
 
 
 def test_there_are_configs() -> None:
