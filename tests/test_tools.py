@@ -110,3 +110,10 @@ def test_bench_generate_smallest(monkeypatch, capsys) -> None:
             "--repeats", "1", "--threads", "1"]
     assert run_tool(TOOLS / "bench_generate.py", argv, monkeypatch) == 0
     assert last_json(capsys.readouterr().out)
+
+
+def test_bench_train_smallest(monkeypatch, capsys) -> None:
+    argv = ["--steps", "1", "--warmup", "0", "--samples", "8", "model.preset=micro", "data.batch_size=4",
+            "data.num_workers=0"]
+    assert run_tool(TOOLS / "bench_train.py", argv, monkeypatch) == 0
+    assert last_json(capsys.readouterr().out)
