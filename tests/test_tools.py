@@ -3,7 +3,6 @@ with their smallest settings (tools with their own tests: test_bench_balancers, 
 test_bench_recipe, test_delta). bench_loader runs on a miniature of ../shared/data built here."""
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import sys
@@ -13,19 +12,16 @@ from types import ModuleType
 import pytest
 from PIL import Image
 
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
+from tests import conftest
+
+TOOLS = conftest.TOOLS
 ALL_TOOLS = sorted(TOOLS.glob("*.py"))
 
 
 def load_tool(path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """Import a tool script as a module (tools/ on sys.path, as when it runs as a script)."""
+    """Import a tool script as a module, with tools/ on sys.path as when it runs as a script."""
     monkeypatch.syspath_prepend(str(TOOLS))
-    name = f"_tool_{path.stem}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, name, module)
-    spec.loader.exec_module(module)
-    return module
+    return conftest.load_tool(path.stem)
 
 
 def run_tool(path: Path, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
