@@ -161,15 +161,16 @@ def test_sigterm_during_uploads_answers_503_and_logs_no_traceback(run_dir: Path)
         host, port = line.split(" on ", 1)[1].split()[0].removeprefix("http://").rsplit(":", 1)
         partial = upload_request(noise_png(0.5), length=100_000)  # the rest of each body never comes
         for _ in range(3):
-            sock = socket.create_connection((host, int(port)), timeout=20)
+            sock = socket.create_connection((host, int(port)), timeout=60)
             sock.sendall(partial)
             sockets.append(sock)
-        time.sleep(1.0)
+        time.sleep(3.0)
         proc.send_signal(signal.SIGTERM)
         for sock in sockets:
             answer = sock.recv(65536)
             assert answer.startswith(b"HTTP/1.1 503 ") and b"retry-after: 1" in answer, answer[:200]
-        assert proc.wait(timeout=20) == 0
+        # uvicorn re-raises the signal once it has shut down: the process ends as SIGTERM asks
+        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
     finally:
         for sock in sockets:
             sock.close()

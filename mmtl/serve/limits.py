@@ -160,8 +160,8 @@ class DeadlineH11Protocol(H11Protocol):
             self._answer_and_close(400, "the body ended before its Content-Length")
 
     def shutdown(self) -> None:
-        """Graceful shutdown: a request whose body is still arriving is answered 503 now."""
-        if self._reading_body():
+        """Graceful shutdown: a request still arriving (headers or body) is answered 503 now."""
+        if self._request_arriving():
             self._answer_and_close(503, "the server is shutting down; retry")
             return
         super().shutdown()
@@ -170,6 +170,10 @@ class DeadlineH11Protocol(H11Protocol):
         """The current request's body is still arriving and nothing has been answered."""
         return (self.conn.their_state is h11.SEND_BODY and self.cycle is not None
                 and not self.cycle.response_started)
+
+    def _request_arriving(self) -> bool:
+        """Part of a request is in and nothing has been answered: its headers or its body are arriving."""
+        return self._reading_body() or (self.conn.their_state is h11.IDLE and bool(self.conn.trailing_data[0]))
 
     def _answer_and_close(self, status: int, message: str) -> None:
         """Answer the current request from here (the app's own answer, if any, is dropped) and close."""
@@ -214,7 +218,7 @@ class DeadlineH11Protocol(H11Protocol):
             self._arm()
             return
         self.logger.info("closing a connection whose request did not arrive within %.0f s", self.read_timeout)
-        if self._reading_body() or (self.conn.their_state is h11.IDLE and self.conn.trailing_data[0]):
+        if self._request_arriving():
             self._answer_and_close(408, f"the request did not arrive within {self.read_timeout:.0f} s")
         else:
             self.transport.close()
