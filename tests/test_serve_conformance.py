@@ -134,7 +134,7 @@ def upload_request(image: bytes, length: int | None = None) -> bytes:
     body = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="n.png"\r\n'
             "Content-Type: image/png\r\n\r\n").encode() + image + f"\r\n--{boundary}--\r\n".encode()
     head = (f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
     return head + body[:length]
 
 
