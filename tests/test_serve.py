@@ -186,7 +186,7 @@ def test_serve_cli_process(run_dir: Path, tmp_path: Path, capsys) -> None:
             assert json.loads(resp.read())["status"] == "ok"
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        proc.wait(timeout=60)  # a starved machine shuts down slowly
     for argv, message in ((["--checkpoint", str(tmp_path / "nowhere")], "no checkpoint found"),
                           (["--checkpoint", str(run_dir), "--max-text-chars", "0"], "--max-text-chars must be positive"),
                           (["--checkpoint", str(run_dir), "--max-batch", "0"], "--max-batch must be >= 1")):
