@@ -171,6 +171,18 @@ def test_jsonl_image_paths_outside_the_image_root_are_refused(tmp_path: Path, ca
     assert [a["captions"] for a in iter_annotations(tmp_path / "out", "train")] == [["fine"]]
 
 
+def test_every_path_outside_the_root_names_the_folder_and_the_flag(tmp_path: Path, capsys) -> None:
+    """All rows skipped as outside the root: the one-line error names the folder checked and the flag."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "elsewhere.png").write_bytes(_png())
+    rows = [{"image": str(tmp_path / "elsewhere.png"), "captions": ["absolute"]}]
+    (tmp_path / "data" / "rows.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    args = ["--format", "jsonl", "--input", str(tmp_path / "data" / "rows.jsonl"), "--out", str(tmp_path / "out")]
+    _one_line_error(capsys, _convert(args), "path_outside_root", str(tmp_path / "data"), "--allow-outside-root")
+    assert _convert(args + ["--allow-outside-root"]) == 0
+    assert [a["captions"] for a in iter_annotations(tmp_path / "out", "train")] == [["absolute"]]
+
+
 # ---------------------------------------------------------------------------------------------
 # null labels (issue #17), mixing across shards (issue #13)
 

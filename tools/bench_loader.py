@@ -49,28 +49,33 @@ BATCH = 32
 
 
 def imagenet_manifest(folder: Path, limit: int, out: Path) -> Path:
-    """A JSONL manifest of the flat ImageNet sample (``n01440764_tench.JPEG`` -> label ``tench``)."""
+    """A JSONL manifest of the flat ImageNet sample (``n01440764_tench.JPEG`` -> label ``tench``).
+
+    Image paths are relative to ``folder`` (passed as ``--image-root``): the converter reads no path
+    that leaves its image folder without ``--allow-outside-root``."""
     rows = []
     for path in sorted(folder.glob("*.JPEG"))[:limit]:
         label = path.stem.split("_", 1)[1].replace("_", " ")
-        rows.append(json.dumps({"image": str(path), "labels": [label]}))
+        rows.append(json.dumps({"image": path.name, "labels": [label]}))
     out.write_text("\n".join(rows) + "\n")
     return out
 
 
-def convert_all(work: Path, resize_max: int, limit: int, shard_size: int, workers: int) -> dict[str, Path]:
+def convert_all(data: Path, work: Path, resize_max: int, limit: int, shard_size: int,
+                workers: int) -> dict[str, Path]:
     """Write the four data sets (ImageNet / COCO x full / pre-resized) and return their directories."""
-    manifest = imagenet_manifest(DATA / "imagenet_sample", limit, work / "imagenet.jsonl")
+    manifest = imagenet_manifest(data / "imagenet_sample", limit, work / "imagenet.jsonl")
     sets = {}
     for resize in (0, resize_max):
         tag = "full" if resize == 0 else f"max{resize}"
         options = ConvertOptions(out=work / f"imagenet-{tag}", split="bench", maxcount=shard_size,
                                  resize_max=resize, workers=workers, progress=False)
         started = time.perf_counter()
-        convert_source("jsonl", options, input=str(manifest), label_mode="single")
+        convert_source("jsonl", options, input=str(manifest), image_root=str(data / "imagenet_sample"),
+                       label_mode="single")
         print(f"converted imagenet ({tag}) in {time.perf_counter() - started:.1f}s")
         sets[f"imagenet/{tag}"] = options.out
-        coco = DATA / "coco_mini"
+        coco = data / "coco_mini"
         out = work / f"coco-{tag}"
         started = time.perf_counter()
         for part in ("train", "val"):
@@ -130,13 +135,14 @@ def main() -> int:
     parser.add_argument("--max-samples", type=int, default=600, help="ImageNet images to convert (of 1000)")
     parser.add_argument("--shard-size", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3, help="passes per case; the best is kept")
+    parser.add_argument("--data", type=Path, default=DATA, help="folder holding imagenet_sample and coco_mini")
     args = parser.parse_args()
-    if not (DATA / "imagenet_sample").is_dir() or not (DATA / "coco_mini").is_dir():
-        sys.exit(f"needs {DATA}/imagenet_sample and {DATA}/coco_mini")
+    if not (args.data / "imagenet_sample").is_dir() or not (args.data / "coco_mini").is_dir():
+        sys.exit(f"needs {args.data}/imagenet_sample and {args.data}/coco_mini")
     torch.set_num_threads(1)
     rows = []
     with tempfile.TemporaryDirectory(prefix="mmtl-bench-loader-") as tmp:
-        sets = convert_all(Path(tmp), args.resize_max, args.max_samples, args.shard_size, max(args.workers))
+        sets = convert_all(args.data, Path(tmp), args.resize_max, args.max_samples, args.shard_size, max(args.workers))
         for name, path in sets.items():
             for workers in args.workers:
                 runs = [(measure(our_loader(path, args.image_size, workers)),

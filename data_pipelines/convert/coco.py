@@ -105,7 +105,7 @@ def read_coco(images: Path, captions: Path, instances: Path | None, report: Read
             continue
         image_path = confined_path(images, file_name, allow_outside_root)
         if image_path is None:
-            report.skipped["path_outside_root"] += 1
+            report.skip_outside_root(images)
             continue
         records.append(Record(keys(Path(file_name).stem), annotation, image_path))
     return records, categories

@@ -37,6 +37,18 @@ class ReadReport:
     text_fallback: int = 0
     null_labels: int = 0  # null entries of label lists left out (never a class named "None")
     warnings: list[str] = field(default_factory=list)
+    outside_root: str = ""  # the folder that skipped ``path_outside_root`` paths were checked against
+
+    def skip_outside_root(self, root: Path) -> None:
+        """Count one sample left out because a path of it leaves ``root``."""
+        self.skipped["path_outside_root"] += 1
+        self.outside_root = str(root)
+
+
+def outside_root_hint(root: str) -> str:
+    """The sentence that says which folder paths must stay in, and the flag that lifts it."""
+    return (f"paths that leave the image folder {root or '(--images / --image-root)'} (../ or absolute) "
+            f"are read only with --allow-outside-root")
 
 
 def decode_text(data: bytes) -> tuple[str, int]:

@@ -129,7 +129,7 @@ def _row_record(row: dict[str, Any] | None, number: int, is_csv: bool, mapping: 
     image_path = confined_path(base, image_name, allow_outside) if image_name else None
     extras = {name: confined_path(base, value, allow_outside) for name, value in files.items()}
     if (image_name and image_path is None) or None in extras.values():
-        report.skipped["path_outside_root"] += 1
+        report.skip_outside_root(base)
         return None
     key, _ = read_field(row, "key", mapping, is_csv, consumed)
     key = key or (Path(image_name).stem if image_name else f"row{number:08d}")

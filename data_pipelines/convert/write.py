@@ -13,7 +13,7 @@ from typing import Any, Iterator
 from tqdm.auto import tqdm
 
 from data_pipelines.convert.media import Prepared, process
-from data_pipelines.convert.records import FALLBACK_ENCODINGS, ReadReport, Record
+from data_pipelines.convert.records import FALLBACK_ENCODINGS, ReadReport, Record, outside_root_hint
 from data_pipelines.sample import task_fields
 from data_pipelines.shards import DATASET_FILE, SplitStats, write_dataset_info, write_split
 from data_pipelines.transforms import DEFAULT_MAX_PIXELS
@@ -77,6 +77,7 @@ class ConvertResult:
     info: dict[str, Any]
     null_labels: int = 0
     warnings: list[str] = field(default_factory=list)
+    outside_root: str = ""
 
     def summary(self) -> str:
         """Human-readable lines: samples per task, what was skipped and why."""
@@ -101,7 +102,7 @@ class ConvertResult:
         if self.skipped.get("decompression_bomb"):
             lines.append("    (images over the pixel limit convert with --resize-max, which shrinks them on the way in)")
         if self.skipped.get("path_outside_root"):
-            lines.append("    (paths that leave the image folder, ../ or absolute, are read only with --allow-outside-root)")
+            lines.append(f"    ({outside_root_hint(self.outside_root)})")
         return lines
 
 
@@ -159,7 +160,9 @@ def convert(records: list[Record], report: ReadReport, options: ConvertOptions, 
     """Process ``records`` (images in a pool of ``options.workers``) and write one split plus ``dataset.json``."""
     options.check()
     if not records:
-        raise MMTLError(f"nothing to convert: no usable samples found (skipped: {dict(report.skipped) or 'none'})")
+        hint = f"; {outside_root_hint(report.outside_root)}" if report.skipped.get("path_outside_root") else ""
+        skipped = dict(report.skipped) or "none"
+        raise MMTLError(f"nothing to convert: no usable samples found (skipped: {skipped}){hint}")
     info_path = options.out / DATASET_FILE
     previous = _read_info_field(info_path, "label_mode", None)
     if previous and previous != label_mode:
@@ -177,7 +180,7 @@ def convert(records: list[Record], report: ReadReport, options: ConvertOptions, 
     info = write_dataset_info(options.out, name, {options.split: stats}, merged_classes,
                               {**reader_options, **options.written_options()}, extra={"label_mode": label_mode})
     return ConvertResult(options.split, stats, skipped, report.text_fallback, counters["reencoded"], info,
-                         report.null_labels, report.warnings)
+                         report.null_labels, report.warnings, report.outside_root)
 
 
 def _merge_classes(info_path: Path, classes: list[str] | None) -> list[str] | None:

@@ -12,12 +12,14 @@ import base64
 import binascii
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import os
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -31,13 +33,16 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect
 
 from data_pipelines.loader import Example
 from mmtl.version import __version__
 from mmtl.errors import MMTLError
 from mmtl.inference import DEFAULT_MAX_PIXELS, InputTooLarge, PredictOptions, Predictor
 from mmtl.serve.batching import DynamicBatcher, ServerBusy
-from mmtl.serve.limits import RequestLimits
+from mmtl.serve.forms import read_form
+from mmtl.serve.limits import RETRY_AFTER_S, QuietCancellation, RequestLimits
 from mmtl.serve.schemas import (
     GENERATION_NAMES, ErrorBody, GenerationOptions, Health, Info, PredictForm, PredictJSON, PredictResponse,
 )
@@ -65,6 +70,8 @@ class ServerLimits:
     read_timeout_s: float = 30.0  # a request's headers and body must arrive within this
     keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
     max_decoding: int = 4  # requests reading and decoding a large input at once (bounds memory)
+    max_header_bytes: int = 32 * 1024  # request line and headers together (431 above; 400 far above)
+    max_headers: int = 100  # header fields of one request (431 above)
 
 
 class ApiError(Exception):
@@ -77,9 +84,12 @@ class ApiError(Exception):
 
 
 def error_response(status: int, message: str, close: bool = False) -> JSONResponse:
-    """The JSON error answer (``Connection: close`` when the rest of the request will not be read)."""
-    return JSONResponse({"error": message, "status": status}, status_code=status,
-                        headers={"Connection": "close"} if close else None)
+    """The JSON error answer (``Connection: close`` when the rest of the request will not be read;
+    ``Retry-After`` on 503, which is always temporary)."""
+    headers = {"Connection": "close"} if close else {}
+    if status == 503:
+        headers["Retry-After"] = str(RETRY_AFTER_S)
+    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers or None)
 
 
 def _validation_message(exc: ValidationError, prefix: str = "") -> str:
@@ -142,6 +152,9 @@ class Service:
         # modalities a fine-tuned model reads besides image and text (e.g. depth): file fields named after them
         self.further = tuple(m for m in predictor.model.modalities if m not in ("image", "text"))
         self.large_inputs = threading.BoundedSemaphore(self.limits.max_decoding)
+        # large inputs are read and decoded by these few threads only: the big buffers they free stay
+        # in few malloc arenas, instead of one arena per thread of the shared pool (issue #25: RSS)
+        self.decoders = ThreadPoolExecutor(self.limits.max_decoding, thread_name_prefix="mmtl-decode")
         self._closed = False
 
     def info(self) -> dict[str, Any]:
@@ -159,12 +172,22 @@ class Service:
         media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if media == "application/json":
             spool = await _spool_body(request, self.limits.max_body_bytes)
-            example, options = await run_in_threadpool(self._prepare_json, spool)
+            spool.seek(0, os.SEEK_END)
+            large = spool.tell() > LARGE_INPUT_BYTES
+            spool.seek(0)
+            example, options = await self._off_loop(large, self._prepare_json, spool, large)
         elif media == "multipart/form-data":
-            async with request.form(max_files=self.limits.max_parts, max_fields=self.limits.max_parts,
-                                    max_part_size=max(4 * self.limits.max_text_chars + 1024, 65536)) as form:
+            try:
+                part_limit = max(4 * self.limits.max_text_chars + 1024, 65536)
+                form = await read_form(request, self.limits.max_parts, part_limit)
+            except MultiPartException as exc:
+                raise ApiError(400, exc.message) from None
+            try:
                 fields = self._form_fields(form.multi_items())
-                example, options = await run_in_threadpool(self._prepare_form, fields)
+                large = any(isinstance(v, UploadFile) and (v.size or 0) > LARGE_INPUT_BYTES for v in fields.values())
+                example, options = await self._off_loop(large, self._prepare_form, fields, large)
+            finally:
+                await form.close()
         else:
             raise ApiError(415, f"unsupported Content-Type {media or '(none)'!r}; "
                                 "use multipart/form-data or application/json")
@@ -187,10 +210,13 @@ class Service:
             fields[name] = value
         return fields
 
-    def _prepare_json(self, spool: IO[bytes]) -> tuple[Example, PredictOptions]:
-        spool.seek(0, os.SEEK_END)
-        large = spool.tell() > LARGE_INPUT_BYTES
-        spool.seek(0)
+    async def _off_loop(self, large: bool, prepare: Any, *args: Any) -> tuple[Example, PredictOptions]:
+        """``prepare(*args)`` in a thread: the decoder pool for a large input, the shared pool otherwise."""
+        if large:
+            return await asyncio.get_running_loop().run_in_executor(self.decoders, functools.partial(prepare, *args))
+        return await run_in_threadpool(prepare, *args)
+
+    def _prepare_json(self, spool: IO[bytes], large: bool) -> tuple[Example, PredictOptions]:
         with self._large_input(large):
             return self._prepare_json_body(spool, large)
 
@@ -205,14 +231,13 @@ class Service:
         if not isinstance(raw, dict):
             raise ApiError(400, "JSON body must be an object with fields image (base64) and/or text")
         try:
-            fields = PredictJSON.model_validate(raw)
+            fields = PredictJSON.model_validate(raw, strict=True)  # JSON has types: true is not 1
         except ValidationError as exc:
-            raise ApiError(400, _validation_message(exc)) from None
+            raise ApiError(422, _validation_message(exc)) from None
         files = {name: _base64(value, name) for name, value in {"image": fields.image, **self._extra(fields)}.items()}
         return self._prepare(fields, fields.generation, files, large)
 
-    def _prepare_form(self, form: dict[str, Any]) -> tuple[Example, PredictOptions]:
-        large = any(isinstance(v, UploadFile) and (v.size or 0) > LARGE_INPUT_BYTES for v in form.values())
+    def _prepare_form(self, form: dict[str, Any], large: bool) -> tuple[Example, PredictOptions]:
         with self._large_input(large):
             return self._prepare_form_fields(form, large)
 
@@ -233,16 +258,16 @@ class Service:
             if value != "" or name == "text":
                 values[name] = value
         try:
-            fields = PredictForm.model_validate(values)
+            fields = PredictForm.model_validate(values)  # form fields are text: "3" is read as 3
         except ValidationError as exc:
-            raise ApiError(400, _validation_message(exc)) from None
+            raise ApiError(422, _validation_message(exc)) from None
         self._extra(fields)
         generation = None
         if fields.generation is not None:
             try:
-                generation = GenerationOptions.model_validate_json(fields.generation)
+                generation = GenerationOptions.model_validate_json(fields.generation, strict=True)
             except ValidationError as exc:
-                raise ApiError(400, _validation_message(exc, "generation.")) from None
+                raise ApiError(422, _validation_message(exc, "generation.")) from None
         return self._prepare(fields, generation, files, large)
 
     def _extra(self, fields: PredictJSON | PredictForm) -> dict[str, Any]:
@@ -252,7 +277,7 @@ class Service:
         if unknown:
             valid = ["image", "text", "tasks", "threshold", "top_k_tags", "generation", *GENERATION_NAMES,
                      *self.further]
-            raise ApiError(400, f"unknown field(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+            raise ApiError(422, f"unknown field(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
         return extra
 
     def _large_input(self, large: bool) -> Any:
@@ -277,16 +302,20 @@ class Service:
         return example, options
 
     def close(self) -> None:
-        """Stop the batcher (idempotent)."""
+        """Stop the batcher and the decoder threads (idempotent)."""
         if not self._closed:
             self._closed = True
             self.batcher.close()
+            self.decoders.shutdown(wait=False, cancel_futures=True)
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
-    for code, text in ((400, "bad input"), (411, "no Content-Length"), (413, "a size limit exceeded"),
-                       (415, "unsupported Content-Type"), (503, "server busy or prediction timed out"))
+    for code, text in ((400, "a body that cannot be parsed, or bad input"), (408, "the body did not arrive in time"),
+                       (411, "no Content-Length"), (413, "a size limit exceeded"), (415, "unsupported Content-Type"),
+                       (422, "a field of the wrong type, out of range or unknown"),
+                       (431, "too many or too large headers"),
+                       (503, "server busy, shutting down or prediction timed out (see Retry-After)"))
 }
 
 
@@ -306,7 +335,9 @@ def create_app(service: Service) -> FastAPI:
     app = FastAPI(title="mmtl inference API", version=__version__, docs_url=None, redoc_url=None,
                   description="Recognition tags, captions and summaries from a trained mmtl model.", lifespan=lifespan)
     app.state.service = service
-    app.add_middleware(RequestLimits, max_body_bytes=service.limits.max_body_bytes)
+    app.add_middleware(RequestLimits, max_body_bytes=service.limits.max_body_bytes,
+                       max_header_bytes=service.limits.max_header_bytes, max_headers=service.limits.max_headers)
+    app.add_middleware(QuietCancellation)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -322,7 +353,11 @@ def create_app(service: Service) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(400, str(exc.errors()[0].get("msg", "invalid request")))
+        return error_response(422, str(exc.errors()[0].get("msg", "invalid request")))
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(_: Request, exc: ClientDisconnect) -> Response:  # the answer goes nowhere; nothing to log
+        return Response(status_code=400)
 
     @app.exception_handler(InputTooLarge)
     async def too_large(_: Request, exc: InputTooLarge) -> JSONResponse:

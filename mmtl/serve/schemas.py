@@ -131,6 +131,8 @@ class Limits(BaseModel):
     max_parts: int
     read_timeout_s: float
     keep_alive_s: float
+    max_header_bytes: int
+    max_headers: int
 
 
 class Info(BaseModel):

@@ -37,7 +37,10 @@ def uvicorn_config(app: Any, limits: ServerLimits, **kwargs: Any) -> uvicorn.Con
     config = uvicorn.Config(app, http=DeadlineH11Protocol, ws="none", lifespan="on", log_level="warning",
                             access_log=False, limit_concurrency=limits.max_concurrency,
                             timeout_keep_alive=max(1, round(limits.keep_alive_s)), server_header=False,
-                            timeout_graceful_shutdown=5, **kwargs)
+                            timeout_graceful_shutdown=5,
+                            # a header block still incomplete past this is refused by h11 (400); a
+                            # complete one over limits.max_header_bytes by RequestLimits (431)
+                            h11_max_incomplete_event_size=4 * limits.max_header_bytes, **kwargs)
     config.mmtl_read_timeout = limits.read_timeout_s  # read by DeadlineH11Protocol
     return config
 
