@@ -94,7 +94,8 @@ def test_baselines_then_eval_reports_delta_m(micro_data: Path, tmp_path: Path, c
     assert main(["train", *overrides]) == 0
     capsys.readouterr()
     out = tmp_path / "m.json"
-    assert main(["eval", "--checkpoint", str(run), "--baselines", str(base_dir / "baselines.json"),
+    assert main(["eval", "--checkpoint", str(run), "--config", str(run / "config.yaml"),
+                 "--baselines", str(base_dir / "baselines.json"),
                  "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "Δm = " in printed and "single-task" in printed and "parameters:" in printed
