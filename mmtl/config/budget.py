@@ -17,22 +17,27 @@ address-space limit when one is set). A checkpoint's config cannot raise it (the
 """
 from __future__ import annotations
 
+import json
 import os
 import resource
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
+from mmtl.config.fields import check_ranges
+from mmtl.config.model import DecoderConfig, FusionConfig, ImageEncoderConfig, ModelConfig, TextEncoderConfig
+from mmtl.config.parsing import deep_merge, drop_local, read_yaml_tree
+from mmtl.config.presets import MODEL_PRESETS
+from mmtl.config.schema import DataConfig, ExperimentConfig
 from mmtl.errors import ConfigError
 from mmtl.registry import TASKS
-
-if TYPE_CHECKING:
-    from mmtl.config.schema import ExperimentConfig
+from mmtl.text import FULL_BPE_SIZE, SPECIAL_TOKENS
 
 GIB = 2**30
 BYTES = 4  # fp32
 BUDGET_ENV = "MMTL_MEMORY_BUDGET_GB"
 MAX_CLASSES = 1_000_000  # a class list longer than this is refused before any head is built
+MAX_META_BYTES = 512 * 2**20  # a meta.json larger than this is not one mmtl wrote
 CGROUP_LIMIT = Path("/sys/fs/cgroup/memory.max")
 
 
@@ -87,7 +92,9 @@ def costs(config: ExperimentConfig, classes: int, vocab_size: int, batch: int, t
     w, r = m.width, m.mlp_ratio
     text_depth = m.text.options.get("depth", 2)
     text_depth = text_depth if isinstance(text_depth, int) and text_depth > 0 else 2
-    writers = sum(bool(getattr(TASKS.get(task), "writes_text", True)) for task in config.tasks)
+    # before the tasks are registered (a preflight), every task counts as one that writes text
+    writers = sum(bool(getattr(TASKS.get(task), "writes_text", True)) if task in TASKS else True
+                  for task in config.tasks)
     decoders = min(writers, 1) if m.decoder.shared else writers  # a text decoder per task that writes text
     layers = m.fusion.depth + text_depth + m.decoder.depth * decoders
     state = BYTES * (4 if training else 2)  # weights (+ gradients and two Adam moments) or weights + loaded file
@@ -138,3 +145,106 @@ def _size(count: float) -> str:
         if count >= scale:
             return f"{count / scale:,.1f} {unit}"
     return f"{count:,.0f} bytes"
+
+
+# ---------------------------------------------------------------------------------------------
+# preflight: the same check from the raw files, before torch is imported
+
+
+def preflight_checkpoint(path: str | Path) -> None:
+    """The size checks of the checkpoint in ``path`` (a checkpoint, a run, or ``RUN/checkpoints``) from
+    its ``config.yaml`` and ``meta.json`` alone, in plain Python: the CLI calls it before importing
+    torch, so that a refused model costs a few MB instead of the libraries' hundreds. Silent when the
+    files are not found or not as expected: the loader reports those, and checks again."""
+    found = _checkpoint_files(Path(path))
+    if found is None:
+        return
+    config_file, meta_file = found
+    try:
+        if meta_file.stat().st_size > MAX_META_BYTES:
+            raise ConfigError(f"{meta_file} is larger than {MAX_META_BYTES // 2**20} MiB: not a checkpoint's metadata")
+        meta = json.loads(meta_file.read_bytes())
+        tree = read_yaml_tree(config_file, follow_includes=False)
+        drop_local(ExperimentConfig, tree)
+    except (OSError, ValueError, ConfigError, RecursionError):
+        return
+    if not isinstance(meta, dict):
+        return
+    classes = meta.get("classes")
+    vocab = meta.get("vocab")
+    vocab_size = FULL_BPE_SIZE
+    if isinstance(vocab, dict) and vocab.get("kind") != "full" and isinstance(vocab.get("bpe_ids"), list):
+        vocab_size = len(vocab["bpe_ids"]) + len(SPECIAL_TOKENS)
+    preflight_tree(tree, len(classes) if isinstance(classes, list) else 0, vocab_size, training=False)
+
+
+def preflight_tree(tree: dict[str, Any], classes: int, vocab_size: int, training: bool) -> None:
+    """:func:`check_budget` on a raw config tree (``local`` settings already dropped when it came with a
+    checkpoint): its model sizes are range-checked and estimated; a tree whose sizes are not plain
+    numbers is left to the full config check."""
+    if classes > MAX_CLASSES:
+        raise ConfigError(f"the class list has {classes:,} classes; at most {MAX_CLASSES:,} are supported")
+    config = _sizes_only(tree)
+    if config is None:
+        return
+    check_ranges(config.model, "model")
+    check_ranges(config.data, "data")
+    check_budget(config, classes, vocab_size, training)
+
+
+def _sizes_only(tree: dict[str, Any]) -> ExperimentConfig | None:
+    """An ExperimentConfig holding only the sizes of ``tree`` (model preset applied), or None when one of
+    them is not a plain number."""
+    model = tree.get("model", {})
+    preset = model.get("preset", ModelConfig.preset) if isinstance(model, dict) else None
+    if not isinstance(preset, str) or preset not in MODEL_PRESETS:
+        return None
+    model = deep_merge(MODEL_PRESETS[preset], model)
+    sections = {name: model.get(name, {}) for name in ("image", "text", "fusion", "decoder")}
+    data = tree.get("data", {})
+    tasks = tree.get("tasks", ExperimentConfig().tasks)
+    if not all(isinstance(v, dict) for v in (*sections.values(), data)) or not isinstance(tasks, list):
+        return None
+    image, text, fusion, decoder = sections.values()
+    try:
+        return ExperimentConfig(
+            tasks=[str(t) for t in tasks],
+            data=DataConfig(batch_size=_number(data, "batch_size", DataConfig.batch_size)),
+            model=ModelConfig(
+                width=_number(model, "width", ModelConfig.width), num_heads=_number(model, "num_heads", ModelConfig.num_heads),
+                mlp_ratio=_number(model, "mlp_ratio", ModelConfig.mlp_ratio, float),
+                memory_budget_gb=_number(model, "memory_budget_gb", ModelConfig.memory_budget_gb, float),
+                image=ImageEncoderConfig(image_size=_number(image, "image_size", ImageEncoderConfig.image_size)),
+                text=TextEncoderConfig(context_length=_number(text, "context_length", TextEncoderConfig.context_length),
+                                       options={"depth": _number(text, "depth", 2)}),
+                fusion=FusionConfig(depth=_number(fusion, "depth", FusionConfig.depth)),
+                decoder=DecoderConfig(depth=_number(decoder, "depth", DecoderConfig.depth),
+                                      max_length=_number(decoder, "max_length", DecoderConfig.max_length),
+                                      shared=decoder.get("shared") is True)))
+    except (TypeError, ValueError):
+        return None
+
+
+def _number(section: dict[str, Any], key: str, default: Any, kind: type = int) -> Any:
+    """``section[key]`` (``default`` when absent) when it is a number of ``kind``; TypeError otherwise."""
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        raise TypeError(key)
+    return value
+
+
+def _checkpoint_files(path: Path) -> tuple[Path, Path] | None:
+    """(config.yaml, meta.json) of the checkpoint ``path`` names, found as the loader finds it (a
+    ``LATEST`` pointer is followed only to a plain name in its own folder), or None."""
+    for candidate in (path, path / "checkpoints"):
+        folders = [candidate]
+        try:
+            name = (candidate / "LATEST").read_text(encoding="utf-8").strip()
+            if name and Path(name).name == name and name not in (".", ".."):
+                folders.append(candidate / name)
+        except (OSError, UnicodeDecodeError):
+            pass
+        for folder in folders:
+            if (folder / "config.yaml").is_file() and (folder / "meta.json").is_file():
+                return folder / "config.yaml", folder / "meta.json"
+    return None

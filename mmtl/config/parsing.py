@@ -101,13 +101,13 @@ def load_saved_config(path: str | Path) -> ExperimentConfig:
     writes or runs what its config names.
     """
     raw = read_yaml_tree(Path(path), follow_includes=False)
-    _drop_local(ExperimentConfig, raw)
+    drop_local(ExperimentConfig, raw)
     _fill_earlier(ExperimentConfig, raw)
     return resolve_config(raw)
 
 
-def _drop_local(cls: type, tree: dict[str, Any]) -> None:
-    """Remove, from ``tree``, every field of dataclass ``cls`` (and of its nested sections, including the
+def drop_local(cls: type, tree: dict[str, Any]) -> None:
+    """What a checkpoint's config may not set: remove, from ``tree``, every field of dataclass ``cls`` (and of its nested sections, including the
     entries of a mapping of sections) declared ``local``."""
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
@@ -118,13 +118,13 @@ def _drop_local(cls: type, tree: dict[str, Any]) -> None:
             continue
         kind, value = hints[field.name], tree[field.name]
         if dataclasses.is_dataclass(kind) and isinstance(value, dict):
-            _drop_local(kind, value)
+            drop_local(kind, value)
         elif typing.get_origin(kind) is dict and isinstance(value, dict):
             item = typing.get_args(kind)[1]
             if dataclasses.is_dataclass(item):
                 for entry in value.values():
                     if isinstance(entry, dict):
-                        _drop_local(item, entry)
+                        drop_local(item, entry)
 
 
 def _fill_earlier(cls: type, tree: dict[str, Any]) -> None:

@@ -21,13 +21,13 @@ from mmtl.registry import BALANCERS
 class SyntheticConfig:
     """Size and difficulty of the built-in "shapes world" data set (used by ``mmtl quickstart``)."""
 
-    train: int = setting(3000, help="training samples")
-    val: int = setting(200, help="validation samples")
-    test: int = setting(200, help="test samples")
+    train: int = setting(3000, range=between(0, 100_000_000), help="training samples")
+    val: int = setting(200, range=between(0, 100_000_000), help="validation samples")
+    test: int = setting(200, range=between(0, 100_000_000), help="test samples")
     seed: int = 0
     difficulty: str = choice("medium", "easy", "medium", "hard")
-    image_size: int = 64
-    shard_size: int = setting(1000, help="samples per shard")
+    image_size: int = setting(64, range=between(1, 16_384))
+    shard_size: int = setting(1000, range=between(1, 100_000_000), help="samples per shard")
 
 
 @dataclass
@@ -192,7 +192,7 @@ class EvalConfig:
     max_samples: int = setting(0, range=NON_NEGATIVE)
     batch_size: int = setting(64, range=between(1, 1_000_000))
     threshold: float = setting(0.5, range=Range(0, 1), help="minimum tag score")
-    num_examples: int = 3
+    num_examples: int = setting(3, range=between(0, 10_000))
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
 
@@ -245,13 +245,13 @@ class FinetuneConfig:
     align_weight: float = setting(0.0, range=NON_NEGATIVE,
                                   help="weight of the loss pulling the new modality toward its paired one")
     old_lr_scale: float = setting(0.1, range=Range(0, low_open=True))  # full: learning-rate factor of the trained parts
-    lora_rank: int = setting(8, range=Range(0, low_open=True))
+    lora_rank: int = setting(8, range=between(0, 65_536, low_open=True))
     # non-regression check: the old tasks on the base model's data (regression_data: a shard directory of
     # your choosing, as a checkpoint's recorded data is never read; empty: no check), this split, at most
     # this many samples
     regression_data: str = setting("", local=True, help="the base model's data set, for the non-regression check")
     regression_split: str = "val"
-    regression_samples: int = 200
+    regression_samples: int = setting(200, range=NON_NEGATIVE)
 
 
 @dataclass
