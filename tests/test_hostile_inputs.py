@@ -280,7 +280,7 @@ def test_a_pretrained_path_that_is_not_weights_is_one_line(micro_data: Path, tmp
     overrides = micro_overrides(micro_data, tmp_path / "run", steps=1)
     for path in (text, "/etc/passwd"):
         assert main(["train", *overrides, f"model.image.pretrained_path={path}"]) == 2
-        one_line_error(capsys, "model.image.pretrained_path", "not a weights file")
+        one_line_error(capsys, "model.image.pretrained_path", "cannot load weights from")
     assert main(["train", *overrides, f"model.image.pretrained_path={tmp_path}"]) == 2
     one_line_error(capsys, "is a directory")
 

@@ -67,13 +67,14 @@ class TimmImageEncoder(nn.Module):
                 timm_model, pretrained=overlay is not None, pretrained_cfg_overlay=overlay, num_classes=0,
                 **timm_kwargs, **channels
             )
-        except (RuntimeError, TypeError) as exc:
-            raise ConfigError(f"{key}: cannot build timm model {timm_model!r}: {_first_line(exc)}") from None
         except Exception as exc:  # noqa: BLE001 - timm raises many types for a file that is not weights
-            if overlay is None:
-                raise
-            raise ConfigError(f"{key}.pretrained_path: {pretrained_path} is not a weights file timm can load "
-                              f"into {timm_model!r} ({type(exc).__name__}: {_first_line(exc)})") from None
+            if overlay is not None:
+                raise ConfigError(f"{key}.pretrained_path: cannot load weights from {pretrained_path} into timm model "
+                                  f"{timm_model!r} (is it a weights file of that model? {type(exc).__name__}: "
+                                  f"{_first_line(exc)})") from None
+            if isinstance(exc, (RuntimeError, TypeError)):
+                raise ConfigError(f"{key}: cannot build timm model {timm_model!r}: {_first_line(exc)}") from None
+            raise
         # per-channel statistics of RGB models; other channel counts use their mean
         mean = torch.tensor(self.backbone.pretrained_cfg.get("mean", (0.5, 0.5, 0.5)))
         std = torch.tensor(self.backbone.pretrained_cfg.get("std", (0.5, 0.5, 0.5)))
