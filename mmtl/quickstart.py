@@ -11,7 +11,7 @@ from mmtl.baselines import train_baselines
 from mmtl.builder import Components
 from mmtl.config import ExperimentConfig, load_config
 from mmtl.evaluation.baselines import compare_with_baselines, read_baselines
-from mmtl.evaluation.delta import DeltaReport, format_delta
+from mmtl.evaluation.delta import DeltaReport, MetricRoles, format_delta
 from mmtl.evaluation.evaluate import EvalResult, evaluate, format_examples, format_table
 from mmtl.evaluation.savings import format_savings, forward_flops_per_sample
 from mmtl.training.run import train
@@ -38,8 +38,7 @@ def compare_with_single_task(config: ExperimentConfig, components: Components, e
     model against them task by task (verdicts, Δm, cost) and return the report."""
     print(f"\ntraining one single-task model per task with the same budget ({config.train.steps} steps each)")
     path = train_baselines(config, Path(f"{run_dir}-baselines"))
-    lower = {t.name: tuple(getattr(t, "lower_is_better", ())) for t in components.tasks}
-    report = compare_with_baselines(evaluation, read_baselines(path), COMPARE_TOLERANCE, lower,
+    report = compare_with_baselines(evaluation, read_baselines(path), COMPARE_TOLERANCE, MetricRoles.of(components.tasks),
                                     components.model.parameter_report(),
                                     lambda tasks: forward_flops_per_sample(components, config, tasks))
     print(f"\nthe multi-task model against its single-task models ({evaluation.samples} samples of split "

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmtl.cli import main
-from mmtl.evaluation.delta import delta_m, format_delta
+from mmtl.evaluation.delta import MetricRoles, delta_m, format_delta
 from mmtl.registry import TASKS
 from tests.conftest import load_tool, micro_overrides
 
@@ -98,19 +98,27 @@ def test_baselines_then_eval_reports_delta_m(micro_data: Path, tmp_path: Path, c
                  "--baselines", str(base_dir / "baselines.json"),
                  "--output", str(out)]) == 0
     printed = capsys.readouterr().out
+    exact = tmp_path / "exact.json"  # exactly N samples scored, not a whole batch of 64; examples printed
+    assert main(["eval", "--checkpoint", str(run), "--config", str(run / "config.yaml"), "--max-samples", "5",
+                 "--examples", "2", "--output", str(exact)]) == 0
+    shown = capsys.readouterr().out
+    assert json.loads(exact.read_text())["samples"] == 5 and shown.count("reference:") == 2 * 3
     assert "Δm = " in printed and "single-task" in printed and "parameters:" in printed
     assert "forward FLOPs per sample:" in printed
     result = json.loads(out.read_text())
+    roles = MetricRoles.of(TASKS.get(t) for t in record["tasks"])
     expected = delta_m(result["model"], {t: e["metrics"] for t, e in record["tasks"].items()},
-                       result["primary_metric"],
-                       {t: e.get("lower_is_better", ()) for t, e in record["tasks"].items()}).delta_m
+                       result["primary_metric"], trivial=result["baseline"], roles=roles).delta_m
     assert result["delta"]["delta_m"] == pytest.approx(expected)
     assert set(result["delta"]["verdicts"]) == {"recognition", "captioning", "summarization"}
     assert printed.count("Δm = mean over tasks") == 1
     for task, verdict in result["delta"]["verdicts"].items():
         metric = result["primary_metric"][task]
-        base = record["tasks"][task]["metrics"][metric]
-        assert verdict["change"] == pytest.approx((result["model"][task][metric] - base) / base)
+        base, trivial = record["tasks"][task]["metrics"][metric], result["baseline"][task][metric]
+        if base <= trivial:  # a 2-step single-task model rarely beats its trivial baseline: not in Δm
+            assert verdict["change"] is None and verdict["unlearned"] and "did not learn" in printed
+        else:
+            assert verdict["change"] == pytest.approx((result["model"][task][metric] - base) / base)
     parameters = result["delta"]["parameters"]
     assert parameters["separate_models"] > parameters["multi_task"] > 0 and "savings_note" not in result["delta"]
     flops = result["delta"]["flops"]  # one forward shares the image encoding and fusion passes across tasks
@@ -193,17 +201,6 @@ def test_balancer_table_summarises_seeds(tmp_path: Path) -> None:
     assert row["seeds_with_regression"] == 1
 
 
-def test_tuned_scalarisation_grid_and_choice() -> None:
-    table = load_tool("balancer_table")
-    grid = table.weight_grid(["a", "b"], [1, 3])
-    assert grid == [{"a": 1.0, "b": 1.0}, {"a": 0.5, "b": 1.5}, {"a": 1.5, "b": 0.5}]  # (3, 3) is (1, 1) scaled
-    assert len(table.weight_grid(["a", "b", "c"], [1, 3])) == 7
-    record = lambda delta, regressed: {"delta": {"delta_m": delta, "regressed": regressed}}  # noqa: E731
-    candidates = [({"a": 1}, record(0.30, ["b"])), ({"a": 2}, record(0.05, [])), ({"a": 3}, record(None, [])),
-                  ({"a": 4}, record(0.01, []))]
-    assert table.best_on_validation(candidates)[0] == {"a": 2}  # no regression beats a higher Δm
-
-
 def test_balancer_table_end_to_end_with_the_tuned_row(micro_data: Path, tmp_path: Path, one_thread) -> None:
     table = load_tool("balancer_table")
     out = tmp_path / "table"
@@ -235,3 +232,35 @@ def test_counting_error_metric_counts_against_the_model() -> None:
     report = delta_m({"counting": model}, {"counting": baseline}, {"counting": "accuracy"},
                      {"counting": counting.lower_is_better})
     assert model["mae"] > baseline["mae"] and report.delta_m < 0
+
+
+def test_a_reference_that_did_not_learn_stays_out_of_delta_m() -> None:
+    # the single-task CIDEr 0.0003 is below the trivial baseline's 0.01: +1,233% against it means nothing
+    model = {"captioning": {"cider": 0.004, "bleu4": 10.0}, "recognition": {"f1": 0.9}}
+    base = {"captioning": {"cider": 0.0003, "bleu4": 10.0}, "recognition": {"f1": 0.9}}
+    trivial = {"captioning": {"cider": 0.01, "bleu4": 2.0}, "recognition": {"f1": 0.2}}
+    primary = {"captioning": "cider", "recognition": "f1"}
+    report = delta_m(model, base, primary, tolerance=0.01, trivial=trivial)
+    assert report.delta_m == pytest.approx(0.0) and report.unlearned == ["captioning/cider"]
+    assert report.verdicts["captioning"]["unlearned"] and report.verdicts["captioning"]["change"] is None
+    assert "did not beat its trivial baseline on captioning/cider" in format_delta(report)
+    assert delta_m(model, base, primary).delta_m > 3  # without the trivial baselines: the absurd +308%
+    lower = delta_m({"a": {"mae": 0.5}}, {"a": {"mae": 2.0}}, {"a": "mae"}, {"a": ["mae"]},
+                    trivial={"a": {"mae": 1.5}})  # lower is better: a reference worse than trivial did not learn
+    assert lower.unlearned == ["a/mae"] and lower.delta_m is None
+
+
+def test_diagnostic_metrics_stay_out_and_a_collapse_is_a_verdict() -> None:
+    from mmtl.tasks.metrics import diversity
+
+    references = ["a red circle", "a blue square", "two green stars", "a small red square"]
+    single = {"bleu4": 40.0, **diversity(references)}
+    constant = {"bleu4": 40.0, **diversity(["a table ."] * 4)}  # no word repeats: repetition 0
+    roles = MetricRoles.of([TASKS.get("captioning")])
+    report = delta_m({"captioning": constant}, {"captioning": single}, {"captioning": "bleu4"}, roles=roles)
+    assert report.delta_m == pytest.approx(0.0)  # repetition's "improvement" is not in Δm
+    assert set(report.verdicts["captioning"]["collapsed"]) == {"unique_outputs", "distinct2"}
+    assert report.collapsed == ["captioning"] and report.regressed == ["captioning"]
+    assert "COLLAPSED" in format_delta(report)
+    varied = delta_m({"captioning": single}, {"captioning": single}, {"captioning": "bleu4"}, roles=roles)
+    assert varied.no_regression and not varied.collapsed

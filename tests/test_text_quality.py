@@ -49,8 +49,9 @@ def test_diversity_known_answers() -> None:
     assert degenerate["distinct2"] == pytest.approx(100 / 3)  # bigram (a, a) three times
     varied = diversity(["The cat sat.", "the cat ran"])
     # tokens: the cat sat . | the cat ran -> bigrams (the,cat) x2, (cat,sat), (sat,.), (cat,ran): 4 of 5 distinct
-    assert varied == {"distinct2": pytest.approx(80.0), "repetition": 0.0}
-    assert diversity(["", "one"]) == {"distinct2": 0.0, "repetition": 0.0}
+    assert varied == {"distinct2": pytest.approx(80.0), "repetition": 0.0, "unique_outputs": 100.0}
+    assert diversity(["a table ."] * 4)["unique_outputs"] == 25.0  # one caption for every image
+    assert diversity(["", "one"]) == {"distinct2": 0.0, "repetition": 0.0, "unique_outputs": 100.0}
 
 
 def _jsonl_shards(tmp_path: Path, documents: list[str]) -> Path:

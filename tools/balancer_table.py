@@ -27,7 +27,6 @@ the commands) and OUT/table.json (every value per seed), and prints the table.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import statistics
@@ -37,6 +36,8 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from mmtl.tuning import best_on_validation, weight_grid
 
 
 def parse_balancer(spec: str) -> tuple[str, list[str]]:
@@ -74,27 +75,6 @@ class Runner:
 
 
 TUNED = "tuned scalarisation"
-
-
-def weight_grid(tasks: list[str], values: list[float]) -> list[dict[str, float]]:
-    """Every combination of ``values`` as task weights, scaled to mean 1, without duplicates up to scale."""
-    grid: dict[tuple[float, ...], dict[str, float]] = {}
-    for combination in itertools.product(values, repeat=len(tasks)):
-        mean = sum(combination) / len(combination)
-        if mean <= 0:
-            continue
-        scaled = tuple(round(v / mean, 6) for v in combination)
-        grid.setdefault(scaled, dict(zip(tasks, scaled)))
-    return list(grid.values())
-
-
-def best_on_validation(candidates: list[tuple[dict[str, float], dict[str, Any]]]) -> tuple[dict[str, float], dict[str, Any]]:
-    """The (weights, eval record) whose validation has no regression, then the highest Δm (None ranks last)."""
-    def key(item: tuple[dict[str, float], dict[str, Any]]) -> tuple[bool, float]:
-        delta = item[1]["delta"]
-        return (not delta["regressed"], -float("inf") if delta["delta_m"] is None else delta["delta_m"])
-
-    return max(candidates, key=key)
 
 
 class Experiment:
@@ -145,7 +125,7 @@ class Experiment:
         result = self.out / f"seed-{seed}" / "tuned" / "eval.json"
         if not result.is_file():
             scored = [(weights, json.loads(f.result().read_text())) for weights, f in candidates]
-            weights, _ = best_on_validation(scored)
+            weights, _ = best_on_validation([(w, r["delta"]) for w, r in scored])
             self.evaluate(self.out / f"seed-{seed}" / "tuned" / _weights_label(weights), base, result)
             record = json.loads(result.read_text())
             record["weights"] = weights

@@ -134,23 +134,32 @@ class Bench:
         target = self.out / f"seed-{seed}" / "baselines"
         if not (target / "baselines.json").is_file():
             self._timed(["baselines", "--config", self.config, *self.common, f"seed={seed}",
-                         f"output_dir={target}-mt", "train.overwrite=true", "--out", str(target)],
+                         f"output_dir={target}-mt", "--resume", "--out", str(target)],
                         target / "run.log", target / "seconds.txt")
         return target / "baselines.json"
 
     def recipe(self, label: str, extra: list[str], seed: int, base: Future, tasks: list[str] | None = None) -> Path:
         """Train recipe ``label`` (``extra`` overrides; ``tasks``: a subset) with ``seed`` and score it."""
+        return self.score(self.train(label, extra, seed, base, tasks), base)
+
+    def train(self, label: str, extra: list[str], seed: int, base: Future, tasks: list[str] | None = None) -> Path:
+        """Train recipe ``label`` with ``seed`` unless trained; its run folder."""
         run = self.out / f"seed-{seed}" / label
-        result = run / "eval.json"
-        if result.is_file():
-            return result
-        if not (run / "train.done").is_file():
+        if not (run / "train.done").is_file() and not (run / "eval.json").is_file():
             if any("{baselines}" in o for o in extra):  # e.g. validation.baselines={baselines} (protect mode)
                 extra = [o.replace("{baselines}", str(base.result())) for o in extra]
             subset = [f"tasks=[{','.join(tasks)}]"] if tasks else []
             self._timed(["train", "--config", self.config, *self.common, *extra, *subset, f"seed={seed}",
                          f"output_dir={run}", "train.overwrite=true"], run / "train.log", run / "seconds.txt")
             (run / "train.done").touch()
+        return run
+
+    def score(self, run: Path | Future, base: Future) -> Path:
+        """`mmtl eval --baselines` of a trained run (unless scored); its eval.json."""
+        run = run.result() if isinstance(run, Future) else run
+        result = run / "eval.json"
+        if result.is_file():
+            return result
         baselines = base.result()
         record = json.loads(baselines.read_text())
         samples = record.get("max_samples") or 0
@@ -262,8 +271,12 @@ def run_setting(setting: Setting, seeds: list[int], recipes: dict[str, list[str]
     bench = Bench(out / setting.name, runner, config, common, tolerance)
     with (ThreadPoolExecutor(max_workers=jobs) if jobs > 1 else InlinePool()) as pool:
         bases = {seed: pool.submit(bench.baselines, seed) for seed in seeds}
-        runs = {(label, seed): pool.submit(bench.recipe, label, extra_overrides, seed, bases[seed])
-                for label, extra_overrides in recipes.items() for seed in seeds}
+        # trains that need no baselines first, scoring last: a worker waiting on a future holds its slot
+        order = sorted(recipes.items(), key=lambda item: any("{baselines}" in o for o in item[1]))
+        trains = {(label, seed): pool.submit(bench.train, label, extra_overrides, seed, bases[seed])
+                  for label, extra_overrides in order for seed in seeds}
+        runs = {(label, seed): pool.submit(bench.score, trains[(label, seed)], bases[seed])
+                for label in recipes for seed in seeds}
         results = {key: json.loads(f.result().read_text()) for key, f in runs.items()}
     report: dict[str, Any] = {"description": setting.description, "recipes": {}}
     for label in recipes:

@@ -12,12 +12,12 @@ import os
 import sys
 from typing import Callable
 
-from mmtl.cli import analyze, baselines, data, evaluate, finetune, model, predict, quickstart, serve, train
+from mmtl.cli import analyze, baselines, data, evaluate, finetune, model, predict, quickstart, serve, train, tune
 from mmtl.config import preflight_checkpoint
 from mmtl.errors import TrainingInterrupted, describe_failure
 
 # in the order `mmtl --help` lists them
-COMMANDS = (data, train, evaluate, analyze, baselines, predict, serve, model, finetune, quickstart)
+COMMANDS = (data, train, evaluate, analyze, baselines, tune, predict, serve, model, finetune, quickstart)
 
 
 def build_parser() -> argparse.ArgumentParser:

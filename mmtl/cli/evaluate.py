@@ -30,6 +30,8 @@ def register(sub: Subcommands) -> None:
                                      "a checkpoint's own data settings are never used")
     add_field_flag(ev, "--split", EvalConfig, "split", show_default=True)
     add_field_flag(ev, "--max-samples", EvalConfig, "max_samples", keep_default=False)
+    ev.add_argument("--examples", type=int, default=0, metavar="N",
+                    help="also print N examples: each task's output beside its reference")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--output", help="write the metrics as JSON to this file")
     ev.add_argument("--baselines", help="baselines.json from `mmtl baselines`: also report Δm and per-task verdicts")
@@ -40,7 +42,7 @@ def register(sub: Subcommands) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from mmtl.evaluation.evaluate import evaluate, format_table
+    from mmtl.evaluation.evaluate import evaluate, format_examples, format_table
     from mmtl.inference import Predictor
 
     check_output_file(args.output, "--output")  # before the evaluation, not after it
@@ -58,10 +60,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     config = dataclasses.replace(predictor.config, data=own.data)
     if args.max_samples is not None:
         config.eval.max_samples = args.max_samples
+    config.eval.num_examples = max(args.examples, 0)
     result = evaluate(predictor.components, config, predictor.device, data_path=args.data, split=args.split)
     sources = ", ".join(f"{path} ({part['samples']})" for path, part in result.sources.items())
     print(f"{result.samples} samples of split {result.split!r} from {sources}")
     print(format_table(result))
+    if args.examples > 0:
+        print(format_examples(result))
     output = result.to_dict()
     if args.baselines:
         output["delta"] = _report_delta(predictor, config, result, baselines, args.tolerance)
@@ -75,11 +80,11 @@ def _report_delta(predictor: Predictor, config: ExperimentConfig, result: EvalRe
                   tolerance: float) -> dict:
     """Print Δm with its per-task verdicts (overall, then per source) and the savings; return the report."""
     from mmtl.evaluation.baselines import compare_with_baselines
-    from mmtl.evaluation.delta import DeltaReport, format_delta, format_verdicts
+    from mmtl.evaluation.delta import DeltaReport, MetricRoles, format_delta, format_verdicts
     from mmtl.evaluation.savings import format_savings, forward_flops_per_sample
 
-    lower = {t.name: tuple(getattr(t, "lower_is_better", ())) for t in predictor.components.tasks}
-    report = compare_with_baselines(result, baselines, tolerance, lower, predictor.model.parameter_report(),
+    roles = MetricRoles.of(predictor.components.tasks)
+    report = compare_with_baselines(result, baselines, tolerance, roles, predictor.model.parameter_report(),
                                     lambda tasks: forward_flops_per_sample(predictor.components, config, tasks),
                                     predictor.components.vocab.size)
     print()

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mmtl.errors import MMTLError
-from mmtl.evaluation.delta import delta_m
+from mmtl.evaluation.delta import MetricRoles, delta_m
 from mmtl.evaluation.evaluate import EvalResult
 from mmtl.evaluation.savings import checkpoint_flops_per_sample, savings
 
@@ -46,12 +46,14 @@ def baseline_split_metrics(baselines: dict[str, Any], split: str) -> tuple[dict[
     return overall, per_source
 
 
-def compare_with_baselines(result: EvalResult, baselines: dict[str, Any], tolerance: float, lower_is_better: dict[str, Any],
+def compare_with_baselines(result: EvalResult, baselines: dict[str, Any], tolerance: float, roles: MetricRoles,
                            parameters: dict[str, int] | None = None,
                            flops: Callable[[list[str]], int] | None = None,
                            vocabulary: int | None = None) -> dict[str, Any]:
     """Δm report (as a dict) of an :class:`EvalResult` against a read ``baselines.json``: overall and per source.
 
+    ``roles``: what each task's metrics mean (:meth:`MetricRoles.of` the model's tasks). The trivial
+    baselines in ``result`` (same split) keep a single-task model that did not learn out of Δm.
     ``parameters``: the multi-task model's parameter report (``shared`` and ``task:<t>``) and
     ``flops``: its forward FLOPs per sample when it runs the given tasks. Savings compare
     the multi-task model restricted to the tasks with a single-task model (shared parts plus their
@@ -61,15 +63,16 @@ def compare_with_baselines(result: EvalResult, baselines: dict[str, Any], tolera
     if not set(result.metrics) & set(overall):
         raise MMTLError(f"the baselines cover {sorted(overall)}, the model {sorted(result.metrics)}: no task in common")
     try:
-        out = delta_m(result.metrics, overall, result.primary, lower_is_better, tolerance).to_dict()
+        out = delta_m(result.metrics, overall, result.primary, tolerance=tolerance, trivial=result.baselines or None,
+                      roles=roles).to_dict()
     except ValueError as exc:
         raise MMTLError(f"Δm is undefined: {exc}") from None
     out["sources"] = {}
     for source, part in result.sources.items():
         base = {t: per_source[t][source] for t in part["model"] if source in per_source.get(t, {})}
         if len(result.sources) > 1 and base:
-            out["sources"][source] = delta_m(part["model"], base, result.primary, lower_is_better,
-                                             tolerance).to_dict()
+            out["sources"][source] = delta_m(part["model"], base, result.primary, tolerance=tolerance,
+                                             trivial=part.get("baseline") or None, roles=roles).to_dict()
     out.update(_savings(baselines["tasks"], list(result.metrics), parameters, flops))
     sizes = {t: e["vocabulary"] for t, e in baselines["tasks"].items() if t in result.metrics and e.get("vocabulary")}
     if vocabulary and sizes and vocabulary > max(sizes.values()):

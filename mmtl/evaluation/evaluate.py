@@ -167,7 +167,8 @@ def _predict_source(components: Components, config: ExperimentConfig, device: to
             rows = len(batch.targets[task]["index"])
             loss_totals[0][task] += float(loss) * rows
             loss_totals[1][task] += rows
-        for row, annotation in enumerate(batch.annotations):
+        rows = len(batch) if not limit else min(len(batch), limit - out.samples)  # exactly `limit` samples
+        for row, annotation in enumerate(batch.annotations[:rows]):
             example = {"key": batch.keys[row], "source": source.path, "predictions": {}, "references": {}}
             for task in tasks:
                 reference = task.reference(annotation)
@@ -180,7 +181,7 @@ def _predict_source(components: Components, config: ExperimentConfig, device: to
                 example["references"][task.name] = task.format_reference(reference)
             if len(examples) < config.eval.num_examples and example["predictions"]:
                 examples.append(example)
-        out.samples += len(batch)
+        out.samples += rows
         if limit and out.samples >= limit:
             break
     return out

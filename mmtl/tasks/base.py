@@ -46,6 +46,10 @@ class Task:
     primary_metric: ClassVar[str]  # the metric that decides whether the task improved
     # its metrics where lower is better (all others: higher is better), e.g. for Δm (mmtl.evaluation.delta)
     lower_is_better: ClassVar[tuple[str, ...]] = ()
+    # metrics that describe how degenerate its outputs are, not how good: reported, never in Δm
+    diagnostic_metrics: ClassVar[tuple[str, ...]] = ()
+    # diversity metrics (higher: more diverse) whose fall far below the single-task model's is a collapse
+    collapse_metrics: ClassVar[tuple[str, ...]] = ()
     # dataclass of the task's own settings (``task_settings.<key>`` in the experiment config); None: it has none
     settings_class: ClassVar[type | None] = None
 

@@ -23,6 +23,8 @@ class GenerationTask(Task):
 
     writes_text = True
     lower_is_better = ("repetition",)
+    diagnostic_metrics = ("distinct2", "repetition", "unique_outputs")
+    collapse_metrics = ("distinct2", "unique_outputs")
 
     def reference(self, annotation: dict[str, Any]) -> list[str] | None:
         refs = annotation.get(self.reference_field)
@@ -79,6 +81,6 @@ class GenerationTask(Task):
 
     def score(self, predictions: Sequence[str], references: Sequence[Sequence[str]],
               threshold: float = 0.5) -> dict[str, float]:
-        """BLEU-4, ROUGE-1/2/L, and how degenerate the outputs are: distinct-2 and repetition (metrics.diversity)."""
+        """BLEU-4, ROUGE-1/2/L, and how degenerate the outputs are: distinct-2, repetition and unique outputs (metrics.diversity)."""
         return {**bleu(predictions, references), **rouge(predictions, references), **diversity(predictions)}
 

@@ -116,7 +116,7 @@ def _words(text: str) -> list[str]:
 
 
 def diversity(hypotheses: Sequence[str]) -> dict[str, float]:
-    """Degeneration of generated texts, in percent: ``distinct2`` and ``repetition``.
+    """Degeneration of generated texts, in percent: ``distinct2``, ``repetition`` and ``unique_outputs``.
 
     Texts are split into lower-cased word tokens (runs of letters, digits or ``_``; every other
     non-space character is a token of its own).
@@ -124,7 +124,9 @@ def diversity(hypotheses: Sequence[str]) -> dict[str, float]:
       (bigrams never span two texts); 0 when no text has two tokens. Higher is more diverse.
     - ``repetition``: the share of tokens that repeat an earlier token of the same text, over all
       tokens ("a a a a" -> 3 of 4 = 75); 0 for empty output. Lower is less degenerate; fluent
-      summaries repeat function words, so it is rarely 0.
+      summaries repeat function words, so it is rarely 0. A constant short output ("a table .")
+      scores 0: read it with the other two.
+    - ``unique_outputs``: distinct texts over all texts (one caption for every image: 100 / n).
     """
     bigrams: list[tuple[str, str]] = []
     tokens = repeated = 0
@@ -134,4 +136,5 @@ def diversity(hypotheses: Sequence[str]) -> dict[str, float]:
         tokens += len(words)
         repeated += len(words) - len(set(words))
     return {"distinct2": 100.0 * len(set(bigrams)) / len(bigrams) if bigrams else 0.0,
-            "repetition": 100.0 * repeated / tokens if tokens else 0.0}
+            "repetition": 100.0 * repeated / tokens if tokens else 0.0,
+            "unique_outputs": 100.0 * len(set(hypotheses)) / len(hypotheses) if hypotheses else 0.0}

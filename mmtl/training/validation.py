@@ -45,7 +45,7 @@ from mmtl.checkpoint import BEST_NAME, checkpoint_meta, rng_state, set_rng_state
 from mmtl.config import ExperimentConfig
 from mmtl.errors import MMTLError
 from mmtl.evaluation.baselines import baseline_split_metrics, read_baselines
-from mmtl.evaluation.delta import delta_m
+from mmtl.evaluation.delta import MetricRoles, delta_m
 from mmtl.evaluation.evaluate import EvalResult, evaluate
 from mmtl.training.logging import RunLogger, plot_validation
 from mmtl.training.loop import Trainer
@@ -128,7 +128,7 @@ class Selector:
         self.stale = 0  # validations since the objective last improved
 
     def score(self, step: int, metrics: dict[str, dict[str, float]], losses: Mapping[str, float],
-              primary: Mapping[str, str], lower_is_better: Mapping[str, Any]) -> Scored:
+              primary: Mapping[str, str], roles: MetricRoles) -> Scored:
         """Δm and regressions of ``metrics`` against the reference (set to ``metrics`` when there is none yet)."""
         if not self.fixed_reference:  # each metric's reference is its first non-zero value in the run
             self.reference = self.reference or {}
@@ -136,7 +136,7 @@ class Selector:
                 known = self.reference.setdefault(task, {})
                 known.update({m: v for m, v in values.items() if v and not known.get(m)})
         try:  # Δm is None while every reference metric is 0 (e.g. an untrained model)
-            report = delta_m(metrics, self.reference, primary, lower_is_better, self.tolerance)
+            report = delta_m(metrics, self.reference, primary, tolerance=self.tolerance, roles=roles)
             delta, regressed = report.delta_m, report.regressed
         except ValueError:  # no task in common with the reference: nothing comparable
             delta, regressed = None, []
@@ -246,9 +246,9 @@ class Validator:
         finally:
             set_rng_state(rng)
             components.model.train(was_training)
-        tasks = {t.name: t for t in trainer.components.tasks}
-        lower = {t: tuple(getattr(tasks[t], "lower_is_better", ())) for t in result.metrics}
-        scored = self.selector.score(step, result.metrics, result.losses, result.primary, lower)
+        roles = MetricRoles.of(t for t in trainer.components.tasks if t.name in result.metrics)
+        lower = {t: tuple(roles.lower_is_better[t]) for t in result.metrics}
+        scored = self.selector.score(step, result.metrics, result.losses, result.primary, roles)
         is_best = self.selector.update(scored)
         if is_best:
             self._write_best(trainer)

@@ -1,0 +1,49 @@
+"""``mmtl tune-weights``: a budgeted search over fixed task weights, chosen on the validation split."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mmtl.cli.common import Subcommands, load_experiment
+from mmtl.errors import MMTLError
+
+
+def register(sub: Subcommands) -> None:
+    """Add ``mmtl tune-weights``."""
+    tw = sub.add_parser(
+        "tune-weights", help="tuned scalarisation: search fixed task weights on the validation split, write a config",
+        epilog="example: mmtl tune-weights --config configs/experiment/quickstart.yaml --values 1,3 --budget 4 "
+               "--out runs/tuned; then: mmtl train --config runs/tuned/tuned.yaml")
+    tw.add_argument("--config", help="experiment YAML of the multi-task run (default: the built-in quickstart experiment)")
+    tw.add_argument("--out", help="output directory (default: <output_dir>-tuning)")
+    tw.add_argument("--values", default="1,3", help="weight values combined over the tasks (default 1,3)")
+    tw.add_argument("--budget", type=int, default=0, help="at most this many candidate runs (default 0: the whole grid)")
+    tw.add_argument("--steps", type=int, help="training steps per candidate (default: train.steps)")
+    tw.add_argument("--baselines", help="baselines.json scored on data.val_split (default: trained into OUT/baselines)")
+    tw.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    tw.set_defaults(func=_cmd_tune)
+
+
+def _values(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise MMTLError(f"--values must be comma-separated numbers, got {text!r}") from None
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from mmtl.tuning import tune_weights
+
+    if args.budget < 0 or (args.steps is not None and args.steps < 1):
+        raise MMTLError("--budget must be 0 or more and --steps 1 or more")
+    config = load_experiment(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path(f"{config.output_dir}-tuning")
+    result = tune_weights(config, out, _values(args.values), args.budget, args.steps, args.baselines)
+    print(f"{'weights':<48} {'Δm (val)':>9}  regressed")
+    for candidate in result.candidates:
+        weights = ", ".join(f"{t} {w:g}" for t, w in candidate["weights"].items())
+        delta = "n/a" if candidate["delta_m"] is None else f"{100 * candidate['delta_m']:+.2f}%"
+        print(f"{weights:<48} {delta:>9}  {', '.join(candidate['regressed']) or '-'}")
+    chosen = ", ".join(f"{t} {w:g}" for t, w in result.weights.items())
+    print(f"chosen: {chosen}\nwrote {result.config_path} (train it: mmtl train --config {result.config_path})")
+    return 0
