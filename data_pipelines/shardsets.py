@@ -232,7 +232,9 @@ def describe(reference: str | Path, mapping: Mapping) -> dict[str, Any]:
         if cached is not None:
             return cached
     info = _scan(shards, mapping)
-    next((path for path in paths if scancache.write_cache(path, key, info)), None)
+    for path in paths:  # beside the shards when that folder is writable, else the user's cache folder
+        if scancache.write_cache(path, key, info):
+            break
     return info
 
 
