@@ -7,7 +7,8 @@ img2dataset and open_clip write ``NNNNN.tar`` files of ``jpg``/``png``/``webp`` 
   names form one split),
 * one ``.tar`` file,
 * a brace pattern (``shards/{00000..00999}.tar``) or several joined by ``::`` (a YAML list in a config),
-* a ``pipe:`` command whose stdout is a tar (``pipe:cat shards/{00000..00009}.tar``).
+* a ``pipe:`` command whose stdout is a tar (``pipe:cat shards/{00000..00009}.tar``), only with the
+  user's opt-in (:mod:`data_pipelines.pipes`).
 
 A field mapping (:mod:`data_pipelines.fieldmap`, ``data.map``) turns each raw sample into the sample
 contract. PATHs start at a member of the sample (``txt``, ``cls``, ``json.caption``); a PATH that
@@ -18,9 +19,7 @@ Without a mapping, contract fields already in the ``json`` are kept, ``txt`` fee
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 import sys
 from collections import Counter
@@ -30,7 +29,9 @@ from typing import Any, Iterator
 
 import webdataset as wds
 
+from data_pipelines import scancache
 from data_pipelines.fieldmap import Mapping, field_value, lookup, parse_mapping
+from data_pipelines.pipes import check_pipes, is_pipe, opened
 from data_pipelines.sample import supervised_tasks
 from data_pipelines.transforms import CorruptSampleError, parse_annotation
 from mmtl.errors import MMTLError, os_error_message
@@ -42,7 +43,6 @@ SHARD_SUFFIXES = (".tar", ".tgz", ".tar.gz")
 CONTRACT_KEYS = ("labels", "captions", "document", "summaries", "source", "count")
 # members read as defaults when the mapping does not name the field
 DEFAULT_MEMBERS = {"captions": "txt", "labels": "cls"}
-SCAN_VERSION = 1
 _SPLIT_FILE = re.compile(r"^([A-Za-z]+)[-_.]")
 
 
@@ -87,7 +87,8 @@ def resolve(reference: str | Path) -> ShardSet:
                         f"pattern (shards/{{00000..00099}}.tar) or a pipe: command (create shards with "
                         f"`mmtl data synth --out {text}` or `mmtl data convert`)")
     urls = list(wds.shardlists.expand_urls(text))
-    local = [u for u in urls if not u.startswith("pipe:")]
+    check_pipes(urls, text)
+    local = [u for u in urls if not is_pipe(u)]
     remote = [u for u in local if re.match(r"^[a-z][a-z0-9+.-]*://", u) and not u.startswith("file://")]
     if remote:
         raise MMTLError(f"{remote[0]}: mmtl reads local files and pipe: commands only (no network at run time)")
@@ -212,7 +213,7 @@ def refuse_unreadable_shards(error: BaseException) -> bool:
 def contract_samples(urls: list[str], mapping: Mapping | None, handler: Any = wds.warn_and_continue
                      ) -> Iterator[dict[str, Any]]:
     """Raw samples of ``urls`` in order, turned into the contract when ``mapping`` is not None."""
-    samples = wds.tarfile_to_samples(handler=handler)(dict(url=u) for u in urls)
+    samples = wds.tarfile_to_samples(handler=handler)(dict(url=u) for u in opened(urls))
     return samples if mapping is None else (to_contract(s, mapping) for s in samples)
 
 
@@ -221,24 +222,19 @@ def contract_samples(urls: list[str], mapping: Mapping | None, handler: Any = wd
 
 
 def describe(reference: str | Path, mapping: Mapping) -> dict[str, Any]:
-    """``dataset.json``-shaped info of a shard set: counts per split, classes, label mode (cached scan)."""
+    """``dataset.json``-shaped info of a shard set: counts per split, classes, label mode (cached scan,
+    see :mod:`data_pipelines.scancache`)."""
     shards = resolve(reference)
-    key = _cache_key(shards, mapping)
-    for path in _cache_paths(shards, key):
-        try:
-            cached = json.loads(path.read_text())
-            if cached.get("key") == key:
-                return cached["info"]
-        except (OSError, ValueError, KeyError, AttributeError):
-            continue
+    key = scancache.cache_key(shards.reference, _mapping_items(mapping), shards.splits, shards.home is None)
+    paths = scancache.cache_paths(shards.home, key)
+    for path in paths:
+        cached = scancache.read_cache(path, key, shards.splits)
+        if cached is not None:
+            return cached
     info = _scan(shards, mapping)
-    for path in _cache_paths(shards, key):
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"key": key, "info": info}, indent=1))
+    for path in paths:  # beside the shards when that folder is writable, else the user's cache folder
+        if scancache.write_cache(path, key, info):
             break
-        except OSError:
-            continue
     return info
 
 
@@ -269,23 +265,3 @@ def _scan(shards: ShardSet, mapping: Mapping) -> dict[str, Any]:
 
 def _mapping_items(mapping: Mapping) -> list[str]:
     return [f"{name}={','.join(paths)}" for name, paths in sorted(mapping.items())]
-
-
-def _cache_key(shards: ShardSet, mapping: Mapping) -> str:
-    # a pipe: command's relative paths mean another thing in another folder
-    parts: list[Any] = [SCAN_VERSION, shards.reference, _mapping_items(mapping), os.getcwd() if shards.home is None else ""]
-    for urls in shards.splits.values():
-        for url in urls:
-            local = Path(url.removeprefix("file://"))
-            stat = local.stat() if not url.startswith("pipe:") and local.is_file() else None
-            parts.append([url, stat.st_size if stat else None, stat.st_mtime_ns if stat else None])
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
-
-
-def _cache_paths(shards: ShardSet, key: str) -> list[Path]:
-    """Beside the shards first, else the user's cache folder."""
-    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmtl" / "scans"
-    paths = [cache_home / f"{key[:24]}.json"]
-    if shards.home is not None:
-        paths.insert(0, shards.home / f".mmtl-scan-{key[:12]}.json")
-    return paths

@@ -10,7 +10,7 @@ from data_pipelines.mixing import Source, training_sources
 from data_pipelines.sample import TEXT_INPUT_FIELD, annotation_texts
 from data_pipelines.shards import iter_annotations, read_dataset_info, split_entry
 import mmtl.components  # noqa: F401  (registers the components that configs name)
-from mmtl.config import ExperimentConfig
+from mmtl.config import ExperimentConfig, check_budget
 from mmtl.errors import MMTLError
 from mmtl.models.model import MultiTaskModel
 from mmtl.registry import TASKS
@@ -66,10 +66,15 @@ def long_document_report(config: ExperimentConfig, limit: int = LONG_DOCUMENT_SC
 
 
 def build_components(config: ExperimentConfig, classes: list[str], vocab: Vocabulary,
-                     label_mode: str = "multi", class_sources: list[str] | None = None) -> Components:
-    """Tasks and model for known classes, vocabulary and label mode ("multi" or "single")."""
+                     label_mode: str = "multi", class_sources: list[str] | None = None,
+                     training: bool = True) -> Components:
+    """Tasks and model for known classes, vocabulary and label mode ("multi" or "single").
+
+    The model's memory is estimated first (``training``: with gradients, optimiser state and kept
+    activations) and refused, before anything is built, when over the budget (mmtl.config.budget)."""
     if label_mode not in LABEL_MODES:
         raise MMTLError(f"label_mode must be one of {', '.join(LABEL_MODES)}; got {label_mode!r}")
+    check_budget(config, len(classes), vocab.size, training)
     context = TaskContext(classes=classes, vocab=vocab, model=config.model, label_mode=label_mode,
                           task_settings=config.task_settings)
     tasks = [TASKS.get(name)(context) for name in config.tasks]
@@ -145,4 +150,4 @@ def components_from_data(config: ExperimentConfig) -> Components:
 def components_from_meta(config: ExperimentConfig, meta: dict[str, Any]) -> Components:
     """Components for a saved checkpoint (no data needed)."""
     return build_components(config, list(meta["classes"]), Vocabulary.from_dict(meta["vocab"]),
-                            str(meta["label_mode"]), list(meta["class_sources"]))
+                            str(meta["label_mode"]), list(meta["class_sources"]), training=False)

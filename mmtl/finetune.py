@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ from mmtl.precision import resolve_device
 from mmtl.registry import BALANCERS
 from mmtl.text import Vocabulary
 from mmtl.training.run import make_trainer
+
+log = logging.getLogger(__name__)
 
 DELTA_FILE = "delta.safetensors"
 REGRESSION_FILE = "regression.json"
@@ -239,13 +242,13 @@ class RegressionRow:
 
 def old_task_metrics(components: Components, old_tasks: list[str], base: BaseCheckpoint, config: ExperimentConfig,
                      device: torch.device) -> dict[str, dict[str, float]]:
-    """Metrics of the old tasks on the base model's own data (``finetune.regression_split``)."""
+    """Metrics of the old tasks on the base model's data (``finetune.regression_data``, ``regression_split``)."""
     spec = config.finetune
     check = copy.deepcopy(config)
     check.eval.max_samples = spec.regression_samples
-    check.data = copy.deepcopy(base.config.data)
+    check.data = dataclasses.replace(config.data, path=spec.regression_data, sources=[])
     view = dataclasses.replace(components, tasks=[t for t in components.tasks if t.name in old_tasks])
-    result = evaluate(view, check, device, data_path=base.config.data.path, split=spec.regression_split)
+    result = evaluate(view, check, device, data_path=spec.regression_data, split=spec.regression_split)
     components.model.train()
     return result.metrics
 
@@ -307,7 +310,10 @@ def run_finetune(checkpoint: str | Path, config: ExperimentConfig, resume: str |
         tuned = dataclasses.replace(tuned, train=dataclasses.replace(tuned.train, monitor_every=0))
     device = resolve_device(tuned.train.device)
     old_tasks = list(base.config.tasks)
-    check = tuned.finetune.regression_samples > 0
+    check = tuned.finetune.regression_samples > 0 and bool(tuned.finetune.regression_data)
+    if tuned.finetune.regression_samples > 0 and not check:
+        log.warning("no non-regression check of the old tasks: set finetune.regression_data to the base model's "
+                    "data set (a checkpoint's recorded data is never read)")
     before = old_task_metrics(components, old_tasks, base, tuned, device) if check else {}
     settings = out / FINETUNE_CONFIG_FILE
     if resume is None:

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 import pytest
 import torch
 
+from data_pipelines.pipes import allow_pipes
 from data_pipelines.shapes_world import write_shards
 import mmtl.components  # noqa: F401  (fills the registries that config validation reads, as the entry points do)
 
@@ -48,6 +49,14 @@ def micro_overrides(data: Path, out: Path, steps: int = 3) -> list[str]:
         "data.batch_size=8", "train.log_every=1", "train.progress=false", "eval.max_samples=16",
         "train.warmup_steps=1", "model.decoder.max_length=48", "eval.generation.max_length=8",
     ]
+
+
+@pytest.fixture(autouse=True)
+def no_pipes_after() -> Iterator[None]:
+    """``pipe:`` sources are forbidden again after each test (a config with data.allow_pipe=true allows
+    them for the rest of the process)."""
+    yield
+    allow_pipes(False)
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,8 @@ def test_synth_then_train_writes_checkpoint(trained_run: tuple[Path, Path], caps
 def test_eval_prints_table_with_baselines(trained_run: tuple[Path, Path], tmp_path: Path, capsys) -> None:
     data, run = trained_run
     out = tmp_path / "m.json"
-    assert main(["eval", "--checkpoint", str(run), "--split", "test", "--output", str(out)]) == 0
+    assert main(["eval", "--checkpoint", str(run), "--config", str(run / "config.yaml"), "--split", "test",
+                 "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     for task in ("recognition", "captioning", "summarization"):
         assert task in printed
@@ -62,7 +63,8 @@ def test_predict_text_and_json(trained_run: tuple[Path, Path], tmp_path: Path, c
 @pytest.mark.parametrize("argv, message", [
     (["train", "train.stpes=3"], "train.stpes"),
     (["train", "--config", "missing.yaml"], "config file not found"),
-    (["eval", "--checkpoint", "nowhere"], "no checkpoint found"),
+    (["eval", "--checkpoint", "nowhere", "--data", "nowhere"], "no checkpoint found"),
+    (["eval", "--checkpoint", "nowhere"], "needs the data to evaluate on"),
     (["train", "data.path=nowhere", "train.steps=1"], "mmtl data synth"),
 ])
 def test_bad_input_exits_2_with_one_line(argv: list[str], message: str, tmp_path: Path, capsys, monkeypatch) -> None:

@@ -94,11 +94,13 @@ def test_baselines_then_eval_reports_delta_m(micro_data: Path, tmp_path: Path, c
     assert main(["train", *overrides]) == 0
     capsys.readouterr()
     out = tmp_path / "m.json"
-    assert main(["eval", "--checkpoint", str(run), "--baselines", str(base_dir / "baselines.json"),
+    assert main(["eval", "--checkpoint", str(run), "--config", str(run / "config.yaml"),
+                 "--baselines", str(base_dir / "baselines.json"),
                  "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     exact = tmp_path / "exact.json"  # exactly N samples scored, not a whole batch of 64; examples printed
-    assert main(["eval", "--checkpoint", str(run), "--max-samples", "5", "--examples", "2", "--output", str(exact)]) == 0
+    assert main(["eval", "--checkpoint", str(run), "--config", str(run / "config.yaml"), "--max-samples", "5",
+                 "--examples", "2", "--output", str(exact)]) == 0
     shown = capsys.readouterr().out
     assert json.loads(exact.read_text())["samples"] == 5 and shown.count("reference:") == 2 * 3
     assert "Δm = " in printed and "single-task" in printed and "parameters:" in printed

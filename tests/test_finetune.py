@@ -71,8 +71,9 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("strategy", ["frozen", "lora", "full"])
 def test_strategy_trains_the_intended_parameters(strategy: str, base_run: Path, depth_data: Path, tmp_path: Path,
-                                                 one_thread: None) -> None:
-    check = "finetune.regression_samples=0" if strategy == "full" else "finetune.regression_samples=8"
+                                                 micro_data: Path, one_thread: None) -> None:
+    # the base model's data for the non-regression check is the user's setting (never the checkpoint's)
+    check = "finetune.regression_samples=0" if strategy == "full" else f"finetune.regression_data={micro_data}"
     # frozen adds only a task head (nothing shared trains); lora and full add depth and the head
     modalities = "[]" if strategy == "frozen" else "[depth]"
     config = _config(depth_data, tmp_path / "ft", f"finetune.strategy={strategy}", f"finetune.add_modalities={modalities}",
@@ -203,11 +204,13 @@ def test_a_saved_delta_reaches_the_disk_before_its_meta_names_it(base_run: Path,
     assert events[-1] == ("sync", str(out))
 
 
-def test_finetune_cli_happy_path_predict_and_bad_inputs(base_run: Path, depth_data: Path, tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture, one_thread: None) -> None:
+def test_finetune_cli_happy_path_predict_and_bad_inputs(base_run: Path, depth_data: Path, micro_data: Path,
+                                                        tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                        one_thread: None) -> None:
     out = tmp_path / "ft"
     code = main(["finetune", "--checkpoint", str(base_run), "--add-modality", "audio", "--strategy", "frozen",
-                 *micro_overrides(depth_data, out, steps=2), *FT_EXTRA, "model.modalities={audio: {seconds: 0.5}}"])
+                 *micro_overrides(depth_data, out, steps=2), *FT_EXTRA, "model.modalities={audio: {seconds: 0.5}}",
+                 f"finetune.regression_data={micro_data}"])
     printed = capsys.readouterr().out
     assert code == 0 and "recognition" in printed and "+0.0000" in printed and (out / DELTA_FILE).is_file()
     with tarfile.open(sorted(depth_data.glob("test-*.tar"))[0]) as tar:

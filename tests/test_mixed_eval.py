@@ -120,8 +120,8 @@ def test_mixed_baselines_train_eval_and_validation_per_source(mixed_sources, tmp
 
     capsys.readouterr()
     out = tmp_path / "eval.json"
-    assert main(["eval", "--checkpoint", str(run), "--baselines", str(base / "baselines.json"),
-                 "--output", str(out)]) == 0
+    assert main(["eval", "--checkpoint", str(run), "--config", str(run / "config.yaml"),
+                 "--baselines", str(base / "baselines.json"), "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     result = json.loads(out.read_text())
     assert set(result["sources"]) == {str(p) for p in mixed_sources.values()}

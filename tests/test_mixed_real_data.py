@@ -95,7 +95,8 @@ def test_mixed_real_data_scorecard_through_the_cli(real_sources, tmp_path: Path,
                  f"validation.baselines={base / 'baselines.json'}"]) == 0
     capsys.readouterr()
     out = tmp_path / "eval.json"
-    assert main(["eval", "--checkpoint", str(run), "--baselines", str(base / "baselines.json"), "--output", str(out)]) == 0
+    assert main(["eval", "--checkpoint", str(run), "--config", str(run / "config.yaml"),
+                 "--baselines", str(base / "baselines.json"), "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     result = json.loads(out.read_text())
     assert {k: set(v["model"]) for k, v in result["sources"].items()} == {

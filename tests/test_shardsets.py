@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
+from data_pipelines.pipes import allow_pipes
 from data_pipelines.shards import iter_annotations, read_dataset_info, split_shards
 from data_pipelines.shardsets import resolve, to_contract
 from mmtl.cli import main
@@ -63,6 +64,9 @@ def test_every_kind_of_reference_names_the_same_shards(img2dataset: Path) -> Non
     assert resolve("::".join(tars)).urls("val") == tars
     assert resolve(tars[0]).urls("train") == tars[:1]
     piped = f"pipe:cat {img2dataset}/{{00000..00001}}.tar"
+    with pytest.raises(MMTLError, match="data.allow_pipe=true"):  # a command runs only with the user's opt-in
+        resolve(piped)
+    allow_pipes(True)
     assert resolve(piped).urls("train") == [f"pipe:cat {tars[0]}", f"pipe:cat {tars[1]}"]
     assert sum(1 for _ in iter_annotations(piped, "train")) == 50
     with pytest.raises(MMTLError, match="3 of 5 shard"):

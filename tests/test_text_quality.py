@@ -104,7 +104,8 @@ def test_extractive_train_eval_predict_round_trip(micro_data: Path, tmp_path: Pa
     assert yaml.safe_load((run / "config.yaml").read_text())["task_settings"]["summarization"]["mode"] == "extractive"
     capsys.readouterr()
 
-    assert main(["eval", "--checkpoint", str(run), "--split", "test", "--output", str(tmp_path / "m.json")]) == 0
+    assert main(["eval", "--checkpoint", str(run), "--config", str(run / "config.yaml"), "--split", "test",
+                 "--output", str(tmp_path / "m.json")]) == 0
     printed = capsys.readouterr().out
     assert "distinct2" in printed and "repetition" in printed
     metrics = json.loads((tmp_path / "m.json").read_text())["model"]["summarization"]

@@ -98,7 +98,9 @@ class Experiment:
         record = json.loads(baselines_path.read_text())
         split = split or record["split"]
         samples = record.get("split_max_samples", {}).get(split, record.get("max_samples")) or 0
-        self.runner(["eval", "--checkpoint", str(run), "--baselines", str(baselines_path), "--split", split,
+        # the data comes from the run's own config (a checkpoint's data settings are never read)
+        self.runner(["eval", "--checkpoint", str(run), "--config", str(run / "config.yaml"),
+                     "--baselines", str(baselines_path), "--split", split,
                      "--max-samples", str(samples), "--device", self.eval_device, "--tolerance", str(self.tolerance),
                      "--output", str(result)], result.with_suffix(".log"))
         return result

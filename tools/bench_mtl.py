@@ -163,7 +163,9 @@ class Bench:
         baselines = base.result()
         record = json.loads(baselines.read_text())
         samples = record.get("max_samples") or 0
-        self.runner(["eval", "--checkpoint", str(run), "--baselines", str(baselines), "--split", record["split"],
+        # the data comes from the run's own config (a checkpoint's data settings are never read)
+        self.runner(["eval", "--checkpoint", str(run), "--config", str(run / "config.yaml"), "--baselines",
+                     str(baselines), "--split", record["split"],
                      "--max-samples", str(samples), "--tolerance", str(self.tolerance), "--output", str(result)],
                     run / "eval.log")
         return result

@@ -1,6 +1,8 @@
 """The ``mmtl`` command: its parser (one module per command adds its own) and the one error boundary.
 
-User errors print one line and exit with code 2, never a traceback.
+User errors print one line and exit with code 2, never a traceback. A command given a checkpoint has
+its sizes checked from the files first (``mmtl.config.budget.preflight_checkpoint``), so a model too
+large to build is refused before the libraries that would build it are loaded.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import sys
 from typing import Callable
 
 from mmtl.cli import analyze, baselines, data, evaluate, finetune, model, predict, quickstart, serve, train, tune
+from mmtl.config import preflight_checkpoint
 from mmtl.errors import TrainingInterrupted, describe_failure
 
 # in the order `mmtl --help` lists them
@@ -40,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args([a for a in argv if a != "--debug"])
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        if getattr(args, "checkpoint", None):  # every command that loads a checkpoint takes --checkpoint
+            preflight_checkpoint(args.checkpoint)  # its sizes, checked before torch is even imported
         return func(args)
     except TrainingInterrupted as exc:
         print(f"mmtl: {exc}", file=sys.stderr)

@@ -7,6 +7,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from data_pipelines.pipes import allow_pipes
 from mmtl import config as schema
 from mmtl.errors import MMTLError
 
@@ -17,7 +18,9 @@ def load_experiment(path: str | None, overrides: list[str]) -> schema.Experiment
     """The experiment config of a command: ``path`` (None: the built-in one) plus ``key=value`` overrides."""
     import mmtl.components  # noqa: F401  (imported here, not at start-up: it imports torch; fills the registries)
 
-    return schema.load_config(path, overrides)
+    config = schema.load_config(path, overrides)
+    allow_pipes(config.data.allow_pipe)  # the user's own settings are the only ones that may allow pipe: sources
+    return config
 
 
 def add_field_flag(parser: argparse._ActionsContainer, flag: str, cls: type, name: str, *, keep_default: bool = True,

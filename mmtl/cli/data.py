@@ -5,6 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
+from data_pipelines.pipes import allow_pipes
 from mmtl.cli.common import Subcommands, add_field_flag, check_output_dir
 from mmtl.config import SyntheticConfig
 from mmtl.errors import MMTLError
@@ -114,6 +115,11 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_allow_pipe(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-pipe", action="store_true",
+                        help="allow a pipe: source, which runs its shell command (each command is logged)")
+
+
 def _add_inspect(data: Subcommands) -> None:
     insp = data.add_parser("inspect", help="counts, class histogram, text and image statistics, corrupt samples")
     insp.add_argument("shards", help="shard directory, .tar file, brace pattern ('shards/{00000..00009}.tar') "
@@ -126,6 +132,7 @@ def _add_inspect(data: Subcommands) -> None:
     insp.add_argument("--split", action="append", help="only this split (repeatable; default: all)")
     insp.add_argument("--limit", type=int, default=0, help="read at most this many samples per split (0: all)")
     insp.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_allow_pipe(insp)
     insp.set_defaults(func=_cmd_inspect)
 
 
@@ -133,6 +140,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from data_pipelines.inspect import DEFAULT_CONTEXT_LENGTH, format_report, inspect_shards
     import mmtl.components  # noqa: F401  (the tasks, whose annotation fields the data code counts)
 
+    allow_pipes(args.allow_pipe)
     report = inspect_shards(args.shards, splits=args.split, limit=args.limit, mapping=args.map or [],
                             context_length=args.context_length or DEFAULT_CONTEXT_LENGTH)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
@@ -148,12 +156,14 @@ def _add_preview(data: Subcommands) -> None:
     prev.add_argument("--num", type=int, default=16, help="number of samples (default 16)")
     prev.add_argument("--split", help="split to draw (default: the first in dataset.json)")
     prev.add_argument("--columns", type=int, default=0, help="grid columns (default: about square)")
+    _add_allow_pipe(prev)
     prev.set_defaults(func=_cmd_preview)
 
 
 def _cmd_preview(args: argparse.Namespace) -> int:
     from data_pipelines.preview import contact_sheet
 
+    allow_pipes(args.allow_pipe)
     path = contact_sheet(args.shards, args.out, num=args.num, split=args.split, columns=args.columns,
                          mapping=args.map or [])
     print(f"wrote {path}")

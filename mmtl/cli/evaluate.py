@@ -1,13 +1,19 @@
-"""``mmtl eval``: evaluate a checkpoint on a held-out split, optionally against single-task baselines (Δm)."""
+"""``mmtl eval``: evaluate a checkpoint on a held-out split, optionally against single-task baselines (Δm).
+
+The model comes from the checkpoint; the data from the command line (``--data``) or the user's own
+config (``--config``): a checkpoint is data, so its recorded data sources are never opened.
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mmtl.cli.common import Subcommands, add_field_flag, check_output_file
+from mmtl.cli.common import Subcommands, add_field_flag, check_output_file, load_experiment
 from mmtl.config import EvalConfig, ExperimentConfig, ValidationConfig
+from mmtl.errors import MMTLError
 
 if TYPE_CHECKING:  # the CLI imports torch-heavy modules only when a command runs
     from mmtl.evaluation.evaluate import EvalResult
@@ -18,8 +24,10 @@ def register(sub: Subcommands) -> None:
     """Add ``mmtl eval``."""
     ev = sub.add_parser("eval", help="evaluate a checkpoint on a held-out split, next to trivial baselines")
     ev.add_argument("--checkpoint", required=True, help="run or checkpoint directory")
-    ev.add_argument("--data", help="shard directory (default: the held-out split of every source the model was "
-                                   "trained on, each for the tasks it feeds)")
+    ev.add_argument("--data", help="shard directory, .tar file or brace pattern to evaluate on")
+    ev.add_argument("--config", help="your experiment YAML: its data section says what to evaluate on (without "
+                                     "--data: the held-out split of each of its sources, for the tasks it feeds); "
+                                     "a checkpoint's own data settings are never used")
     add_field_flag(ev, "--split", EvalConfig, "split", show_default=True)
     add_field_flag(ev, "--max-samples", EvalConfig, "max_samples", keep_default=False)
     ev.add_argument("--examples", type=int, default=0, metavar="N",
@@ -28,6 +36,8 @@ def register(sub: Subcommands) -> None:
     ev.add_argument("--output", help="write the metrics as JSON to this file")
     ev.add_argument("--baselines", help="baselines.json from `mmtl baselines`: also report Δm and per-task verdicts")
     add_field_flag(ev, "--tolerance", ValidationConfig, "tolerance", show_default=True)
+    ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                    help="data settings of your own, e.g. data.map=[captions=txt] data.allow_pipe=true")
     ev.set_defaults(func=_cmd_eval)
 
 
@@ -41,8 +51,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
         baselines = read_baselines(args.baselines)
         baseline_split_metrics(baselines, args.split)
+    if not args.data and not args.config:
+        raise MMTLError("mmtl eval needs the data to evaluate on: --data SHARDS, or --config YOUR_EXPERIMENT.yaml "
+                        "(e.g. the config.yaml of a run you trained yourself); a checkpoint's own data settings are "
+                        "never used (README, Security model)")
+    own = load_experiment(args.config, args.overrides)  # checked before the model is loaded
     predictor = Predictor.from_pretrained(args.checkpoint, device=args.device)
-    config = predictor.config
+    config = dataclasses.replace(predictor.config, data=own.data)
     if args.max_samples is not None:
         config.eval.max_samples = args.max_samples
     config.eval.num_examples = max(args.examples, 0)

@@ -6,6 +6,7 @@ component's own ``Settings`` dataclass checks its values, see ``components``), `
 presets, ``building`` and ``parsing`` the reading of YAML and overrides, and ``validation`` the checks
 across fields.
 """
+from mmtl.config.budget import check_budget, preflight_checkpoint
 from mmtl.config.building import build_dataclass
 from mmtl.config.components import as_tree, check_components, selected, settings_of
 from mmtl.config.fields import Range, check_ranges, choice, setting
@@ -27,7 +28,7 @@ __all__ = [
     "GENERATION_BOUNDS", "MODEL_PRESETS", "BalancerConfig", "DataConfig", "DecoderConfig", "EvalConfig",
     "ExperimentConfig", "FinetuneConfig", "FusionConfig", "GenerationConfig", "ImageEncoderConfig",
     "ModalityConfig", "ModelConfig", "NoSettings", "Range", "Slot", "SourceConfig", "SyntheticConfig",
-    "TextEncoderConfig", "TrainConfig", "ValidationConfig", "as_tree", "build_dataclass", "check_components",
+    "TextEncoderConfig", "TrainConfig", "ValidationConfig", "as_tree", "build_dataclass", "check_budget", "check_components", "preflight_checkpoint",
     "check_ranges", "choice", "deep_merge", "join_shard_list", "load_config", "parse_override", "read_yaml_tree",
     "resolve_config", "save_config", "selected", "setting", "settings_of", "validate", "validate_generation",
 ]

@@ -59,14 +59,18 @@ def between(low: Number, high: Number, low_open: bool = False) -> Range:
 
 def setting(default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | None = None,
             choices: tuple[Any, ...] = (), range: Range | None = None, help: str = "",  # noqa: A002
-            earlier: Any = dataclasses.MISSING) -> Any:
+            earlier: Any = dataclasses.MISSING, local: bool = False) -> Any:
     """A dataclass field with its allowed values and description in its metadata.
 
     ``earlier``: for a setting added after models were already saved, the value that rebuilds a
     model whose saved config.yaml predates it (``parsing.load_saved_config``), where it differs
-    from today's default.
+    from today's default. ``local``: a setting about the machine that wrote the config (a path to
+    read or write, a data source, a command): a checkpoint's value is never used, the field takes
+    its default when a saved config is loaded (a checkpoint is data, not instructions).
     """
     metadata: dict[str, Any] = {}
+    if local:
+        metadata["local"] = True
     if earlier is not dataclasses.MISSING:
         metadata["earlier"] = earlier
     if choices:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from mmtl.config.fields import NON_NEGATIVE, POSITIVE, Range, choice, setting
+from mmtl.config.fields import Range, between, choice, setting
 from mmtl.config.slots import Slot
 from mmtl.registry import IMAGE_ENCODERS, MODALITIES, TEXT_ENCODERS
 
@@ -19,8 +19,8 @@ class ImageEncoderConfig:
 
     slot: ClassVar[Slot] = Slot(IMAGE_ENCODERS)
     name: str = "timm"
-    image_size: int = 64
-    pretrained_path: str | None = None
+    image_size: int = setting(64, range=between(1, 16_384))
+    pretrained_path: str | None = setting(None, local=True)  # the checkpoint holds the weights
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -31,12 +31,12 @@ class TextEncoderConfig:
 
     slot: ClassVar[Slot] = Slot(TEXT_ENCODERS)
     name: str = "transformer"
-    context_length: int = setting(128, range=POSITIVE)
+    context_length: int = setting(128, range=between(1, 1_048_576))
     # "dataset": embed only the BPE tokens seen in the training split (fast on CPU);
     # "full": all 49,408 open_clip BPE tokens (needed to load pretrained text towers).
     vocab: str = choice("dataset", "dataset", "full")
     # a local checkpoint of the text tower, for encoders that load one
-    pretrained_path: str | None = None
+    pretrained_path: str | None = setting(None, local=True)
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -45,7 +45,7 @@ class FusionConfig:
     """How image and text tokens become one shared representation."""
 
     name: str = "single_stream"
-    depth: int = 2
+    depth: int = setting(2, range=between(0, 1_000))
     # heads read the fusion's input tokens (each stream's, layer-normed) after its output tokens: a path
     # around the trunk. On shapes world this took multi-task captioning from BLEU-4 68.0 / 68.2 to
     # 75.9 / 75.9 (seeds 1 / 2; docs/benchmarks.md, "Heads read the fusion's inputs too")
@@ -56,8 +56,8 @@ class FusionConfig:
 class DecoderConfig:
     """Text decoders of the generation tasks (captioning, summarization)."""
 
-    depth: int = 2
-    max_length: int = setting(40, range=POSITIVE)
+    depth: int = setting(2, range=between(0, 1_000))
+    max_length: int = setting(40, range=between(1, 1_048_576))
     # true: one decoder for every generation task, told the task by a learned prompt (OFA-style)
     shared: bool = False
     # pointer-generator: decoders may copy tokens of the fused text (names, rare words of a document)
@@ -93,9 +93,9 @@ class ModelConfig:
     """The model; ``preset`` fills every field first, the rest of the config overrides it."""
 
     preset: str = "tiny"
-    width: int = setting(128, range=POSITIVE)
-    num_heads: int = setting(4, range=Range(0, low_open=True))
-    mlp_ratio: float = setting(4.0, range=Range(0, low_open=True))
+    width: int = setting(128, range=between(1, 65_536))
+    num_heads: int = setting(4, range=between(0, 4_096, low_open=True))
+    mlp_ratio: float = setting(4.0, range=between(0, 64, low_open=True))
     dropout: float = setting(0.0, range=Range(0, 1, high_open=True))
     image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
@@ -104,7 +104,11 @@ class ModelConfig:
     # fusion trunk across tasks: hard (one shared trunk), soft (one per task, cross-stitch mixing),
     # hybrid (shared trunk + per-task LoRA adapters, + task-gated experts when moe_experts > 0)
     sharing: str = choice("hard", "hard", "soft", "hybrid")
-    lora_rank: int = setting(4, range=POSITIVE)
-    moe_experts: int = setting(0, range=NON_NEGATIVE)
+    lora_rank: int = setting(4, range=between(1, 65_536))
+    moe_experts: int = setting(0, range=between(0, 1_024))
     # further input modalities (mmtl.modalities): name -> its settings; image and text are above
     modalities: dict[str, ModalityConfig] = field(default_factory=dict)
+    # the memory (GB) a model may be estimated to need before it is built (0: MMTL_MEMORY_BUDGET_GB, else
+    # this machine's memory); over it, the config is refused naming the costliest size (mmtl/config/budget.py)
+    memory_budget_gb: float = setting(0.0, range=Range(0), local=True,
+                                      help="memory budget of the model in GB (0: this machine's memory)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import typing
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from mmtl.config.presets import MODEL_PRESETS
 from mmtl.config.schema import ExperimentConfig
 from mmtl.config.validation import validate
 from mmtl.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -89,11 +92,39 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def load_saved_config(path: str | Path) -> ExperimentConfig:
-    """The config mmtl saved beside a model (a checkpoint's config.yaml). A setting added since it was
-    written takes its ``earlier`` value (see ``fields.setting``), so the saved model is rebuilt as it was."""
-    raw = read_yaml_tree(Path(path))
+    """The config mmtl saved beside a model (a checkpoint's config.yaml), read as data.
+
+    A setting added since it was written takes its ``earlier`` value (see ``fields.setting``), so the
+    saved model is rebuilt as it was. A checkpoint is something users download and share: its
+    ``include`` list is not followed (one warning), and every ``local`` setting (data sources, paths,
+    output folder; see ``fields.setting``) takes its default, so that loading a checkpoint never reads,
+    writes or runs what its config names.
+    """
+    raw = read_yaml_tree(Path(path), follow_includes=False)
+    drop_local(ExperimentConfig, raw)
     _fill_earlier(ExperimentConfig, raw)
     return resolve_config(raw)
+
+
+def drop_local(cls: type, tree: dict[str, Any]) -> None:
+    """What a checkpoint's config may not set: remove, from ``tree``, every field of dataclass ``cls`` (and of its nested sections, including the
+    entries of a mapping of sections) declared ``local``."""
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if field.name not in tree:
+            continue
+        if field.metadata.get("local"):
+            del tree[field.name]
+            continue
+        kind, value = hints[field.name], tree[field.name]
+        if dataclasses.is_dataclass(kind) and isinstance(value, dict):
+            drop_local(kind, value)
+        elif typing.get_origin(kind) is dict and isinstance(value, dict):
+            item = typing.get_args(kind)[1]
+            if dataclasses.is_dataclass(item):
+                for entry in value.values():
+                    if isinstance(entry, dict):
+                        drop_local(item, entry)
 
 
 def _fill_earlier(cls: type, tree: dict[str, Any]) -> None:
@@ -108,8 +139,12 @@ def _fill_earlier(cls: type, tree: dict[str, Any]) -> None:
             _fill_earlier(hints[field.name], tree[field.name])
 
 
-def read_yaml_tree(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a YAML config; its optional ``include`` list (paths relative to it) is merged first."""
+def read_yaml_tree(path: Path, _seen: tuple[Path, ...] = (), follow_includes: bool = True) -> dict[str, Any]:
+    """Read a YAML config; its optional ``include`` list (paths relative to it) is merged first.
+
+    ``follow_includes=False`` (a config that came with a checkpoint): the list is dropped with one
+    warning, and no other file is opened.
+    """
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     if path.resolve() in _seen:
@@ -128,6 +163,11 @@ def read_yaml_tree(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     loaded = loaded or {}
     includes = loaded.pop("include", [])
+    if not follow_includes:
+        if includes:
+            log.warning("ignoring include: in %s (a checkpoint's config is read as data; it opens no other file)",
+                        path)
+        return loaded
     if isinstance(includes, str):
         includes = [includes]
     if not isinstance(includes, list) or not all(isinstance(item, str) and item for item in includes):

@@ -21,13 +21,13 @@ from mmtl.registry import BALANCERS
 class SyntheticConfig:
     """Size and difficulty of the built-in "shapes world" data set (used by ``mmtl quickstart``)."""
 
-    train: int = setting(3000, help="training samples")
-    val: int = setting(200, help="validation samples")
-    test: int = setting(200, help="test samples")
+    train: int = setting(3000, range=between(0, 100_000_000), help="training samples")
+    val: int = setting(200, range=between(0, 100_000_000), help="validation samples")
+    test: int = setting(200, range=between(0, 100_000_000), help="test samples")
     seed: int = 0
     difficulty: str = choice("medium", "easy", "medium", "hard")
-    image_size: int = 64
-    shard_size: int = setting(1000, help="samples per shard")
+    image_size: int = setting(64, range=between(1, 16_384))
+    shard_size: int = setting(1000, range=between(1, 100_000_000), help="samples per shard")
 
 
 @dataclass
@@ -62,7 +62,7 @@ class DataConfig:
     map: list[str] = field(default_factory=list)
     train_split: str = "train"
     val_split: str = "val"
-    batch_size: int = setting(32, range=POSITIVE)
+    batch_size: int = setting(32, range=between(1, 1_000_000))
     num_workers: int = setting(0, range=NON_NEGATIVE)
     shuffle_buffer: int = setting(1000, range=NON_NEGATIVE)
     # stop when more than this fraction of the samples seen (after 100) was corrupt and skipped
@@ -79,6 +79,9 @@ class DataConfig:
     mixing_temperature: float = setting(2.0, range=POSITIVE)  # mixing=temperature: task shares p_t ∝ n_t^(1/T)
     # >0: batches drawn from a buffer of this many batches grouped by document length (less padding)
     length_buckets: int = setting(0, range=NON_NEGATIVE)
+    # a pipe: source runs a shell command: allowed only when this is set in your own config or on the
+    # command line (never from a checkpoint's config); each command is logged as it starts
+    allow_pipe: bool = setting(False, help="allow pipe: sources, which run a shell command")
 
     def __post_init__(self) -> None:
         self.path = join_shard_list(self.path)
@@ -187,9 +190,9 @@ class EvalConfig:
 
     split: str = setting("test", help="held-out split of each source")
     max_samples: int = setting(0, range=NON_NEGATIVE)
-    batch_size: int = setting(64, range=AT_LEAST_ONE)
+    batch_size: int = setting(64, range=between(1, 1_000_000))
     threshold: float = setting(0.5, range=Range(0, 1), help="minimum tag score")
-    num_examples: int = 3
+    num_examples: int = setting(3, range=between(0, 10_000))
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
 
@@ -204,7 +207,7 @@ class ValidationConfig:
     # samples of data.val_split per validation (0: the whole split)
     max_samples: int = setting(0, range=NON_NEGATIVE)
     # baselines.json from `mmtl baselines` (evaluated on the same split as data.val_split)
-    baselines: str | None = None
+    baselines: str | None = setting(None, local=True)
     # a task regresses when its primary metric is more than this fraction below the reference
     tolerance: float = setting(0.02, range=NON_NEGATIVE,
                                help="relative drop of a task's primary metric still counted as no regression")
@@ -242,10 +245,13 @@ class FinetuneConfig:
     align_weight: float = setting(0.0, range=NON_NEGATIVE,
                                   help="weight of the loss pulling the new modality toward its paired one")
     old_lr_scale: float = setting(0.1, range=Range(0, low_open=True))  # full: learning-rate factor of the trained parts
-    lora_rank: int = setting(8, range=Range(0, low_open=True))
-    # non-regression check: the old tasks on the base model's data, this split, at most this many samples
+    lora_rank: int = setting(8, range=between(0, 65_536, low_open=True))
+    # non-regression check: the old tasks on the base model's data (regression_data: a shard directory of
+    # your choosing, as a checkpoint's recorded data is never read; empty: no check), this split, at most
+    # this many samples
+    regression_data: str = setting("", local=True, help="the base model's data set, for the non-regression check")
     regression_split: str = "val"
-    regression_samples: int = 200
+    regression_samples: int = setting(200, range=NON_NEGATIVE)
 
 
 @dataclass
@@ -253,10 +259,10 @@ class ExperimentConfig:
     """Everything a run needs. The defaults are the quickstart experiment."""
 
     name: str = "quickstart"
-    output_dir: str = "runs/quickstart"
+    output_dir: str = setting("runs/quickstart", local=True)
     seed: int = 0
     tasks: list[str] = field(default_factory=lambda: ["recognition", "captioning", "summarization"])
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig = setting(factory=DataConfig, local=True)  # a checkpoint's data settings are never used
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     balancer: BalancerConfig = field(default_factory=BalancerConfig)

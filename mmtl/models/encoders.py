@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmtl.config import ModelConfig, setting, settings_of
-from mmtl.config.fields import POSITIVE
+from mmtl.config.fields import POSITIVE, between
 from mmtl.errors import ConfigError
 from mmtl.models.layers import EncoderBlock, key_mask
 from mmtl.registry import IMAGE_ENCODERS, TEXT_ENCODERS
@@ -59,9 +59,7 @@ class TimmImageEncoder(nn.Module):
 
         overlay = None
         if pretrained_path is not None:
-            if not Path(pretrained_path).is_file():
-                raise ConfigError(f"{key}.pretrained_path: file not found: {pretrained_path}")
-            overlay = {"file": str(pretrained_path)}
+            overlay = {"file": str(readable_file(pretrained_path, f"{key}.pretrained_path"))}
         # in_chans only when it differs, so RGB models are created exactly as before
         channels = {} if in_chans == 3 else {"in_chans": in_chans}
         try:
@@ -69,8 +67,14 @@ class TimmImageEncoder(nn.Module):
                 timm_model, pretrained=overlay is not None, pretrained_cfg_overlay=overlay, num_classes=0,
                 **timm_kwargs, **channels
             )
-        except (RuntimeError, TypeError) as exc:
-            raise ConfigError(f"{key}: cannot build timm model {timm_model!r}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - timm raises many types for a file that is not weights
+            if overlay is not None:
+                raise ConfigError(f"{key}.pretrained_path: cannot load weights from {pretrained_path} into timm model "
+                                  f"{timm_model!r} (is it a weights file of that model? {type(exc).__name__}: "
+                                  f"{_first_line(exc)})") from None
+            if isinstance(exc, (RuntimeError, TypeError)):
+                raise ConfigError(f"{key}: cannot build timm model {timm_model!r}: {_first_line(exc)}") from None
+            raise
         # per-channel statistics of RGB models; other channel counts use their mean
         mean = torch.tensor(self.backbone.pretrained_cfg.get("mean", (0.5, 0.5, 0.5)))
         std = torch.tensor(self.backbone.pretrained_cfg.get("std", (0.5, 0.5, 0.5)))
@@ -120,7 +124,7 @@ class TimmImageEncoder(nn.Module):
 class TransformerSettings:
     """``model.text`` settings of the transformer encoder."""
 
-    depth: int = 2
+    depth: int = setting(2, range=between(0, 1_000))
 
 
 @TEXT_ENCODERS.register("transformer")
@@ -156,14 +160,35 @@ class TransformerTextEncoder(nn.Module):
         return Stream(self.norm(x) + self.type_embedding, valid, ids=ids)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def readable_file(path: str | Path, key: str) -> Path:
+    """``path`` as a file this process can read; a ConfigError naming ``key`` says why not (absent, a
+    directory, permission denied)."""
+    path = Path(path)
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        raise ConfigError(f"{key}: file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{key}: {path} is a directory; give a weights file") from None
+    except PermissionError:
+        raise ConfigError(f"{key}: permission denied reading {path}; check the file's permissions") from None
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror or exc}") from None
+    return path
+
+
 def load_state_file(path: str | Path, key: str) -> dict[str, torch.Tensor]:
     """Tensors of a local checkpoint: ``.safetensors``, or a torch file loaded with ``weights_only=True``.
 
     A ``state_dict`` / ``model`` entry is unwrapped and a ``module.`` prefix (DDP) removed.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{key}: file not found: {path}")
+    path = readable_file(path, key)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
