@@ -4,14 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from mmtl.cli.common import Subcommands, add_field_flag, check_output_file
-from mmtl.config import EvalConfig, ExperimentConfig, ValidationConfig
-
-if TYPE_CHECKING:  # the CLI imports torch-heavy modules only when a command runs
-    from mmtl.evaluation.evaluate import EvalResult
-    from mmtl.inference import Predictor
+from mmtl.config import EvalConfig, ValidationConfig
 
 
 def register(sub: Subcommands) -> None:
@@ -30,45 +25,31 @@ def register(sub: Subcommands) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from mmtl.evaluation.evaluate import evaluate, format_table
-    from mmtl.inference import Predictor
+    from mmtl.api import evaluate
+    from mmtl.evaluation.evaluate import format_table
 
     check_output_file(args.output, "--output")  # before the evaluation, not after it
-    if args.baselines:  # read first: a bad file should fail before a long evaluation
-        from mmtl.evaluation.baselines import baseline_split_metrics, read_baselines
-
-        baselines = read_baselines(args.baselines)
-        baseline_split_metrics(baselines, args.split)
-    predictor = Predictor.from_pretrained(args.checkpoint, device=args.device)
-    config = predictor.config
-    if args.max_samples is not None:
-        config.eval.max_samples = args.max_samples
-    result = evaluate(predictor.components, config, predictor.device, data_path=args.data, split=args.split)
+    report = evaluate(args.checkpoint, data=args.data, split=args.split, max_samples=args.max_samples,
+                      device=args.device, baselines=args.baselines, tolerance=args.tolerance)
+    result = report.result
     sources = ", ".join(f"{path} ({part['samples']})" for path, part in result.sources.items())
     print(f"{result.samples} samples of split {result.split!r} from {sources}")
     print(format_table(result))
-    output = result.to_dict()
-    if args.baselines:
-        output["delta"] = _report_delta(predictor, config, result, baselines, args.tolerance)
+    if report.comparison is not None:
+        _print_delta(report.comparison, multi_source=len(result.sources) > 1)
     if args.output:
-        Path(args.output).write_text(json.dumps(output, indent=2))
+        Path(args.output).write_text(json.dumps(report.to_dict(), indent=2))
         print(f"wrote {args.output}")
     return 0
 
 
-def _report_delta(predictor: Predictor, config: ExperimentConfig, result: EvalResult, baselines: dict,
-                  tolerance: float) -> dict:
-    """Print Δm with its per-task verdicts (overall, then per source) and the savings; return the report."""
-    from mmtl.evaluation.baselines import compare_with_baselines
+def _print_delta(report: dict, multi_source: bool) -> None:
+    """Print Δm with its per-task verdicts (overall, then per source) and the savings."""
     from mmtl.evaluation.delta import DeltaReport, format_delta, format_verdicts
-    from mmtl.evaluation.savings import format_savings, forward_flops_per_sample
+    from mmtl.evaluation.savings import format_savings
 
-    lower = {t.name: tuple(getattr(t, "lower_is_better", ())) for t in predictor.components.tasks}
-    report = compare_with_baselines(result, baselines, tolerance, lower, predictor.model.parameter_report(),
-                                    lambda tasks: forward_flops_per_sample(predictor.components, config, tasks),
-                                    predictor.components.vocab.size)
     print()
-    print("against the single-task models" + (" (all sources pooled):" if len(result.sources) > 1 else ":"))
+    print("against the single-task models" + (" (all sources pooled):" if multi_source else ":"))
     print(format_delta(DeltaReport.from_dict(report)))
     for source, part in report["sources"].items():
         per_source = DeltaReport.from_dict(part)
@@ -83,4 +64,3 @@ def _report_delta(predictor: Predictor, config: ExperimentConfig, result: EvalRe
         print(format_savings("forward FLOPs per sample", report["flops"], unit="FLOP"))
     if "vocabulary_note" in report:
         print(report["vocabulary_note"])
-    return report
