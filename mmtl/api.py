@@ -52,9 +52,14 @@ def _override_strings(overrides: Overrides) -> list[str]:
     if isinstance(overrides, str):
         raise MMTLError(f"overrides must be a list of key=value strings or a mapping, got the string {overrides!r}")
     if isinstance(overrides, Mapping):
-        return [f"{key}={yaml.safe_dump(value, default_flow_style=True, width=math.inf).removesuffix(chr(10) + '...' + chr(10)).strip()}"
-                for key, value in overrides.items()]
+        return [f"{key}={_yaml_value(value)}" for key, value in overrides.items()]
     return [str(item) for item in overrides]
+
+
+def _yaml_value(value: Any) -> str:
+    """``value`` as one line of YAML that reads back as the same value (a string that looks like a
+    number or a boolean is quoted)."""
+    return yaml.safe_dump(value, default_flow_style=True, width=math.inf).removesuffix("\n...\n").strip()
 
 
 def load_config(path: str | Path | None = None, overrides: Overrides = None) -> ExperimentConfig:

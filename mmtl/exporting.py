@@ -41,8 +41,10 @@ def export_model(source: str | Path, out: str | Path, overwrite: bool = False) -
             raise MMTLError(f"{out} already exists; choose another --out or pass --overwrite")
         if not out.is_dir() or not (out / MODEL_FILE).is_file() or (out / "checkpoints").exists():
             raise MMTLError(f"{out} is not an exported model folder; refusing to replace it (choose another --out)")
-    if out.resolve() in (checkpoint.resolve(), *checkpoint.resolve().parents):
-        raise MMTLError(f"--out {out} would hold the checkpoint it exports; choose a folder outside it")
+    held, target = checkpoint.resolve(), out.resolve()
+    inside_run = run_folder_of(checkpoint) is not None and target.is_relative_to(held.parent)
+    if held.is_relative_to(target) or target.is_relative_to(held) or inside_run:
+        raise MMTLError(f"--out {out} lies inside or around the checkpoint it exports; choose a folder outside it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
