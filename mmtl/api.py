@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -100,7 +101,7 @@ def train(config: ExperimentConfig, *, resume: str | None = None, command: str |
     result = _train(config, resume=resume)
     summary = result.run_dir / SUMMARY_FILE
     validation = json.loads(summary.read_text()) if summary.is_file() else None
-    card = write_card(result.run_dir, command=command)
+    card = write_card(result.run_dir, command=command) if int(os.environ.get("RANK", "0")) == 0 else None
     return TrainRun(result.run_dir, result.checkpoint, result.final_losses, result.seconds, result.components,
                     validation, card)
 
@@ -147,7 +148,12 @@ def baselines(config: ExperimentConfig, out: str | Path | None = None, *, resume
     check_loggers(config.train.loggers)
     path = train_baselines(config, Path(out) if out is not None else Path(f"{config.output_dir}-baselines"),
                            resume=resume)
-    return BaselinesRun(path, json.loads(path.read_text()))
+    result = BaselinesRun(path, json.loads(path.read_text()))
+    for task, entry in result.record["tasks"].items():  # each single-task run gets its card too
+        metrics = {"split": result.record["split"], "primary_metric": {task: entry["primary_metric"]},
+                   "model": {task: entry["metrics"]}, "baseline": {}}
+        record_evaluation(Path(entry["run"]), metrics, command=f"mmtl baselines (the single-task model of {task})")
+    return result
 
 
 def finetune(checkpoint: str | Path, config: ExperimentConfig | None = None, *,

@@ -69,14 +69,15 @@ def write_card(run_dir: str | Path, command: str | None = None, out: str | Path 
     return path
 
 
-def record_evaluation(run_dir: Path, evaluation: dict[str, Any]) -> Path | None:
-    """Keep ``evaluation`` (``Evaluation.to_dict()``) in a run folder's card inputs and rewrite its card;
-    None (nothing written) when ``run_dir`` is not a run folder or cannot be written."""
+def record_evaluation(run_dir: Path, evaluation: dict[str, Any], command: str | None = None) -> Path | None:
+    """Keep ``evaluation`` (``Evaluation.to_dict()``) in a run folder's card inputs and rewrite its card
+    (``command``: also record the command that trained it); None (nothing written) when ``run_dir``
+    is not a run folder or cannot be written."""
     if not (run_dir / "checkpoints").is_dir() or not (run_dir / CONFIG_FILE).is_file():
         return None
     try:
         update_card_inputs(run_dir, evaluation=evaluation)
-        return write_card(run_dir)
+        return write_card(run_dir, command=command)
     except (OSError, MMTLError):  # a read-only run folder: the evaluation itself still stands
         return None
 
@@ -144,7 +145,8 @@ def _data_section(rows: list[dict[str, Any]]) -> list[str]:
 def _results_section(evaluation: dict[str, Any] | None, validation: dict[str, Any]) -> list[str]:
     lines = ["## Results", ""]
     if evaluation:
-        lines += [f"Held-out split `{evaluation.get('split')}` ({evaluation.get('samples')} samples); the trivial "
+        samples = f" ({evaluation['samples']} samples)" if evaluation.get("samples") else ""
+        lines += [f"Held-out split `{evaluation.get('split')}`{samples}; the trivial "
                   "baseline predicts without looking at the input (majority labels, the most frequent text).", ""]
         delta = evaluation.get("delta") or {}
         single = {m["task"] + "/" + m["metric"]: m["baseline"] for m in delta.get("metrics", [])}
