@@ -29,7 +29,8 @@ def tracked(micro_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     root = tmp_path_factory.mktemp("tracked")
     extras = [name for name in ("wandb", "mlflow") if importlib.util.find_spec(name) is not None]
     env = {"WANDB_MODE": "offline", "WANDB_DIR": str(root / "wb"), "WANDB_SILENT": "true", "WANDB_PROJECT": "mmtl-test",
-           "MLFLOW_TRACKING_URI": (root / "mlruns").as_uri(), "MLFLOW_EXPERIMENT_NAME": "mmtl-test"}
+           "MLFLOW_TRACKING_URI": (root / "mlruns").as_uri(), "MLFLOW_EXPERIMENT_NAME": "mmtl-test",
+           "MLFLOW_ALLOW_FILE_STORE": "true"}  # MLflow 3 asks for the opt-in to a local file store
     (root / "wb").mkdir()
     with pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():
@@ -106,6 +107,7 @@ def test_mlflow_file_store_run_records_every_task_loss_and_weight(tracked: Path,
     from mlflow.tracking import MlflowClient
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (tracked / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("mmtl-test").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
@@ -131,6 +133,17 @@ def test_a_missing_extra_is_one_line_naming_the_pip_command(micro_data: Path, tm
     assert not (tmp_path / "run").exists()  # refused before any work
     with pytest.raises(MMTLError, match="unknown logger 'neptune'"):
         trackers.check_loggers(["neptune"])
+
+
+def test_a_tracker_that_cannot_start_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Refusing:
+        def __init__(self, run_dir, config):
+            raise RuntimeError("tracking server refused the connection\nmore detail")
+
+    monkeypatch.setattr(trackers, "WandbTracker", Refusing)
+    monkeypatch.setattr(trackers, "check_loggers", lambda names: list(names))
+    with pytest.raises(MMTLError, match="wandb could not start a run .RuntimeError: tracking server refused"):
+        RunLogger(tmp_path, ["tensorboard", "wandb"])
 
 
 def test_jsonl_is_always_on_and_tensorboard_only_when_listed(tmp_path: Path) -> None:

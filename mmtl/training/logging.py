@@ -22,9 +22,9 @@ class RunLogger:
     def __init__(self, run_dir: Path, loggers: Sequence[str] = ("tensorboard",),
                  config: ExperimentConfig | None = None) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
+        self.trackers: list[Tracker] = open_trackers(loggers, run_dir, config)  # first: one may refuse to start
         self.path = run_dir / LOG_FILE
         self._file = self.path.open("a", encoding="utf-8")
-        self.trackers: list[Tracker] = open_trackers(loggers, run_dir, config)
 
     def log(self, step: int, record: dict[str, Any]) -> None:
         """Write ``record`` (flat name -> number) for ``step``."""

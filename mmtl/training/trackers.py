@@ -5,7 +5,8 @@ Every tracker receives what the run log (``log.jsonl``, always written) receives
 ``grad_cos/<a>|<b>``), throughput, and validation metrics (``val/<task>/<metric>``); at the end of
 a run, the final verdict table. ``wandb`` and ``mlflow`` are optional extras (``pip install
 'mmtl[wandb]'``, ``'mmtl[mlflow]'``); they read their usual environment (``WANDB_MODE``,
-``WANDB_PROJECT``, ``WANDB_DIR``; ``MLFLOW_TRACKING_URI``, ``MLFLOW_EXPERIMENT_NAME``).
+``WANDB_PROJECT``, ``WANDB_DIR``; ``MLFLOW_TRACKING_URI``, ``MLFLOW_EXPERIMENT_NAME``; MLflow 3 wants
+``MLFLOW_ALLOW_FILE_STORE=true`` for a ``file:`` store). A tracker that cannot start is an MMTLError.
 A tracker that fails while the run goes on is warned about once and dropped: the run never stops
 for it.
 """
@@ -60,7 +61,16 @@ def check_loggers(names: Sequence[str]) -> list[str]:
 def open_trackers(names: Sequence[str], run_dir: Path, config: ExperimentConfig | None) -> list[Tracker]:
     """One tracker per logger ``names`` asks for (besides the JSONL log)."""
     makers = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker, "mlflow": MlflowTracker}
-    return [makers[name](run_dir, config) for name in check_loggers(names)]
+    opened: list[Tracker] = []
+    for name in check_loggers(names):
+        try:
+            opened.append(makers[name](run_dir, config))
+        except Exception as exc:  # noqa: BLE001 - e.g. a refused tracking URI: one line, before any training
+            for tracker in opened:
+                tracker.close(failed=True)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
+            raise MMTLError(f"train.loggers: {name} could not start a run ({type(exc).__name__}: {first})") from exc
+    return opened
 
 
 def flat_config(config: ExperimentConfig | None) -> dict[str, Any]:
