@@ -24,7 +24,7 @@ from mmtl.config import (  # noqa: F401  (GENERATION_BOUNDS: re-exported for the
     GENERATION_BOUNDS, EvalConfig, ExperimentConfig, GenerationConfig, build_dataclass, validate_generation,
 )
 from mmtl.errors import MMTLError, os_error_message
-from mmtl.finetune import is_finetuned, load_finetuned
+from mmtl.finetuning import is_finetuned, load_finetuned
 from mmtl.precision import get_autocast, resolve_device
 
 ImageInput = Image.Image | str | Path | bytes | None

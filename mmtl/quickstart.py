@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from pathlib import Path
 
 from data_pipelines.shapes_world import write_shards
 import mmtl.components  # noqa: F401  (registers the components that configs name)
-from mmtl.baselines import train_baselines
+from mmtl.single_task import train_baselines
 from mmtl.builder import Components
+from mmtl.card import record_evaluation, update_card_inputs
 from mmtl.config import ExperimentConfig, load_config
 from mmtl.evaluation.baselines import compare_with_baselines, read_baselines
 from mmtl.evaluation.delta import DeltaReport, MetricRoles, format_delta
@@ -88,7 +90,11 @@ def run_quickstart(overrides: list[str] | None = None, compare: bool = False) ->
         report["single_task"] = compare_with_single_task(config, result.components, evaluation, result.run_dir)
         (result.run_dir / "metrics.json").write_text(json.dumps(report, indent=2))
         seconds = time.perf_counter() - started
-    print(f"run directory: {result.run_dir} (checkpoint, config.yaml, metrics.json, log.jsonl, loss_*.png)")
+    update_card_inputs(result.run_dir, command=shlex.join(["mmtl", "quickstart", *(["--compare"] if compare else []),
+                                                          *(overrides or [])]))
+    record_evaluation(result.run_dir, {**evaluation.to_dict(), "delta": report.get("single_task")})
+    print(f"run directory: {result.run_dir} (checkpoint, config.yaml, metrics.json, log.jsonl, loss_*.png, "
+          "README.md: the model card)")
     print(f"try: mmtl predict --checkpoint {result.run_dir} --image IMAGE --text 'a document to summarize'")
     print(f"quickstart finished in {seconds:.0f}s")
     return 0

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmtl.baselines import train_baselines
+from mmtl.single_task import train_baselines
 from mmtl.config import BalancerConfig, ExperimentConfig, save_config
 from mmtl.errors import MMTLError
 from mmtl.evaluation.baselines import baseline_split_metrics, read_baselines

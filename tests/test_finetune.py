@@ -18,7 +18,7 @@ from mmtl.checkpoint import META_FILE
 from mmtl.cli import main
 from mmtl.config import load_config
 from mmtl.errors import MMTLError
-from mmtl.finetune import (
+from mmtl.finetuning import (
     DELTA_FILE, REGRESSION_FILE, build_finetuned, finetune_config, load_base, load_finetuned, run_finetune, save_delta,
 )
 from mmtl.inference import Predictor

@@ -55,11 +55,11 @@ def _evaluate_with(values: dict[str, float]):
 
 def test_a_run_scales_the_loss_of_the_task_behind_its_single_task_model(micro_data: Path, tmp_path: Path,
                                                                           monkeypatch, one_thread) -> None:
-    import mmtl.training.loop as loop
+    import mmtl.training.logging as run_logs
     import mmtl.training.validation as validation
 
-    monkeypatch.setattr(loop, "plot_losses", lambda *a, **k: [])
-    monkeypatch.setattr(loop, "plot_task_monitor", lambda *a, **k: [])
+    monkeypatch.setattr(run_logs, "plot_losses", lambda *a, **k: [])  # where finish_run looks them up
+    monkeypatch.setattr(run_logs, "plot_task_monitor", lambda *a, **k: [])
     monkeypatch.setattr(validation, "plot_validation", lambda *a, **k: None)
     monkeypatch.setattr(validation, "evaluate", _evaluate_with({"recognition": 0.5, "captioning": 0.5,
                                                                 "summarization": 0.5}))

@@ -1,4 +1,4 @@
-"""Fine-tuning benchmark: a trained RGB model learns depth maps, sound and a counting head (mmtl.finetune).
+"""Fine-tuning benchmark: a trained RGB model learns depth maps, sound and a counting head (mmtl.finetuning).
 
 Measures, on the synthetic shapes world:
 - the RGB model's recognition / captioning on the test scenes (the reference);
@@ -28,7 +28,7 @@ import torch
 import mmtl.components  # noqa: F401  (registers the components that configs name)
 from mmtl.config import load_config
 from mmtl.evaluation.evaluate import evaluate
-from mmtl.finetune import run_finetune
+from mmtl.finetuning import run_finetune
 from mmtl.inference import Predictor
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "experiment"

@@ -12,12 +12,15 @@ import os
 import sys
 from typing import Callable
 
-from mmtl.cli import analyze, baselines, data, evaluate, finetune, model, predict, quickstart, serve, train, tune
+from mmtl.cli import analyze, baselines, data, evaluate, export, finetune, model, predict, quickstart, serve, train, tune
+from mmtl.cli import common
+from mmtl.cli.examples import add_examples
 from mmtl.config import preflight_checkpoint
 from mmtl.errors import TrainingInterrupted, describe_failure
+from mmtl.version import __version__
 
 # in the order `mmtl --help` lists them
-COMMANDS = (data, train, evaluate, analyze, baselines, tune, predict, serve, model, finetune, quickstart)
+COMMANDS = (data, train, evaluate, analyze, baselines, tune, predict, serve, model, finetune, export, quickstart)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,9 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmtl", description="Multimodal multi-task learning.")
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of an error (allowed anywhere on the command line)")
+    parser.add_argument("--version", action="version", version=f"mmtl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.register(sub)
+    add_examples(parser)
     return parser
 
 
@@ -41,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("MMTL_DEBUG", "") not in ("", "0")
     args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    common.INVOCATION[:] = [a for a in argv if a != "--debug"]
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         if getattr(args, "checkpoint", None):  # every command that loads a checkpoint takes --checkpoint

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from mmtl.cli.common import Subcommands, load_experiment
 
@@ -21,12 +19,11 @@ def register(sub: Subcommands) -> None:
 
 
 def _cmd_baselines(args: argparse.Namespace) -> int:
-    from mmtl.baselines import train_baselines
+    from mmtl.api import baselines
 
     config = load_experiment(args.config, args.overrides)
-    out = Path(args.out) if args.out else Path(f"{config.output_dir}-baselines")
-    path = train_baselines(config, out, resume=args.resume)
-    record = json.loads(path.read_text())
+    result = baselines(config, args.out, resume=args.resume)
+    path, record = result.path, result.record
     for task, entry in record["tasks"].items():
         metric = entry["primary_metric"]
         sources = ", ".join(f"{source} {values[metric]:.3f}" for source, values in entry.get("source_metrics", {}).items())

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import typing
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,12 @@ from mmtl import config as schema
 from mmtl.errors import MMTLError
 
 Subcommands = argparse._SubParsersAction  # what add_subparsers returns: each command module adds its parser to it
+INVOCATION: list[str] = []  # the arguments of the running command (set by mmtl.cli.app.main)
+
+
+def command_line() -> str:
+    """The running command as one shell line (recorded in model cards)."""
+    return "mmtl " + shlex.join(INVOCATION)
 
 
 def load_experiment(path: str | None, overrides: list[str]) -> schema.ExperimentConfig:

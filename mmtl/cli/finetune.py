@@ -33,7 +33,8 @@ def _listed(values: list[str] | None) -> list[str]:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from mmtl.finetune import format_regression, run_finetune
+    from mmtl.api import finetune
+    from mmtl.finetuning import format_regression
 
     overrides = list(args.overrides)
     if args.add_modality:
@@ -45,7 +46,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     if args.align_weight is not None:
         overrides.append(f"finetune.align_weight={args.align_weight}")
     config = load_experiment(args.config, overrides)
-    result = run_finetune(args.checkpoint, config, resume=args.resume)
+    result = finetune(args.checkpoint, config, resume=args.resume)
     losses = ", ".join(f"{k}={v:.3f}" for k, v in result.final_losses.items())
     print(f"fine-tuned {config.train.steps} steps in {result.seconds:.0f}s ({result.trained_parameters:,} trained "
           f"parameters; {losses})")

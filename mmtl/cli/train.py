@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from mmtl.cli.common import Subcommands, check_output_dir, load_experiment
+from mmtl.cli.common import Subcommands, check_output_dir, command_line, load_experiment
 
 
 def register(sub: Subcommands) -> None:
@@ -17,14 +17,15 @@ def register(sub: Subcommands) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from mmtl.training.run import train
+    from mmtl.api import train
 
     config = load_experiment(args.config, args.overrides)
     check_output_dir(config.output_dir, "output_dir")
-    result = train(config, resume=args.resume)
+    result = train(config, resume=args.resume, command=command_line())
     losses = ", ".join(f"{k}={v:.3f}" for k, v in result.final_losses.items())
     print(f"trained {config.train.steps} steps in {result.seconds:.0f}s ({losses})")
     print(f"checkpoint: {result.checkpoint}")
+    print(f"model card: {result.card}")
     summary = result.run_dir / "validation.json"
     if config.train.eval_every and summary.is_file():
         record = json.loads(summary.read_text())

@@ -128,6 +128,9 @@ class TrainConfig:
     # under torchrun: shard parameters, gradients and optimiser state over the ranks with FSDP2
     # (loss-weighting balancers only; no EMA or periodic validation); one process trains unsharded
     fsdp: bool = False
+    # experiment trackers besides RUN/log.jsonl (always written): tensorboard, wandb, mlflow
+    # (the last two: pip install 'mmtl[wandb]' / 'mmtl[mlflow]'); see mmtl/training/trackers.py
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
 
 
 @dataclass
@@ -232,7 +235,7 @@ class ValidationConfig:
 
 @dataclass
 class FinetuneConfig:
-    """``mmtl finetune``: what is added to a trained model and how it is trained (mmtl.finetune)."""
+    """``mmtl finetune``: what is added to a trained model and how it is trained (mmtl.finetuning)."""
 
     # frozen: only new parts train; lora: new parts + low-rank adapters on fusion and decoders, used
     # only for inputs of the new modalities and for new tasks; full: everything, old parts at a lower LR

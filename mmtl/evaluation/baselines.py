@@ -1,4 +1,4 @@
-"""The single-task baselines file (``baselines.json``, written by :mod:`mmtl.baselines`): reading it,
+"""The single-task baselines file (``baselines.json``, written by :mod:`mmtl.single_task`): reading it,
 its metrics per split, and the Δm and savings report of a multi-task model against it."""
 from __future__ import annotations
 

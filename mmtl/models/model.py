@@ -50,7 +50,7 @@ class MultiTaskModel(nn.Module):
         for name, unit in self.modalities.items():
             if unit.stands_for:
                 self.substitutes.setdefault(unit.stands_for, []).append(name)
-        # fine-tuning hooks (mmtl.finetune): extra losses, the modalities and tasks whose computations run
+        # fine-tuning hooks (mmtl.finetuning): extra losses, the modalities and tasks whose computations run
         # with adapters switched on, parts kept in eval mode, learning-rate factors by parameter-name prefix
         self.auxiliary = nn.ModuleDict()
         self.adapted: frozenset[str] = frozenset()

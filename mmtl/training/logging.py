@@ -1,39 +1,96 @@
-"""Run logs: a per-step JSONL file, TensorBoard scalars, and loss-curve PNGs at the end."""
+"""Run logs: a per-step JSONL file (always), the trackers of ``train.loggers``, and PNG plots at the end."""
 from __future__ import annotations
 
 import json
+import logging
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, Sequence
+
+from mmtl.config import ExperimentConfig
+from mmtl.training.protection import format_verdicts
+from mmtl.training.trackers import Row, Tracker, open_trackers
 
 LOG_FILE = "log.jsonl"
+log = logging.getLogger(__name__)
 
 
 class RunLogger:
-    """Appends one JSON record per logged step and mirrors scalars to TensorBoard."""
+    """Appends one JSON record per logged step and passes its numbers to every tracker
+    (``loggers``: the names of ``train.loggers``; see :mod:`mmtl.training.trackers`)."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: Path, loggers: Sequence[str] = ("tensorboard",),
+                 config: ExperimentConfig | None = None) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
+        self.trackers: list[Tracker] = open_trackers(loggers, run_dir, config)  # first: one may refuse to start
         self.path = run_dir / LOG_FILE
         self._file = self.path.open("a", encoding="utf-8")
-        self._tb = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
 
     def log(self, step: int, record: dict[str, Any]) -> None:
         """Write ``record`` (flat name -> number) for ``step``."""
         self._file.write(json.dumps({"step": step, **record}) + "\n")
         self._file.flush()
-        if self._tb is not None:
-            for name, value in record.items():
-                if isinstance(value, (int, float)):
-                    self._tb.add_scalar(name, value, step)
+        scalars = {name: float(value) for name, value in record.items()
+                   if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
+        self._each("log", step, scalars)
 
-    def close(self) -> None:
-        self._file.close()
-        if self._tb is not None:
-            self._tb.close()
+    def summary(self, name: str, rows: Sequence[Row], text: str) -> None:
+        """Give every tracker a closing table (``rows``: one dict per row; ``text``: its plain rendering)."""
+        self._each("summary", name, rows, text)
+
+    def _each(self, method: str, *args: Any) -> None:
+        for tracker in list(self.trackers):
+            try:
+                getattr(tracker, method)(*args)
+            except Exception as exc:  # noqa: BLE001 - a tracker's failure must not stop the training
+                log.warning("logger %s failed (%s: %s); the run goes on without it", type(tracker).__name__,
+                            type(exc).__name__, exc)
+                self.trackers.remove(tracker)
+
+    def close(self, failed: bool = False) -> None:
+        """Close the log and end every tracker's run (``failed``: the run did not finish)."""
+        if not self._file.closed:
+            self._file.close()
+        self._each("close", failed)
+        self.trackers = []
+
+
+class Finishing(Protocol):
+    """What :func:`finish_run` needs of the run's validator (mmtl.training.validation.Validator)."""
+
+    def finish(self, log_path: Path) -> Path | None: ...
+
+
+def finish_run(logger: RunLogger, run_dir: Path, tasks: list[str], validator: Finishing | None) -> None:
+    """The end of a finished run: loss, monitor and validation plots, ``validation.json``, and the
+    final verdict table (each task's last validation) given to the trackers."""
+    plot_losses(logger.path, run_dir, tasks)
+    plot_task_monitor(logger.path, run_dir)
+    summary = validator.finish(logger.path) if validator is not None else None
+    if summary is None:
+        return
+    record = json.loads(summary.read_text())
+    rows = verdict_rows(record)
+    if rows:
+        protection = record.get("protection")
+        text = format_verdicts(protection["tasks"], protection["against"]) if protection else \
+            "\n".join(f"{r['task']}: {r['verdict']}" for r in rows)
+        logger.summary("verdicts", rows, text)
+
+
+def verdict_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The final verdict of every task from a ``validation.json`` record: its "no task left behind"
+    standing with ``validation.protect``, else whether its last validation regressed against the reference."""
+    protection = record.get("protection")
+    if protection:
+        return [{"task": t, "value": abs(v["value"]), "reference": None if v["reference"] is None else abs(v["reference"]),
+                 "change": v["change"], "loss_factor": v["factor"], "verdict": "BEHIND" if v["behind"] else "ok"}
+                for t, v in protection["tasks"].items()]
+    last = (record.get("history") or [None])[-1]
+    if not last:
+        return []
+    return [{"task": t, "step": last["step"], "loss": last["losses"].get(t),
+             "verdict": "REGRESSED" if t in last["regressed"] else "ok"} for t in last["metrics"]]
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from mmtl.training.acceleration import compile_blocks, enable_grad_checkpointing
 from mmtl.training.ema import WeightEMA
 from mmtl.training.environment import save_environment
 from mmtl.training.flops import peak_flops
-from mmtl.training.logging import RunLogger, plot_losses, plot_task_monitor
+from mmtl.training.logging import RunLogger, finish_run
 from mmtl.training.nonfinite import NonFiniteGuard
 from mmtl.training.optim import build_optimizer, build_scheduler, clip_gradients, clip_groups
 from mmtl.training.signals import GracefulStop
@@ -72,7 +73,7 @@ class Trainer:
 
     def __init__(self, config: ExperimentConfig, resume: str | None = None, components: Components | None = None,
                  resume_command: str | None = None, validator: StepCallback | None = None) -> None:
-        """``components``: a prepared model (e.g. by mmtl.finetune) instead of one built from ``config``;
+        """``components``: a prepared model (e.g. by mmtl.finetuning) instead of one built from ``config``;
         only its parameters that require gradients are trained. ``resume_command``: what an interrupted
         run tells the user to run to continue (default: ``mmtl train ... --resume latest``).
         ``validator``: called after every step (see :class:`StepCallback`; None: no validation)."""
@@ -221,7 +222,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.config, self.run_dir / "config.yaml")
             save_environment(self.run_dir, self.device, self.dist.world_size)
-        logger = RunLogger(self.run_dir) if main else None
+        logger = RunLogger(self.run_dir, cfg.loggers, self.config) if main else None
         progress = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not (cfg.progress and main),
                         dynamic_ncols=True)
         self.data_loader = self._loader()
@@ -263,23 +264,20 @@ class Trainer:
                         self.validator.after_step(self, logger, progress)
                     if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                         self.save()
+                if main and stop.requested is None:  # finished (or stopped early): plots, validation.json, verdicts
+                    finish_run(logger, self.run_dir, self.task_names, self.validator)
             except KeyboardInterrupt:  # a Ctrl-C that arrived outside the handler (e.g. not the main thread)
                 stop.requested = "SIGINT"
             finally:
                 progress.close()
                 if logger is not None:
-                    logger.close()
+                    logger.close(failed=stop.requested is not None or sys.exc_info()[0] is not None)
         checkpoint = self.save()
         if stop.requested is not None:
             dist.shutdown(self.dist)
             raise TrainingInterrupted(
                 f"{stop.requested} at step {self.step}: checkpoint saved to {checkpoint}; continue with "
                 f"`{self.resume_command}`", signal_name=stop.requested)
-        if main:
-            plot_losses(logger.path, self.run_dir, self.task_names)
-            plot_task_monitor(logger.path, self.run_dir)
-            if self.validator is not None:
-                self.validator.finish(logger.path)
         dist.shutdown(self.dist)
         return TrainResult(self.run_dir, checkpoint, self.components, final, timer.elapsed(), timer.stepping)
 

@@ -1,0 +1,176 @@
+"""Experiment trackers (``train.loggers``): TensorBoard, Weights & Biases and MLflow.
+
+Every tracker receives what the run log (``log.jsonl``, always written) receives: per-task losses
+(``loss/<task>``), task weights (``weight/<task>``), gradient-conflict monitors (``grad_norm/<task>``,
+``grad_cos/<a>|<b>``), throughput, and validation metrics (``val/<task>/<metric>``); at the end of
+a run, the final verdict table. ``wandb`` and ``mlflow`` are optional extras (``pip install
+'mmtl[wandb]'``, ``'mmtl[mlflow]'``); they read their usual environment (``WANDB_MODE``,
+``WANDB_PROJECT``, ``WANDB_DIR``; ``MLFLOW_TRACKING_URI``, ``MLFLOW_EXPERIMENT_NAME``; MLflow 3 wants
+``MLFLOW_ALLOW_FILE_STORE=true`` for a ``file:`` store). A tracker that cannot start is an MMTLError.
+A tracker that fails while the run goes on is warned about once and dropped: the run never stops
+for it.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Mapping, Protocol, Sequence
+
+from mmtl.config import ExperimentConfig
+from mmtl.errors import MMTLError
+
+log = logging.getLogger(__name__)
+
+# logger name -> (module it needs, extra that installs it); None: part of mmtl's own dependencies
+LOGGERS: dict[str, tuple[str, str] | None] = {
+    "jsonl": None, "tensorboard": None, "wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow"),
+}
+Row = Mapping[str, Any]
+
+
+class Tracker(Protocol):
+    """What the run logger feeds every tracker."""
+
+    def log(self, step: int, scalars: Mapping[str, float]) -> None: ...
+
+    def summary(self, name: str, rows: Sequence[Row], text: str) -> None: ...
+
+    def close(self, failed: bool = False) -> None: ...
+
+
+def check_loggers(names: Sequence[str]) -> list[str]:
+    """The trackers ``train.loggers`` names (``jsonl`` is always on); MMTLError for an unknown name or
+    a missing extra, naming the pip command that installs it."""
+    chosen = []
+    for name in names:
+        if name not in LOGGERS:
+            raise MMTLError(f"train.loggers: unknown logger {name!r}; valid: {', '.join(LOGGERS)}")
+        need = LOGGERS[name]
+        if need is not None and importlib.util.find_spec(need[0]) is None:
+            raise MMTLError(f"train.loggers lists {name}, but the {need[0]} package is not installed: "
+                            f"pip install 'mmtl[{need[1]}]'")
+        if name != "jsonl" and name not in chosen:
+            chosen.append(name)
+    return chosen
+
+
+def open_trackers(names: Sequence[str], run_dir: Path, config: ExperimentConfig | None) -> list[Tracker]:
+    """One tracker per logger ``names`` asks for (besides the JSONL log)."""
+    makers = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker, "mlflow": MlflowTracker}
+    opened: list[Tracker] = []
+    for name in check_loggers(names):
+        try:
+            opened.append(makers[name](run_dir, config))
+        except Exception as exc:  # noqa: BLE001 - e.g. a refused tracking URI: one line, before any training
+            for tracker in opened:
+                tracker.close(failed=True)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
+            raise MMTLError(f"train.loggers: {name} could not start a run ({type(exc).__name__}: {first})") from exc
+    return opened
+
+
+def flat_config(config: ExperimentConfig | None) -> dict[str, Any]:
+    """``{dotted.key: value}`` of the config's leaves (the run's hyperparameters)."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, Mapping) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            out[prefix.rstrip(".")] = node
+
+    walk(config.to_dict() if config is not None else {}, "")
+    return out
+
+
+def markdown_table(rows: Sequence[Row]) -> str:
+    """``rows`` (dicts with the same keys) as a Markdown table."""
+    if not rows:
+        return ""
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows])
+
+
+class TensorBoardTracker:
+    """Scalars in ``RUN/tensorboard``; the verdict table as text."""
+
+    def __init__(self, run_dir: Path, config: ExperimentConfig | None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def log(self, step: int, scalars: Mapping[str, float]) -> None:
+        for name, value in scalars.items():
+            self.writer.add_scalar(name, value, step)
+
+    def summary(self, name: str, rows: Sequence[Row], text: str) -> None:
+        self.writer.add_text(name, markdown_table(rows) or text)
+
+    def close(self, failed: bool = False) -> None:
+        self.writer.close()
+
+
+class WandbTracker:
+    """A W&B run (offline with ``WANDB_MODE=offline``); its files go under ``WANDB_DIR`` or ``RUN/``."""
+
+    def __init__(self, run_dir: Path, config: ExperimentConfig | None) -> None:
+        import wandb
+
+        self.wandb = wandb
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "mmtl"), name=run_dir.name,
+                              dir=os.environ.get("WANDB_DIR", str(run_dir)), config=flat_config(config),
+                              reinit="create_new")
+
+    def log(self, step: int, scalars: Mapping[str, float]) -> None:
+        self.run.log(dict(scalars), step=step)
+
+    def summary(self, name: str, rows: Sequence[Row], text: str) -> None:
+        if rows:
+            columns = list(rows[0])
+            self.run.log({name: self.wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in rows])})
+        self.run.summary[f"{name}_text"] = text
+
+    def close(self, failed: bool = False) -> None:
+        self.run.finish(exit_code=1 if failed else 0)
+
+
+# MLflow metric names: letters, digits, and _ - . space / (anything else becomes _)
+_MLFLOW_UNSAFE = re.compile(r"[^\w\-. /]")
+
+
+class MlflowTracker:
+    """An MLflow run in ``MLFLOW_EXPERIMENT_NAME`` (default ``mmtl``) of the tracking store
+    ``MLFLOW_TRACKING_URI`` (a local ``file:`` store works offline)."""
+
+    def __init__(self, run_dir: Path, config: ExperimentConfig | None) -> None:
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient()
+        name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "mmtl")
+        experiment = self.client.get_experiment_by_name(name)
+        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
+        self.run_id = self.client.create_run(experiment_id, run_name=run_dir.name).info.run_id
+        params = [Param(key, str(value)[:500]) for key, value in flat_config(config).items()]
+        for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(self.run_id, params=params[start:start + 100])
+
+    def log(self, step: int, scalars: Mapping[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(_MLFLOW_UNSAFE.sub("_", key), value, now, step) for key, value in scalars.items()]
+        for start in range(0, len(metrics), 1000):
+            self.client.log_batch(self.run_id, metrics=metrics[start:start + 1000])
+
+    def summary(self, name: str, rows: Sequence[Row], text: str) -> None:
+        self.client.log_text(self.run_id, markdown_table(rows) or text, f"{name}.md")
+
+    def close(self, failed: bool = False) -> None:
+        self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
