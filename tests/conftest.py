@@ -42,6 +42,16 @@ def micro_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def micro_run(micro_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A micro model trained for 2 steps on ``micro_data``, shared by the tests that only read it (servers)."""
+    from mmtl.cli import main
+
+    run = tmp_path_factory.mktemp("micro_run") / "run"
+    assert main(["train", *micro_overrides(micro_data, run, steps=2)]) == 0
+    return run
+
+
 def micro_overrides(data: Path, out: Path, steps: int = 3) -> list[str]:
     """Config overrides for a seconds-long run of the micro preset on ``data``."""
     return [

@@ -21,16 +21,14 @@ from PIL import Image
 from mmtl.cli import main
 from mmtl.inference import Predictor
 from mmtl.serve import ServerLimits, make_server
-from tests.conftest import micro_overrides, multipart, post_json, request, serving
+from tests.conftest import multipart, post_json, request, serving
 
 LIMITS = ServerLimits(max_body_bytes=200_000, max_pixels=100_000, max_text_chars=500, read_timeout_s=2.0)
 
 
 @pytest.fixture(scope="module")
-def run_dir(micro_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("serve_run") / "run"
-    assert main(["train", *micro_overrides(micro_data, run, steps=2)]) == 0
-    return run
+def run_dir(micro_run: Path) -> Path:
+    return micro_run
 
 
 @pytest.fixture(scope="module")

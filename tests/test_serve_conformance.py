@@ -18,19 +18,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmtl.cli import main
 from mmtl.inference import Predictor
 from mmtl.serve import ServerLimits, make_server
-from tests.conftest import micro_overrides, post_json, request, serving
+from tests.conftest import post_json, request, serving
 
 LIMITS = ServerLimits(max_body_bytes=3_000_000, max_text_chars=500, read_timeout_s=2.0)
 
 
 @pytest.fixture(scope="module")
-def run_dir(micro_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("conformance_run") / "run"
-    assert main(["train", *micro_overrides(micro_data, run, steps=1)]) == 0
-    return run
+def run_dir(micro_run: Path) -> Path:
+    return micro_run
 
 
 @pytest.fixture(scope="module")
