@@ -5,7 +5,7 @@
     config = mmtl.load_config("experiment.yaml", {"train.steps": 300})
     run = mmtl.train(config)                                # mmtl train
     single = mmtl.baselines(config)                         # mmtl baselines
-    report = mmtl.evaluate(run.run_dir, config=config, baselines=single.path)  # mmtl eval
+    report = mmtl.evaluate(run.run_dir, config=config, baselines=single.path, update_card=True)  # mmtl eval
     mmtl.export(run.run_dir, "model")                       # mmtl export
     mmtl.Predictor.from_pretrained("model").predict(image="scene.png")
 
@@ -102,7 +102,7 @@ def train(config: ExperimentConfig, *, resume: str | None = None, command: str |
     result = _train(config, resume=resume)
     summary = result.run_dir / SUMMARY_FILE
     validation = json.loads(summary.read_text()) if summary.is_file() else None
-    card = write_card(result.run_dir, command=command) if int(os.environ.get("RANK", "0")) == 0 else None
+    card = write_card(result.run_dir, command=command, config=config) if int(os.environ.get("RANK", "0")) == 0 else None
     return TrainRun(result.run_dir, result.checkpoint, result.final_losses, result.seconds, result.components,
                     validation, card)
 

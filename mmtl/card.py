@@ -49,21 +49,25 @@ def default_command(run_dir: Path) -> str:
 
 
 def write_card(run_dir: str | Path, command: str | None = None, out: str | Path | None = None,
-               checkpoint: Path | None = None) -> Path:
+               checkpoint: Path | None = None, config: ExperimentConfig | None = None) -> Path:
     """Write the model card of the run (or checkpoint) in ``run_dir`` to ``out`` (default ``run_dir/README.md``).
 
     ``command``: the command line that trained it (recorded in ``card.json``; default: the one recorded,
     else ``mmtl train --config RUN/config.yaml``). ``checkpoint``: the one described (default: the run's latest).
+    ``config``: the config it was trained with, whose data sources the card describes (recorded in
+    ``card.json``: a saved config is read as data, without its local paths).
     """
     run_dir = Path(run_dir)
     checkpoint = checkpoint or (run_dir if (run_dir / "delta.safetensors").exists() else resolve_checkpoint(run_dir))
     if command is not None:
         update_card_inputs(run_dir, command=command)
+    if config is not None:
+        update_card_inputs(run_dir, data=_data_rows(config))
     inputs = card_inputs(run_dir)
     config = load_saved_config(run_dir / CONFIG_FILE if (run_dir / CONFIG_FILE).is_file() else checkpoint / CONFIG_FILE)
     meta = read_meta(checkpoint)
     text = render_card(config, meta, inputs.get("evaluation"), _read_json(run_dir / "validation.json"),
-                       inputs.get("command") or default_command(run_dir))
+                       inputs.get("command") or default_command(run_dir), inputs.get("data"))
     path = Path(out) if out is not None else run_dir / CARD_FILE
     path.write_text(text)
     return path
@@ -83,9 +87,10 @@ def record_evaluation(run_dir: Path, evaluation: dict[str, Any], command: str | 
 
 
 def render_card(config: ExperimentConfig, meta: dict[str, Any], evaluation: dict[str, Any] | None,
-                validation: dict[str, Any], command: str) -> str:
-    """The card's Markdown (YAML front matter, then one section per topic)."""
-    data = _data_rows(config)
+                validation: dict[str, Any], command: str, data: list[dict[str, Any]] | None = None) -> str:
+    """The card's Markdown (YAML front matter, then one section per topic); ``data``: the recorded
+    data rows (default: read from ``config``'s sources)."""
+    data = _data_rows(config) if data is None else data
     licences = sorted({row["licence"] for row in data if row.get("licence")})
     front = ["---", "library_name: mmtl", f"license: {licences[0] if len(licences) == 1 else 'other'}"
              if licences else "license: unknown", "tags: [multi-task-learning, multimodal, mmtl]", "---", ""]

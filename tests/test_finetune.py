@@ -239,7 +239,7 @@ def test_finetune_cli_happy_path_predict_and_bad_inputs(base_run: Path, depth_da
         status, answer = post_json(server, {"audio": base64.b64encode(b"not a sound").decode()})
         assert status == 400 and "audio" in answer["error"]
         status, answer = post_json(server, {"depth": ""})
-        assert status == 400 and "unknown field(s) depth" in answer["error"] and "audio" in answer["error"]
+        assert status == 422 and "unknown field(s) depth" in answer["error"] and "audio" in answer["error"]
     bad = [
         ["finetune", "--checkpoint", str(tmp_path / "missing"), "--add-modality", "depth"],
         ["finetune", "--checkpoint", str(base_run), "--add-modality", "smell"],

@@ -190,9 +190,11 @@ def test_eval_honours_max_corrupt_fraction(tmp_path: Path, parts, capsys) -> Non
     command = ["eval", "--checkpoint", str(checkpoint), "--data", str(data), "--split", "test"]
     assert main(command) == 2  # default data.max_corrupt_fraction = 1%: 3 of 120 is too many
     assert "max_corrupt_fraction=0.01; worst shard: test-000001.tar" in capsys.readouterr().err
-    settings["data"]["max_corrupt_fraction"] = 0.05  # the checkpoint's data settings decide
+    settings["data"]["max_corrupt_fraction"] = 0.05  # a checkpoint's data settings are data: not used
     (checkpoint / "config.yaml").write_text(yaml.safe_dump(settings))
-    assert main(command) == 0
+    assert main(command) == 2
+    capsys.readouterr()
+    assert main([*command, "data.max_corrupt_fraction=0.05"]) == 0  # your own data settings decide
     assert "117 samples of split 'test'" in capsys.readouterr().out
 
 

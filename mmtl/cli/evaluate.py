@@ -44,6 +44,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from mmtl.evaluation.evaluate import format_examples, format_table
 
     check_output_file(args.output, "--output")  # before the evaluation, not after it
+    if args.baselines:  # a bad file fails first, before anything else is read
+        from mmtl.evaluation.baselines import read_baselines
+
+        read_baselines(args.baselines)
     if not args.data and not args.config:
         raise MMTLError("mmtl eval needs the data to evaluate on: --data SHARDS, or --config YOUR_EXPERIMENT.yaml "
                         "(e.g. the config.yaml of a run you trained yourself); a checkpoint's own data settings are "

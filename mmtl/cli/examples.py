@@ -13,10 +13,12 @@ EXAMPLES: dict[str, str] = {
     "data inspect": "mmtl data inspect data/quickstart",
     "data preview": "mmtl data preview data/quickstart --out preview.png --num 16",
     "train": "mmtl train --config configs/experiment/quickstart.yaml train.steps=200 'train.loggers=[tensorboard,mlflow]'",
-    "eval": "mmtl eval --checkpoint runs/quickstart --baselines runs/quickstart-baselines/baselines.json",
+    "eval": "mmtl eval --checkpoint runs/quickstart --config runs/quickstart/config.yaml "
+            "--baselines runs/quickstart-baselines/baselines.json --examples 3",
     "analyze": "mmtl analyze affinity --config configs/experiment/quickstart.yaml train.steps=50",
     "analyze affinity": "mmtl analyze affinity --config configs/experiment/quickstart.yaml train.steps=50",
     "baselines": "mmtl baselines --config configs/experiment/quickstart.yaml --out runs/quickstart-baselines",
+    "tune-weights": "mmtl tune-weights --config configs/experiment/quickstart.yaml --values 1,3 --budget 4 --out runs/tuned",
     "predict": "mmtl predict --checkpoint runs/quickstart --image scene.png --text 'a document to summarize'",
     "serve": "mmtl serve --checkpoint runs/quickstart --port 8000",
     "model": "mmtl model info model.preset=small",

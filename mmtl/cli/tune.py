@@ -11,9 +11,8 @@ from mmtl.errors import MMTLError
 def register(sub: Subcommands) -> None:
     """Add ``mmtl tune-weights``."""
     tw = sub.add_parser(
-        "tune-weights", help="tuned scalarisation: search fixed task weights on the validation split, write a config",
-        epilog="example: mmtl tune-weights --config configs/experiment/quickstart.yaml --values 1,3 --budget 4 "
-               "--out runs/tuned; then: mmtl train --config runs/tuned/tuned.yaml")
+        "tune-weights", help="tuned scalarisation: search fixed task weights on the validation split, write a config "
+                             "(train it: mmtl train --config OUT/tuned.yaml)")
     tw.add_argument("--config", help="experiment YAML of the multi-task run (default: the built-in quickstart experiment)")
     tw.add_argument("--out", help="output directory (default: <output_dir>-tuning)")
     tw.add_argument("--values", default="1,3", help="weight values combined over the tasks (default 1,3)")

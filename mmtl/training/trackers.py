@@ -157,6 +157,7 @@ class MlflowTracker:
         experiment = self.client.get_experiment_by_name(name)
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
         self.run_id = self.client.create_run(experiment_id, run_name=run_dir.name).info.run_id
+        self.folders: set[str] = set()  # metric-name prefixes that a file store keeps as folders
         params = [Param(key, str(value)[:500]) for key, value in flat_config(config).items()]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=params[start:start + 100])
@@ -165,7 +166,11 @@ class MlflowTracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(_MLFLOW_UNSAFE.sub("_", key), value, now, step) for key, value in scalars.items()]
+        names = [_MLFLOW_UNSAFE.sub("_", key) for key in scalars]
+        # a file store keeps "a/b" in a folder "a": a metric named "a" too gets the name "a/all"
+        self.folders.update(name.rsplit("/", 1)[0] for name in names if "/" in name)
+        metrics = [Metric(f"{name}/all" if name in self.folders else name, value, now, step)
+                   for name, value in zip(names, scalars.values())]
         for start in range(0, len(metrics), 1000):
             self.client.log_batch(self.run_id, metrics=metrics[start:start + 1000])
 
