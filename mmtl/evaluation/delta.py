@@ -132,7 +132,7 @@ class MetricRoles:
                    {t.name: tuple(getattr(t, "collapse_metrics", ())) for t in tasks})
 
 
-def _excluded(metric: str, value: float, base: float, lower: bool, trivial: float | None, diagnostic: bool) -> str | None:
+def _excluded(base: float, lower: bool, trivial: float | None, diagnostic: bool) -> str | None:
     """Why a metric stays out of Δm (None: it is in)."""
     if diagnostic:
         return DIAGNOSTIC
@@ -155,7 +155,7 @@ def metric_changes(task: str, model: Mapping[str, float], baseline: Mapping[str,
             continue
         base, known = float(baseline[metric]), trivial.get(metric)
         known = None if known is None else float(known)
-        excluded = _excluded(metric, float(value), base, metric in lower, known, metric in diagnostic)
+        excluded = _excluded(base, metric in lower, known, metric in diagnostic)
         change = None if excluded else signed_change(float(value), base, metric in lower)
         out.append(MetricChange(task, metric, float(value), base, change, metric in lower, excluded, known))
     return out
