@@ -23,7 +23,9 @@ from data_pipelines.transforms import (
 )
 from mmtl.config import ModalityConfig, ModelConfig, NoSettings, settings_of
 from mmtl.errors import MMTLError
-from mmtl.registry import MODALITY_DATA
+from mmtl.registry import MODALITIES, MODALITY_DATA
+
+BUILTIN = ("image", "text")  # configured by model.image / model.text, carried by Batch.image / Batch.text
 
 
 def read_input(source: str | Path | bytes, kind: str) -> tuple[bytes, str]:
@@ -241,3 +243,10 @@ def file_modalities() -> list[str]:
 def store_input(name: str, path: str) -> tuple[str, bytes]:
     """(sample key, bytes) under which a converter stores the file at ``path`` of modality ``name``."""
     return MODALITY_DATA.get(name).store(path)
+
+
+def model_modalities(model: ModelConfig) -> dict[str, Any]:
+    """Every modality unit of a model (``MODALITIES``), in encoder order: image, text, then ``model.modalities``."""
+    units = {name: MODALITIES.get(name)(model) for name in BUILTIN}
+    units.update({name: MODALITIES.get(name)(model, section) for name, section in model.modalities.items()})
+    return units

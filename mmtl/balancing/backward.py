@@ -21,9 +21,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from data_pipelines.batch import SHARED_OUTPUTS
 from mmtl.balancing.base import Balancer, known_true, with_ridge
 from mmtl.balancing.monitor import task_gradient_stats
-from mmtl.models.model import SHARED_OUTPUTS
 
 
 def _flatten(grads: tuple[torch.Tensor | None, ...], like: list[torch.Tensor],

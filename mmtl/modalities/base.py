@@ -12,7 +12,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from data_pipelines.loader import Batch
+from data_pipelines.batch import Batch
 from data_pipelines.modalities import ModalityData
 from mmtl.registry import MODALITY_ENCODERS
 from mmtl.text import Vocabulary

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from data_pipelines.loader import Batch
+from data_pipelines.batch import Batch
 from data_pipelines.modalities import ImageData, TextData
 from mmtl.modalities.base import Modality
 from mmtl.registry import IMAGE_ENCODERS, MODALITIES, TEXT_ENCODERS

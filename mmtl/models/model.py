@@ -13,21 +13,16 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
-from data_pipelines.loader import Batch
+from data_pipelines.batch import SHARED_OUTPUTS, Batch
+from data_pipelines.modalities import model_modalities
 from mmtl.config import ModelConfig
 from mmtl.flop_count import count_flops
-from mmtl.modalities import model_modalities
 from mmtl.models.encoders import Stream
 from mmtl.models.fusion import Fused, with_inputs
 from mmtl.models.layers import find_units
 from mmtl.models.sharing import PER_TASK, build_fusion, set_adapters
 from mmtl.registry import FUSIONS
 from mmtl.text import Vocabulary
-
-# cache key under which ``fuse`` records (shared output, detached copy) pairs when present: the
-# trainer's hook for gradient balancing on the shared representation (mmtl.balancing.backward)
-SHARED_OUTPUTS = "shared_outputs"
-
 
 
 class MultiTaskModel(nn.Module):
