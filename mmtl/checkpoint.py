@@ -2,8 +2,9 @@
 
 The one place that writes and reads checkpoint directories: training runs (full checkpoints with
 their training state and moving average), pretrained exports (:func:`save_pretrained`) and what
-inference, evaluation and fine-tuning load. Every write goes through :func:`write_checkpoint`,
-every weight file through :func:`load_weights`, every ``meta.json`` comes from :func:`checkpoint_meta`.
+inference, evaluation and fine-tuning load, and fine-tuned models (a delta on a base checkpoint).
+Every write refuses non-finite weights and is atomic (:func:`write_checkpoint`, :func:`write_delta`),
+every weight file goes through :func:`load_weights`, every ``meta.json`` comes from :func:`checkpoint_meta`.
 
 Layout of a checkpoint directory (what ``Predictor.from_pretrained`` and ``--resume`` read):
     model.safetensors   model weights
@@ -12,52 +13,38 @@ Layout of a checkpoint directory (what ``Predictor.from_pretrained`` and ``--res
     config.yaml         the resolved experiment config
     train_state.pt      optimiser, scheduler, scaler, balancer, RNG (tensors and plain types only)
 A run keeps ``RUN/checkpoints/step-NNNNNNNN/`` directories and a ``LATEST`` file naming the newest.
+A fine-tuned model's directory holds ``delta.safetensors`` (its new and trained tensors), ``config.yaml``
+and ``meta.json``, whose ``finetune`` entry names the base checkpoint and the SHA-256 of its weights.
 """
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import pickle
-import random
 import shutil
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection
+from typing import Any, Callable, Collection, Iterable
 
 import torch
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file, save_file, save_model
 
-from mmtl.builder import Components, components_from_meta
+from mmtl.builder import Components, build_components, components_from_meta
 from mmtl.config import ExperimentConfig, load_config, load_saved_config, save_config
 from mmtl.errors import MMTLError
+from mmtl.models.adaptation import adapt
+from mmtl.text import Vocabulary
 from mmtl.version import __version__
 
 MODEL_FILE, META_FILE, CONFIG_FILE, STATE_FILE = "model.safetensors", "meta.json", "config.yaml", "train_state.pt"
 EMA_FILE = "ema.safetensors"
+DELTA_FILE = "delta.safetensors"
 LATEST = "LATEST"
 BEST_NAME = "best"  # checkpoints/best: the best validation's weights (mmtl.training.validation)
-
-
-def rng_state() -> dict[str, Any]:
-    """Every RNG the run uses."""
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of :func:`rng_state`."""
-    torch.set_rng_state(state["torch"])
-    random.setstate(_as_tuple(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuple(value: Any) -> Any:
-    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def write_checkpoint(
@@ -70,7 +57,7 @@ def write_checkpoint(
     A full disk or another write failure is an MMTLError naming the directory and the remedy; the
     previous checkpoint is left as it was.
     """
-    refuse_nonfinite(model, directory)
+    refuse_nonfinite(model.state_dict().values(), directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
@@ -123,9 +110,9 @@ def _replace_dir(new: Path, directory: Path) -> None:
         os.replace(new, directory)
 
 
-def refuse_nonfinite(model: torch.nn.Module, directory: Path) -> None:
-    """MMTLError when any floating-point tensor of ``model`` holds NaN or infinity (one host sync)."""
-    tensors = [t for t in model.state_dict().values() if isinstance(t, torch.Tensor) and t.is_floating_point()]
+def refuse_nonfinite(state: Iterable[torch.Tensor], directory: Path) -> None:
+    """MMTLError when any floating-point tensor of ``state`` holds NaN or infinity (one host sync)."""
+    tensors = [t for t in state if isinstance(t, torch.Tensor) and t.is_floating_point()]
     if not tensors:
         return
     bad = torch.stack([(~torch.isfinite(t.detach())).sum() for t in tensors]).sum()
@@ -335,7 +322,9 @@ def save_pretrained(components: Components, directory: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path) -> tuple[Components, ExperimentConfig, dict[str, Any], Path]:
     """Components (with the inference weights: the moving average when saved), config, meta and
-    directory of the checkpoint in ``path`` (a checkpoint, a run, or ``RUN/checkpoints``)."""
+    directory of the checkpoint in ``path`` (a checkpoint, a run, ``RUN/checkpoints``, or a fine-tuned model)."""
+    if is_delta(path):
+        return (*load_delta(path), Path(path))
     checkpoint = resolve_checkpoint(path)
     config = load_saved_config(checkpoint / CONFIG_FILE)
     meta = read_meta(checkpoint)
@@ -355,3 +344,98 @@ def load_pretrained(directory: str | Path) -> Components:
     components = load_checkpoint(directory)[0]
     components.model.eval()
     return components
+
+
+@dataclass
+class BaseCheckpoint:
+    """A trained checkpoint that a fine-tuned model (a delta) builds on."""
+
+    path: Path
+    config: ExperimentConfig
+    meta: dict[str, Any]
+    sha256: str
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's content."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def load_base(path: str | Path) -> BaseCheckpoint:
+    """The checkpoint in ``path`` (a run or checkpoint directory) to fine-tune; an MMTLError when there is none."""
+    checkpoint = resolve_checkpoint(path)
+    meta = read_meta(checkpoint)
+    if "finetune" in meta:
+        raise MMTLError(f"{path} is itself a fine-tuned model; fine-tune its base checkpoint instead")
+    return BaseCheckpoint(checkpoint, load_saved_config(checkpoint / CONFIG_FILE), meta,
+                          file_sha256(checkpoint / MODEL_FILE))
+
+
+def build_on_base(base: BaseCheckpoint, config: ExperimentConfig) -> tuple[Components, set[str]]:
+    """The model of ``config`` (the base model plus ``config.finetune``'s additions) with the base weights
+    loaded and the strategy applied (``mmtl.models.adaptation``), and the names of its new or trained tensors."""
+    meta = base.meta
+    components = build_components(config, list(meta["classes"]), Vocabulary.from_dict(meta["vocab"]),
+                                  str(meta.get("label_mode", "multi")))
+    loaded = load_weights(components.model, base.path, required=())  # the new parts are not in the base
+    return components, adapt(components.model, config, loaded)
+
+
+def write_delta(directory: Path, components: Components, config: ExperimentConfig, base: BaseCheckpoint,
+                delta: set[str], step: int) -> Path:
+    """Write the tensors named in ``delta``, config.yaml and meta.json (with the base's path and hash).
+
+    Non-finite weights are refused like :func:`write_checkpoint`'s. The directory keeps what else it
+    holds, so each file is written beside it, synced and renamed into place, meta.json last: loading
+    starts there, so a crash part-way never pairs it with an older delta.
+    """
+    state = components.model.state_dict()
+    # clones: tied weights share storage, which safetensors refuses to write twice
+    tensors = {k: state[k].detach().cpu().clone().contiguous() for k in sorted(delta)}
+    refuse_nonfinite(tensors.values(), directory)
+    meta = checkpoint_meta(components, step)
+    spec = config.finetune
+    meta["finetune"] = {"base": str(base.path.resolve()), "base_sha256": base.sha256, "strategy": spec.strategy,
+                        "added_modalities": list(spec.add_modalities), "added_tasks": list(spec.add_tasks),
+                        "tensors": len(tensors), "parameters": sum(t.numel() for t in tensors.values())}
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, write in ((DELTA_FILE, lambda p: save_file(tensors, str(p))),
+                            (CONFIG_FILE, lambda p: save_config(config, p)),
+                            (META_FILE, lambda p: p.write_text(json.dumps(meta, indent=2)))):
+            tmp = directory / f".{name}.tmp"
+            write(tmp)
+            sync_path(tmp)
+            os.replace(tmp, directory / name)
+        sync_path(directory)
+    except Exception as exc:
+        raise _write_error(exc, directory) from exc
+    return directory
+
+
+def is_delta(path: str | Path) -> bool:
+    """Whether ``path`` holds a fine-tuned model written by :func:`write_delta`."""
+    return (Path(path) / DELTA_FILE).is_file()
+
+
+def load_delta(path: str | Path) -> tuple[Components, ExperimentConfig, dict[str, Any]]:
+    """Base checkpoint + delta as one model (eval mode), its config and meta; the base must be where it
+    was, unchanged (its SHA-256 is checked)."""
+    path = Path(path)
+    meta = read_meta(path)
+    info = meta.get("finetune")
+    if not isinstance(info, dict) or "base" not in info or "base_sha256" not in info:
+        raise MMTLError(f"{path}/{META_FILE} does not say which base checkpoint {DELTA_FILE} belongs to")
+    base_path = Path(info["base"])
+    if not (base_path / MODEL_FILE).is_file():
+        raise MMTLError(f"the base checkpoint of {path} is missing: {base_path / MODEL_FILE}")
+    base = load_base(base_path)
+    if base.sha256 != info["base_sha256"]:
+        raise MMTLError(f"the base checkpoint {base_path} changed since {path} was fine-tuned from it "
+                        f"(sha256 {base.sha256[:12]}... != {info['base_sha256'][:12]}...)")
+    config = load_saved_config(path / CONFIG_FILE)
+    components, delta = build_on_base(base, config)
+    load_weights(components.model, path, DELTA_FILE, required=delta)
+    components.model.eval()
+    return components, config, meta

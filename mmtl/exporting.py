@@ -16,9 +16,10 @@ import tempfile
 from pathlib import Path
 
 from mmtl.card import CARD_DATA, CARD_FILE, write_card
-from mmtl.checkpoint import CONFIG_FILE, META_FILE, MODEL_FILE, inference_weights, resolve_checkpoint, sync_tree
+from mmtl.checkpoint import (
+    CONFIG_FILE, META_FILE, MODEL_FILE, inference_weights, is_delta, resolve_checkpoint, sync_tree,
+)
 from mmtl.errors import MMTLError
-from mmtl.finetuning import is_finetuned
 
 EXPORTED_FILES = (MODEL_FILE, CONFIG_FILE, META_FILE, CARD_FILE)
 
@@ -31,7 +32,7 @@ def run_folder_of(checkpoint: Path) -> Path | None:
 
 def export_model(source: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Write the inference-only folder of the run or checkpoint ``source`` to ``out`` (atomically)."""
-    if is_finetuned(source):
+    if is_delta(source):
         raise MMTLError(f"{source} is a fine-tuned model (a delta on its base checkpoint); export is for full "
                         "checkpoints: predict with it where its base checkpoint is")
     checkpoint = resolve_checkpoint(source)

@@ -24,7 +24,6 @@ from mmtl.config import (  # noqa: F401  (GENERATION_BOUNDS: re-exported for the
     GENERATION_BOUNDS, EvalConfig, ExperimentConfig, GenerationConfig, build_dataclass, validate_generation,
 )
 from mmtl.errors import MMTLError, os_error_message
-from mmtl.finetuning import is_finetuned, load_finetuned
 from mmtl.precision import get_autocast, resolve_device
 
 ImageInput = Image.Image | str | Path | bytes | None
@@ -162,12 +161,7 @@ class Predictor:
         torch_device = check_device(device)
         if precision == "fp16" and torch_device.type != "cuda":
             raise MMTLError("fp16 needs a CUDA GPU; use fp32 or bf16 on a CPU")
-        if is_finetuned(path):  # a fine-tuned model: its base checkpoint plus the saved delta
-            components, config, meta = load_finetuned(path)
-            predictor = cls(components, config, torch_device, precision, meta)
-            predictor.checkpoint = Path(path)
-            return predictor
-        components, config, meta, checkpoint = load_checkpoint(path)
+        components, config, meta, checkpoint = load_checkpoint(path)  # a full checkpoint or a fine-tuned delta
         predictor = cls(components, config, torch_device, precision, meta)
         predictor.checkpoint = checkpoint
         return predictor

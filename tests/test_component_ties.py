@@ -30,3 +30,20 @@ def test_the_model_imports_neither_the_loader_nor_the_modalities(graph: grimp.Im
 
 def test_balancing_reads_the_shared_output_key_without_importing_the_model(graph: grimp.ImportGraph) -> None:
     assert "mmtl.models.model" not in graph.find_modules_directly_imported_by("mmtl.balancing.backward")
+
+
+def test_training_compiles_and_checkpoints_exactly_what_model_units_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmtl.builder import build_components
+    from mmtl.config import resolve_config
+    from mmtl.models.layers import Block, find_units
+    from mmtl.text import Vocabulary
+    from mmtl.training.acceleration import enable_grad_checkpointing
+
+    config = resolve_config({}, ["model.preset=micro", "tasks=[recognition]"])
+    model = build_components(config, ["a", "b"], Vocabulary.from_texts(["a b"])).model
+    everything = model.units()
+    assert everything == find_units(model)
+    chosen = [u for u in everything if isinstance(u, Block)][:1]
+    monkeypatch.setattr(model, "units", lambda: chosen)  # the model's answer is the one the trainer uses
+    assert enable_grad_checkpointing(model) == 1
+    assert [u for u in everything if getattr(u, "checkpointing", False)] == chosen

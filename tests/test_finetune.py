@@ -14,13 +14,11 @@ from safetensors.torch import load_file, save_file
 
 from data_pipelines.loader import make_loader
 from data_pipelines.shapes_world import write_shards
-from mmtl.checkpoint import META_FILE
+from mmtl.checkpoint import DELTA_FILE, META_FILE, build_on_base, load_base, load_delta, write_delta
 from mmtl.cli import main
 from mmtl.config import load_config
 from mmtl.errors import MMTLError
-from mmtl.finetuning import (
-    DELTA_FILE, REGRESSION_FILE, build_finetuned, finetune_config, load_base, load_finetuned, run_finetune, save_delta,
-)
+from mmtl.finetuning import REGRESSION_FILE, finetune_config, run_finetune
 from mmtl.inference import Predictor
 from mmtl.training.run import train
 from mmtl.serve import ServerLimits, make_server
@@ -79,7 +77,7 @@ def test_strategy_trains_the_intended_parameters(strategy: str, base_run: Path, 
     config = _config(depth_data, tmp_path / "ft", f"finetune.strategy={strategy}", f"finetune.add_modalities={modalities}",
                      "finetune.add_tasks=[counting]", "finetune.align_weight=1.0", check)
     result = run_finetune(base_run, config)
-    components, _, meta = load_finetuned(result.directory)
+    components, _, meta = load_delta(result.directory)
     base = _state(base_run)
     tuned = components.model.state_dict()
     changed = {k for k, v in base.items() if not torch.equal(v, tuned[_tuned_key(k, tuned)])}
@@ -106,7 +104,7 @@ def test_full_strategy_uses_a_lower_learning_rate_on_old_parts(base_run: Path, d
 
     config = _config(depth_data, tmp_path / "ft", "finetune.strategy=full", "finetune.add_modalities=[depth]",
                      "finetune.old_lr_scale=0.25")
-    components, _ = build_finetuned(load_base(base_run), finetune_config(load_base(base_run), config))
+    components, _ = build_on_base(load_base(base_run), finetune_config(load_base(base_run), config))
     optimizer = build_optimizer([components.model], config.train, torch.device("cpu"))
     depth_param = components.model.encoders["depth"].proj.weight
     fusion_param = next(components.model.fusion.parameters())
@@ -118,7 +116,7 @@ def test_full_strategy_uses_a_lower_learning_rate_on_old_parts(base_run: Path, d
 def test_new_encoder_can_start_from_the_trained_one(base_run: Path, depth_data: Path, tmp_path: Path) -> None:
     config = _config(depth_data, tmp_path / "ft", "finetune.add_modalities=[depth]",
                      "model.modalities={depth: {init_from: image}}")
-    components, _ = build_finetuned(load_base(base_run), finetune_config(load_base(base_run), config))
+    components, _ = build_on_base(load_base(base_run), finetune_config(load_base(base_run), config))
     image, depth = components.model.encoders["image"], components.model.encoders["depth"]
     assert torch.equal(image.backbone.layer1[0].conv1.weight, depth.backbone.layer1[0].conv1.weight)
     assert torch.allclose(image.backbone.conv1.weight.sum(1, keepdim=True), depth.backbone.conv1.weight)
@@ -134,7 +132,7 @@ def test_frozen_model_gives_bitwise_identical_outputs_on_old_inputs(base_run: Pa
         config = _config(depth_data, tmp_path / strategy, f"finetune.strategy={strategy}",
                          "finetune.add_modalities=[depth]", "finetune.add_tasks=[counting]")
         base = load_base(base_run)
-        components, delta = build_finetuned(base, finetune_config(base, config))
+        components, delta = build_on_base(base, finetune_config(base, config))
         with torch.no_grad():  # pretend training moved every new tensor (adapters included)
             for name, tensor in components.model.state_dict(keep_vars=True).items():
                 if name in delta and tensor.is_floating_point():
@@ -159,12 +157,12 @@ def test_delta_round_trip_and_bad_base(base_run: Path, depth_data: Path, tmp_pat
                      "finetune.add_tasks=[counting]")
     base = load_base(base_copy)
     tuned = finetune_config(base, config)
-    components, delta = build_finetuned(base, tuned)
+    components, delta = build_on_base(base, tuned)
     with torch.no_grad():
         for name, tensor in components.model.state_dict(keep_vars=True).items():
             if name in delta and tensor.is_floating_point():
                 tensor.add_(torch.randn_like(tensor) * 0.1)
-    out = save_delta(tmp_path / "ft", components, tuned, base, delta, step=2)
+    out = write_delta(tmp_path / "ft", components, tuned, base, delta, step=2)
     batch = _batch(depth_data, components, "test")
     names = ["recognition", "captioning", "counting"]
     expected = components.model.eval().predict(batch, names, tuned.eval)
@@ -189,19 +187,32 @@ def test_a_saved_delta_reaches_the_disk_before_its_meta_names_it(base_run: Path,
     config = _config(depth_data, tmp_path / "ft", "finetune.strategy=lora", "finetune.add_modalities=[depth]")
     base = load_base(base_run)
     tuned = finetune_config(base, config)
-    components, delta = build_finetuned(base, tuned)
+    components, delta = build_on_base(base, tuned)
     events: list[tuple[str, str]] = []
     real_fsync, real_replace = os.fsync, os.replace
     monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("sync", os.readlink(f"/proc/self/fd/{fd}"))),
                                                   real_fsync(fd))[1])
     monkeypatch.setattr(os, "replace", lambda src, dst: (events.append(("replace", str(src))), real_replace(src, dst))[1])
-    out = save_delta(tmp_path / "ft", components, tuned, base, delta, step=1)
+    out = write_delta(tmp_path / "ft", components, tuned, base, delta, step=1)
     replaced = [Path(path).name for kind, path in events if kind == "replace"]
     assert replaced[-1] == f".{META_FILE}.tmp" and f".{DELTA_FILE}.tmp" in replaced
     for index, (kind, path) in enumerate(events):
         if kind == "replace":
             assert ("sync", path) in events[:index], f"{path} renamed before it was synced"
     assert events[-1] == ("sync", str(out))
+
+
+def test_a_delta_with_non_finite_weights_is_refused_and_nothing_is_written(base_run: Path, depth_data: Path,
+                                                                            tmp_path: Path, one_thread: None) -> None:
+    config = _config(depth_data, tmp_path / "ft", "finetune.strategy=lora", "finetune.add_modalities=[depth]")
+    base = load_base(base_run)
+    tuned = finetune_config(base, config)
+    components, delta = build_on_base(base, tuned)
+    with torch.no_grad():
+        components.model.encoders["depth"].proj.weight[0, 0] = float("nan")
+    with pytest.raises(MMTLError, match="NaN or infinite"):
+        write_delta(tmp_path / "ft", components, tuned, base, delta, step=1)
+    assert not (tmp_path / "ft" / DELTA_FILE).exists() and not (tmp_path / "ft" / META_FILE).exists()
 
 
 def test_finetune_cli_happy_path_predict_and_bad_inputs(base_run: Path, depth_data: Path, micro_data: Path,

@@ -72,6 +72,13 @@ class Block(nn.Module):
         raise NotImplementedError
 
 
+def units_of(module: nn.Module) -> list[nn.Module]:
+    """The blocks of ``module`` that are compiled, activation-checkpointed and sharded one by one: those it
+    declares with a ``units()`` method of its own (``MultiTaskModel.units``), else :func:`find_units`'s."""
+    declared = getattr(module, "units", None)
+    return declared() if callable(declared) else find_units(module)
+
+
 def find_units(module: nn.Module) -> list[nn.Module]:
     """The blocks of ``module`` that are compiled, activation-checkpointed and sharded one by one: every
     :class:`Block`, and what a third-party encoder inside declares with a ``units()`` method of its own

@@ -7,8 +7,7 @@ share one fusion pass, and summarization (image + document) reuses the same imag
 from __future__ import annotations
 
 import dataclasses
-from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -20,7 +19,8 @@ from mmtl.flop_count import count_flops
 from mmtl.models.encoders import Stream
 from mmtl.models.fusion import Fused, with_inputs
 from mmtl.models.layers import find_units
-from mmtl.models.sharing import PER_TASK, build_fusion, set_adapters
+from mmtl.models.extension import ModelExtension
+from mmtl.models.sharing import PER_TASK, build_fusion
 from mmtl.registry import FUSIONS
 from mmtl.text import Vocabulary
 
@@ -45,12 +45,8 @@ class MultiTaskModel(nn.Module):
         for name, unit in self.modalities.items():
             if unit.stands_for:
                 self.substitutes.setdefault(unit.stands_for, []).append(name)
-        # fine-tuning hooks (mmtl.finetuning): extra losses, the modalities and tasks whose computations run
-        # with adapters switched on, parts kept in eval mode, learning-rate factors by parameter-name prefix
-        self.auxiliary = nn.ModuleDict()
-        self.adapted: frozenset[str] = frozenset()
-        self.frozen_parts: list[str] = []
-        self.lr_scales: dict[str, float] = {}
+        # what a user of the model adds to it (see ModelExtension); the default changes nothing
+        self.extension = ModelExtension()
         self.fusion = build_fusion(config, list(self.tasks))
         keep_inputs = config.fusion.keep_inputs and not getattr(FUSIONS.get(config.fusion.name),
                                                                  "tokens_include_inputs", False)
@@ -77,12 +73,12 @@ class MultiTaskModel(nn.Module):
         task_specific = getattr(self.fusion, "task_specific", False)
         if task_specific:
             task = task or next(iter(self.tasks))
-        on = self.adapters_on(modalities, task)
+        variant = self.extension.variant(modalities, task)
         key = (modalities, task) if task_specific else modalities
-        key = (key, on) if self.adapted else key
+        key = key if variant is None else (key, variant)
         if key not in cache:
             streams = self.streams(batch, modalities, cache)
-            with self.adapters([self.fusion], on):
+            with self.extension.applied([self.fusion], variant):
                 outputs = self.fusion(streams, [task]) if task_specific else {None: self.fusion(streams)}
             if self.input_norm is not None:
                 outputs = with_inputs(outputs, streams, self.input_norm)
@@ -90,7 +86,7 @@ class MultiTaskModel(nn.Module):
                 if SHARED_OUTPUTS in cache:
                     fused = _cut(fused, cache[SHARED_OUTPUTS])
                 own = (modalities, name) if task_specific else modalities
-                cache[(own, on) if self.adapted else own] = fused
+                cache[own if variant is None else (own, variant)] = fused
         return cache[key]
 
     def streams(self, batch: Batch, modalities: tuple[str, ...], cache: dict) -> list[Stream]:
@@ -123,44 +119,23 @@ class MultiTaskModel(nn.Module):
         """Whether a row with the modalities ``present`` can run ``task`` (directly or through a substitute)."""
         return all(m in present or any(s in present for s in self.substitutes.get(m, ())) for m in task.required_inputs)
 
-    def adapters_on(self, modalities: Sequence[str], task: str | None) -> bool:
-        """Whether fine-tuning adapters take part in fusing ``modalities`` for ``task`` (see ``adapted``)."""
-        return bool(self.adapted) and (task in self.adapted or any(m in self.adapted for m in modalities))
-
-    @contextmanager
-    def adapters(self, modules: Sequence[nn.Module], on: bool) -> Iterator[None]:
-        """Switch the adapters inside ``modules`` on for the duration (a no-op for models without adapters)."""
-        if not (self.adapted and on):
-            yield
-            return
-        for module in modules:
-            set_adapters(module, True)
-        try:
-            yield
-        finally:
-            for module in modules:
-                set_adapters(module, False)
-
     def train(self, mode: bool = True) -> "MultiTaskModel":
-        """Set training mode; parts frozen by fine-tuning (``frozen_parts``) stay in eval mode, so their
-        BatchNorm statistics do not move either."""
+        """Set training mode, then let the extension adjust it (e.g. keep frozen parts in eval mode)."""
         super().train(mode)
-        for name in self.frozen_parts:
-            self.get_submodule(name).train(False)
+        self.extension.after_train(self, mode)
         return self
 
     def lr_scale_of(self, name: str) -> float:
-        """Learning-rate factor of parameter ``name`` (``lr_scales`` by longest matching prefix; default 1)."""
-        matches = [prefix for prefix in self.lr_scales if name == prefix or name.startswith(prefix + ".")]
-        return self.lr_scales[max(matches, key=len)] if matches else 1.0
+        """Learning-rate factor of parameter ``name`` (read by ``build_optimizer``; the extension's, default 1)."""
+        return self.extension.lr_scale(name)
 
     def units(self) -> list[nn.Module]:
         """The blocks to compile, checkpoint (activations) or shard one by one (see ``layers.find_units``)."""
         return find_units(self)
 
     def objectives(self) -> list[str]:
-        """Names of every loss ``forward`` can return: the tasks, then the auxiliary losses."""
-        return [*self.tasks, *self.auxiliary]
+        """Names of every loss ``forward`` can return: the tasks, then the extension's."""
+        return [*self.tasks, *self.extension.objectives()]
 
     def forward(self, batch: Batch, cache: dict | None = None) -> dict[str, torch.Tensor]:
         """Loss of every task that has targets in ``batch`` (``cache``: see :meth:`fuse` and SHARED_OUTPUTS)."""
@@ -170,12 +145,9 @@ class MultiTaskModel(nn.Module):
             task = self.tasks[name]
             inputs = self.task_inputs(task, batch)
             fused = self.fuse(batch, inputs, cache, name).select(target["index"])
-            with self.adapters([self.heads[name], self.shared_heads], self.adapters_on(inputs, name)):
+            with self.extension.applied([self.heads[name], self.shared_heads], self.extension.variant(inputs, name)):
                 losses[name] = task.loss(self.heads[name], fused, target)
-        for name, objective in self.auxiliary.items():
-            loss = objective(self, batch, cache)
-            if loss is not None:
-                losses[name] = loss
+        losses.update(self.extension.losses(self, batch, cache))
         return losses
 
     @torch.no_grad()
@@ -186,7 +158,7 @@ class MultiTaskModel(nn.Module):
         for name in task_names:
             inputs = self.task_inputs(self.tasks[name], batch)
             fused = self.fuse(batch, inputs, cache, name)
-            with self.adapters([self.heads[name], self.shared_heads], self.adapters_on(inputs, name)):
+            with self.extension.applied([self.heads[name], self.shared_heads], self.extension.variant(inputs, name)):
                 annotations = batch.annotations or [{} for _ in range(len(batch))]
                 out[name] = self.tasks[name].predict_rows(self.heads[name], fused, options, annotations)
         return out

@@ -1,6 +1,6 @@
 """Speed and memory knobs applied to a built model: gradient checkpointing and ``torch.compile``.
 
-Both act on the model's units (:func:`mmtl.models.layers.find_units`, ``MultiTaskModel.units``):
+Both act on the model's units (``MultiTaskModel.units``, through :func:`mmtl.models.layers.units_of`):
 every transformer block of mmtl and the blocks of third-party encoders (timm stages, open_clip
 residual blocks). Compiling block by block keeps the model's Python structure (per-task caches,
 balancers that differentiate per task) outside the compiled graphs, so nothing graph-breaks, while
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from mmtl.models.layers import Block, find_units
+from mmtl.models.layers import Block, units_of
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def _recompute_in_backward(unit: nn.Module) -> None:
 
 def enable_grad_checkpointing(model: nn.Module) -> int:
     """Recompute the activations of every unit of ``model`` in the backward pass; returns how many units."""
-    units = find_units(model)
+    units = units_of(model)
     for unit in units:
         if isinstance(unit, Block):
             unit.checkpointing = True
@@ -50,7 +50,7 @@ def compile_blocks(model: nn.Module, mode: str | None = None) -> int:
     # per-task gradients (gradient balancers, the task monitor) differentiate the same graph several
     # times (retain_graph=True), which compiled backward graphs with donated buffers refuse
     functorch_config.donated_buffer = False
-    units = find_units(model)
+    units = units_of(model)
     for unit in units:
         unit.compile(mode=mode, dynamic=None)
     log.info("compiled %d blocks (the first steps include compilation)", len(units))

@@ -28,7 +28,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from mmtl.checkpoint import load_weights, tied_names
 from mmtl.errors import MMTLError
-from mmtl.models.layers import find_units
+from mmtl.models.layers import units_of
 from mmtl.training import distributed
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def shard_model(model: nn.Module) -> int:
     """
     from torch.distributed.fsdp import fully_shard
 
-    units = find_units(model)
+    units = units_of(model)
     if hasattr(model, "skip_absent_modalities"):  # all ranks must run the same units, whatever their rows
         model.skip_absent_modalities = False
     for unit in units:

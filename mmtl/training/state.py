@@ -2,6 +2,7 @@
 parts, counters and RNG, saved to and restored from the run's checkpoints."""
 from __future__ import annotations
 
+import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,14 +11,32 @@ from typing import Any, Mapping, Protocol
 import torch
 from torch import nn
 
-from mmtl.checkpoint import (
-    EMA_FILE, MODEL_FILE, load_train_state, load_weights, rng_state, save_run_checkpoint, set_rng_state,
-)
+from mmtl.checkpoint import EMA_FILE, MODEL_FILE, load_train_state, load_weights, save_run_checkpoint
 from mmtl.config import ExperimentConfig
 from mmtl.errors import MMTLError
 from mmtl.training import distributed as dist
 from mmtl.training import fsdp
 from mmtl.training.ema import WeightEMA
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the run uses."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 class Stateful(Protocol):

@@ -41,7 +41,7 @@ from typing import Any, Mapping
 import torch
 from tqdm.auto import tqdm
 
-from mmtl.checkpoint import BEST_NAME, checkpoint_meta, rng_state, set_rng_state, write_checkpoint
+from mmtl.checkpoint import BEST_NAME, checkpoint_meta, write_checkpoint
 from mmtl.config import ExperimentConfig
 from mmtl.errors import MMTLError
 from mmtl.evaluation.baselines import baseline_split_metrics, read_baselines
@@ -50,6 +50,7 @@ from mmtl.evaluation.evaluate import EvalResult, evaluate
 from mmtl.training.logging import RunLogger, plot_validation
 from mmtl.training.loop import Trainer
 from mmtl.training.protection import TaskProtection
+from mmtl.training.state import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
