@@ -25,7 +25,7 @@ import torch
 
 from data_pipelines.batch import Batch, ModalityInput, rows_with as _rows_with  # noqa: F401  (Batch: re-exported)
 from data_pipelines.mixing import MixPlan, Source, plan_mixing
-from data_pipelines.modalities import ModalityData, extra_inputs
+from data_pipelines.modalities import Modality, extra_inputs
 from data_pipelines.sample import IMAGE_KEYS, TEXT_INPUT_FIELD
 from data_pipelines.shards import as_mapping, is_native, split_shards
 from data_pipelines.stream import MODES, StreamDataset, StreamSpec, resolve_rank, sub_seed
@@ -49,7 +49,7 @@ class Example:
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def extra_modalities_of(tasks: Sequence[Any]) -> dict[str, ModalityData]:
+def extra_modalities_of(tasks: Sequence[Any]) -> dict[str, Modality]:
     """The data units of the extra modalities of the model the tasks belong to (their context's ModelConfig)."""
     model = next((t.context.model for t in tasks if getattr(getattr(t, "context", None), "model", None)), None)
     if model is None or not getattr(model, "modalities", None):
@@ -77,7 +77,7 @@ class SampleDecoder:
     seed: int = 0
     max_pixels: int = DEFAULT_MAX_PIXELS
     # extra modality units to decode (data_pipelines.modalities); None: those of the tasks' model config
-    modalities: dict[str, ModalityData] | None = None
+    modalities: dict[str, Modality] | None = None
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -134,7 +134,7 @@ class Collator:
     tasks: Sequence[Any]
     image_size: int
     # extra modality units that stack their inputs (data_pipelines.modalities); None: those of the tasks' model config
-    modalities: dict[str, ModalityData] | None = None
+    modalities: dict[str, Modality] | None = None
 
     def __post_init__(self) -> None:
         if self.modalities is None:

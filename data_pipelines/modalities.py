@@ -1,29 +1,28 @@
-"""The data side of the input modalities: how each is stored in a sample and read back (docs/architecture.md).
+"""Input modalities: the class each one extends, and how the data layer reads them (docs/architecture.md).
 
-One unit per modality, registered in ``mmtl.registry.MODALITY_DATA`` under its name: the webdataset
-key(s) it is stored under, how a converter stores a user's file (``store``), how a stored input
-becomes a tensor in the loader workers (``decode``), how the tensors of a batch are stacked with a
-per-row presence mask (``collate``) and how a user's file is read for prediction (``load``). The model
-side (its encoder, the modality it stands for) is in ``mmtl.modalities``, whose units extend these.
+A modality is one class in one module (``mmtl/modalities/<name>.py``), registered in
+``mmtl.registry.MODALITIES`` under its name. It holds everything about its kind of input: the
+webdataset key(s) it is stored under, how a converter stores a user's file (``store``), how a stored
+input becomes a tensor in the loader workers (``decode``), how the tensors of a batch are stacked with
+a per-row presence mask (``collate``), how a user's file is read for prediction (``load``), where a
+batch carries it, the modality it stands for, and its encoder. The loader, the converters and the
+model find modalities through the registry only, so none of them imports a modality's module (or the
+model code it holds); an encoder is built through a registry too (``MODALITY_ENCODERS`` by default).
 """
 from __future__ import annotations
 
-import io
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
-import torch.nn.functional as F
+from torch import nn
 
-from data_pipelines.sample import IMAGE_KEYS, TEXT_INPUT_FIELD
-from data_pipelines.transforms import (
-    CorruptSampleError, decode_image, image_tensor, load_pixels, open_image, resize_center_crop, to_rgb,
-)
+from data_pipelines.batch import Batch
+from data_pipelines.transforms import CorruptSampleError
 from mmtl.config import ModalityConfig, ModelConfig, NoSettings, settings_of
 from mmtl.errors import MMTLError
-from mmtl.registry import MODALITIES, MODALITY_DATA
+from mmtl.registry import MODALITIES, MODALITY_ENCODERS
+from mmtl.text import Vocabulary
 
 BUILTIN = ("image", "text")  # configured by model.image / model.text, carried by Batch.image / Batch.text
 
@@ -38,23 +37,28 @@ def read_input(source: str | Path | bytes, kind: str) -> tuple[bytes, str]:
     return path.read_bytes(), str(path)
 
 
-class ModalityData:
-    """Base class; subclasses register in ``mmtl.registry.MODALITY_DATA`` under their ``name``.
+class Modality:
+    """Base class of the modalities; subclasses register in ``mmtl.registry.MODALITIES`` under their ``name``.
 
     ``config`` is the modality's section (``model.modalities.<name>``); ``settings`` the values of its
-    own ``Settings`` dataclass read from it (the model side's units extend the dataclass).
+    own ``Settings`` dataclass read from it.
     """
 
     name: ClassVar[str]
     # webdataset keys (file extensions) that hold this input; new samples are written under the first
-    sample_keys: ClassVar[tuple[str, ...]]
+    sample_keys: ClassVar[tuple[str, ...]] = ()
     Settings: ClassVar[type] = NoSettings
+    default_encoder: ClassVar[str] = ""  # MODALITY_ENCODERS key used when the config names none
+    default_stands_for: ClassVar[str] = ""  # modality whose tasks this one feeds by default
+    # its encoder embeds vocabulary tokens (Stream.ids), which a copying decoder can copy
+    carries_tokens: ClassVar[bool] = False
 
     def __init__(self, model: ModelConfig, config: ModalityConfig | None = None) -> None:
         self.model = model
         self.config = config or ModalityConfig()
         self.settings = settings_of(self.config, type(self), f"model.modalities.{self.name}")
 
+    # -- the data side: read in the loader workers, the converters and prediction -------------------
     def decode(self, raw: dict[str, Any]) -> torch.Tensor | None:
         """This modality's tensor from a raw webdataset sample, or None when the sample lacks it.
 
@@ -70,7 +74,7 @@ class ModalityData:
     @classmethod
     def store(cls, path: str) -> tuple[str, bytes]:
         """(sample key, bytes) under which a converter stores the file at ``path``; CorruptSampleError when the
-        file is not a usable input of this modality."""
+        file is not a usable input of this modality. Modalities that do not define it are not read from files."""
         raise NotImplementedError
 
     def load(self, source: str | Path | bytes) -> torch.Tensor:
@@ -93,160 +97,44 @@ class ModalityData:
                 present[row] = True
         return data, present
 
-
-@MODALITY_DATA.register("image")
-class ImageData(ModalityData):
-    """RGB pictures: uint8 (3, S, S) at the image encoder's size."""
-
-    name = "image"
-    sample_keys = IMAGE_KEYS
-
-    def decode_bytes(self, data: bytes) -> torch.Tensor:
-        return image_tensor(data, self.model.image.image_size)
-
-
-@MODALITY_DATA.register("text")
-class TextData(ModalityData):
-    """The paired document, read from the annotation by the loader, which holds the vocabulary."""
-
-    name = "text"
-    sample_keys = ()
-
-    def decode_bytes(self, data: bytes) -> torch.Tensor:
-        raise CorruptSampleError("invalid_annotation", f"text is read from the json field {TEXT_INPUT_FIELD!r}")
-
-
-@dataclass
-class MapSettings:
-    """Settings of a 2-D map modality."""
-
-    size: int = 0  # side in pixels (0: the image encoder's)
-
-
-class MapData(ModalityData):
-    """A 2-D map with ``channels`` channels, kept as uint8 (C, S, S) until the encoder normalises it."""
-
-    channels: ClassVar[int] = 1
-    Settings = MapSettings
-
+    # -- the model side: read by MultiTaskModel ------------------------------------------------------
     @property
-    def size(self) -> int:
-        """Side of the square map in pixels (the image encoder's by default)."""
-        return self.settings.size or self.model.image.image_size
+    def stands_for(self) -> str:
+        """The modality this one takes the place of for the tasks that read that one ("" if none)."""
+        return self.config.stands_for or self.default_stands_for
 
-    def decode_bytes(self, data: bytes) -> torch.Tensor:
-        if self.channels == 3:
-            image = decode_image(data)
-        else:
-            opened = load_pixels(open_image(data))
-            # 16-bit / float maps are scaled by their peak (to_rgb); colour maps become luminance
-            image = opened if opened.mode == "L" else to_rgb(opened).convert("L")
-        pixels = np.asarray(resize_center_crop(image, self.size), dtype=np.uint8)
-        tensor = torch.from_numpy(pixels.copy())
-        return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
+    def batch_input(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input tensor, per-row presence) of this modality in a batch."""
+        entry = batch.inputs[self.name]
+        return entry.data, entry.present
 
+    def rows(self, batch: Batch) -> int | None:
+        """How many rows of ``batch`` carry this modality (None: unknown without a device sync)."""
+        return batch.inputs[self.name].rows if self.name in batch.inputs else 0
 
-@MODALITY_DATA.register("depth")
-class DepthData(MapData):
-    """Depth (or any one-channel map: edges, thermal), stored as 8- or 16-bit greyscale PNG."""
-
-    name = "depth"
-    sample_keys = ("depth.png",)
-    channels = 1
-
-    @classmethod
-    def store(cls, path: str) -> tuple[str, bytes]:
-        """A PNG file as it is; any other image re-encoded as PNG (greyscale unless 16-bit or integer)."""
-        data = Path(path).read_bytes()
-        image = load_pixels(open_image(data))
-        if image.format == "PNG":
-            return cls.sample_keys[0], data
-        buffer = io.BytesIO()
-        (image if image.mode in ("L", "I;16", "I") else to_rgb(image).convert("L")).save(buffer, format="PNG")
-        return cls.sample_keys[0], buffer.getvalue()
+    def build_encoder(self, vocab: Vocabulary) -> nn.Module:
+        """The encoder: input tensor + presence -> :class:`mmtl.models.encoders.Stream` at model width
+        (by default the ``MODALITY_ENCODERS`` entry the settings name, else ``default_encoder``)."""
+        return MODALITY_ENCODERS.get(self.config.encoder or self.default_encoder)(self.model, self)
 
 
-def read_audio(data: bytes) -> tuple[np.ndarray, int]:
-    """(mono float32 waveform, sample rate) of wav/flac bytes; CorruptSampleError when unreadable."""
-    import soundfile
-
-    try:
-        wave, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except Exception as exc:  # noqa: BLE001  libsndfile reports every bad stream as one of several types
-        raise CorruptSampleError("undecodable_audio", str(exc) or type(exc).__name__) from None
-    if wave.size == 0:
-        raise CorruptSampleError("undecodable_audio", "no audio samples")
-    return wave.mean(axis=1), int(rate)
+def model_modalities(model: ModelConfig) -> dict[str, Modality]:
+    """Every modality of a model, in encoder order: image, text, then ``model.modalities``."""
+    units = {name: MODALITIES.get(name)(model) for name in BUILTIN}
+    units.update(extra_inputs(model))
+    return units
 
 
-def fit_waveform(wave: torch.Tensor, rate: int, target_rate: int, samples: int) -> torch.Tensor:
-    """Linear resampling to ``target_rate``, then cut or zero-padded to ``samples``."""
-    if rate != target_rate:
-        length = max(1, round(wave.numel() * target_rate / rate))
-        wave = F.interpolate(wave.view(1, 1, -1), size=length, mode="linear", align_corners=False).view(-1)
-    return F.pad(wave[:samples], (0, max(0, samples - wave.numel())))
-
-
-@dataclass
-class AudioSettings:
-    """Settings of the audio modality's data side: waveforms are resampled to ``sample_rate`` and cut or
-    padded to ``seconds``."""
-
-    sample_rate: int = 8000
-    seconds: float = 1.0
-
-
-@MODALITY_DATA.register("audio")
-class AudioData(ModalityData):
-    """A short sound stored as ``wav`` or ``flac``; float32 (samples,) waveforms at ``sample_rate``."""
-
-    name = "audio"
-    sample_keys = ("wav", "flac")
-    Settings = AudioSettings
-
-    @property
-    def samples(self) -> int:
-        """Waveform length in samples."""
-        return int(round(self.settings.sample_rate * self.settings.seconds))
-
-    def decode_bytes(self, data: bytes) -> torch.Tensor:
-        wave, rate = read_audio(data)
-        return fit_waveform(torch.from_numpy(wave), rate, self.settings.sample_rate, self.samples)
-
-    @classmethod
-    def store(cls, path: str) -> tuple[str, bytes]:
-        """A wav or flac file as it is, under its own format's key, once libsndfile can read its header."""
-        data = Path(path).read_bytes()
-        key = Path(path).suffix.lower()[1:]
-        if key not in cls.sample_keys:
-            raise CorruptSampleError("undecodable_audio",
-                                     f"{path}: audio must be {' or '.join('.' + k for k in cls.sample_keys)}")
-        import soundfile
-
-        try:
-            soundfile.info(io.BytesIO(data))
-        except Exception as exc:  # noqa: BLE001  libsndfile reports bad streams as several types
-            raise CorruptSampleError("undecodable_audio", f"{path}: {exc}") from None
-        return key, data
-
-
-def extra_inputs(model: ModelConfig) -> dict[str, ModalityData]:
-    """The data units of ``model.modalities`` (what the loader decodes into ``Batch.inputs``), by name."""
-    return {name: MODALITY_DATA.get(name)(model, section) for name, section in model.modalities.items()}
+def extra_inputs(model: ModelConfig) -> dict[str, Modality]:
+    """The modalities of ``model.modalities`` (what the loader decodes into ``Batch.inputs``), by name."""
+    return {name: MODALITIES.get(name)(model, section) for name, section in model.modalities.items()}
 
 
 def file_modalities() -> list[str]:
     """Modalities a converter reads from files that a row names (the ones that define ``store``), by name."""
-    return [name for name, unit in MODALITY_DATA.items() if unit.store.__func__ is not ModalityData.store.__func__]
+    return [name for name, unit in MODALITIES.items() if unit.store.__func__ is not Modality.store.__func__]
 
 
 def store_input(name: str, path: str) -> tuple[str, bytes]:
     """(sample key, bytes) under which a converter stores the file at ``path`` of modality ``name``."""
-    return MODALITY_DATA.get(name).store(path)
-
-
-def model_modalities(model: ModelConfig) -> dict[str, Any]:
-    """Every modality unit of a model (``MODALITIES``), in encoder order: image, text, then ``model.modalities``."""
-    units = {name: MODALITIES.get(name)(model) for name in BUILTIN}
-    units.update({name: MODALITIES.get(name)(model, section) for name, section in model.modalities.items()})
-    return units
+    return MODALITIES.get(name).store(path)

@@ -29,6 +29,10 @@ class Registry(Generic[T]):
 
         return decorate
 
+    def unregister(self, key: str) -> None:
+        """Remove the component registered under ``key`` (for components registered for a while, as tests do)."""
+        del self._items[key]
+
     def get(self, key: str) -> T:
         """Return the component registered under ``key`` or raise a ConfigError listing valid keys."""
         try:
@@ -56,10 +60,8 @@ TEXT_ENCODERS: Registry = Registry("text encoder")
 FUSIONS: Registry = Registry("fusion")
 TASKS: Registry = Registry("task")
 BALANCERS: Registry = Registry("balancer")
-# the data side of input modalities (image, text, depth, audio, ...): sample keys, storing, decoding
-# (data_pipelines.modalities)
-MODALITY_DATA: Registry = Registry("modality")
-# input modalities as model units: the data side plus encoder and what they stand for (mmtl.modalities)
+# input modalities (image, text, depth, audio, ...), one class each: sample keys, decoding, collation,
+# storing, the modality they stand for and their encoder (data_pipelines.modalities.Modality, mmtl.modalities)
 MODALITIES: Registry = Registry("modality")
 # encoders of modalities other than image and text (mmtl.modalities)
 MODALITY_ENCODERS: Registry = Registry("modality encoder")

@@ -6,7 +6,6 @@ from typing import Callable, Sequence
 
 from PIL import Image
 
-from data_pipelines.modalities import AudioData, DepthData
 from data_pipelines.shapes_world.extra_modalities import audio_wav, depth_png
 from data_pipelines.shapes_world.samples import generate_scene_sample
 from data_pipelines.shapes_world.world import SOURCE, Difficulty, Scene, class_names, resolve_difficulty
@@ -16,8 +15,8 @@ Rendering = Callable[[Scene, Image.Image, int, int], bytes]  # (scene, picture, 
 # modality -> (sample key, its rendering of a sample)
 RENDERINGS: dict[str, tuple[str, Rendering]] = {
     "image": ("png", lambda scene, image, seed, index: encode_image(image)),
-    "depth": (DepthData.sample_keys[0], depth_png),
-    "audio": (AudioData.sample_keys[0], audio_wav),
+    "depth": ("depth.png", depth_png),  # the first sample key of mmtl.modalities.depth
+    "audio": ("wav", audio_wav),  # the first sample key of mmtl.modalities.audio
 }
 
 # Disjoint index ranges keep the splits free of shared samples for any split size below 10**9.

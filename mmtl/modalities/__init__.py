@@ -1,8 +1,9 @@
-"""Input modalities as registered units (``mmtl.registry.MODALITIES``): image, text, depth, audio."""
+"""Input modalities, one module each, registered in ``mmtl.registry.MODALITIES`` when imported: image, text,
+depth, audio (in that order: converters store a sample's files in registry order). The class they extend
+is :class:`data_pipelines.modalities.Modality`."""
 from __future__ import annotations
 
-from data_pipelines.modalities import BUILTIN, model_modalities
-from mmtl.modalities import audio, depth, image  # noqa: F401  (registers the built-in modalities)
-from mmtl.modalities.base import Modality
+from data_pipelines.modalities import BUILTIN, Modality, model_modalities
+from mmtl.modalities import image, text, depth, audio  # noqa: F401,I001  (registers them, in this order)
 
 __all__ = ["BUILTIN", "Modality", "model_modalities"]

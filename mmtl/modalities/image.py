@@ -1,20 +1,27 @@
-"""Image and text as modality units. Their batch tensors keep their own Batch fields (``image``,
-``has_image``, ``text``) and their encoders the config sections ``model.image`` / ``model.text``."""
+"""Images: RGB pictures stored as ``jpg`` / ``png`` / ``webp``, carried by ``Batch.image`` / ``Batch.has_image``,
+encoded by the image encoder that ``model.image`` selects (``IMAGE_ENCODERS``)."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
 from data_pipelines.batch import Batch
-from data_pipelines.modalities import ImageData, TextData
-from mmtl.modalities.base import Modality
-from mmtl.registry import IMAGE_ENCODERS, MODALITIES, TEXT_ENCODERS
-from mmtl.text import PAD, Vocabulary
+from data_pipelines.modalities import Modality
+from data_pipelines.sample import IMAGE_KEYS
+from data_pipelines.transforms import image_tensor
+from mmtl.registry import IMAGE_ENCODERS, MODALITIES
+from mmtl.text import Vocabulary
 
 
 @MODALITIES.register("image")
-class ImageModality(Modality, ImageData):
-    """RGB pictures: uint8 (3, S, S), normalised on the device by the image encoder."""
+class ImageModality(Modality):
+    """RGB pictures: uint8 (3, S, S) at the image encoder's size, normalised on the device by the encoder."""
+
+    name = "image"
+    sample_keys = IMAGE_KEYS
+
+    def decode_bytes(self, data: bytes) -> torch.Tensor:
+        return image_tensor(data, self.model.image.image_size)
 
     def batch_input(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         return batch.image, batch.has_image
@@ -24,19 +31,3 @@ class ImageModality(Modality, ImageData):
 
     def build_encoder(self, vocab: Vocabulary) -> nn.Module:
         return IMAGE_ENCODERS.get(self.model.image.name).from_config(self.model, vocab)
-
-
-@MODALITIES.register("text")
-class TextModality(Modality, TextData):
-    """The paired document as vocabulary ids (annotation field ``document``)."""
-
-    carries_tokens = True
-
-    def batch_input(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        return batch.text, (batch.text != PAD).any(1)
-
-    def rows(self, batch: Batch) -> int | None:
-        return batch.rows_with.get("text")
-
-    def build_encoder(self, vocab: Vocabulary) -> nn.Module:
-        return TEXT_ENCODERS.get(self.model.text.name).from_config(self.model, vocab)
