@@ -197,44 +197,61 @@ def beam_search(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Te
         candidates = (scores[:, None] + F.log_softmax(logits, -1)).view(batch, -1)
         vocab = logits.shape[-1]
         top_scores, top_index = candidates.topk(min(2 * beams, candidates.shape[1]), dim=1)
-        origin, token = (top_index // vocab).tolist(), (top_index % vocab).tolist()
-        top_scores_list = top_scores.tolist()
-        new_origin = [[0] * beams for _ in range(batch)]
-        new_token = [[PAD] * beams for _ in range(batch)]
-        new_score = [[float("-inf")] * beams for _ in range(batch)]
-        generated = ids[:, 1:].tolist()
-        for b in range(batch):
-            if done[b]:
-                new_origin[b] = list(range(beams))
-                continue
-            slot = 0
-            for rank, (o, t, s) in enumerate(zip(origin[b], token[b], top_scores_list[b])):
-                if t == EOS:
-                    if rank < beams:
-                        finished[b].add(s, generated[b * beams + o] + [EOS])
-                    continue
-                new_origin[b][slot], new_token[b][slot], new_score[b][slot] = o, t, s
-                slot += 1
-                if slot == beams:
-                    break
-            done[b] = finished[b].is_done(max(new_score[b]), step + 1)
+        ranked = [list(zip(origins, tokens, values)) for origins, tokens, values in zip(
+            (top_index // vocab).tolist(), (top_index % vocab).tolist(), top_scores.tolist())]
+        new_origin, new_token, new_score = _next_beams(ranked, ids[:, 1:].tolist(), finished, done, step)
         index = (torch.arange(batch, device=device)[:, None] * beams + torch.tensor(new_origin, device=device)).view(-1)
         ids = torch.cat([ids.index_select(0, index), torch.tensor(new_token, device=device).view(-1, 1)], dim=1)
         scores = torch.tensor(new_score, device=device).view(-1)
         session.reorder(index)
         if all(done):
             break
+    return _best_sequences(ids, scores, finished, done)
+
+
+def _next_beams(ranked: list[list[tuple[int, int, float]]], generated: list[list[int]], finished: list["_Hypotheses"],
+                done: list[bool], step: int) -> tuple[list[list[int]], list[list[int]], list[list[float]]]:
+    """One beam-search step's choice per sample from its ranked (origin beam, token, score) continuations:
+    EOS among the top K finishes a hypothesis (in ``finished``), the best K others continue. Updates
+    ``done``; returns the surviving beams' origins, tokens and scores, each (batch, K)."""
+    beams = finished[0].size
+    new_origin = [[0] * beams for _ in ranked]
+    new_token = [[PAD] * beams for _ in ranked]
+    new_score = [[float("-inf")] * beams for _ in ranked]
+    for b, candidates in enumerate(ranked):
+        if done[b]:
+            new_origin[b] = list(range(beams))
+            continue
+        slot = 0
+        for rank, (o, t, s) in enumerate(candidates):
+            if t == EOS:
+                if rank < beams:
+                    finished[b].add(s, generated[b * beams + o] + [EOS])
+                continue
+            new_origin[b][slot], new_token[b][slot], new_score[b][slot] = o, t, s
+            slot += 1
+            if slot == beams:
+                break
+        done[b] = finished[b].is_done(max(new_score[b]), step + 1)
+    return new_origin, new_token, new_score
+
+
+def _best_sequences(ids: torch.Tensor, scores: torch.Tensor, finished: list["_Hypotheses"],
+                    done: list[bool]) -> torch.Tensor:
+    """(batch, T) PAD-padded best hypothesis of each sample (without BOS); a sample that ran out of steps
+    lets its alive beams (``ids``, ``scores``) compete with its finished hypotheses."""
+    beams = finished[0].size
     generated, alive_scores = ids[:, 1:].tolist(), scores.tolist()
     outputs = []
-    for b in range(batch):
-        if not done[b]:  # ran out of steps: alive beams compete with the finished ones
+    for b, hypotheses in enumerate(finished):
+        if not done[b]:
             for k in range(beams):
-                finished[b].add(alive_scores[b * beams + k], generated[b * beams + k])
-        outputs.append(finished[b].best() if finished[b].items else generated[b * beams])
+                hypotheses.add(alive_scores[b * beams + k], generated[b * beams + k])
+        outputs.append(hypotheses.best() if hypotheses.items else generated[b * beams])
     width = max(1, max(len(o) for o in outputs))
-    result = torch.full((batch, width), PAD, dtype=torch.long, device=device)
+    result = torch.full((len(outputs), width), PAD, dtype=torch.long, device=ids.device)
     for b, tokens in enumerate(outputs):
-        result[b, : len(tokens)] = torch.tensor(tokens, dtype=torch.long, device=device)
+        result[b, : len(tokens)] = torch.tensor(tokens, dtype=torch.long, device=ids.device)
     return result
 
 
