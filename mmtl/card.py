@@ -16,7 +16,7 @@ import shlex
 from pathlib import Path
 from typing import Any, Iterable
 
-from mmtl.checkpoint import CONFIG_FILE, read_meta, resolve_checkpoint
+from mmtl.checkpoint import CONFIG_FILE, is_delta, read_meta, resolve_checkpoint
 from mmtl.config import ExperimentConfig, load_saved_config
 from mmtl.errors import MMTLError
 from mmtl.version import __version__
@@ -58,7 +58,7 @@ def write_card(run_dir: str | Path, command: str | None = None, out: str | Path 
     ``card.json``: a saved config is read as data, without its local paths).
     """
     run_dir = Path(run_dir)
-    checkpoint = checkpoint or (run_dir if (run_dir / "delta.safetensors").exists() else resolve_checkpoint(run_dir))
+    checkpoint = checkpoint or (run_dir if is_delta(run_dir) else resolve_checkpoint(run_dir))
     if command is not None:
         update_card_inputs(run_dir, command=command)
     if config is not None:

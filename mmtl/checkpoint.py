@@ -358,8 +358,11 @@ class BaseCheckpoint:
 
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a file's content."""
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def load_base(path: str | Path) -> BaseCheckpoint:

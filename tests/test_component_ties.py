@@ -32,6 +32,11 @@ def test_balancing_reads_the_shared_output_key_without_importing_the_model(graph
     assert "mmtl.models.model" not in graph.find_modules_directly_imported_by("mmtl.balancing.backward")
 
 
+def test_inference_loads_fine_tuned_models_through_the_checkpoint_module(graph: grimp.ImportGraph) -> None:
+    assert not graph.chain_exists("mmtl.inference", "mmtl.finetuning")
+    assert not graph.chain_exists("mmtl.models.model", "mmtl.models.adaptation")  # the plain model knows no fine-tuning
+
+
 def test_training_compiles_and_checkpoints_exactly_what_model_units_lists(monkeypatch: pytest.MonkeyPatch) -> None:
     from mmtl.builder import build_components
     from mmtl.config import resolve_config

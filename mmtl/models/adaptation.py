@@ -3,7 +3,7 @@ modalities and tasks, kept off the plain model as a :class:`~mmtl.models.extensi
 
 Strategies (``finetune.strategy``): ``frozen`` turns off the gradients of every trained tensor and
 keeps the trained modules in eval mode (their BatchNorm statistics stay put); ``lora`` also wraps
-the linear layers of the fusion and of the old heads in adapters (``sharing.AdapterLinear``) that
+the linear layers of the fusion and of the old heads in adapters (:class:`AdapterLinear`) that
 are switched on only for the new modalities and tasks; ``full`` trains everything, the trained
 tensors at a lower learning rate. A new encoder may start from a trained one (``init_from``), and
 an alignment loss may pull a new modality's representation toward the one it stands for.
@@ -19,8 +19,51 @@ from torch import nn
 from mmtl.config import ExperimentConfig
 from mmtl.errors import MMTLError
 from mmtl.models.extension import ModelExtension
+from mmtl.models.layers import MLP, Attention
 from mmtl.models.model import MultiTaskModel
-from mmtl.models.sharing import add_adapters, set_adapters
+from mmtl.models.sharing import LoRALinear
+
+ADAPTER = "finetune"  # key of the single adapter of an AdapterLinear
+
+
+class AdapterLinear(LoRALinear):
+    """A fine-tuning LoRA adapter on a trained linear layer (``mmtl finetune --strategy lora``).
+
+    It is off unless :func:`set_adapters` switches it on (:class:`Adaptation` does so only for the new
+    modalities and tasks), so every other input computes exactly what the trained layer did.
+    """
+
+    active = False
+
+    def __init__(self, base: nn.Module, rank: int) -> None:
+        super().__init__(base, [ADAPTER], rank)
+        # not under ``per_task``: the adapter belongs to the new inputs and tasks, not to one old task
+        self.adapter = self.per_task.pop(ADAPTER)
+        del self.per_task
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        return y + self.delta(x, self.adapter) if self.active else y
+
+
+def add_adapters(root: nn.Module, rank: int) -> int:
+    """Wrap every linear layer of the attention and feed-forward blocks under ``root`` in an
+    :class:`AdapterLinear`; returns how many were wrapped."""
+    owners = [m for m in root.modules() if isinstance(m, (Attention, MLP))]
+    count = 0
+    for owner in owners:
+        for name, child in list(owner.named_children()):
+            if isinstance(child, (nn.Linear, LoRALinear)) and not isinstance(child, AdapterLinear):
+                setattr(owner, name, AdapterLinear(child, rank))
+                count += 1
+    return count
+
+
+def set_adapters(module: nn.Module, active: bool) -> None:
+    """Switch every :class:`AdapterLinear` under ``module`` on or off."""
+    for sub in module.modules():
+        if isinstance(sub, AdapterLinear):
+            sub.active = active
 
 
 class Adaptation(ModelExtension):

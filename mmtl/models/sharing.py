@@ -111,49 +111,6 @@ class LoRALinear(TaskAware):
         return (x @ adapter.down.t().to(x.dtype)) @ adapter.up.t().to(x.dtype) * self.scale
 
 
-ADAPTER = "finetune"  # key of the single adapter of an AdapterLinear
-
-
-class AdapterLinear(LoRALinear):
-    """A fine-tuning LoRA adapter on a trained linear layer (``mmtl finetune --strategy lora``).
-
-    It is off unless :func:`set_adapters` switches it on (the model does so only for the new
-    modalities and tasks), so every other input computes exactly what the trained layer did.
-    """
-
-    active = False
-
-    def __init__(self, base: nn.Module, rank: int) -> None:
-        super().__init__(base, [ADAPTER], rank)
-        # not under ``per_task``: the adapter belongs to the new inputs and tasks, not to one old task
-        self.adapter = self.per_task.pop(ADAPTER)
-        del self.per_task
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
-        return y + self.delta(x, self.adapter) if self.active else y
-
-
-def add_adapters(root: nn.Module, rank: int) -> int:
-    """Wrap every linear layer of the attention and feed-forward blocks under ``root`` in an
-    :class:`AdapterLinear`; returns how many were wrapped."""
-    owners = [m for m in root.modules() if isinstance(m, (Attention, MLP))]
-    count = 0
-    for owner in owners:
-        for name, child in list(owner.named_children()):
-            if isinstance(child, (nn.Linear, LoRALinear)) and not isinstance(child, AdapterLinear):
-                setattr(owner, name, AdapterLinear(child, rank))
-                count += 1
-    return count
-
-
-def set_adapters(module: nn.Module, active: bool) -> None:
-    """Switch every :class:`AdapterLinear` under ``module`` on or off."""
-    for sub in module.modules():
-        if isinstance(sub, AdapterLinear):
-            sub.active = active
-
-
 class TaskGatedMoE(TaskAware):
     """Multi-gate mixture of experts (MMoE, Ma et al. 2018): shared expert MLPs, one softmax gate per task."""
 
