@@ -1,8 +1,9 @@
 """Checkpoints: built, written atomically, loaded without unpickling arbitrary code.
 
 The one place that writes and reads checkpoint directories: training runs (full checkpoints with
-their training state and moving average), pretrained exports (:func:`save_pretrained`) and what
-inference, evaluation and fine-tuning load, and fine-tuned models (a delta on a base checkpoint).
+their training state and moving average), pretrained exports (:func:`save_pretrained`), fine-tuned
+models (a delta on a base checkpoint: :func:`write_delta`, :func:`load_delta`) and what inference,
+evaluation and fine-tuning load (:func:`load_checkpoint` reads a full checkpoint or a delta).
 Every write refuses non-finite weights and is atomic (:func:`write_checkpoint`, :func:`write_delta`),
 every weight file goes through :func:`load_weights`, every ``meta.json`` comes from :func:`checkpoint_meta`.
 
