@@ -31,16 +31,15 @@ import webdataset as wds
 
 from data_pipelines import scancache
 from data_pipelines.fieldmap import Mapping, field_value, lookup, parse_mapping
+from data_pipelines.fields import MalformedValue, is_present
 from data_pipelines.pipes import check_pipes, is_pipe, opened
-from data_pipelines.sample import supervised_tasks
+from data_pipelines.sample import annotation_fields, supervised_tasks
 from data_pipelines.transforms import CorruptSampleError, parse_annotation
 from mmtl.errors import MMTLError, os_error_message
 
 ANY_SPLIT = "all"  # the one split of a set whose files name none
 SPLIT_NAMES = ("train", "val", "valid", "validation", "dev", "test", "eval")
 SHARD_SUFFIXES = (".tar", ".tgz", ".tar.gz")
-# the contract's annotation fields, which are also the fields a shard's members can be mapped onto
-CONTRACT_KEYS = ("labels", "captions", "document", "summaries", "source", "count")
 # members read as defaults when the mapping does not name the field
 DEFAULT_MEMBERS = {"captions": "txt", "labels": "cls"}
 _SPLIT_FILE = re.compile(r"^([A-Za-z]+)[-_.]")
@@ -127,10 +126,11 @@ def shard_mapping(items: Any, option: str = "data.map") -> Mapping:
         else:
             joined.append(str(item))
     mapping = parse_mapping(joined, option)
-    files = [name for name in mapping if name not in CONTRACT_KEYS]
-    if files:
+    contract = [field.name for field in annotation_fields()] if mapping else []
+    files = [name for name in mapping if name not in contract]
+    if files:  # a shard's members can be mapped onto the contract's annotation fields only
         raise MMTLError(f"{option}: {', '.join(files)} cannot be mapped for shards (the image is the sample's "
-                        f"jpg/png/webp); mappable: {', '.join(CONTRACT_KEYS)}")
+                        f"jpg/png/webp); mappable: {', '.join(contract)}")
     return mapping
 
 
@@ -173,26 +173,25 @@ def to_contract(raw: dict[str, Any], mapping: Mapping) -> dict[str, Any]:
         meta = _member_value(raw["json"], "json")
         if not isinstance(meta, dict):
             return raw
-    annotation = {k: meta[k] for k in CONTRACT_KEYS if k in meta and k not in mapping}
+    annotation = {f.name: f.kind.keep(meta[f.name]) for f in annotation_fields() if f.name in meta and f.name not in mapping}
     for name, member in DEFAULT_MEMBERS.items():
         if name not in annotation and name not in mapping and member in raw:
-            value, _ = field_value(name, [_member_value(raw[member], member)])
-            if value:
-                annotation[name] = value
+            _set_field(annotation, name, [_member_value(raw[member], member)])
     for name, paths in mapping.items():
-        value, _ = field_value(name, [v for p in paths for v in _find(raw, meta, p)])
-        if value:
-            annotation[name] = value
-    if "count" in mapping and "count" in annotation:
-        try:
-            annotation["count"] = int(annotation["count"])
-        except (TypeError, ValueError):
-            annotation.pop("count")
-    if "labels" in annotation and isinstance(annotation["labels"], list):
-        annotation["labels"] = [str(v) for v in annotation["labels"] if v is not None]
+        _set_field(annotation, name, [v for p in paths for v in _find(raw, meta, p)])
     out = {k: v for k, v in raw.items() if k != "json"}
     out["json"] = json.dumps(annotation).encode("utf-8")
     return out
+
+
+def _set_field(annotation: dict[str, Any], name: str, values: list[Any]) -> None:
+    """Fill field ``name`` from the values found for it (a value its kind cannot hold is left out)."""
+    try:
+        value, _ = field_value(name, values)
+    except MalformedValue:
+        return
+    if is_present(value):
+        annotation[name] = value
 
 
 def unreadable(url: str, error: BaseException | None) -> str:

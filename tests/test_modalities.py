@@ -12,7 +12,7 @@ import soundfile
 import torch
 from PIL import Image
 
-from data_pipelines.convert import ConvertOptions, convert_source
+from data_pipelines.convert.write import ConvertOptions, convert_source
 from data_pipelines.loader import make_loader
 from data_pipelines.shapes_world import (
     AUDIO_SAMPLE_RATE, DEPTH_BY_COLOUR, encode_wav, extra_rng, generate_scene_sample, render_audio, render_depth,

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import mmtl.components  # noqa: F401, E402  (registers the tasks the data code counts)
-from data_pipelines.convert import ConvertOptions, convert_source  # noqa: E402
+from data_pipelines.convert.write import ConvertOptions, convert_source  # noqa: E402
 from data_pipelines.loader import make_loader  # noqa: E402
 from data_pipelines.sample import annotation_texts  # noqa: E402
 from data_pipelines.shards import iter_annotations, read_dataset_info, split_shards  # noqa: E402
