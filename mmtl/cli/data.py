@@ -155,6 +155,7 @@ def _add_preview(data: Subcommands) -> None:
 
 def _cmd_preview(args: argparse.Namespace) -> int:
     from data_pipelines.preview import contact_sheet
+    import mmtl.components  # noqa: F401  (the tasks, whose annotation fields --map may name)
 
     allow_pipes(args.allow_pipe)
     path = contact_sheet(args.shards, args.out, num=args.num, split=args.split, columns=args.columns,
