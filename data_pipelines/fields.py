@@ -112,12 +112,14 @@ class AnnotationField:
     """One annotation field of the sample contract.
 
     ``words``: the ``mmtl data inspect`` statistic that counts the words of each of its texts (e.g.
-    ``caption_words``); empty: not counted.
+    ``caption_words``); empty: not counted. ``default_member``: the webdataset member that feeds the field
+    in shards without a ``dataset.json`` when no mapping names it (img2dataset's ``txt`` captions).
     """
 
     name: str
     kind: FieldKind = TEXT
     words: str = ""
+    default_member: str = ""
 
 
 def is_present(value: Any) -> bool:

@@ -68,6 +68,17 @@ def annotation_field(name: str) -> AnnotationField | None:
     return next((f for f in annotation_fields() if f.name == name), None)
 
 
+def class_fields() -> tuple[str, ...]:
+    """The annotation fields that hold class names (recognition's ``labels``): they make up the class list."""
+    return tuple(field.name for field in annotation_fields() if field.kind.holds_classes)
+
+
+def class_names(annotation: dict[str, Any], fields: tuple[str, ...] | None = None) -> list[str]:
+    """The class names of a sample, as text (``fields``: :func:`class_fields`, passed when reading many)."""
+    return [str(value) for name in (class_fields() if fields is None else fields)
+            for value in annotation.get(name) or [] if value is not None]
+
+
 def file_fields() -> tuple[str, ...]:
     """Modalities whose files a converter reads from a row (depth, audio): the registered modality data
     units that store a file themselves (``ModalityData.store`` overridden), by name."""

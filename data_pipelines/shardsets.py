@@ -33,15 +33,13 @@ from data_pipelines import scancache
 from data_pipelines.fieldmap import Mapping, field_value, lookup, parse_mapping
 from data_pipelines.fields import MalformedValue, is_present
 from data_pipelines.pipes import check_pipes, is_pipe, opened
-from data_pipelines.sample import annotation_fields, supervised_tasks
+from data_pipelines.sample import annotation_fields, class_fields, class_names, supervised_tasks
 from data_pipelines.transforms import CorruptSampleError, parse_annotation
 from mmtl.errors import MMTLError, os_error_message
 
 ANY_SPLIT = "all"  # the one split of a set whose files name none
 SPLIT_NAMES = ("train", "val", "valid", "validation", "dev", "test", "eval")
 SHARD_SUFFIXES = (".tar", ".tgz", ".tar.gz")
-# members read as defaults when the mapping does not name the field
-DEFAULT_MEMBERS = {"captions": "txt", "labels": "cls"}
 _SPLIT_FILE = re.compile(r"^([A-Za-z]+)[-_.]")
 
 
@@ -174,8 +172,9 @@ def to_contract(raw: dict[str, Any], mapping: Mapping) -> dict[str, Any]:
         if not isinstance(meta, dict):
             return raw
     annotation = {f.name: f.kind.keep(meta[f.name]) for f in annotation_fields() if f.name in meta and f.name not in mapping}
-    for name, member in DEFAULT_MEMBERS.items():
-        if name not in annotation and name not in mapping and member in raw:
+    for field in annotation_fields():  # members read as defaults when the mapping does not name the field
+        name, member = field.name, field.default_member
+        if member and name not in annotation and name not in mapping and member in raw:
             _set_field(annotation, name, [_member_value(raw[member], member)])
     for name, paths in mapping.items():
         _set_field(annotation, name, [v for p in paths for v in _find(raw, meta, p)])
@@ -241,6 +240,7 @@ def _scan(shards: ShardSet, mapping: Mapping) -> dict[str, Any]:
     total = sum(len(u) for u in shards.splits.values())
     print(f"mmtl: scanning {total} shard(s) of {shards.reference} once (no dataset.json); the counts are cached",
           file=sys.stderr)
+    names_of_classes = class_fields()
     splits, classes, multi = {}, Counter(), False
     for split, urls in shards.splits.items():
         tasks, samples, corrupt = Counter(), 0, 0
@@ -252,7 +252,7 @@ def _scan(shards: ShardSet, mapping: Mapping) -> dict[str, Any]:
                 continue
             samples += 1
             tasks.update(supervised_tasks(annotation))
-            labels = [str(v) for v in annotation.get("labels", [])]
+            labels = class_names(annotation, names_of_classes)
             classes.update(labels)
             multi = multi or len(labels) > 1
         splits[split] = {"samples": samples, "shards": urls, "tasks": dict(tasks), "corrupt": corrupt}

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from data_pipelines.convert.formats import FORMATS, format_names
 from data_pipelines.convert.media import Prepared, process
 from data_pipelines.convert.records import FALLBACK_ENCODINGS, ReadReport, Record, outside_root_hint
-from data_pipelines.sample import task_fields
+from data_pipelines.sample import class_fields, class_names, task_fields
 from data_pipelines.shards import DATASET_FILE, SplitStats, write_dataset_info, write_split
 from data_pipelines.transforms import DEFAULT_MAX_PIXELS
 from mmtl.errors import MMTLError
@@ -211,7 +211,8 @@ def convert_source(fmt: str, options: ConvertOptions, *, label_mode: str | None 
     records, classes = spec.read(source, report)
     mode = label_mode or spec.label_mode
     if mode == "single":
-        several = sum(1 for r in records if len(r.annotation.get("labels", [])) > 1)
+        fields = class_fields()
+        several = sum(1 for r in records if len(class_names(r.annotation, fields)) > 1)
         if several:
             raise MMTLError(f"--label-mode single, but {several} sample(s) have several labels")
     reader_options = {"format": fmt, **{k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in source.items()

@@ -18,7 +18,7 @@ class CaptioningTask(GenerationTask):
     inputs = ("image",)
     required_inputs = ("image",)
     primary_metric = "bleu4"
-    reference_field = AnnotationField("captions", TEXTS, words="caption_words")
+    reference_field = AnnotationField("captions", TEXTS, words="caption_words", default_member="txt")
 
     def score(self, predictions: Sequence[str], references: Sequence[Sequence[str]],
               threshold: float = 0.5) -> dict[str, float]:

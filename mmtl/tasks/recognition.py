@@ -38,7 +38,7 @@ class RecognitionTask(Task):
     name = "recognition"
     inputs = ("image",)
     required_inputs = ("image",)
-    reference_field = AnnotationField("labels", CLASS_NAMES)
+    reference_field = AnnotationField("labels", CLASS_NAMES, default_member="cls")
     needs_classes = True
 
     @property
