@@ -4,16 +4,18 @@ Per source: its ``dataset.json`` (or the cached scan of a shard set without one:
 counts per split and task), read once. Over every source, in one pass over the first annotations of
 its training split: the distinct words of the texts (the compact vocabulary) and the BPE lengths of
 the documents (the long-document warning). The pass runs the first time :attr:`DataProfile.texts` is
-read, so a config refused for its classes is refused before any annotation is read.
+read, so a config refused for its classes is refused before any annotation is read; for a shard set
+without ``dataset.json`` its result is cached beside the set's scan (:func:`shardsets.cached_texts`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from data_pipelines import shardsets
 from data_pipelines.mixing import Source
-from data_pipelines.sample import TEXT_INPUT_FIELD, annotation_texts
-from data_pipelines.shards import iter_annotations, read_dataset_info, split_entry
+from data_pipelines.sample import TEXT_INPUT_FIELD, annotation_texts, text_fields
+from data_pipelines.shards import as_mapping, is_native, iter_annotations, read_dataset_info, split_entry
 from mmtl.errors import MMTLError
 from mmtl.text import bpe_encode
 
@@ -60,6 +62,16 @@ class TextProfile:
     words: set[str] = field(default_factory=set)  # distinct words of the first VOCAB_SCAN_LIMIT annotations
     document_tokens: list[int] = field(default_factory=list)  # BPE lengths of those of the first LONG_DOCUMENT_SCAN
 
+    def to_dict(self) -> dict[str, Any]:
+        """The profile as plain JSON values (what the scan cache holds)."""
+        return {"words": sorted(self.words), "document_tokens": list(self.document_tokens)}
+
+    def merge(self, other: "TextProfile | dict[str, Any]") -> None:
+        """Add the texts of another source (after this one's)."""
+        other = other if isinstance(other, TextProfile) else TextProfile(set(other["words"]), other["document_tokens"])
+        self.words.update(other.words)
+        self.document_tokens.extend(other.document_tokens)
+
     def add(self, index: int, annotation: dict[str, Any], text_limit: int, document_limit: int) -> None:
         """Count the ``index``-th annotation of a source."""
         if index < text_limit:
@@ -83,13 +95,26 @@ class DataProfile:
         """Words and document lengths, from one pass over each source's first annotations."""
         if self._texts is None:
             texts = TextProfile()
-            limit = max(self.text_limit, self.document_limit)
             for profile in self.sources:
-                source = profile.source
-                for index, annotation in enumerate(iter_annotations(source.path, source.split, limit, source.mapping)):
-                    texts.add(index, annotation, self.text_limit, self.document_limit)
+                texts.merge(self._source_texts(profile.source))
             self._texts = texts
         return self._texts
+
+    def _source_texts(self, source: Source) -> TextProfile | dict[str, Any]:
+        """One source's texts; those of a shard set without ``dataset.json`` are cached beside its scan."""
+        if is_native(source.path):
+            return self._read_texts(source)
+        limits = [self.text_limit, self.document_limit, *text_fields()]
+        return shardsets.cached_texts(source.path, as_mapping(source.mapping), source.split, limits,
+                                      lambda: self._read_texts(source).to_dict())
+
+    def _read_texts(self, source: Source) -> TextProfile:
+        """One pass over the first annotations of ``source``."""
+        texts = TextProfile()
+        limit = max(self.text_limit, self.document_limit)
+        for index, annotation in enumerate(iter_annotations(source.path, source.split, limit, source.mapping)):
+            texts.add(index, annotation, self.text_limit, self.document_limit)
+        return texts
 
 
 def profile_data(sources: Sequence[Source], text_limit: int = VOCAB_SCAN_LIMIT,

@@ -19,13 +19,14 @@ Without a mapping, contract fields already in the ``json`` are kept, ``txt`` fee
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import webdataset as wds
 
@@ -223,17 +224,38 @@ def describe(reference: str | Path, mapping: Mapping) -> dict[str, Any]:
     """``dataset.json``-shaped info of a shard set: counts per split, classes, label mode (cached scan,
     see :mod:`data_pipelines.scancache`)."""
     shards = resolve(reference)
-    key = scancache.cache_key(shards.reference, _mapping_items(mapping), shards.splits, shards.home is None)
-    paths = scancache.cache_paths(shards.home, key)
+    key = _scan_key(shards, mapping)
+    return _cached(scancache.cache_paths(shards.home, key), lambda path: scancache.read_cache(path, key, shards.splits),
+                   lambda: _scan(shards, mapping), key)
+
+
+def cached_texts(reference: str | Path, mapping: Mapping, split: str, limits: list[Any],
+                 read: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The texts of ``split``'s first annotations (``read()``, see :mod:`data_pipelines.profile`), cached
+    beside the scan of the set: read once per shards, mapping, split and ``limits``."""
+    shards = resolve(reference)
+    key = hashlib.sha256(json.dumps([_scan_key(shards, mapping), "texts", split, limits]).encode()).hexdigest()
+    paths = scancache.cache_paths(shards.home, key, scancache.TEXTS_PREFIX)
+    return _cached(paths, lambda path: scancache.read_texts(path, key), read, key)
+
+
+def _scan_key(shards: ShardSet, mapping: Mapping) -> str:
+    return scancache.cache_key(shards.reference, _mapping_items(mapping), shards.splits, shards.home is None)
+
+
+def _cached(paths: list[Path], read_one: Callable[[Path], dict[str, Any] | None],
+            compute: Callable[[], dict[str, Any]], key: str) -> dict[str, Any]:
+    """What the first valid cache file of ``paths`` holds, else ``compute()`` written (for ``key``) to the first
+    writable one."""
     for path in paths:
-        cached = scancache.read_cache(path, key, shards.splits)
+        cached = read_one(path)
         if cached is not None:
             return cached
-    info = _scan(shards, mapping)
+    value = compute()
     for path in paths:  # beside the shards when that folder is writable, else the user's cache folder
-        if scancache.write_cache(path, key, info):
+        if scancache.write_cache(path, key, value):
             break
-    return info
+    return value
 
 
 def _scan(shards: ShardSet, mapping: Mapping) -> dict[str, Any]:
