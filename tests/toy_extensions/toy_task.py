@@ -1,4 +1,5 @@
-"""A toy task that reads an annotation field no built-in component knows: ``stars``, an integer rating.
+"""A toy task that reads annotation fields no built-in component knows: ``stars``, an integer rating, of a
+``review`` text (whose words ``mmtl data inspect`` counts).
 
 Importing this module registers it; nothing else in the project names the field, so the tests that
 import it show that converters, ``--map`` and shard scans learn of a new field from its task alone.
@@ -10,11 +11,12 @@ from typing import Any
 
 import torch
 
-from data_pipelines.fields import INTEGER, AnnotationField
+from data_pipelines.fields import INTEGER, TEXT, AnnotationField
 from mmtl.registry import TASKS
 from mmtl.tasks.base import Task
 
 STARS = AnnotationField("stars", INTEGER)
+REVIEW = AnnotationField("review", TEXT, words="review_words")
 
 
 @TASKS.register("rating")
@@ -26,6 +28,7 @@ class RatingTask(Task):
     required_inputs = ("image",)
     primary_metric = "accuracy"
     reference_field = STARS
+    input_fields = (REVIEW,)
 
     def reference(self, annotation: dict[str, Any]) -> int | None:
         stars = annotation.get(STARS.name)
