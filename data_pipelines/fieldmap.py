@@ -12,29 +12,37 @@ import json
 import re
 from typing import Any, Iterable
 
+from data_pipelines.fields import SOURCE, TEXT
+from data_pipelines.sample import annotation_field, annotation_fields, file_fields
 from mmtl.errors import MMTLError
 
-# annotation fields a mapping may fill, and the two inputs that are not annotations
-MAPPABLE_FIELDS = ("image", "key", "labels", "captions", "document", "summaries", "source", "depth", "audio", "count")
-ANNOTATION_FIELDS = ("labels", "captions", "document", "summaries", "source")
-LIST_FIELDS = ("labels", "captions", "summaries")
+# the inputs of a converted record that are not annotations: its image and its key
+RECORD_INPUTS = ("image", "key")
 # ``source`` names the data set a sample came from; a mapping onto it is allowed but always reported
-RESERVED_FIELDS = ("source",)
+RESERVED_FIELDS = (SOURCE.name,)
 
 _STEP = re.compile(r"([^.\[\]]+)|\[(\d*)\]|(\.)")
 Mapping = dict[str, list[str]]
 
 
+def mappable_fields() -> tuple[str, ...]:
+    """The fields a mapping may fill: the record's image and key, every declared annotation field, and the
+    files of further modalities (depth, audio)."""
+    return (*RECORD_INPUTS, *(f.name for f in annotation_fields()), *file_fields())
+
+
 def parse_mapping(items: Iterable[str], option: str = "--map") -> Mapping:
     """``FIELD=PATH[,PATH...]`` items -> {field: [paths]}; raises MMTLError naming the bad item."""
     mapping: Mapping = {}
+    items = list(items)
+    valid = mappable_fields() if items else ()
     for item in items:
         name, sep, paths = str(item).partition("=")
         name = name.strip()
         if not sep or not paths.strip():
             raise MMTLError(f"{option} {item!r}: expected FIELD=PATH[,PATH...]")
-        if name not in MAPPABLE_FIELDS:
-            raise MMTLError(f"{option} {item!r}: unknown field {name!r}; valid fields: {', '.join(MAPPABLE_FIELDS)}")
+        if name not in valid:
+            raise MMTLError(f"{option} {item!r}: unknown field {name!r}; valid fields: {', '.join(valid)}")
         mapping[name] = [p.strip() for p in paths.split(",") if p.strip()]
         for path in mapping[name]:
             parse_path(path, f"{option} {item!r}")
@@ -88,40 +96,13 @@ def _step(item: Any, step: str | int | None) -> list[Any]:
     return [item[step]] if -len(item) <= step < len(item) else []
 
 
-def clean_text(value: Any) -> str:
-    """Collapse whitespace (COCO captions carry newlines and trailing spaces)."""
-    return " ".join(str(value).split())
-
-
-def as_list(value: Any, split_cells: bool) -> tuple[list[str], int]:
-    """A field value -> list of strings, and how many null entries were left out.
-
-    ``split_cells``: CSV cells hold lists as ``a|b|c`` or as a JSON list.
-    """
-    if value is None:
-        return [], 1
-    if isinstance(value, list):
-        items = [v for v in value if v is not None]
-        return [clean_text(v) for v in items if clean_text(v)], len(value) - len(items)
-    text = str(value).strip()
-    if split_cells and text.startswith("["):
-        try:
-            parsed = json.loads(text)
-        except json.JSONDecodeError:
-            parsed = None
-        if isinstance(parsed, list):
-            return as_list(parsed, False)
-    parts = text.split("|") if split_cells else [text]
-    return [clean_text(p) for p in parts if clean_text(p)], 0
-
-
 def read_field(row: dict[str, Any], name: str, mapping: Mapping, split_cells: bool = False,
                consumed: frozenset[str] = frozenset()) -> tuple[Any, int]:
     """(value, null entries skipped) of annotation field ``name`` in ``row``.
 
     Unmapped fields read the column of their own name, unless another field's mapping already
     reads that column (``consumed``): ``--map document=source`` must not also fill ``source``.
-    List fields give a list of strings, ``count`` its raw value, the others one text.
+    Each field is read as its declared kind (see :func:`field_value`).
     """
     if name in mapping:
         paths = mapping[name]
@@ -133,23 +114,14 @@ def read_field(row: dict[str, Any], name: str, mapping: Mapping, split_cells: bo
 
 
 def field_value(name: str, values: list[Any], split_cells: bool = False) -> tuple[Any, int]:
-    """The values found for field ``name`` -> (its value, null entries skipped): a list of strings for
-    list fields, the first raw value for ``count``, else one text."""
+    """The values found for field ``name`` -> (its value, null entries skipped), read as its declared kind
+    (a list of strings, an int, ...; one text for the record's key). Raises
+    :class:`~data_pipelines.fields.MalformedValue` for a value its kind cannot hold."""
     values = [v for v in values if v not in ("", None)]
     if not values:
         return None, 0
-    if name in LIST_FIELDS:
-        items, nulls = [], 0
-        for value in values:
-            got, skipped = as_list(value, split_cells)
-            items += got
-            nulls += skipped
-        return items, nulls
-    if name == "count":
-        return values[0], 0
-    parts = [" ".join(clean_text(x) for x in v if x is not None) if isinstance(v, list) else clean_text(v)
-             for v in values]
-    return " ".join(p for p in parts if p), 0
+    field = annotation_field(name)
+    return (field.kind if field is not None else TEXT).read(values, split_cells)
 
 
 def consumed_columns(mapping: Mapping) -> frozenset[str]:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from data_pipelines import shardsets
 from data_pipelines.fieldmap import Mapping
-from data_pipelines.sample import IMAGE_KEYS, TEXT_INPUT_FIELD, class_tasks, supervised_tasks
+from data_pipelines.fields import AnnotationField
+from data_pipelines.sample import IMAGE_KEYS, TEXT_INPUT_FIELD, annotation_fields, class_tasks, supervised_tasks
 from data_pipelines.shards import as_mapping, is_native, read_dataset_info, split_shards
 from data_pipelines.transforms import DEFAULT_MAX_PIXELS, CorruptSampleError, load_pixels, open_image, parse_annotation
 from mmtl.config import MODEL_PRESETS
@@ -100,66 +101,91 @@ def check_sample(raw: dict[str, Any], max_pixels: int) -> tuple[dict[str, Any], 
     return annotation, size
 
 
+@dataclass
+class SplitTally:
+    """What :func:`inspect_split` counts in one split, sample by sample."""
+
+    split: str
+    lengths: TextLengths
+    # the annotation fields whose texts are counted in words (``AnnotationField.words``), and those of class names
+    word_fields: tuple[AnnotationField, ...] = ()
+    class_fields: tuple[str, ...] = ()
+    tasks: Counter = field(default_factory=Counter)
+    classes: Counter = field(default_factory=Counter)
+    reasons: Counter = field(default_factory=Counter)
+    corrupt: list[dict[str, str]] = field(default_factory=list)
+    words: dict[str, list[int]] = field(default_factory=dict)
+    widths: list[int] = field(default_factory=list)
+    heights: list[int] = field(default_factory=list)
+    shard_labels: list[list[str]] = field(default_factory=list)
+    good: int = 0
+    text_only: int = 0
+
+    def __post_init__(self) -> None:
+        self.words = {spec.words: [] for spec in self.word_fields}
+
+    def add(self, annotation: dict[str, Any], size: tuple[int, int] | None) -> None:
+        """Count one good sample (``size``: its image's, None without an image)."""
+        self.good += 1
+        self.tasks.update(supervised_tasks(annotation))
+        names = [str(label) for name in self.class_fields for label in annotation.get(name, [])]
+        self.classes.update(names)
+        if names:
+            self.shard_labels[-1].append(names[0])
+        if annotation.get(TEXT_INPUT_FIELD):
+            self.lengths.add(annotation[TEXT_INPUT_FIELD])
+        for spec in self.word_fields:
+            value = annotation.get(spec.name)
+            texts = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+            self.words[spec.words] += [len(str(text).split()) for text in texts if text]
+        if size is None:
+            self.text_only += 1
+        else:
+            self.widths.append(size[0])
+            self.heights.append(size[1])
+
+    def add_corrupt(self, error: dict[str, str]) -> None:
+        """Count one corrupt sample or unreadable shard (``shard``, ``key``, ``reason``, ``detail``)."""
+        self.reasons[error["reason"]] += 1
+        self.corrupt.append({"split": self.split, **error})
+
+    def stats(self) -> dict[str, Any]:
+        """The split's entry of the report."""
+        return {
+            "samples": self.good, "corrupt": sum(self.reasons.values()),
+            "corrupt_by_reason": dict(self.reasons.most_common()), "tasks": dict(self.tasks),
+            "with_image": len(self.widths), "text_only": self.text_only,
+            "class_histogram": dict(self.classes.most_common()),
+            **{key: describe(values) for key, values in self.words.items()},
+            "image_width": describe(self.widths), "image_height": describe(self.heights),
+            "document_tokens": self.lengths.to_dict(), "label_order": label_order(self.shard_labels),
+        }
+
+
 def inspect_split(path: str | Path, split: str, limit: int, max_pixels: int, mapping: Mapping | None = None,
                   context_length: int = DEFAULT_CONTEXT_LENGTH) -> tuple[dict[str, Any], list[dict]]:
     """Statistics of one split and its corrupt samples."""
-    tasks: Counter = Counter()
-    classes: Counter = Counter()
-    reasons: Counter = Counter()
-    words: dict[str, list[int]] = {"captions": [], "document": [], "summaries": []}
-    widths: list[int] = []
-    heights: list[int] = []
-    corrupt: list[dict[str, str]] = []
-    good = text_only = seen = 0
-    lengths = TextLengths(context_length)
-    shard_labels: list[list[str]] = []
+    fields = annotation_fields()
+    tally = SplitTally(split, TextLengths(context_length), tuple(f for f in fields if f.words),
+                       tuple(f.name for f in fields if f.kind.holds_classes))
+    seen = 0
     for url in split_shards(path, split):
         shard_errors: list[dict[str, str]] = []
-        shard_labels.append([])
+        tally.shard_labels.append([])
         for raw in iter_raw(url, shard_errors, mapping):
             seen += 1
             try:
-                annotation, size = check_sample(raw, max_pixels)
+                tally.add(*check_sample(raw, max_pixels))
             except CorruptSampleError as exc:
-                reasons[exc.reason] += 1
-                corrupt.append({"split": split, "shard": Path(url).name, "key": str(raw.get("__key__", "?")),
-                                "reason": exc.reason, "detail": exc.detail})
-                continue
-            good += 1
-            tasks.update(supervised_tasks(annotation))
-            classes.update(str(label) for label in annotation.get("labels", []))
-            if annotation.get("labels"):
-                shard_labels[-1].append(str(annotation["labels"][0]))
-            if annotation.get(TEXT_INPUT_FIELD):
-                lengths.add(annotation[TEXT_INPUT_FIELD])
-            for caption in annotation.get("captions", []):
-                words["captions"].append(len(caption.split()))
-            for summary in annotation.get("summaries", []):
-                words["summaries"].append(len(summary.split()))
-            if annotation.get("document"):
-                words["document"].append(len(annotation["document"].split()))
-            if size is None:
-                text_only += 1
-            else:
-                widths.append(size[0])
-                heights.append(size[1])
+                tally.add_corrupt({"shard": Path(url).name, "key": str(raw.get("__key__", "?")),
+                                   "reason": exc.reason, "detail": exc.detail})
             if limit and seen >= limit:
                 break
         for error in shard_errors:
-            reasons[error["reason"]] += 1
-            corrupt.append({"split": split, **error})
+            tally.add_corrupt(error)
         if limit and seen >= limit:
             break
-    stats = {
-        "samples": good, "corrupt": sum(reasons.values()), "corrupt_by_reason": dict(reasons.most_common()),
-        "tasks": dict(tasks), "with_image": len(widths), "text_only": text_only,
-        "class_histogram": dict(classes.most_common()),
-        "caption_words": describe(words["captions"]), "document_words": describe(words["document"]),
-        "summary_words": describe(words["summaries"]),
-        "image_width": describe(widths), "image_height": describe(heights),
-        "document_tokens": lengths.to_dict(), "label_order": label_order(shard_labels),
-    }
-    return stats, corrupt
+    return tally.stats(), tally.corrupt
 
 
 def inspect_shards(path: str | Path, splits: list[str] | None = None, limit: int = 0,
@@ -225,6 +251,7 @@ def _fmt_stats(stats: dict[str, float]) -> str:
 def format_report(report: dict[str, Any], top_classes: int = 20) -> str:
     """The report as readable text."""
     source = "" if report.get("dataset_json", True) else ", no dataset.json: read as mapped"
+    word_keys = [f.words for f in annotation_fields() if f.words]
     lines = [f"{report['path']}: {report['name']} ({report['classes']} classes, label_mode {report['label_mode']}{source})"]
     for split, s in report["splits"].items():
         tasks = ", ".join(f"{t}={n}" for t, n in s["tasks"].items()) or "none"
@@ -232,9 +259,7 @@ def format_report(report: dict[str, Any], top_classes: int = 20) -> str:
             f"\n[{split}] {s['samples']} good samples ({s['with_image']} with image, {s['text_only']} text only), "
             f"{s['corrupt']} corrupt",
             f"  tasks: {tasks}",
-            f"  caption words:  {_fmt_stats(s['caption_words'])}",
-            f"  document words: {_fmt_stats(s['document_words'])}",
-            f"  summary words:  {_fmt_stats(s['summary_words'])}",
+            *(f"  {key.replace('_', ' ') + ':':<16}{_fmt_stats(s[key])}" for key in word_keys if key in s),
             f"  documents over {s['document_tokens']['context_length']} tokens: {s['document_tokens']['cut']} of "
             f"{s['document_tokens']['documents']}",
             f"  image width:    {_fmt_stats(s['image_width'])}",

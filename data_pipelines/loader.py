@@ -30,6 +30,7 @@ from data_pipelines.sample import IMAGE_KEYS, TEXT_INPUT_FIELD
 from data_pipelines.shards import as_mapping, is_native, split_shards
 from data_pipelines.stream import MODES, StreamDataset, StreamSpec, resolve_rank, sub_seed
 from data_pipelines.transforms import DEFAULT_MAX_PIXELS, CorruptSampleError, image_tensor, parse_annotation
+from mmtl.config import ExperimentConfig
 from mmtl.errors import MMTLError
 from mmtl.text import PAD, Vocabulary
 
@@ -254,73 +255,101 @@ class CountingLoader(torch.utils.data.DataLoader):
             yield batch
 
 
-def make_loader(
-    path: str | Sequence[Source],
-    split: str,
-    *,
-    tasks: Sequence[Any],
-    vocab: Vocabulary,
-    image_size: int,
-    context_length: int,
-    batch_size: int,
-    train: bool,
-    num_workers: int = 0,
-    shuffle_buffer: int = 1000,
-    seed: int = 0,
-    max_corrupt_fraction: float | None = 0.01,
-    max_image_pixels: int = DEFAULT_MAX_PIXELS,
-    mode: str = "resampled",
-    epochs: int | None = None,
-    mixing: str = "natural",
-    mixing_temperature: float = 2.0,
-    length_buckets: int = 0,
-    rank: int | None = None,
-    world_size: int | None = None,
-    start_batch: int = 0,
-    mapping: Sequence[str] = (),
-) -> CountingLoader:
-    """A DataLoader of :class:`Batch` over one split, or over several sources mixed.
+@dataclass(frozen=True)
+class LoaderSettings:
+    """How :func:`make_loader` reads, decodes and batches a stream.
 
-    ``path``: a shard directory (its ``split`` is read), or a list of :class:`Source` (``split``
-    unused) mixed by ``mixing`` (see ``data_pipelines.mixing``).
     ``train=True``: ``mode="resampled"`` draws shards with replacement forever; ``mode="epoch"``
     passes over the data in a new shard order each epoch (``epochs`` passes, None: forever). Both
     shuffle samples in a buffer of ``shuffle_buffer``, and give each rank and worker its own part
     (see ``data_pipelines.stream``). ``length_buckets`` > 0 groups documents of similar length.
     ``train=False``: each sample exactly once, in order (split over ranks and workers).
-    ``mapping``: ``data.map`` items for a ``path`` without dataset.json (sources carry their own).
+    ``mapping``: ``data.map`` items for a path without dataset.json (sources carry their own).
     ``rank``/``world_size``: this process among the data-parallel ones (default: torch.distributed's,
     else 0 of 1). ``start_batch=k`` starts at batch k of the very stream a fresh loader with the same
-    arguments yields: the first k batches are read as raw samples and skipped, not decoded.
-    Batch k is raw samples k*B ... k*B+B-1 of its worker; corrupt ones are skipped (the batch is
-    shorter) and counted in ``loader.corrupt``; past ``max_corrupt_fraction`` of the samples seen
-    (after at least 100) iterating raises :class:`MMTLError`.
+    settings yields: the first k batches are read as raw samples and skipped, not decoded.
+    Past ``max_corrupt_fraction`` of the samples seen (after at least 100) iterating raises :class:`MMTLError`.
     """
-    if mode not in MODES:
-        raise MMTLError(f"data.mode must be one of {', '.join(MODES)}; got {mode!r}")
-    if start_batch < 0 or length_buckets < 0:
-        raise MMTLError(f"start_batch and length_buckets must be >= 0; got {start_batch}, {length_buckets}")
+
+    image_size: int
+    context_length: int
+    batch_size: int
+    train: bool
+    num_workers: int = 0
+    shuffle_buffer: int = 1000
+    seed: int = 0
+    max_corrupt_fraction: float | None = 0.01
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    mode: str = "resampled"
+    epochs: int | None = None
+    mixing: str = "natural"
+    mixing_temperature: float = 2.0
+    length_buckets: int = 0
+    rank: int | None = None
+    world_size: int | None = None
+    start_batch: int = 0
+    mapping: Sequence[str] = ()
+
+    @classmethod
+    def for_training(cls, config: ExperimentConfig, **position: Any) -> "LoaderSettings":
+        """The training stream's settings from the experiment config; ``position``: ``rank``, ``world_size``,
+        ``start_batch``."""
+        data, model = config.data, config.model
+        return cls(image_size=model.image.image_size, context_length=model.text.context_length,
+                   batch_size=data.batch_size, train=True, num_workers=data.num_workers,
+                   shuffle_buffer=data.shuffle_buffer, seed=config.seed, max_corrupt_fraction=data.max_corrupt_fraction,
+                   max_image_pixels=data.max_image_pixels, mode=data.mode, mixing=data.mixing,
+                   mixing_temperature=data.mixing_temperature, length_buckets=data.length_buckets, **position)
+
+    def check(self) -> None:
+        """Raise :class:`MMTLError` for a mode or a count the loader cannot use."""
+        if self.mode not in MODES:
+            raise MMTLError(f"data.mode must be one of {', '.join(MODES)}; got {self.mode!r}")
+        if self.start_batch < 0 or self.length_buckets < 0:
+            raise MMTLError(f"start_batch and length_buckets must be >= 0; got {self.start_batch}, {self.length_buckets}")
+
+
+def _stream_sources(path: str | Sequence[Source], split: str, mapping: Sequence[str],
+                    tasks: Sequence[Any]) -> list[Source]:
+    """The sources of a loader (one for a path), each checked to name only tasks among ``tasks``."""
     sources = [Source(str(path), split, mapping=tuple(mapping))] if isinstance(path, (str, Path)) else list(path)
     names = [t.name for t in tasks]
     for source in sources:
         unknown = sorted(set(source.tasks or ()) - set(names))
         if unknown:
             raise MMTLError(f"source {source.path} names tasks {', '.join(unknown)}, not among {', '.join(names)}")
-    rank, world_size = resolve_rank(rank, world_size)
+    return sources
+
+
+def make_loader(path: str | Sequence[Source], split: str, tasks: Sequence[Any], vocab: Vocabulary,
+                settings: LoaderSettings) -> CountingLoader:
+    """A DataLoader of :class:`Batch` over one split, or over several sources mixed.
+
+    ``path``: a shard directory (its ``split`` is read), or a list of :class:`Source` (``split``
+    unused) mixed by ``settings.mixing`` (see ``data_pipelines.mixing``). Batch k is raw samples
+    k*B ... k*B+B-1 of its worker; corrupt ones are skipped (the batch is shorter) and counted in
+    ``loader.corrupt``. See :class:`LoaderSettings` for the rest.
+    """
+    settings.check()
+    sources = _stream_sources(path, split, settings.mapping, tasks)
+    rank, world_size = resolve_rank(settings.rank, settings.world_size)
+    train = settings.train
     spec = StreamSpec(
         shards=[split_shards(s.path, s.split) for s in sources],
         mappings=[None if is_native(s.path) else as_mapping(s.mapping) for s in sources],
-        plan=plan_mixing(sources, names, mixing, mixing_temperature),
-        batch_size=batch_size, mode=mode if train else "epoch", shuffle=train, shuffle_buffer=shuffle_buffer,
-        seed=seed, epochs=epochs if train else 1, length_buckets=length_buckets if train else 0,
-        rank=rank, world_size=world_size,
+        plan=plan_mixing(sources, [t.name for t in tasks], settings.mixing, settings.mixing_temperature),
+        batch_size=settings.batch_size, mode=settings.mode if train else "epoch", shuffle=train,
+        shuffle_buffer=settings.shuffle_buffer, seed=settings.seed, epochs=settings.epochs if train else 1,
+        length_buckets=settings.length_buckets if train else 0, rank=rank, world_size=world_size,
     )
-    decoders = [SampleDecoder([t for t in tasks if s.tasks is None or t.name in s.tasks], vocab, image_size,
-                              context_length, seed=sub_seed(seed, 0, i), max_pixels=max_image_pixels)
+    decoders = [SampleDecoder([t for t in tasks if s.tasks is None or t.name in s.tasks], vocab, settings.image_size,
+                              settings.context_length, seed=sub_seed(settings.seed, 0, i),
+                              max_pixels=settings.max_image_pixels)
                 for i, s in enumerate(sources)]
-    batches = functools.partial(batch_groups, collate=Collator(tasks, image_size))
-    dataset = StreamDataset(spec, decoders, batches, start_batch)
-    loader = CountingLoader(dataset, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0)
-    loader.corrupt = CorruptCounter(max_corrupt_fraction)
-    loader.plan, loader.start_batch, loader.position = spec.plan, start_batch, start_batch
+    batches = functools.partial(batch_groups, collate=Collator(tasks, settings.image_size))
+    dataset = StreamDataset(spec, decoders, batches, settings.start_batch)
+    loader = CountingLoader(dataset, batch_size=None, num_workers=settings.num_workers,
+                            persistent_workers=settings.num_workers > 0)
+    loader.corrupt = CorruptCounter(settings.max_corrupt_fraction)
+    loader.plan, loader.start_batch, loader.position = spec.plan, settings.start_batch, settings.start_batch
     return loader

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SCAN_VERSION = 2  # 2: the key covers inode and device
 CACHE_PREFIX = ".mmtl-scan-"
+TEXTS_PREFIX = ".mmtl-texts-"  # the cached texts of a split (data_pipelines.profile), beside the scan
 MAX_CACHE_BYTES = 64 * 2**20  # a cache larger than this is not one mmtl wrote
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,20 @@ class ScanCache(_Strict):
     info: ScanInfo
 
 
+class TextScan(_Strict):
+    """The texts of a split's first annotations (``data_pipelines.profile.TextProfile``)."""
+
+    words: list[str]
+    document_tokens: list[int]
+
+
+class TextCache(_Strict):
+    """The cache file of a split's texts: the key it was written for and the texts."""
+
+    key: str
+    info: TextScan
+
+
 def cache_key(reference: str, mapping_items: list[str], splits: dict[str, list[str]], piped: bool) -> str:
     """The key of a scan: reference, mapping, and every shard's path, size, mtime (ns), inode and device."""
     # a pipe: command's relative paths mean another thing in another folder
@@ -77,18 +92,35 @@ def cache_key(reference: str, mapping_items: list[str], splits: dict[str, list[s
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
-def cache_paths(home: Path | None, key: str) -> list[Path]:
-    """Beside the shards first (when they share a folder), else the user's cache folder."""
+def cache_paths(home: Path | None, key: str, prefix: str = CACHE_PREFIX) -> list[Path]:
+    """Beside the shards first (when they share a folder, named ``prefix`` + key), else the user's cache folder."""
     cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmtl" / "scans"
     paths = [cache_home / f"{key[:24]}.json"]
     if home is not None:
-        paths.insert(0, home / f"{CACHE_PREFIX}{key[:12]}.json")
+        paths.insert(0, home / f"{prefix}{key[:12]}.json")
     return paths
 
 
 def read_cache(path: Path, key: str, splits: dict[str, list[str]]) -> dict[str, Any] | None:
     """The info cached at ``path`` for ``key``, or None (one warning when a file is there but is not a
     valid cache of these shards: a link, a forged or damaged file, a stale key)."""
+    cache = _read_valid(path, key, ScanCache)
+    if cache is None:
+        return None
+    if any(cache.info.splits.get(split) is None or cache.info.splits[split].shards != urls
+           for split, urls in splits.items()) or set(cache.info.splits) != set(splits):
+        return _ignored(path, "its shard lists differ from the shards")
+    return cache.info.model_dump()
+
+
+def read_texts(path: Path, key: str) -> dict[str, Any] | None:
+    """The texts cached at ``path`` for ``key`` (see :class:`TextScan`), or None, as :func:`read_cache`."""
+    cache = _read_valid(path, key, TextCache)
+    return None if cache is None else cache.info.model_dump()
+
+
+def _read_valid(path: Path, key: str, schema: type[ScanCache] | type[TextCache]) -> Any:
+    """The cache file at ``path`` checked against ``schema`` and ``key``, read without following a link."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except FileNotFoundError:
@@ -104,17 +136,14 @@ def read_cache(path: Path, key: str, splits: dict[str, list[str]]) -> dict[str, 
     if len(data) > MAX_CACHE_BYTES:
         return _ignored(path, f"larger than {MAX_CACHE_BYTES // 2**20} MiB")
     try:
-        cache = ScanCache.model_validate_json(data)
+        cache = schema.model_validate_json(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "top level"
         return _ignored(path, f"not a scan cache ({where}: {first['msg']})")
     if cache.key != key:
         return _ignored(path, "written for other shards or an older version of them")
-    if any(cache.info.splits.get(split) is None or cache.info.splits[split].shards != urls
-           for split, urls in splits.items()) or set(cache.info.splits) != set(splits):
-        return _ignored(path, "its shard lists differ from the shards")
-    return cache.info.model_dump()
+    return cache
 
 
 def _ignored(path: Path, reason: str) -> None:

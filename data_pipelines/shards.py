@@ -16,7 +16,7 @@ from PIL import Image
 
 from data_pipelines import shardsets
 from data_pipelines.fieldmap import Mapping
-from data_pipelines.sample import supervised_tasks
+from data_pipelines.sample import class_names, supervised_tasks
 from data_pipelines.transforms import CorruptSampleError, parse_annotation
 from mmtl.errors import MMTLError
 
@@ -60,7 +60,7 @@ def write_split(
             annotation = sample["json"]
             stats.samples += 1
             stats.tasks.update(supervised_tasks(annotation))
-            stats.classes.update(str(label) for label in annotation.get("labels", []))
+            stats.classes.update(class_names(annotation))
             sink.write({**sample, "json": json.dumps(annotation).encode("utf-8")})
         written = sink.shard  # shards opened so far (the writer deletes this attribute on close)
     stats.shards = [Path(pattern % i).name for i in range(written)]

@@ -19,30 +19,28 @@ Without a mapping, contract fields already in the ``json`` are kept, ``txt`` fee
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import webdataset as wds
 
 from data_pipelines import scancache
 from data_pipelines.fieldmap import Mapping, field_value, lookup, parse_mapping
+from data_pipelines.fields import MalformedValue, is_present
 from data_pipelines.pipes import check_pipes, is_pipe, opened
-from data_pipelines.sample import supervised_tasks
+from data_pipelines.sample import annotation_fields, class_fields, class_names, supervised_tasks
 from data_pipelines.transforms import CorruptSampleError, parse_annotation
 from mmtl.errors import MMTLError, os_error_message
 
 ANY_SPLIT = "all"  # the one split of a set whose files name none
 SPLIT_NAMES = ("train", "val", "valid", "validation", "dev", "test", "eval")
 SHARD_SUFFIXES = (".tar", ".tgz", ".tar.gz")
-# the contract's annotation fields, which are also the fields a shard's members can be mapped onto
-CONTRACT_KEYS = ("labels", "captions", "document", "summaries", "source", "count")
-# members read as defaults when the mapping does not name the field
-DEFAULT_MEMBERS = {"captions": "txt", "labels": "cls"}
 _SPLIT_FILE = re.compile(r"^([A-Za-z]+)[-_.]")
 
 
@@ -127,10 +125,11 @@ def shard_mapping(items: Any, option: str = "data.map") -> Mapping:
         else:
             joined.append(str(item))
     mapping = parse_mapping(joined, option)
-    files = [name for name in mapping if name not in CONTRACT_KEYS]
-    if files:
+    contract = [field.name for field in annotation_fields()] if mapping else []
+    files = [name for name in mapping if name not in contract]
+    if files:  # a shard's members can be mapped onto the contract's annotation fields only
         raise MMTLError(f"{option}: {', '.join(files)} cannot be mapped for shards (the image is the sample's "
-                        f"jpg/png/webp); mappable: {', '.join(CONTRACT_KEYS)}")
+                        f"jpg/png/webp); mappable: {', '.join(contract)}")
     return mapping
 
 
@@ -173,26 +172,26 @@ def to_contract(raw: dict[str, Any], mapping: Mapping) -> dict[str, Any]:
         meta = _member_value(raw["json"], "json")
         if not isinstance(meta, dict):
             return raw
-    annotation = {k: meta[k] for k in CONTRACT_KEYS if k in meta and k not in mapping}
-    for name, member in DEFAULT_MEMBERS.items():
-        if name not in annotation and name not in mapping and member in raw:
-            value, _ = field_value(name, [_member_value(raw[member], member)])
-            if value:
-                annotation[name] = value
+    annotation = {f.name: f.kind.keep(meta[f.name]) for f in annotation_fields() if f.name in meta and f.name not in mapping}
+    for field in annotation_fields():  # members read as defaults when the mapping does not name the field
+        name, member = field.name, field.default_member
+        if member and name not in annotation and name not in mapping and member in raw:
+            _set_field(annotation, name, [_member_value(raw[member], member)])
     for name, paths in mapping.items():
-        value, _ = field_value(name, [v for p in paths for v in _find(raw, meta, p)])
-        if value:
-            annotation[name] = value
-    if "count" in mapping and "count" in annotation:
-        try:
-            annotation["count"] = int(annotation["count"])
-        except (TypeError, ValueError):
-            annotation.pop("count")
-    if "labels" in annotation and isinstance(annotation["labels"], list):
-        annotation["labels"] = [str(v) for v in annotation["labels"] if v is not None]
+        _set_field(annotation, name, [v for p in paths for v in _find(raw, meta, p)])
     out = {k: v for k, v in raw.items() if k != "json"}
     out["json"] = json.dumps(annotation).encode("utf-8")
     return out
+
+
+def _set_field(annotation: dict[str, Any], name: str, values: list[Any]) -> None:
+    """Fill field ``name`` from the values found for it (a value its kind cannot hold is left out)."""
+    try:
+        value, _ = field_value(name, values)
+    except MalformedValue:
+        return
+    if is_present(value):
+        annotation[name] = value
 
 
 def unreadable(url: str, error: BaseException | None) -> str:
@@ -225,23 +224,45 @@ def describe(reference: str | Path, mapping: Mapping) -> dict[str, Any]:
     """``dataset.json``-shaped info of a shard set: counts per split, classes, label mode (cached scan,
     see :mod:`data_pipelines.scancache`)."""
     shards = resolve(reference)
-    key = scancache.cache_key(shards.reference, _mapping_items(mapping), shards.splits, shards.home is None)
-    paths = scancache.cache_paths(shards.home, key)
+    key = _scan_key(shards, mapping)
+    return _cached(scancache.cache_paths(shards.home, key), lambda path: scancache.read_cache(path, key, shards.splits),
+                   lambda: _scan(shards, mapping), key)
+
+
+def cached_texts(reference: str | Path, mapping: Mapping, split: str, limits: list[Any],
+                 read: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The texts of ``split``'s first annotations (``read()``, see :mod:`data_pipelines.profile`), cached
+    beside the scan of the set: read once per shards, mapping, split and ``limits``."""
+    shards = resolve(reference)
+    key = hashlib.sha256(json.dumps([_scan_key(shards, mapping), "texts", split, limits]).encode()).hexdigest()
+    paths = scancache.cache_paths(shards.home, key, scancache.TEXTS_PREFIX)
+    return _cached(paths, lambda path: scancache.read_texts(path, key), read, key)
+
+
+def _scan_key(shards: ShardSet, mapping: Mapping) -> str:
+    return scancache.cache_key(shards.reference, _mapping_items(mapping), shards.splits, shards.home is None)
+
+
+def _cached(paths: list[Path], read_one: Callable[[Path], dict[str, Any] | None],
+            compute: Callable[[], dict[str, Any]], key: str) -> dict[str, Any]:
+    """What the first valid cache file of ``paths`` holds, else ``compute()`` written (for ``key``) to the first
+    writable one."""
     for path in paths:
-        cached = scancache.read_cache(path, key, shards.splits)
+        cached = read_one(path)
         if cached is not None:
             return cached
-    info = _scan(shards, mapping)
+    value = compute()
     for path in paths:  # beside the shards when that folder is writable, else the user's cache folder
-        if scancache.write_cache(path, key, info):
+        if scancache.write_cache(path, key, value):
             break
-    return info
+    return value
 
 
 def _scan(shards: ShardSet, mapping: Mapping) -> dict[str, Any]:
     total = sum(len(u) for u in shards.splits.values())
     print(f"mmtl: scanning {total} shard(s) of {shards.reference} once (no dataset.json); the counts are cached",
           file=sys.stderr)
+    names_of_classes = class_fields()
     splits, classes, multi = {}, Counter(), False
     for split, urls in shards.splits.items():
         tasks, samples, corrupt = Counter(), 0, 0
@@ -253,7 +274,7 @@ def _scan(shards: ShardSet, mapping: Mapping) -> dict[str, Any]:
                 continue
             samples += 1
             tasks.update(supervised_tasks(annotation))
-            labels = [str(v) for v in annotation.get("labels", [])]
+            labels = class_names(annotation, names_of_classes)
             classes.update(labels)
             multi = multi or len(labels) > 1
         splits[split] = {"samples": samples, "shards": urls, "tasks": dict(tasks), "corrupt": corrupt}

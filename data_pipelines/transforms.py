@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from data_pipelines.sample import IMAGE_SUFFIXES  # noqa: F401  (batch prediction over a folder reads it here)
+
 # A decoded image larger than this is treated as a decompression bomb (about 8000 x 8000 pixels).
 DEFAULT_MAX_PIXELS = 64_000_000
 
@@ -87,8 +89,6 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-# file suffixes read as images from a folder (image-folder conversion, batch prediction over a folder)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int = 0) -> Image.Image:

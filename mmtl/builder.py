@@ -6,19 +6,15 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from data_pipelines.mixing import Source, training_sources
-from data_pipelines.sample import TEXT_INPUT_FIELD, annotation_texts
-from data_pipelines.shards import iter_annotations, read_dataset_info, split_entry
+from data_pipelines.mixing import training_sources
+from data_pipelines.profile import VOCAB_SCAN_LIMIT, DataProfile, SourceProfile, profile_data
 import mmtl.components  # noqa: F401  (registers the components that configs name)
 from mmtl.config import ExperimentConfig, check_budget
 from mmtl.errors import MMTLError
 from mmtl.models.model import MultiTaskModel
 from mmtl.registry import TASKS
 from mmtl.tasks.base import Task, TaskContext
-from mmtl.text import Vocabulary, bpe_encode
-
-VOCAB_SCAN_LIMIT = 50_000
-LONG_DOCUMENT_SCAN = 300  # training documents measured against the text context at the start of a run
+from mmtl.text import Vocabulary
 LABEL_MODES = ("multi", "single")  # dataset.json "label_mode": several labels per sample, or exactly one
 
 log = logging.getLogger(__name__)
@@ -36,26 +32,29 @@ class Components:
     class_sources: list[str] = field(default_factory=list)  # the data sets the classes were read from
 
 
-def build_vocabulary(config: ExperimentConfig) -> Vocabulary:
+def data_profile(config: ExperimentConfig) -> DataProfile:
+    """The profile of the training sources of ``config`` (its texts are read only when it builds a compact
+    vocabulary or measures documents)."""
+    full = config.model.text.vocab == "full"
+    return profile_data(training_sources(config.data), text_limit=0 if full else VOCAB_SCAN_LIMIT)
+
+
+def build_vocabulary(config: ExperimentConfig, profile: DataProfile | None = None) -> Vocabulary:
     """Full BPE table, or the compact one of BPE ids seen in (up to 50k samples of) the training split."""
     if config.model.text.vocab == "full":
         return Vocabulary(None)
-    texts = (t for source in training_sources(config.data)
-             for a in iter_annotations(source.path, source.split, VOCAB_SCAN_LIMIT, source.mapping)
-             for t in annotation_texts(a))
-    return Vocabulary.from_texts(texts)
+    return Vocabulary.from_texts(sorted((profile or data_profile(config)).texts.words))
 
 
-def long_document_report(config: ExperimentConfig, limit: int = LONG_DOCUMENT_SCAN) -> str | None:
+def long_document_report(config: ExperimentConfig, profile: DataProfile | None = None) -> str | None:
     """A warning when training documents are longer than ``model.text.context_length`` BPE tokens, else None.
 
-    Measures the documents of the first ``limit`` training annotations of each source (the text
-    encoder reads only the first ``context_length`` tokens of a document; the rest is cut).
+    Measures the documents of the first ``data_pipelines.profile.LONG_DOCUMENT_SCAN`` training annotations
+    of each source (the text encoder reads only the first ``context_length`` tokens of a document; the rest
+    is cut).
     """
     context = config.model.text.context_length
-    lengths = [len(bpe_encode(str(a[TEXT_INPUT_FIELD]))) for source in training_sources(config.data)
-               for a in iter_annotations(source.path, source.split, limit, source.mapping)
-               if a.get(TEXT_INPUT_FIELD)]
+    lengths = (profile or data_profile(config)).texts.document_tokens
     cut = sorted(n for n in lengths if n > context)
     if not cut:
         return None
@@ -87,35 +86,12 @@ def class_tasks(config: ExperimentConfig) -> list[str]:
     return [t for t in config.tasks if TASKS.get(t).needs_classes]
 
 
-def label_sources(config: ExperimentConfig) -> list[Source]:
-    """The training sources that feed a task of ``config`` reading class labels (e.g. recognition)."""
-    labelled = class_tasks(config)
-    if not labelled:
-        return []
-    return [s for s in training_sources(config.data) if _feeds(s, labelled)]
-
-
-def _feeds(source: Source, tasks: list[str]) -> bool:
-    """Whether ``source`` feeds one of ``tasks``: listed for it and annotated for it in its training split
-    (assumed when its ``dataset.json`` has no counts for that split)."""
-    if source.tasks is not None and not set(source.tasks) & set(tasks):
-        return False
-    info = read_dataset_info(source.path, source.mapping)
-    try:
-        split = split_entry(info, source.split, source.path)
-    except MMTLError:  # the loader names the missing split
-        return True
-    if "tasks" not in split:
-        return True
-    return any(split["tasks"].get(task, 0) for task in tasks)
-
-
-def label_mode_of(sources: list[Source], tasks: list[str]) -> str:
+def label_mode_of(sources: list[SourceProfile], tasks: list[str]) -> str:
     """The one label mode of the sources that feed class labels to ``tasks``; MMTLError naming them when
     they disagree."""
     modes: dict[str, list[str]] = {}
-    for source in sources:
-        modes.setdefault(str(read_dataset_info(source.path, source.mapping).get("label_mode", "multi")), []).append(source.path)
+    for profile in sources:
+        modes.setdefault(profile.label_mode, []).append(profile.source.path)
     if len(modes) > 1:
         named = "; ".join(f"{mode}-label: {', '.join(paths)}" for mode, paths in sorted(modes.items()))
         fed = " and ".join(tasks) or "the labelled tasks"
@@ -130,18 +106,22 @@ def components_from_data(config: ExperimentConfig) -> Components:
 
     Classes (in order of appearance) and the label mode come from the sources that feed a labelled
     task (every source when no task reads labels); sources of different label modes feeding it are refused.
+    Every source's ``dataset.json`` is read once, and its annotations once (:mod:`data_pipelines.profile`).
     """
-    sources = label_sources(config) or training_sources(config.data)
+    profile = data_profile(config)
+    needing = class_tasks(config)
+    sources = [p for p in profile.sources if p.feeds(needing)] if needing else []
+    sources = sources or profile.sources
     classes: list[str] = []
     for source in sources:
-        classes += [c for c in read_dataset_info(source.path, source.mapping).get("classes", []) if c not in classes]
-    needing = class_tasks(config)
+        classes += [c for c in source.classes if c not in classes]
     if needing and not classes:
-        raise MMTLError(f"{', '.join(s.path for s in sources)}: dataset.json lists no classes, but the "
+        raise MMTLError(f"{', '.join(s.source.path for s in sources)}: dataset.json lists no classes, but the "
                         f"{' and '.join(needing)} task needs them")
-    paths = list(dict.fromkeys(s.path for s in sources))
-    components = build_components(config, classes, build_vocabulary(config), label_mode_of(sources, needing), paths)
-    warning = long_document_report(config) if any(t.reads_tokens() for t in components.tasks) else None
+    paths = list(dict.fromkeys(s.source.path for s in sources))
+    components = build_components(config, classes, build_vocabulary(config, profile), label_mode_of(sources, needing),
+                                  paths)
+    warning = long_document_report(config, profile) if any(t.reads_tokens() for t in components.tasks) else None
     if warning:
         log.warning(warning)
     return components

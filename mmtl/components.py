@@ -10,7 +10,4 @@ import mmtl.balancing.weighting  # noqa: F401
 import mmtl.models.encoders  # noqa: F401
 import mmtl.models.fusion  # noqa: F401
 import mmtl.modalities  # noqa: F401
-import mmtl.tasks.captioning  # noqa: F401
-import mmtl.tasks.counting  # noqa: F401
-import mmtl.tasks.recognition  # noqa: F401
-import mmtl.tasks.summarization  # noqa: F401
+import mmtl.tasks  # noqa: F401  (every built-in task, in the order mmtl/tasks/__init__.py registers them)

@@ -29,9 +29,9 @@ class Registry(Generic[T]):
 
         return decorate
 
-    def unregister(self, key: str) -> None:
-        """Remove the component registered under ``key`` (for components registered for a while, as tests do)."""
-        del self._items[key]
+    def unregister(self, key: str) -> T:
+        """Remove and return the component registered under ``key`` (a test's toy component, say)."""
+        return self._items.pop(key)
 
     def get(self, key: str) -> T:
         """Return the component registered under ``key`` or raise a ConfigError listing valid keys."""

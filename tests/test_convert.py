@@ -244,13 +244,13 @@ def test_huge_photo_needs_resize_max_and_then_converts(tmp_path: Path, capsys) -
 
 def test_every_reader_option_is_a_convert_flag(capsys, monkeypatch) -> None:
     """Each format declares its options next to its reader; the command line offers every one of them."""
-    from data_pipelines.convert import FORMATS, source_options
+    from data_pipelines.convert import format_names, source_options
 
     monkeypatch.setenv("COLUMNS", "400")
     with pytest.raises(SystemExit):
         main(["data", "convert", "--help"])
     help_text = capsys.readouterr().out
-    assert list(FORMATS) == ["coco", "imagefolder", "jsonl", "csv", "parquet"]
+    assert format_names() == ["coco", "imagefolder", "jsonl", "csv", "parquet"]
     assert [o.command_flag for o in source_options()] == [
         "--images", "--captions", "--instances", "--allow-outside-root", "--root", "--input", "--image-root", "--map"]
     for option in source_options():

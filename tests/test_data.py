@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_pipelines.loader import make_loader
+from data_pipelines.loader import LoaderSettings, make_loader
 from data_pipelines.shards import iter_annotations, read_dataset_info, split_shards, write_dataset_info, write_split
 from data_pipelines.shapes_world import generate_sample, resolve_difficulty
 from data_pipelines.transforms import image_tensor
@@ -37,8 +37,8 @@ def test_shard_round_trip_preserves_annotations_and_pixels(micro_data: Path) -> 
     annotations = list(iter_annotations(micro_data, "test"))
     assert len(annotations) == MICRO_SIZES["test"]
     config, parts = _parts(micro_data)
-    loader = make_loader(str(micro_data), "test", tasks=parts.tasks, vocab=parts.vocab, image_size=32,
-                         context_length=64, batch_size=16, train=False)
+    loader = make_loader(str(micro_data), "test", parts.tasks, parts.vocab,
+                         LoaderSettings(image_size=32, context_length=64, batch_size=16, train=False))
     (batch,) = list(loader)
     assert batch.image.dtype == torch.uint8 and batch.image.shape == (16, 3, 32, 32)
     assert batch.annotations == annotations
@@ -65,8 +65,8 @@ def test_corrupt_sample_is_skipped_and_counted(micro_data: Path, tmp_path: Path,
     stats = write_split(tmp_path, "val", samples)
     write_dataset_info(tmp_path, "t", {"val": stats}, None, {})
     config, parts = _parts(micro_data)
-    loader = make_loader(str(tmp_path), "val", tasks=parts.tasks, vocab=parts.vocab, image_size=32,
-                         context_length=64, batch_size=8, train=False)
+    loader = make_loader(str(tmp_path), "val", parts.tasks, parts.vocab,
+                         LoaderSettings(image_size=32, context_length=64, batch_size=8, train=False))
     batches = list(loader)
     assert [k for b in batches for k in b.keys] == ["s0", "s2"]
     assert "skipping corrupt sample s1" in caplog.text
@@ -74,8 +74,9 @@ def test_corrupt_sample_is_skipped_and_counted(micro_data: Path, tmp_path: Path,
 
 def test_training_loader_streams_forever_and_shuffles(micro_data: Path) -> None:
     config, parts = _parts(micro_data)
-    loader = make_loader(str(micro_data), "train", tasks=parts.tasks, vocab=parts.vocab, image_size=32,
-                         context_length=64, batch_size=32, train=True, shuffle_buffer=64)
+    loader = make_loader(str(micro_data), "train", parts.tasks, parts.vocab,
+                         LoaderSettings(image_size=32, context_length=64, batch_size=32, train=True,
+                                        shuffle_buffer=64))
     it = iter(loader)
     keys = [k for _ in range(5) for k in next(it).keys]  # 160 samples > 96 in the split
     assert len(keys) == 160
@@ -94,8 +95,9 @@ def test_training_stream_is_reproducible_from_its_seed(micro_data: Path) -> None
     config, parts = _parts(micro_data)
 
     def keys(seed: int) -> list[str]:
-        loader = make_loader(str(micro_data), "train", tasks=parts.tasks, vocab=parts.vocab, image_size=32,
-                             context_length=64, batch_size=16, train=True, shuffle_buffer=64, seed=seed)
+        loader = make_loader(str(micro_data), "train", parts.tasks, parts.vocab,
+                             LoaderSettings(image_size=32, context_length=64, batch_size=16, train=True,
+                                            shuffle_buffer=64, seed=seed))
         it = iter(loader)
         return [k for _ in range(4) for k in next(it).keys]
 

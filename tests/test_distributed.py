@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from data_pipelines.loader import make_loader
+from data_pipelines.loader import LoaderSettings, make_loader
 from mmtl.config import resolve_config
 from mmtl.errors import ConfigError, MMTLError
 from mmtl.training import fsdp
@@ -33,9 +33,9 @@ def _free_port() -> int:
 def _global_batches(trainer: Trainer) -> list:
     """The same fixed global batches on every process (read as one rank of one)."""
     data, model = trainer.config.data, trainer.config.model
-    loader = make_loader(data.path, data.train_split, tasks=trainer.components.tasks, vocab=trainer.components.vocab,
-                         image_size=model.image.image_size, context_length=model.text.context_length,
-                         batch_size=GLOBAL_BATCH, train=True, seed=0, rank=0, world_size=1)
+    loader = make_loader(data.path, data.train_split, trainer.components.tasks, trainer.components.vocab,
+                         LoaderSettings(image_size=model.image.image_size, context_length=model.text.context_length,
+                                        batch_size=GLOBAL_BATCH, train=True, seed=0, rank=0, world_size=1))
     batches = iter(loader)
     return [next(batches) for _ in range(STEPS)]
 

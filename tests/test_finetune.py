@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from data_pipelines.loader import make_loader
+from data_pipelines.loader import LoaderSettings, make_loader
 from data_pipelines.shapes_world import write_shards
 from mmtl.checkpoint import DELTA_FILE, META_FILE, build_on_base, load_base, load_delta, write_delta
 from mmtl.cli import main
@@ -49,8 +49,8 @@ def _config(data: Path, out: Path, *extra: str, steps: int = 2):
 
 
 def _batch(data: Path, components, split: str = "val"):
-    loader = make_loader(str(data), split, tasks=components.tasks, vocab=components.vocab, image_size=32,
-                         context_length=64, batch_size=8, train=False)
+    loader = make_loader(str(data), split, components.tasks, components.vocab,
+                         LoaderSettings(image_size=32, context_length=64, batch_size=8, train=False))
     return next(iter(loader))
 
 

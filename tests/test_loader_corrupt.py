@@ -7,7 +7,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from data_pipelines.loader import make_loader
+from data_pipelines.loader import LoaderSettings, make_loader
 from data_pipelines.shards import SplitStats, iter_annotations, read_dataset_info, write_dataset_info
 from data_pipelines.shapes_world import class_names, generate_sample, resolve_difficulty
 from mmtl.builder import build_components
@@ -76,9 +76,9 @@ def _components(micro_data: Path):
 
 
 def _loader(path: Path, parts, workers: int = 0, fraction: float | None = None, batch_size: int = 4):
-    return make_loader(str(path), "train", tasks=parts.tasks, vocab=parts.vocab, image_size=32, context_length=64,
-                       batch_size=batch_size, train=False, num_workers=workers, max_corrupt_fraction=fraction,
-                       max_image_pixels=TEST_MAX_PIXELS)
+    return make_loader(str(path), "train", parts.tasks, parts.vocab,
+                       LoaderSettings(image_size=32, context_length=64, batch_size=batch_size, train=False,
+                                      num_workers=workers, max_corrupt_fraction=fraction, max_image_pixels=TEST_MAX_PIXELS))
 
 
 @pytest.mark.parametrize("workers", [0, 2])

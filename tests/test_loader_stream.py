@@ -12,7 +12,7 @@ import torch
 import webdataset as wds
 
 import data_pipelines.loader as loader_module
-from data_pipelines.loader import make_loader
+from data_pipelines.loader import LoaderSettings, make_loader
 from data_pipelines.stream import interleaved_shards, sub_seed
 from data_pipelines.shards import SplitStats, iter_annotations, read_dataset_info, split_shards, write_dataset_info
 from mmtl.builder import build_components
@@ -52,9 +52,8 @@ def parts(micro_data: Path):
 
 
 def _loader(path: Path, parts, **kwargs):
-    options = dict(tasks=parts.tasks, vocab=parts.vocab, image_size=32, context_length=64, batch_size=8,
-                   train=True, shuffle_buffer=16)
-    return make_loader(str(path), "train", **{**options, **kwargs})
+    options = dict(image_size=32, context_length=64, batch_size=8, train=True, shuffle_buffer=16)
+    return make_loader(str(path), "train", parts.tasks, parts.vocab, LoaderSettings(**{**options, **kwargs}))
 
 
 def _take(loader, count: int) -> list:
@@ -79,8 +78,9 @@ def test_default_stream_is_the_plain_seeded_webdataset_stream(micro_data: Path, 
     mixed = interleaved_shards(draws, 4, None, random.Random(sub_seed(5, 0, 0, 4)))
     expected = iter(wds.shuffle(64, initial=64, seed=5)(mixed))
     keys = [[next(expected)["__key__"] for _ in range(16)] for _ in range(8)]
-    loader = make_loader(str(micro_data), "train", tasks=parts.tasks, vocab=parts.vocab, image_size=32,
-                         context_length=64, batch_size=16, train=True, shuffle_buffer=64, seed=5)
+    loader = make_loader(str(micro_data), "train", parts.tasks, parts.vocab,
+                         LoaderSettings(image_size=32, context_length=64, batch_size=16, train=True,
+                                        shuffle_buffer=64, seed=5))
     assert [b.keys for b in _take(loader, 8)] == keys
 
 

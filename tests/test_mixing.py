@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
-from data_pipelines.loader import make_loader
+from data_pipelines.loader import LoaderSettings, make_loader
 from data_pipelines.mixing import Source, plan_mixing, source_counts, target_task_shares, training_sources
 from data_pipelines.shards import SplitStats, write_dataset_info
 from mmtl.builder import build_components, components_from_data
@@ -67,8 +67,9 @@ def parts():
 
 
 def _rows(sources_: list[Source], parts, strategy: str, batches: int = 40, **kwargs) -> tuple[dict[str, float], list]:
-    loader = make_loader(sources_, "train", tasks=parts.tasks, vocab=parts.vocab, image_size=32, context_length=64,
-                         batch_size=16, train=True, shuffle_buffer=50, mixing=strategy, seed=1, **kwargs)
+    loader = make_loader(sources_, "train", parts.tasks, parts.vocab,
+                         LoaderSettings(image_size=32, context_length=64, batch_size=16, train=True,
+                                        shuffle_buffer=50, mixing=strategy, seed=1, **kwargs))
     iterator = iter(loader)
     taken = [next(iterator) for _ in range(batches)]
     rows = Counter()
@@ -135,17 +136,18 @@ def test_round_robin_alternates_sources_batch_by_batch(sources, parts, workers: 
     measured, taken, _ = _rows(both, parts, "round_robin", batches=8, num_workers=workers)
     assert [{k[0] for k in b.keys} for b in taken] == [{"c"}, {"d"}] * 4
     # and it resumes in step: batch 3 of a loader started there is batch 3 of the full stream
-    loader = make_loader(both, "train", tasks=parts.tasks, vocab=parts.vocab, image_size=32, context_length=64,
-                         batch_size=16, train=True, shuffle_buffer=50, mixing="round_robin", seed=1,
-                         num_workers=workers, start_batch=3)
+    loader = make_loader(both, "train", parts.tasks, parts.vocab,
+                         LoaderSettings(image_size=32, context_length=64, batch_size=16, train=True,
+                                        shuffle_buffer=50, mixing="round_robin", seed=1, num_workers=workers, start_batch=3))
     iterator = iter(loader)
     assert [next(iterator).keys for _ in range(5)] == [b.keys for b in taken[3:8]]
 
 
 def test_mixed_epochs_see_every_sample_of_every_source_once(sources, parts) -> None:
     both = [Source(str(sources["captions"]), "train"), Source(str(sources["docs"]), "train")]
-    loader = make_loader(both, "train", tasks=parts.tasks, vocab=parts.vocab, image_size=32, context_length=64,
-                         batch_size=16, train=True, mode="epoch", epochs=1, mixing="temperature", num_workers=2)
+    loader = make_loader(both, "train", parts.tasks, parts.vocab,
+                         LoaderSettings(image_size=32, context_length=64, batch_size=16, train=True, mode="epoch",
+                                        epochs=1, mixing="temperature", num_workers=2))
     keys = Counter(k for b in loader for k in b.keys)
     assert len(keys) == 500 and set(keys.values()) == {1}
 

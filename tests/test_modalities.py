@@ -12,8 +12,8 @@ import soundfile
 import torch
 from PIL import Image
 
-from data_pipelines.convert import ConvertOptions, convert_source
-from data_pipelines.loader import make_loader
+from data_pipelines.convert.write import ConvertOptions, convert_source
+from data_pipelines.loader import LoaderSettings, make_loader
 from data_pipelines.shapes_world import (
     AUDIO_SAMPLE_RATE, DEPTH_BY_COLOUR, encode_wav, extra_rng, generate_scene_sample, render_audio, render_depth,
     resolve_difficulty, tone_frequency, write_shards,
@@ -120,8 +120,8 @@ def test_loader_batches_carry_extra_modalities_only_when_configured(multimodal_d
     config = resolve_config({}, micro_overrides(multimodal_data, multimodal_data / "run") + [
         "model.modalities={depth: {}, audio: {seconds: 0.5}}", "tasks=[recognition,counting]"])
     parts = build_components(config, ["blue circle", "red square"], Vocabulary([320]))
-    loader = make_loader(str(multimodal_data), "val", tasks=parts.tasks, vocab=parts.vocab, image_size=32,
-                         context_length=64, batch_size=8, train=False)
+    loader = make_loader(str(multimodal_data), "val", parts.tasks, parts.vocab,
+                         LoaderSettings(image_size=32, context_length=64, batch_size=8, train=False))
     batch = next(iter(loader))
     assert batch.inputs["depth"].data.shape == (8, 1, 32, 32) and batch.inputs["depth"].rows == 8
     assert batch.inputs["audio"].data.shape == (8, 4000) and bool(batch.inputs["audio"].present.all())
@@ -131,8 +131,8 @@ def test_loader_batches_carry_extra_modalities_only_when_configured(multimodal_d
     losses = parts.model(batch)
     assert set(losses) == {"recognition", "counting"} and all(torch.isfinite(v) for v in losses.values())
     plain = build_components(resolve_config({}, ["model.preset=micro"]), ["blue circle"], Vocabulary([320]))
-    loader = make_loader(str(multimodal_data), "val", tasks=plain.tasks, vocab=plain.vocab, image_size=32,
-                         context_length=64, batch_size=8, train=False)
+    loader = make_loader(str(multimodal_data), "val", plain.tasks, plain.vocab,
+                         LoaderSettings(image_size=32, context_length=64, batch_size=8, train=False))
     assert next(iter(loader)).inputs == {}
 
 

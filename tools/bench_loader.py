@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import mmtl.components  # noqa: F401, E402  (registers the tasks the data code counts)
-from data_pipelines.convert import ConvertOptions, convert_source  # noqa: E402
-from data_pipelines.loader import make_loader  # noqa: E402
+from data_pipelines.convert.write import ConvertOptions, convert_source  # noqa: E402
+from data_pipelines.loader import LoaderSettings, make_loader  # noqa: E402
 from data_pipelines.sample import annotation_texts  # noqa: E402
 from data_pipelines.shards import iter_annotations, read_dataset_info, split_shards  # noqa: E402
 from mmtl.config import resolve_config  # noqa: E402
@@ -99,8 +99,9 @@ def our_loader(path: Path, size: int, workers: int):
     vocab = Vocabulary.from_texts(t for a in iter_annotations(path, "bench") for t in annotation_texts(a))
     context = TaskContext(classes=list(info["classes"]), vocab=vocab, model=config.model)
     tasks = [TASKS.get(name)(context) for name in ("recognition", "captioning")]
-    return make_loader(str(path), "bench", tasks=tasks, vocab=vocab, image_size=size, context_length=64,
-                       batch_size=BATCH, train=False, num_workers=workers)
+    return make_loader(str(path), "bench", tasks, vocab,
+                       LoaderSettings(image_size=size, context_length=64, batch_size=BATCH, train=False,
+                                      num_workers=workers))
 
 
 def baseline_loader(path: Path, size: int, workers: int):

@@ -26,7 +26,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mmtl.components  # noqa: F401, E402  (registers the tasks the data code counts)
-from data_pipelines.convert import ConvertOptions, convert_source  # noqa: E402
+from data_pipelines.convert.write import ConvertOptions, convert_source  # noqa: E402
 from data_pipelines.mixing import MixPlan  # noqa: E402
 from data_pipelines.shards import split_shards  # noqa: E402
 from data_pipelines.stream import Slot, StreamSpec, raw_groups  # noqa: E402

@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from data_pipelines.fieldmap import clean_text
+from data_pipelines.fields import clean_text
+from data_pipelines.convert.formats import FORMATS
 from data_pipelines.convert.records import (
     ALLOW_OUTSIDE_ROOT, KeyMaker, ReadReport, Record, SourceFormat, SourceOption, confined_path, read_text_file,
 )
@@ -117,7 +118,7 @@ def _read(inputs: dict[str, Any], report: ReadReport) -> tuple[list[Record], lis
                      bool(inputs.get("allow_outside_root")))
 
 
-COCO = SourceFormat(
+COCO = FORMATS.register("coco")(SourceFormat(
     options=(
         SourceOption("images", "coco: directory of the image files", required=True),
         SourceOption("captions", "coco: captions_*.json", required=True),
@@ -125,4 +126,4 @@ COCO = SourceFormat(
         ALLOW_OUTSIDE_ROOT,
     ),
     read=_read, label_mode="multi", dataset_name=lambda inputs: "coco",
-)
+))

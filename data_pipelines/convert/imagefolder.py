@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from data_pipelines.convert.formats import FORMATS
 from data_pipelines.convert.records import KeyMaker, ReadReport, Record, SourceFormat, SourceOption
-from data_pipelines.transforms import IMAGE_SUFFIXES
+from data_pipelines.sample import IMAGE_SUFFIXES
 from mmtl.errors import MMTLError
 
 
@@ -34,7 +35,7 @@ def _read(inputs: dict[str, Any], report: ReadReport) -> tuple[list[Record], lis
     return read_imagefolder(Path(inputs["root"]), report)
 
 
-IMAGEFOLDER = SourceFormat(
+IMAGEFOLDER = FORMATS.register("imagefolder")(SourceFormat(
     options=(SourceOption("root", "imagefolder: ROOT/<class>/<images> (single-label recognition)", required=True),),
     read=_read, label_mode="single", dataset_name=lambda inputs: Path(inputs["root"]).name,
-)
+))

@@ -133,6 +133,11 @@ class SourceOption:
         """The command-line flag, e.g. ``--image-root``."""
         return self.flag or "--" + self.name.replace("_", "-")
 
+    def argparse_keywords(self) -> dict[str, Any]:
+        """The keywords of ``ArgumentParser.add_argument`` for :attr:`command_flag`."""
+        keywords: dict[str, Any] = {"dest": self.name, "action": self.action, "help": self.help}
+        return {**keywords, "metavar": self.metavar} if self.metavar else keywords
+
 
 @dataclass(frozen=True)
 class SourceFormat:

@@ -1,6 +1,6 @@
 """Table readers for ``mmtl data convert``: JSONL, CSV and Parquet rows -> :class:`Record` s.
 
-Rows carry the fields of :data:`~data_pipelines.fieldmap.MAPPABLE_FIELDS`, renamed or dug out of
+Rows carry the fields of :func:`~data_pipelines.fieldmap.mappable_fields`, renamed or dug out of
 nested values with ``--map`` (see :mod:`data_pipelines.fieldmap`). Image and file fields are paths
 relative to ``--image-root`` (default: the input's folder) that must stay inside it unless
 ``--allow-outside-root``; a Parquet image column may also hold the encoded bytes (or the
@@ -15,14 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from data_pipelines.modalities import file_modalities
+from data_pipelines.convert.formats import FORMATS
 from data_pipelines.convert.records import (
     ALLOW_OUTSIDE_ROOT, KeyMaker, ReadReport, Record, SourceFormat, SourceOption, confined_path, read_text_file,
 )
 from data_pipelines.fieldmap import (
-    ANNOTATION_FIELDS, Mapping, consumed_columns, lookup, mapping_warnings, parse_mapping, read_field, root_key,
+    Mapping, consumed_columns, lookup, mapping_warnings, parse_mapping, read_field, root_key,
 )
-from data_pipelines.sample import supervised_tasks
+from data_pipelines.fields import MalformedValue, is_present
+from data_pipelines.sample import annotation_fields, file_fields, supervised_tasks
 from mmtl.errors import MMTLError
 
 
@@ -103,29 +104,16 @@ def read_table(path: Path, fmt: str, image_root: Path | None, mapping: Mapping, 
 def _row_record(row: dict[str, Any] | None, number: int, is_csv: bool, mapping: Mapping, consumed: frozenset[str],
                 base: Path, allow_outside: bool, report: ReadReport) -> Record | None:
     """One row -> a record, or None with the reason counted in ``report``."""
-    if row is None:
+    annotation = None if row is None else _row_annotation(row, is_csv, mapping, consumed, report)
+    if annotation is None:
         report.skipped["malformed_row"] += 1
         return None
-    annotation: dict[str, Any] = {}
-    for name in ANNOTATION_FIELDS:
-        value, nulls = read_field(row, name, mapping, is_csv, consumed)
-        if name == "labels":
-            report.null_labels += nulls
-        if value:
-            annotation[name] = value
-    count, _ = read_field(row, "count", mapping, is_csv, consumed)
-    if count not in (None, ""):
-        try:
-            annotation["count"] = int(count)
-        except (TypeError, ValueError):
-            report.skipped["malformed_row"] += 1
-            return None
     if not supervised_tasks(annotation):
         report.skipped["no_annotations"] += 1
         return None
     image = _raw_field(row, "image", mapping, consumed)
     image_bytes, image_name = _image_value(image)
-    files = {name: str(value) for name in file_modalities() if (value := _raw_field(row, name, mapping, consumed))}
+    files = {name: str(value) for name in file_fields() if (value := _raw_field(row, name, mapping, consumed))}
     image_path = confined_path(base, image_name, allow_outside) if image_name else None
     extras = {name: confined_path(base, value, allow_outside) for name, value in files.items()}
     if (image_name and image_path is None) or None in extras.values():
@@ -134,6 +122,23 @@ def _row_record(row: dict[str, Any] | None, number: int, is_csv: bool, mapping: 
     key, _ = read_field(row, "key", mapping, is_csv, consumed)
     key = key or (Path(image_name).stem if image_name else f"row{number:08d}")
     return Record(str(key), annotation, None if image_bytes else image_path, extras, image_bytes=image_bytes)
+
+
+def _row_annotation(row: dict[str, Any], is_csv: bool, mapping: Mapping, consumed: frozenset[str],
+                    report: ReadReport) -> dict[str, Any] | None:
+    """The annotation fields of one row, each read as its declared kind; None when a value does not fit its
+    kind (``count=three``)."""
+    annotation: dict[str, Any] = {}
+    for field in annotation_fields():
+        try:
+            value, nulls = read_field(row, field.name, mapping, is_csv, consumed)
+        except MalformedValue:
+            return None
+        if field.kind.holds_classes:
+            report.null_labels += nulls
+        if is_present(value):
+            annotation[field.name] = value
+    return annotation
 
 
 def _raw_field(row: dict[str, Any], name: str, mapping: Mapping, consumed: frozenset[str]) -> Any:
@@ -179,6 +184,7 @@ def _reader(fmt: str) -> Callable[[dict[str, Any], ReadReport], tuple[list[Recor
 
 # one format per kind of table file
 TABLES: dict[str, SourceFormat] = {
-    fmt: SourceFormat(TABLE_OPTIONS, _reader(fmt), "multi", lambda inputs: Path(inputs["input"]).stem)
+    fmt: FORMATS.register(fmt)(SourceFormat(TABLE_OPTIONS, _reader(fmt), "multi",
+                                            lambda inputs: Path(inputs["input"]).stem))
     for fmt in TABLE_KINDS
 }

@@ -12,9 +12,10 @@ from typing import Any, Iterator
 
 from tqdm.auto import tqdm
 
+from data_pipelines.convert.formats import FORMATS, format_names
 from data_pipelines.convert.media import Prepared, process
 from data_pipelines.convert.records import FALLBACK_ENCODINGS, ReadReport, Record, outside_root_hint
-from data_pipelines.sample import task_fields
+from data_pipelines.sample import class_fields, class_names, task_fields
 from data_pipelines.shards import DATASET_FILE, SplitStats, write_dataset_info, write_split
 from data_pipelines.transforms import DEFAULT_MAX_PIXELS
 from mmtl.errors import MMTLError
@@ -189,3 +190,32 @@ def _merge_classes(info_path: Path, classes: list[str] | None) -> list[str] | No
         return None
     old = list(_read_info_field(info_path, "classes", []))
     return old + [c for c in classes if c not in set(old)]
+
+
+def convert_source(fmt: str, options: ConvertOptions, *, label_mode: str | None = None, name: str | None = None,
+                   **source: Any) -> ConvertResult:
+    """Read a source of format ``fmt`` and write it as one split (the ``mmtl data convert`` action).
+
+    ``source``: the reader's inputs by option name (see each format's ``options``: ``images``,
+    ``captions``, ``instances``, ``root``, ``input``, ``image_root``, ``mapping``, ``allow_outside_root``).
+    """
+    if fmt not in FORMATS:
+        raise MMTLError(f"unknown format {fmt!r}; choose from: {', '.join(format_names())}")
+    spec = FORMATS.get(fmt)
+    missing = [option.command_flag for option in spec.options if option.required and not source.get(option.name)]
+    if missing:
+        raise MMTLError(f"--format {fmt} needs {' and '.join(missing)}")
+    if label_mode not in (None, "single", "multi"):
+        raise MMTLError(f"--label-mode must be 'single' or 'multi', got {label_mode!r}")
+    report = ReadReport()
+    records, classes = spec.read(source, report)
+    mode = label_mode or spec.label_mode
+    if mode == "single":
+        fields = class_fields()
+        several = sum(1 for r in records if len(class_names(r.annotation, fields)) > 1)
+        if several:
+            raise MMTLError(f"--label-mode single, but {several} sample(s) have several labels")
+    reader_options = {"format": fmt, **{k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in source.items()
+                                        if v not in (None, False, (), [])}}
+    return convert(records, report, options, name=name or spec.dataset_name(source), classes=classes,
+                   label_mode=mode, reader_options=reader_options)

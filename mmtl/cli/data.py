@@ -67,23 +67,17 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _add_convert(data: Subcommands) -> None:
+    from data_pipelines.convert import format_names, source_options
+
+    formats = format_names()
     conv = data.add_parser("convert", help="convert COCO JSON, an image folder, or JSONL/CSV/Parquet rows into shards",
                            description="Convert real data into webdataset shards + dataset.json (one split per run).")
-    conv.add_argument("--format", required=True, metavar="FORMAT", help="coco, imagefolder, jsonl, csv or parquet")
+    conv.add_argument("--format", required=True, metavar="FORMAT",
+                      help=f"{', '.join(formats[:-1])} or {formats[-1]}" if len(formats) > 1 else formats[0])
     conv.add_argument("--out", required=True, help="output shard directory")
     conv.add_argument("--split", default="train", help="split name to write (default train)")
-    conv.add_argument("--images", help="coco: directory of the image files")
-    conv.add_argument("--captions", help="coco: captions_*.json")
-    conv.add_argument("--instances", help="coco: instances_*.json (object categories -> recognition labels)")
-    conv.add_argument("--root", help="imagefolder: ROOT/<class>/<images> (single-label recognition)")
-    conv.add_argument("--input", help="jsonl/csv/parquet: the rows (fields image, labels, captions, document, summaries, source, key; "
-                                       "depth (a depth map file), audio (a wav/flac file), count)")
-    conv.add_argument("--image-root", help="jsonl/csv/parquet: directory the image paths are relative to (default: the input's)")
-    conv.add_argument("--allow-outside-root", action="store_true",
-                      help="read image/file paths that leave --images / --image-root (../ or absolute); refused by default")
-    conv.add_argument("--map", action="append", metavar="FIELD=PATH[,PATH]",
-                      help="jsonl/csv/parquet: read FIELD from column(s) or nested paths, e.g. --map document=dialogue "
-                           "--map summaries=summary1,summary2 --map summaries=summary.outcome --map captions=annotations[].text")
+    for option in source_options():  # each format's own inputs, as it declares them
+        conv.add_argument(option.command_flag, **option.argparse_keywords())
     conv.add_argument("--label-mode", choices=["single", "multi"], help="jsonl/csv/parquet: single- or multi-label (default multi)")
     conv.add_argument("--name", help="data set name in dataset.json")
     conv.add_argument("--maxcount", type=int, default=1000, help="samples per shard (default 1000)")
@@ -100,16 +94,15 @@ def _add_convert(data: Subcommands) -> None:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from data_pipelines.convert import ConvertOptions, convert_source
+    from data_pipelines.convert import source_options
+    from data_pipelines.convert.write import ConvertOptions, convert_source
     import mmtl.components  # noqa: F401  (the tasks, whose annotation fields the data code counts)
 
     options = ConvertOptions(out=Path(args.out), split=args.split, maxcount=args.maxcount, resize_max=args.resize_max,
                              jpeg_quality=args.jpeg_quality, workers=args.workers, overwrite=args.overwrite,
                              progress=not args.no_progress, shuffle=not args.no_shuffle, seed=args.seed)
-    result = convert_source(args.format, options, images=args.images, captions=args.captions,
-                            instances=args.instances, root=args.root, input=args.input, image_root=args.image_root,
-                            mapping=args.map or [], allow_outside_root=args.allow_outside_root,
-                            label_mode=args.label_mode, name=args.name)
+    source = {option.name: getattr(args, option.name) for option in source_options()}
+    result = convert_source(args.format, options, label_mode=args.label_mode, name=args.name, **source)
     print(result.summary())
     print(f"wrote {args.out}/dataset.json ({len(result.info['classes'])} classes, label_mode {result.info['label_mode']})")
     return 0
@@ -162,6 +155,7 @@ def _add_preview(data: Subcommands) -> None:
 
 def _cmd_preview(args: argparse.Namespace) -> int:
     from data_pipelines.preview import contact_sheet
+    import mmtl.components  # noqa: F401  (the tasks, whose annotation fields --map may name)
 
     allow_pipes(args.allow_pipe)
     path = contact_sheet(args.shards, args.out, num=args.num, split=args.split, columns=args.columns,

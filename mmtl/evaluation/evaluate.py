@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from data_pipelines.loader import make_loader
+from data_pipelines.loader import LoaderSettings, make_loader
 from data_pipelines.mixing import Source, training_sources
 from data_pipelines.shards import iter_annotations, read_dataset_info, split_entry
 from mmtl.builder import Components
@@ -147,12 +147,11 @@ def _predict_source(components: Components, config: ExperimentConfig, device: to
     """Run the model on one held-out source, for the tasks it feeds."""
     tasks = [t for t in components.tasks if source.tasks is None or t.name in source.tasks]
     names = [t.name for t in tasks]
-    loader = make_loader(
-        [source], source.split, tasks=tasks, vocab=components.vocab,
-        image_size=config.model.image.image_size, context_length=config.model.text.context_length,
-        batch_size=config.eval.batch_size, train=False,
-        max_corrupt_fraction=config.data.max_corrupt_fraction, max_image_pixels=config.data.max_image_pixels,
-    )
+    settings = LoaderSettings(image_size=config.model.image.image_size, context_length=config.model.text.context_length,
+                              batch_size=config.eval.batch_size, train=False,
+                              max_corrupt_fraction=config.data.max_corrupt_fraction,
+                              max_image_pixels=config.data.max_image_pixels)
+    loader = make_loader([source], source.split, tasks, components.vocab, settings)
     out = _Collected()
     threshold = config.eval.threshold
     # threshold 0: every class with its score, for ranking metrics (mAP); scoring and the printed

@@ -8,6 +8,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 from torch import nn
 
+from data_pipelines.fields import AnnotationField
 from mmtl.config import ModelConfig, build_dataclass
 from mmtl.errors import ConfigError
 from mmtl.models.fusion import Fused
@@ -35,10 +36,11 @@ class Task:
     name: ClassVar[str]
     inputs: ClassVar[tuple[str, ...]]  # modalities the task reads, e.g. ("image",) or ("image", "text")
     required_inputs: ClassVar[tuple[str, ...]]  # modalities without which the task cannot run
-    # the annotation field the task learns and is scored against (what :meth:`reference` reads)
-    reference_field: ClassVar[str]
+    # the annotation field the task learns and is scored against (what :meth:`reference` reads): its name and
+    # kind (data_pipelines.fields), which is all converters, shard scans and inspect need to carry it
+    reference_field: ClassVar[AnnotationField]
     # further annotation fields the task reads (a sample supervises it only when they are non-empty too)
-    input_fields: ClassVar[tuple[str, ...]] = ()
+    input_fields: ClassVar[tuple[AnnotationField, ...]] = ()
     # whether its references are free text that a decoder writes (their words join a compact vocabulary)
     writes_text: ClassVar[bool] = False
     # whether the task reads the data set's class list (dataset.json "classes"), which must then not be empty
@@ -73,7 +75,7 @@ class Task:
         return settings
 
     @classmethod
-    def annotation_fields(cls) -> tuple[str, ...]:
+    def annotation_fields(cls) -> tuple[AnnotationField, ...]:
         """The annotation fields the task reads: a sample supervises it when all of them are non-empty."""
         return (*cls.input_fields, cls.reference_field)
 

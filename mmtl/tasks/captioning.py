@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Callable, Sequence
 
+from data_pipelines.fields import TEXTS, AnnotationField
 from mmtl.tasks.metrics import cider
 from mmtl.registry import TASKS
 from mmtl.tasks.generation import GenerationTask
@@ -17,7 +18,7 @@ class CaptioningTask(GenerationTask):
     inputs = ("image",)
     required_inputs = ("image",)
     primary_metric = "bleu4"
-    reference_field = "captions"
+    reference_field = AnnotationField("captions", TEXTS, words="caption_words", default_member="txt")
 
     def score(self, predictions: Sequence[str], references: Sequence[Sequence[str]],
               threshold: float = 0.5) -> dict[str, float]:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data_pipelines.fields import INTEGER, AnnotationField
 from mmtl.config import ModelConfig
 from mmtl.models.fusion import Fused
 from mmtl.models.heads import ClassQueryHead
@@ -27,10 +28,10 @@ class CountingTask(Task):
     required_inputs = ("image",)
     primary_metric = "accuracy"
     lower_is_better = ("mae",)
-    reference_field = "count"
+    reference_field = AnnotationField("count", INTEGER)
 
     def reference(self, annotation: dict[str, Any]) -> int | None:
-        count = annotation.get(self.reference_field)
+        count = annotation.get(self.reference_field.name)
         if count is None or isinstance(count, bool) or not isinstance(count, (int, float)) or count < 0:
             return None
         return min(int(count), MAX_COUNT)

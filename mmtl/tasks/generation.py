@@ -27,7 +27,7 @@ class GenerationTask(Task):
     collapse_metrics = ("distinct2", "unique_outputs")
 
     def reference(self, annotation: dict[str, Any]) -> list[str] | None:
-        refs = annotation.get(self.reference_field)
+        refs = annotation.get(self.reference_field.name)
         if isinstance(refs, str):
             refs = [refs]
         return [str(r) for r in refs] if refs else None

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data_pipelines.fields import CLASS_NAMES, AnnotationField
 from mmtl.config import ModelConfig
 from mmtl.tasks.metrics import multilabel_average_precision, multilabel_scores
 from mmtl.models.fusion import Fused
@@ -37,7 +38,7 @@ class RecognitionTask(Task):
     name = "recognition"
     inputs = ("image",)
     required_inputs = ("image",)
-    reference_field = "labels"
+    reference_field = AnnotationField("labels", CLASS_NAMES, default_member="cls")
     needs_classes = True
 
     @property
@@ -62,7 +63,7 @@ class RecognitionTask(Task):
         return self.context.label_mode == "single"
 
     def target(self, annotation: dict[str, Any], rng: random.Random) -> torch.Tensor | None:
-        labels = annotation.get(self.reference_field)
+        labels = annotation.get(self.reference_field.name)
         if not labels:
             return None
         index = self._class_index()
@@ -106,7 +107,7 @@ class RecognitionTask(Task):
         return out
 
     def reference(self, annotation: dict[str, Any]) -> list[str] | None:
-        labels = annotation.get(self.reference_field)
+        labels = annotation.get(self.reference_field.name)
         return self._label_names(labels) if labels else None
 
     def score(self, predictions: Sequence[Any], references: Sequence[Sequence[str]],

@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from data_pipelines.fields import DOCUMENT, TEXTS, AnnotationField
 from data_pipelines.sample import TEXT_INPUT_FIELD
 from mmtl.config import ModelConfig, choice
 from mmtl.errors import ConfigError, MMTLError
@@ -55,8 +56,8 @@ class SummarizationTask(GenerationTask):
     inputs = ("image", "text")
     required_inputs = ("text",)
     primary_metric = "rougeL"
-    reference_field = "summaries"
-    input_fields = (TEXT_INPUT_FIELD,)
+    reference_field = AnnotationField("summaries", TEXTS, words="summary_words")
+    input_fields = (DOCUMENT,)
     settings_class = SummarizationSettings
 
     def __init__(self, context: TaskContext) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Protocol, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from data_pipelines.loader import Batch, make_loader
+from data_pipelines.loader import Batch, LoaderSettings, make_loader
 from data_pipelines.mixing import training_sources
 from mmtl.builder import Components, components_from_data
 from mmtl.checkpoint import checkpoint_meta, resolve_checkpoint
@@ -130,16 +130,10 @@ class Trainer:
 
     def _loader(self) -> torch.utils.data.DataLoader:
         """This rank's training stream, continuing at the data position (exact on resume)."""
-        data, model = self.config.data, self.config.model
-        return make_loader(
-            training_sources(data), data.train_split, tasks=self.components.tasks, vocab=self.components.vocab,
-            image_size=model.image.image_size, context_length=model.text.context_length,
-            batch_size=data.batch_size, train=True, num_workers=data.num_workers,
-            shuffle_buffer=data.shuffle_buffer, seed=self.config.seed, mode=data.mode, mixing=data.mixing,
-            mixing_temperature=data.mixing_temperature, length_buckets=data.length_buckets,
-            max_corrupt_fraction=data.max_corrupt_fraction, max_image_pixels=data.max_image_pixels,
-            rank=self.dist.rank, world_size=self.dist.world_size, start_batch=self.batches_consumed,
-        )
+        settings = LoaderSettings.for_training(self.config, rank=self.dist.rank, world_size=self.dist.world_size,
+                                               start_batch=self.batches_consumed)
+        return make_loader(training_sources(self.config.data), self.config.data.train_split, self.components.tasks,
+                           self.components.vocab, settings)
 
     def _logs_at(self, step: int) -> bool:
         """Whether the run logs after reaching ``step``: every ``train.log_every`` steps and the last."""

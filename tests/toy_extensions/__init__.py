@@ -1,0 +1,1 @@
+"""Toy components, each one module, that tests register by importing them (and unregister afterwards)."""
