@@ -18,7 +18,7 @@ from data_pipelines.mixing import source_counts, training_sources
 from mmtl.config import BalancerConfig, ExperimentConfig, SourceConfig
 from mmtl.errors import MMTLError
 from mmtl.evaluation.baselines import BASELINES_FILE, TASK_FILE
-from mmtl.evaluation.evaluate import EvalResult, evaluate
+from mmtl.evaluation.evaluate import EvalOptions, EvalResult, evaluate
 from mmtl.evaluation.savings import forward_flops_per_sample
 from mmtl.training.loop import Trainer
 from mmtl.training.run import make_trainer
@@ -121,7 +121,7 @@ def _evaluate_single(trainer: Trainer, single: ExperimentConfig, config: Experim
     for split in _extra_splits(config):
         try:
             other = evaluate(trainer.components, single, trainer.device, split=split,
-                             max_samples=config.validation.max_samples, trivial_baselines=False)
+                             max_samples=config.validation.max_samples, options=EvalOptions(trivial_baselines=False))
         except MMTLError as exc:  # no source has this split: validation cannot compare against it
             log.warning("baselines: %s not evaluated on split %r: %s", task, split, exc)
             continue

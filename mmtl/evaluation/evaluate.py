@@ -93,17 +93,30 @@ class _Collected:
     annotations: dict[str, list] = field(default_factory=lambda: defaultdict(list))
 
 
-@torch.no_grad()
-def evaluate(components: Components, config: ExperimentConfig, device: torch.device,
-             data_path: str | None = None, split: str | None = None, precision: str = "fp32",
-             max_samples: int | None = None, trivial_baselines: bool = True, losses: bool = False) -> EvalResult:
-    """Predict every task on ``split`` of every source that feeds it and score it (see the module docstring).
+@dataclass(frozen=True)
+class EvalOptions:
+    """How an evaluation runs and what it adds to the metrics.
 
-    Trivial baselines are fitted on each source's training split. ``max_samples`` (default
-    ``config.eval.max_samples``; 0: all) caps the samples read *per source*;
     ``trivial_baselines=False`` skips the trivial baselines (``baselines`` is then empty);
     ``losses=True`` also averages each task's teacher-forced loss over all sources.
     """
+
+    precision: str = "fp32"
+    trivial_baselines: bool = True
+    losses: bool = False
+
+
+@torch.no_grad()
+def evaluate(components: Components, config: ExperimentConfig, device: torch.device,
+             data_path: str | None = None, split: str | None = None, max_samples: int | None = None,
+             options: EvalOptions = EvalOptions()) -> EvalResult:
+    """Predict every task on ``split`` of every source that feeds it and score it (see the module docstring).
+
+    Trivial baselines are fitted on each source's training split. ``max_samples`` (default
+    ``config.eval.max_samples``; 0: all) caps the samples read *per source*; ``options``: precision,
+    trivial baselines and teacher-forced losses (:class:`EvalOptions`).
+    """
+    precision, trivial_baselines, losses = options.precision, options.trivial_baselines, options.losses
     split = split or config.eval.split
     limit = config.eval.max_samples if max_samples is None else max_samples
     held_out, fitted, missing = evaluation_sources(config, split, data_path)

@@ -5,7 +5,7 @@ import json
 import os
 import socket
 import threading
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import uvicorn
@@ -92,29 +92,40 @@ def make_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000,
     return MMTLServer(Service(predictor, limits, max_batch, max_wait_ms), host, port)
 
 
-def serve(checkpoint: str, host: str, port: int, limits: ServerLimits, max_batch: int, max_wait_ms: float,
-          device: str = "cpu", precision: str = "fp32", workers: int = 1) -> None:
-    """Serve until Ctrl-C or SIGTERM: in this process, or in ``workers`` processes sharing the socket."""
-    if workers < 1:
-        raise MMTLError(f"--workers must be >= 1, got {workers}")
-    predictor = Predictor.from_pretrained(checkpoint, device=device, precision=precision)
-    if workers == 1:
-        server = make_server(predictor, host, port, limits, max_batch, max_wait_ms)
-        _announce(predictor, server.url, workers)
+@dataclass(frozen=True)
+class ServeOptions:
+    """How ``mmtl serve`` runs the model: dynamic batching, device, precision and worker processes."""
+
+    max_batch: int = 16
+    max_wait_ms: float = 5.0
+    device: str = "cpu"
+    precision: str = "fp32"
+    workers: int = 1
+
+
+def serve(checkpoint: str, host: str, port: int, limits: ServerLimits, options: ServeOptions = ServeOptions()) -> None:
+    """Serve until Ctrl-C or SIGTERM: in this process, or in ``options.workers`` processes sharing the socket."""
+    if options.workers < 1:
+        raise MMTLError(f"--workers must be >= 1, got {options.workers}")
+    predictor = Predictor.from_pretrained(checkpoint, device=options.device, precision=options.precision)
+    if options.workers == 1:
+        server = make_server(predictor, host, port, limits, options.max_batch, options.max_wait_ms)
+        _announce(predictor, server.url, options.workers)
         try:
             server.serve_forever()
         finally:
             server.server_close()
         return
-    Service(predictor, limits, max_batch, max_wait_ms).close()  # the settings are valid before workers start
+    # the settings are valid before workers start
+    Service(predictor, limits, options.max_batch, options.max_wait_ms).close()
     del predictor
     sock = bind_socket(host, port)
     os.environ["MMTL_SERVE_SETTINGS"] = json.dumps({
-        "checkpoint": str(checkpoint), "device": device, "precision": precision, "limits": asdict(limits),
-        "max_batch": max_batch, "max_wait_ms": max_wait_ms})
-    config = uvicorn_config("mmtl.serve.app:app_from_environment", limits, factory=True, workers=workers)
+        "checkpoint": str(checkpoint), "device": options.device, "precision": options.precision,
+        "limits": asdict(limits), "max_batch": options.max_batch, "max_wait_ms": options.max_wait_ms})
+    config = uvicorn_config("mmtl.serve.app:app_from_environment", limits, factory=True, workers=options.workers)
     host_, port_ = sock.getsockname()[:2]
-    _announce(None, f"http://{host_}:{port_}", workers)
+    _announce(None, f"http://{host_}:{port_}", options.workers)
     try:
         Multiprocess(config, sockets=[sock]).run()
     finally:

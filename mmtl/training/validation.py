@@ -46,7 +46,7 @@ from mmtl.config import ExperimentConfig
 from mmtl.errors import MMTLError
 from mmtl.evaluation.baselines import baseline_split_metrics, read_baselines
 from mmtl.evaluation.delta import MetricRoles, delta_m
-from mmtl.evaluation.evaluate import EvalResult, evaluate
+from mmtl.evaluation.evaluate import EvalOptions, EvalResult, evaluate
 from mmtl.training.logging import RunLogger, plot_validation
 from mmtl.training.loop import Trainer
 from mmtl.training.protection import TaskProtection
@@ -242,8 +242,8 @@ class Validator:
         was_training = components.model.training
         try:  # validation must not change the training's random stream (exact resume)
             result = evaluate(components, self.config, trainer.device, split=self.config.data.val_split,
-                              precision=trainer.precision, max_samples=self.config.validation.max_samples,
-                              trivial_baselines=False, losses=True)
+                              max_samples=self.config.validation.max_samples,
+                              options=EvalOptions(precision=trainer.precision, trivial_baselines=False, losses=True))
         finally:
             set_rng_state(rng)
             components.model.train(was_training)
