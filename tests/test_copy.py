@@ -6,7 +6,7 @@ import torch
 
 from mmtl.config import GenerationConfig
 from mmtl.models.fusion import Fused
-from mmtl.models.heads import TextDecoder
+from mmtl.models.heads import DecoderOptions, TextDecoder
 from mmtl.registry import FUSIONS
 from mmtl.text import EOS, PAD
 from tests.test_fusion_sharing import VOCAB, _batch, _parts
@@ -37,7 +37,7 @@ def test_fused_ids_point_at_the_text_tokens(fusion: str, sharing: str) -> None:
 
 def _copy_decoder(vocab: int = 30, width: int = 16) -> TextDecoder:
     torch.manual_seed(0)
-    return TextDecoder(vocab, width, depth=1, num_heads=2, max_length=8, copy=True).eval()
+    return TextDecoder(vocab, width, depth=1, num_heads=2, max_length=8, options=DecoderOptions(copy=True)).eval()
 
 
 def test_copying_output_is_a_distribution_and_falls_back_without_text() -> None:
@@ -83,7 +83,7 @@ def test_copying_decoder_learns_to_copy_tokens_it_never_generated() -> None:
 
     def train(copy: bool) -> float:
         torch.manual_seed(1)
-        decoder = TextDecoder(vocab, width, depth=1, num_heads=2, max_length=4, copy=copy)
+        decoder = TextDecoder(vocab, width, depth=1, num_heads=2, max_length=4, options=DecoderOptions(copy=copy))
         optimizer = torch.optim.AdamW(decoder.parameters(), lr=1e-2)
         for _ in range(60):
             memory, memory_ids, targets = batch()

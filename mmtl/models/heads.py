@@ -35,6 +35,16 @@ class ClassQueryHead(nn.Module):
         return (self.norm_out(found + queries) * self.classifier).sum(-1) + self.bias
 
 
+@dataclass(frozen=True)
+class DecoderOptions:
+    """A text decoder's optional parts: block width ratio, dropout, the copy gate, tied input/output embeddings."""
+
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    copy: bool = False
+    tie_embeddings: bool = False
+
+
 class TextDecoder(nn.Module):
     """Causal transformer decoder with cross-attention to fused tokens.
 
@@ -55,8 +65,9 @@ class TextDecoder(nn.Module):
     """
 
     def __init__(self, vocab_size: int, width: int, depth: int, num_heads: int, max_length: int,
-                 mlp_ratio: float = 4.0, dropout: float = 0.0, copy: bool = False, tie_embeddings: bool = False) -> None:
+                 options: DecoderOptions = DecoderOptions()) -> None:
         super().__init__()
+        mlp_ratio, dropout, copy, tie_embeddings = options.mlp_ratio, options.dropout, options.copy, options.tie_embeddings
         self.max_length = max_length
         self.embed = nn.Embedding(vocab_size, width, padding_idx=PAD)  # N(0, 1), PAD row zero
         self.out = None if tie_embeddings else nn.Linear(width, vocab_size)

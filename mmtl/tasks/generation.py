@@ -13,7 +13,7 @@ from mmtl.config import ModelConfig
 from mmtl.tasks.metrics import bleu, diversity, rouge
 from mmtl.models.fusion import Fused
 from mmtl.models.generation import copy_from
-from mmtl.models.heads import PromptedDecoder, TextDecoder
+from mmtl.models.heads import DecoderOptions, PromptedDecoder, TextDecoder
 from mmtl.tasks.base import Task
 from mmtl.text import PAD
 
@@ -50,8 +50,8 @@ class GenerationTask(Task):
         # so that no head carries parameters that never get a gradient
         copy = config.decoder.copy and (config.decoder.shared or self.reads_tokens())
         return TextDecoder(self.context.vocab.size, config.width, config.decoder.depth, config.num_heads,
-                           config.decoder.max_length, config.mlp_ratio, config.dropout, copy=copy,
-                           tie_embeddings=config.decoder.tie_embeddings)
+                           config.decoder.max_length,
+                           DecoderOptions(config.mlp_ratio, config.dropout, copy, config.decoder.tie_embeddings))
 
     def shared_head_key(self, config: ModelConfig) -> str | None:
         """With ``model.decoder.shared`` all generation tasks share one text decoder."""
