@@ -8,6 +8,7 @@ load a config.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import mmtl.balancing.conflict  # noqa: F401
@@ -21,8 +22,7 @@ import mmtl.tasks.captioning  # noqa: F401
 import mmtl.tasks.counting  # noqa: F401
 import mmtl.tasks.recognition  # noqa: F401
 import mmtl.tasks.summarization  # noqa: F401
-from mmtl.balancing.base import GradientBalancer
-from mmtl.config import Catalog, ExperimentConfig, ignored_settings, install_catalog, selected
+from mmtl.config import Catalog, ExperimentConfig, ignored_settings, install_catalog, selected, settings_class
 from mmtl.errors import ConfigError
 from mmtl.registry import (
     BALANCERS, FUSIONS, IMAGE_ENCODERS, MODALITIES, MODALITY_ENCODERS, TASKS, TEXT_ENCODERS, Registry,
@@ -55,13 +55,13 @@ def _check_balancer(config: ExperimentConfig) -> None:
         readers = [name for name, other in BALANCERS.items() if key.rpartition(".")[2] in _setting_names(other)]
         log.warning("%s is ignored by balancer %r (only balancers such as %s read it)", key, config.balancer.name,
                     ", ".join(repr(name) for name in readers))
-    if config.train.fsdp and issubclass(balancer, GradientBalancer):
+    if config.train.fsdp and balancer.kind == "gradient":
         raise ConfigError(f"balancer.name={config.balancer.name} needs per-task gradients of whole parameters, "
                           "which train.fsdp=true shards; use train.fsdp=false (DDP) or a loss-weighting balancer")
 
 
 def _setting_names(component: type) -> set[str]:
-    return set(getattr(component.Settings, "__dataclass_fields__", {}))
+    return {f.name for f in dataclasses.fields(settings_class(component))}
 
 
 REGISTRIES: tuple[Registry, ...] = (IMAGE_ENCODERS, TEXT_ENCODERS, FUSIONS, MODALITIES, BALANCERS, TASKS)

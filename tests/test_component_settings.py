@@ -2,8 +2,8 @@
 flat from its config section, and configs written by earlier versions still mean what they meant."""
 from __future__ import annotations
 
+import ast
 import dataclasses
-import logging
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ from mmtl.tasks.base import TaskContext
 from mmtl.text import Vocabulary
 
 TASK_NAMES = ["recognition", "captioning", "summarization"]
+CONFIG_PACKAGE = Path(__file__).parents[1] / "mmtl" / "config"
 
 
 def test_every_registered_component_owns_a_settings_dataclass() -> None:
@@ -26,6 +27,14 @@ def test_every_registered_component_owns_a_settings_dataclass() -> None:
             settings = settings_class(component)
             assert dataclasses.is_dataclass(settings), (registry.kind, name)
             settings()  # every setting has a default
+
+
+def test_the_config_layer_reads_no_registry_of_its_own() -> None:
+    """Core gets the components from the catalog that mmtl.components installs: it imports no registry."""
+    for path in CONFIG_PACKAGE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module == "mmtl.registry":
+                assert [alias.name for alias in node.names] == ["Registry"], path.name
 
 
 def _saved(tmp_path: Path, tree: dict) -> Path:
