@@ -427,12 +427,3 @@ def _add_request_schemas(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-
-
-def app_from_environment() -> FastAPI:
-    """The app of one ``mmtl serve --workers N`` worker process, built from MMTL_SERVE_SETTINGS (JSON)."""
-    settings = json.loads(os.environ["MMTL_SERVE_SETTINGS"])
-    predictor = Predictor.from_pretrained(settings["checkpoint"], device=settings["device"],
-                                          precision=settings["precision"])
-    service = Service(predictor, ServerLimits(**settings["limits"]), settings["max_batch"], settings["max_wait_ms"])
-    return create_app(service)
