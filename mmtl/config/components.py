@@ -2,7 +2,8 @@
 
 Each registered component (image and text encoder, fusion, modality, balancer, task) owns a ``Settings``
 dataclass next to its code (:class:`mmtl.config.slots.NoSettings` where it has none); its fields declare
-their ranges with ``fields.setting``. A config section that selects a component declares a
+their ranges with ``fields.setting``, and a rule across fields is its ``check(prefix)`` method (raising a
+ConfigError). A config section that selects a component declares a
 :class:`mmtl.config.slots.Slot` and keeps the component's values, as given, in its ``options`` field;
 :func:`settings_of` checks them against the component's dataclass and builds it. The registries are
 read through the catalog that :mod:`mmtl.components` installs (:mod:`mmtl.config.catalog`).
