@@ -1,6 +1,7 @@
 """One small registry: components are found by an explicit key, never by matching names.
 
-The registries start empty; importing :mod:`mmtl.components` fills them with the built-in components.
+The registries start empty; importing :mod:`mmtl.components` fills them with the built-in components and
+hands them to the config layer (:mod:`mmtl.config.catalog`), which reads no registry of its own accord.
 """
 from __future__ import annotations
 

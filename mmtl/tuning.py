@@ -68,7 +68,7 @@ def best_on_validation(candidates: list[tuple[dict[str, float], dict[str, Any]]]
 
 def _candidate_config(config: ExperimentConfig, weights: dict[str, float], run: Path, steps: int) -> ExperimentConfig:
     candidate = copy.deepcopy(config)
-    candidate.balancer = BalancerConfig(name="fixed", weights=dict(weights))
+    candidate.balancer = BalancerConfig(name="fixed", options={"weights": dict(weights)})
     candidate.output_dir, candidate.train.steps, candidate.train.overwrite = str(run), steps, True
     candidate.train.eval_every = 0  # scored once, at the end, on the validation split
     candidate.validation.protect = False
@@ -123,7 +123,7 @@ def tune_weights(config: ExperimentConfig, out_dir: Path, values: list[float], b
         scored.append(_score(config, weights, out_dir / f"candidate-{index}", steps, reference, tolerance))
     chosen, _ = best_on_validation([(s["weights"], s) for s in scored])
     tuned = copy.deepcopy(config)
-    tuned.balancer = BalancerConfig(name="fixed", weights=dict(chosen))
+    tuned.balancer = BalancerConfig(name="fixed", options={"weights": dict(chosen)})
     save_config(tuned, out_dir / TUNED_CONFIG)
     (out_dir / TUNING_FILE).write_text(json.dumps({"weights": chosen, "steps": steps, "split": config.data.val_split,
                                                    "baselines": str(baselines), "candidates": scored}, indent=2))

@@ -132,7 +132,7 @@ def test_config_layer_imports_no_component() -> None:
             "assert 'torch' not in sys.modules and 'mmtl.components' not in sys.modules\n"
             "load_config(None)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert "no task is registered; import mmtl.components" in result.stderr
+    assert "no component is registered" in result.stderr and "import mmtl.components" in result.stderr
 
 
 # ------------------------------------------------------------- settings that live with their component
@@ -202,7 +202,7 @@ def test_component_settings_read_by_their_component_keep_their_flat_keys(tmp_pat
     tree = config.to_dict()
     assert tree["model"]["image"]["feature_pool"] == 3 and "options" not in tree["model"]["image"]
     assert tree["model"]["modalities"]["audio"]["n_mels"] == 32 and tree["model"]["modalities"]["audio"]["n_fft"] == 256
-    assert tree["balancer"]["options"] == {"c": 0.5, "iterations": 20}
+    assert (tree["balancer"]["c"], tree["balancer"]["iterations"]) == (0.5, 20) and "options" not in tree["balancer"]
     save_config(config, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml").to_dict() == tree
 
@@ -232,7 +232,7 @@ def test_a_config_saved_with_every_encoders_keys_loads_with_the_same_meaning() -
 def test_balancer_weights_survive_a_task_subset_but_not_a_typo(caplog: pytest.LogCaptureFixture) -> None:
     tuned = ["balancer.name=fixed", "balancer.weights.recognition=0.1", "balancer.weights.captioning=2"]
     subset = load_config(None, [*tuned, "tasks=[captioning,summarization]"])  # recognition's weight: unused
-    assert subset.balancer.weights == {"recognition": 0.1, "captioning": 2.0}
+    assert selected(subset.balancer, "balancer")[1].weights == {"recognition": 0.1, "captioning": 2.0}
     with pytest.raises(ConfigError, match="recogniton"):
         load_config(None, ["balancer.name=fixed", "balancer.weights.recogniton=0.1"])
     caplog.clear()

@@ -20,7 +20,7 @@ from PIL import Image
 
 from mmtl.cli import main
 from mmtl.inference import Predictor
-from mmtl.serve import ServerLimits, make_server
+from mmtl.serve import ServerLimits, ServeSettings, make_server
 from tests.conftest import multipart, post_json, request, serving
 
 LIMITS = ServerLimits(max_body_bytes=200_000, max_pixels=100_000, max_text_chars=500, read_timeout_s=2.0)
@@ -314,3 +314,9 @@ def test_serve_with_two_worker_processes(run_dir: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_worker_processes_get_the_settings_serve_was_given() -> None:
+    """``mmtl serve --workers N`` hands its settings to each worker as JSON: nothing may fall back to a default."""
+    settings = ServeSettings("runs/x", ServerLimits(max_beams=3, max_pixels=1000), 4, 2.5, "cuda:1", "bf16")
+    assert ServeSettings.from_json(settings.to_json()) == settings

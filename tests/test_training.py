@@ -37,9 +37,9 @@ def test_training_writes_a_complete_run_directory(micro_data: Path, tmp_path: Pa
 def test_step_seconds_count_the_steps_alone(micro_data: Path, tmp_path: Path, monkeypatch) -> None:
     """bench_recipe compares step time at equal wall time: one-off work (checkpoints, FLOP counting)
     must not count, or the comparison is unfair to mmtl."""
-    save, count = loop.Trainer.save, loop.Trainer._count_step_flops
+    save, count = loop.Trainer.save, loop.step_flops
     monkeypatch.setattr(loop.Trainer, "save", lambda self: (time.sleep(0.5), save(self))[1])
-    monkeypatch.setattr(loop.Trainer, "_count_step_flops", lambda self, batch: (time.sleep(0.5), count(self, batch))[1])
+    monkeypatch.setattr(loop, "step_flops", lambda *args: (time.sleep(0.5), count(*args))[1])
     config = resolve_config({}, micro_overrides(micro_data, tmp_path / "run", steps=3) + ["train.checkpoint_every=1"])
     result = train(config)
     # three checkpoints (steps 1, 2 and the final one) and one FLOP count: 2 s of one-off sleeps

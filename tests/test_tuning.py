@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from mmtl.cli import main
-from mmtl.config import load_config
+from mmtl.config import load_config, selected
 from mmtl.tuning import best_on_validation, weight_grid
 from tests.conftest import micro_overrides
 
@@ -37,7 +37,7 @@ def test_tune_weights_writes_a_config_that_trains(micro_data: Path, tmp_path: Pa
                                                                        [1.0, 3.0])[:2]
     assert record["weights"] in [c["weights"] for c in record["candidates"]] and "chosen:" in printed
     tuned = load_config(str(out / "tuned.yaml"), [])
-    assert tuned.balancer.name == "fixed" and tuned.balancer.weights == record["weights"]
+    assert tuned.balancer.name == "fixed" and selected(tuned.balancer, "balancer")[1].weights == record["weights"]
     assert main(["train", "--config", str(out / "tuned.yaml"), f"output_dir={tmp_path / 'tuned-run'}",
                  "train.steps=1"]) == 0
     assert main(["tune-weights", *overrides, "--values", "1,x", "--out", str(out)]) == 2

@@ -133,13 +133,8 @@ class BalancedBackward:
 
         Gradients are added to ``.grad`` (times ``factor``), so micro-batches accumulate.
         """
-        names = list(losses)
         if not self.per_task_step(step):
-            with self.balancer.kept_unless(torch.stack([v.detach() for v in losses.values()]).isfinite().all()):
-                total = self.balancer.combine(losses)
-            stats = task_gradient_stats(names, self._grads(losses, self.shared, heads=False)) if monitor else {}
-            self.scaler.scale(total * factor if factor != 1.0 else total).backward()
-            return {"total": total.detach(), **stats}
+            return self._weighted_backward(losses, monitor, factor)
         pairs = cache.get(SHARED_OUTPUTS)
         inputs = [leaf for _, leaf in pairs] if pairs is not None else self.shared
         grads = self._grads(losses, inputs, heads=True, factor=factor)
@@ -149,28 +144,8 @@ class BalancedBackward:
         finite = rows_finite.all()
         grads = sanitize(grads, rows_finite)
         ids, values = self.balancer.present(losses)
-        if pairs is not None and self.reduce_gram is not None:
-            # Representation gradients are per sample: ranks hold different rows of the global (T, D)
-            # matrix, so they cannot be averaged. The balancers see them only through inner products,
-            # so every rank balances stand-in rows with the global Gram matrix (the same decision on
-            # every rank) and applies the resulting task weights to its own rows. A rank with a
-            # non-finite gradient sends a NaN Gram matrix, so that every rank sees the step as bad.
-            local = grads @ grads.T
-            gram = self.reduce_gram(torch.where(finite, local, torch.full_like(local, float("nan"))))
-            with self.balancer.kept_unless(gram.isfinite().all() & values.detach().isfinite().all()):
-                self.balancer.update(gram_factor(gram.nan_to_num(0.0)), values, ids)
-            combined = self.balancer.weights[ids].to(grads.dtype) @ grads
-        else:
-            with self.balancer.kept_unless(finite & values.detach().isfinite().all()):
-                combined = self.balancer.update(grads, values, ids)
-        if self.scaler.is_enabled():
-            # under fp16 an overflow in any task's gradient must reach .grad: it is the scaler's signal
-            # to skip the step and lower the scale (zeroing the row would drop that task's gradient
-            # at every step while the scale stayed too high)
-            combined = torch.where(finite, combined, torch.full_like(combined, float("inf")))
-            combined = combined * self.scaler.scale(torch.ones((), device=grads.device))
-        if factor != 1.0:
-            combined = combined * factor
+        combined = self._combine(grads, values, ids, finite, per_sample=pairs is not None)
+        combined = self._as_written(combined, finite, factor)
         if pairs is None:
             for param, grad in zip(self.shared, _split(combined, self.shared)):
                 param.grad = grad if param.grad is None else param.grad + grad
@@ -182,4 +157,41 @@ class BalancedBackward:
                     for row in grads])
             torch.autograd.backward(outputs, _split(combined, outputs))
         total = (self.balancer.weights[ids] * values).sum().detach()
-        return {"total": total, **(task_gradient_stats(names, grads) if monitor else {})}
+        return {"total": total, **(task_gradient_stats(list(losses), grads) if monitor else {})}
+
+    def _weighted_backward(self, losses: dict[str, torch.Tensor], monitor: bool,
+                           factor: float) -> dict[str, torch.Tensor]:
+        """A loss-weighting step: one backward of the balancer's scalar (per-task gradients only to monitor)."""
+        with self.balancer.kept_unless(torch.stack([v.detach() for v in losses.values()]).isfinite().all()):
+            total = self.balancer.combine(losses)
+        stats = task_gradient_stats(list(losses), self._grads(losses, self.shared, heads=False)) if monitor else {}
+        self.scaler.scale(total * factor if factor != 1.0 else total).backward()
+        return {"total": total.detach(), **stats}
+
+    def _combine(self, grads: torch.Tensor, values: torch.Tensor, ids: list[int], finite: torch.Tensor,
+                 per_sample: bool) -> torch.Tensor:
+        """The balancer's shared gradient from the finite per-task rows ``grads`` (T, D); ``finite``: whether
+        every row was; ``per_sample``: the rows are gradients on this rank's representation."""
+        if per_sample and self.reduce_gram is not None:
+            # Representation gradients are per sample: ranks hold different rows of the global (T, D)
+            # matrix, so they cannot be averaged. The balancers see them only through inner products,
+            # so every rank balances stand-in rows with the global Gram matrix (the same decision on
+            # every rank) and applies the resulting task weights to its own rows. A rank with a
+            # non-finite gradient sends a NaN Gram matrix, so that every rank sees the step as bad.
+            local = grads @ grads.T
+            gram = self.reduce_gram(torch.where(finite, local, torch.full_like(local, float("nan"))))
+            with self.balancer.kept_unless(gram.isfinite().all() & values.detach().isfinite().all()):
+                self.balancer.update(gram_factor(gram.nan_to_num(0.0)), values, ids)
+            return self.balancer.weights[ids].to(grads.dtype) @ grads
+        with self.balancer.kept_unless(finite & values.detach().isfinite().all()):
+            return self.balancer.update(grads, values, ids)
+
+    def _as_written(self, combined: torch.Tensor, finite: torch.Tensor, factor: float) -> torch.Tensor:
+        """The combined gradient as it is added to ``.grad``: scaled again under an enabled scaler, times ``factor``."""
+        if self.scaler.is_enabled():
+            # under fp16 an overflow in any task's gradient must reach .grad: it is the scaler's signal
+            # to skip the step and lower the scale (zeroing the row would drop that task's gradient
+            # at every step while the scale stayed too high)
+            combined = torch.where(finite, combined, torch.full_like(combined, float("inf")))
+            combined = combined * self.scaler.scale(torch.ones((), device=combined.device))
+        return combined * factor if factor != 1.0 else combined

@@ -45,8 +45,8 @@ class Balancer(nn.Module):
     """
 
     kind: ClassVar[str] = "loss"
-    reads_weights: ClassVar[bool] = False  # whether ``balancer.weights`` means anything to it
-    # the method's own settings (``balancer.options``): a dataclass, validated with the config
+    # the method's own settings (keys of the ``balancer`` section beside ``name``, e.g. ``balancer.c``):
+    # a dataclass, validated with the config
     Settings: ClassVar[type] = NoSettings
 
     def __init__(self, tasks: list[str], config: BalancerConfig) -> None:

@@ -106,7 +106,7 @@ class IMTL(GradientBalancer):
 
     Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021 (the hybrid of Section 3.3).
     The scales follow the gradient of IMTL-L's loss e^s L - s, d/ds = e^s L - 1, by one step of
-    ``options.lr`` per update (the paper trains s with the network's optimiser; a step of its own
+    ``balancer.lr`` per update (the paper trains s with the network's optimiser; a step of its own
     keeps the per-task gradient path free of a second backward). Cost: IMTL-G's, O(T) more.
     """
 

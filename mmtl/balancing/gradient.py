@@ -94,7 +94,7 @@ class CAGrad(GradientBalancer):
 
     Liu, Liu, Jin, Stone & Liu, "Conflict-Averse Gradient Descent for Multi-task Learning",
     NeurIPS 2021. Solves min_{w in simplex} w^T G g0 + c ||g0|| ||G^T w|| (g0 the mean gradient,
-    c = ``options.c``), then d = (g0 + c ||g0|| / ||G^T w|| G^T w) / (1 + c^2) (LibMTL's
+    c = ``balancer.c``), then d = (g0 + c ||g0|| / ||G^T w|| G^T w) / (1 + c^2) (LibMTL's
     ``rescale=1``; torchjd returns the same direction without the division). The paper uses
     scipy's SLSQP; here ||x|| = min_t (x^2 / t + t) / 2 turns the problem into ``iterations``
     alternations of an exact simplex QP and t = ||G^T w||, which converge on any scaling.
@@ -166,7 +166,7 @@ class GradNorm(GradientBalancer):
 
     Chen, Badrinarayanan, Lee & Rabinovich, "GradNorm: Gradient Normalization for Adaptive Loss
     Balancing in Deep Multitask Networks", ICML 2018. Target norm_t = mean(w ||g||) * r_t^alpha
-    with r_t = (L_t / L_t(0)) / mean; the weights take one step of ``options.lr`` on
+    with r_t = (L_t / L_t(0)) / mean; the weights take one step of ``balancer.lr`` on
     sum_t |w_t ||g_t|| - target_t| (norms divided by their mean, so the step does not depend on
     the gradient scale) and are renormalised to sum to T. The paper uses the last shared
     layer; here G is on ``balancer.on``. Cost: O(T D) for the norms.
@@ -210,7 +210,7 @@ class GradVac(GradientBalancer):
     Wang, Tsvetkov, Firat & Cao, "Gradient Vaccine: Investigating and Improving Multi-task
     Optimization in Massively Multilingual Models", ICLR 2021. For each i and j (random order),
     if cos(g_i, g_j) < target_ij: g_i += ||g_i|| (t sqrt(1-c^2) - c sqrt(1-t^2)) /
-    (||g_j|| sqrt(1-t^2)) g_j; target_ij <- (1-beta) target_ij + beta cos (``options.beta``).
+    (||g_j|| sqrt(1-t^2)) g_j; target_ij <- (1-beta) target_ij + beta cos (``balancer.beta``).
     Applied to the whole gradient vector (the paper also applies it per layer), tracked as
     coefficients on the rows of G. Zero gradients are skipped instead of divided by an epsilon.
     Cost: the Gram matrix (O(T^2 D)), then O(T^3); a T x T buffer.
@@ -309,7 +309,7 @@ class NashMTL(GradientBalancer):
     Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik & Fetaya, "Multi-Task Learning as a
     Bargaining Game", ICML 2022. The paper solves a sequence of convex programs with cvxpy;
     here the same equation is solved as the minimiser of the strictly convex
-    1/2 a^T M a - sum log a_t (M the normalized Gram matrix) by ``options.iterations`` damped
+    1/2 a^T M a - sum log a_t (M the normalized Gram matrix) by ``balancer.iterations`` damped
     Newton steps from the solution for orthogonal gradients, without a ridge; the paper's alpha is
     that solution divided by the square root of the normalization. Tasks with a zero gradient get
     weight 0. The paper (and torchjd) also caps alpha and normalizes by ||G G^T||_F; here the

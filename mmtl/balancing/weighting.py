@@ -6,7 +6,7 @@ waits for the device.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -16,6 +16,15 @@ from mmtl.config import BalancerConfig
 from mmtl.registry import BALANCERS
 
 
+@dataclass
+class FixedSettings:
+    """The constant task weights of ``fixed``."""
+
+    # task registry key -> weight (``balancer.weights.captioning=2``); a task not named weighs 1, a
+    # named task that the run does not train is ignored
+    weights: dict[str, float] = field(default_factory=dict)
+
+
 @BALANCERS.register("fixed")
 class FixedWeights(Balancer):
     """Weighted sum with constant weights from ``balancer.weights`` (missing tasks weigh 1).
@@ -23,21 +32,17 @@ class FixedWeights(Balancer):
     Cost: none beyond the sum.
     """
 
-    reads_weights = True
+    Settings = FixedSettings
 
     def __init__(self, tasks: list[str], config: BalancerConfig) -> None:
         super().__init__(tasks, config)
-        self.weights.copy_(torch.tensor([float(config.weights.get(task, 1.0)) for task in tasks]))
+        weights = self.settings.weights
+        self.weights.copy_(torch.tensor([float(weights.get(task, 1.0)) for task in tasks]))
 
 
 @BALANCERS.register("equal")
-class EqualWeights(FixedWeights):
+class EqualWeights(Balancer):
     """Plain sum of task losses: the baseline every other balancer is compared with. Cost: none."""
-
-    reads_weights = False
-
-    def __init__(self, tasks: list[str], config: BalancerConfig) -> None:
-        super().__init__(tasks, BalancerConfig(name=config.name))
 
 
 @BALANCERS.register("uncertainty")
@@ -126,7 +131,7 @@ class DynamicWeightAverage(Balancer):
 
     Liu, Johns & Davison, "End-to-End Multi-Task Learning with Attention", CVPR 2019. The paper's
     L(k) is the mean loss of epoch k; with streamed data an "epoch" here is a window of
-    ``options.window`` steps. Cost: a few element-wise ops on T numbers, no extra backward.
+    ``balancer.window`` steps. Cost: a few element-wise ops on T numbers, no extra backward.
     """
 
     Settings = DWASettings
@@ -205,8 +210,8 @@ class FAMO(Balancer):
     Liu, Liu, Stone & Liu, "FAMO: Fast Adaptive Multitask Optimization", NeurIPS 2023. Task
     logits xi give z = softmax(xi); the back-propagated loss is sum_t z_t log L_t / c with
     c = sum_t z_t / L_t (so the gradient weighs task t by z_t / (c L_t)). The logits follow the
-    paper's update, d xi = J_softmax^T (log L_t(prev) - log L_t(now)), with Adam (``options.lr``,
-    weight decay ``options.gamma``); the first step, which has no previous loss, takes no Adam
+    paper's update, d xi = J_softmax^T (log L_t(prev) - log L_t(now)), with Adam (``balancer.lr``,
+    weight decay ``balancer.gamma``); the first step, which has no previous loss, takes no Adam
     step (so Adam's bias correction starts with the first real update, as in the paper). Unlike
     the paper, "now" is the loss of the next batch rather than a second forward pass on the same
     batch, so no extra forward is paid; this makes the update noisier. Cost: O(T) element-wise

@@ -36,7 +36,7 @@ def register(sub: Subcommands) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from mmtl.serve import ServeOptions, ServerLimits, serve
+    from mmtl.serve import ServerLimits, ServeSettings, serve
 
     for flag, value in (("--max-body-mb", args.max_body_mb), ("--max-pixels", args.max_pixels),
                         ("--max-text-chars", args.max_text_chars), ("--max-beams", args.max_beams),
@@ -49,7 +49,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     limits = ServerLimits(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_pixels=args.max_pixels,
                           max_text_chars=args.max_text_chars, max_beams=args.max_beams,
                           max_concurrency=args.max_concurrency, read_timeout_s=args.read_timeout)
-    serve(args.checkpoint, args.host, args.port, limits,
-          ServeOptions(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, device=args.device,
-                       precision=args.precision, workers=args.workers))
+    settings = ServeSettings(args.checkpoint, limits, args.max_batch, args.max_wait_ms, args.device, args.precision)
+    serve(settings, args.host, args.port, workers=args.workers)
     return 0

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mmtl.config.catalog import known_registry
 from mmtl.config.fields import check_ranges
 from mmtl.config.model import DecoderConfig, FusionConfig, ImageEncoderConfig, ModelConfig, TextEncoderConfig
 from mmtl.config.parsing import deep_merge, drop_local, read_yaml_tree
 from mmtl.config.presets import MODEL_PRESETS
 from mmtl.config.schema import DataConfig, ExperimentConfig
 from mmtl.errors import ConfigError
-from mmtl.registry import TASKS
 from mmtl.text import FULL_BPE_SIZE, SPECIAL_TOKENS
 
 GIB = 2**30
@@ -93,7 +93,8 @@ def costs(config: ExperimentConfig, classes: int, vocab_size: int, batch: int, t
     text_depth = m.text.options.get("depth", 2)
     text_depth = text_depth if isinstance(text_depth, int) and text_depth > 0 else 2
     # before the tasks are registered (a preflight), every task counts as one that writes text
-    writers = sum(bool(getattr(TASKS.get(task), "writes_text", True)) if task in TASKS else True
+    tasks = known_registry("task")
+    writers = sum(bool(getattr(tasks.get(task), "writes_text", True)) if tasks is not None and task in tasks else True
                   for task in config.tasks)
     decoders = min(writers, 1) if m.decoder.shared else writers  # a text decoder per task that writes text
     layers = m.fusion.depth + text_depth + m.decoder.depth * decoders

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from mmtl.errors import ConfigError
 
@@ -89,10 +89,13 @@ def choice(default: Any, *options: Any) -> Any:
     return setting(default, choices=options)
 
 
-def check_ranges(obj: Any, prefix: str = "") -> None:
-    """Raise a ConfigError naming the first field of the dataclass tree ``obj`` outside its range."""
+def check_ranges(obj: Any, prefix: str = "", keys: Mapping[str, str] | None = None) -> None:
+    """Raise a ConfigError naming the first field of the dataclass tree ``obj`` outside its range.
+
+    ``keys``: the dotted key a field of ``obj`` itself was written under, where not ``prefix.<field>``
+    (a setting read from an earlier spelling)."""
     for f in dataclasses.fields(obj):
-        key = f"{prefix}.{f.name}" if prefix else f.name
+        key = (keys or {}).get(f.name) or (f"{prefix}.{f.name}" if prefix else f.name)
         value = getattr(obj, f.name)
         rule: Range | None = f.metadata.get("range")
         if rule is not None and not rule.allows(value):

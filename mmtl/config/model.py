@@ -6,7 +6,6 @@ from typing import Any, ClassVar
 
 from mmtl.config.fields import Range, between, choice, setting
 from mmtl.config.slots import Slot
-from mmtl.registry import IMAGE_ENCODERS, MODALITIES, TEXT_ENCODERS
 
 
 @dataclass
@@ -17,7 +16,7 @@ class ImageEncoderConfig:
     ``timm_kwargs``, ``feature_pool`` for ``timm``) sit beside these keys in YAML and in ``options`` here.
     """
 
-    slot: ClassVar[Slot] = Slot(IMAGE_ENCODERS)
+    slot: ClassVar[Slot] = Slot("image encoder")
     name: str = "timm"
     image_size: int = setting(64, range=between(1, 16_384))
     pretrained_path: str | None = setting(None, local=True)  # the checkpoint holds the weights
@@ -29,7 +28,7 @@ class TextEncoderConfig:
     """Text encoder over open_clip BPE tokens; the registered encoder's own settings (e.g. ``depth`` for
     ``transformer``) sit beside these keys in YAML and in ``options`` here."""
 
-    slot: ClassVar[Slot] = Slot(TEXT_ENCODERS)
+    slot: ClassVar[Slot] = Slot("text encoder")
     name: str = "transformer"
     context_length: int = setting(128, range=between(1, 1_048_576))
     # "dataset": embed only the BPE tokens seen in the training split (fast on CPU);
@@ -42,14 +41,17 @@ class TextEncoderConfig:
 
 @dataclass
 class FusionConfig:
-    """How image and text tokens become one shared representation."""
+    """How image and text tokens become one shared representation: a registry key plus what every fusion
+    reads (a fusion's own settings, where it has some, sit beside these keys)."""
 
+    slot: ClassVar[Slot] = Slot("fusion")
     name: str = "single_stream"
     depth: int = setting(2, range=between(0, 1_000))
     # heads read the fusion's input tokens (each stream's, layer-normed) after its output tokens: a path
     # around the trunk. On shapes world this took multi-task captioning from BLEU-4 68.0 / 68.2 to
     # 75.9 / 75.9 (seeds 1 / 2; docs/benchmarks.md, "Heads read the fusion's inputs too")
     keep_inputs: bool = setting(True, earlier=False)
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -76,7 +78,7 @@ class ModalityConfig:
     ``sample_rate`` or ``n_mels`` of audio) sit beside these keys in YAML and in ``options`` here.
     """
 
-    slot: ClassVar[Slot] = Slot(MODALITIES, selector="")
+    slot: ClassVar[Slot] = Slot("modality", selector="")
     # MODALITY_ENCODERS key ("": the modality's default encoder)
     encoder: str = ""
     # an existing modality whose place this one takes for the tasks that read it (depth -> image):

@@ -14,7 +14,6 @@ from mmtl.config.fields import (
 from mmtl.config.components import as_tree
 from mmtl.config.model import ModelConfig
 from mmtl.config.slots import Slot
-from mmtl.registry import BALANCERS
 
 
 @dataclass
@@ -137,13 +136,14 @@ class TrainConfig:
 class BalancerConfig:
     """How per-task losses are combined into one update.
 
-    A method's own settings go in ``options`` (e.g. ``balancer.options.c=0.5`` for CAGrad), checked
-    against the dataclass that the registered balancer owns (``Balancer.Settings``).
+    ``name`` picks the registered balancer; its own settings sit beside these keys (``balancer.c=0.5``
+    for CAGrad, ``balancer.weights`` for ``fixed``), checked against the dataclass it owns
+    (``Balancer.Settings``). Configs written before they sat flat nest them under ``options``
+    (``balancer.options.c``), which is still read.
     """
 
-    slot: ClassVar[Slot] = Slot(BALANCERS, flat=False)
+    slot: ClassVar[Slot] = Slot("balancer", earlier_nest="options")
     name: str = "equal"
-    weights: dict[str, float] = field(default_factory=dict)
     # gradient balancers: per-task gradients on all shared parameters, or on the shared
     # representation (one backward through the trunk); recomputed every ``update_every`` steps
     on: str = choice("params", "params", "representation")
@@ -151,6 +151,15 @@ class BalancerConfig:
     # compute the T per-task gradients with one vmapped backward (torch.autograd.grad(is_grads_batched=True))
     # instead of T backwards: same numbers; on 2 CPU cores it was slower (docs/benchmarks.md), so off by default
     batched_backward: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TaskSettingsConfig:
+    """One task's settings (``task_settings.<task>``, under the task's registry key): its keys are the
+    fields of the task's own ``Settings`` dataclass (``task_settings.summarization.mode``)."""
+
+    slot: ClassVar[Slot] = Slot("task", selector="", shared_keys=False)
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -273,8 +282,8 @@ class ExperimentConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     # per-task settings by task registry key, e.g. {summarization: {mode: extractive}}; each task's
-    # entry is checked against the settings dataclass the task class owns (Task.settings_class)
-    task_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # entry is checked against the settings dataclass the task class owns (Task.Settings)
+    task_settings: dict[str, TaskSettingsConfig] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML-serialisable); the component settings of flat sections sit beside their keys."""

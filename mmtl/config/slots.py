@@ -1,9 +1,11 @@
-"""How a config section selects a registered component whose own settings dataclass checks its values.
+"""The one shape of a config section that selects a registered component.
 
-A section that selects one component of a registry (``model.image``, ``model.text``,
-``model.modalities.<name>``, ``balancer``) declares a :class:`Slot`. The selected component's values
-are kept, as given, in the section's ``options`` field; in YAML they sit under ``options``
-(``balancer.options.c``) or, for a flat slot, beside the section's own fields (``model.image.timm_model``).
+A section picks a component of one kind (``Slot.kind``: "balancer", "task", "image encoder", ...) by its
+``name`` key (``model.image``, ``model.text``, ``model.fusion``, ``balancer``) or by the key it sits under
+in a mapping (``model.modalities.<name>``, ``task_settings.<task>``). Every other YAML key of the section
+that is not one of the section's own fields is a setting of that component, flat beside them
+(``model.image.timm_model``, ``balancer.c``, ``task_settings.summarization.mode``), and the component's
+``Settings`` dataclass checks it. The section keeps those values, as given, in its ``options`` field.
 """
 from __future__ import annotations
 
@@ -11,9 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from mmtl.registry import Registry
-
-OPTIONS = "options"  # the section field holding the selected component's values
+OPTIONS = "options"  # the section field holding the selected component's values, as given
 
 
 @dataclass
@@ -23,15 +23,17 @@ class NoSettings:
 
 @dataclass(frozen=True)
 class Slot:
-    """How a config section selects a registered component and where that component's values are."""
+    """How a config section selects a registered component and reads its settings."""
 
-    registry: Registry
+    kind: str  # the kind of component (a registry's ``kind``), looked up in the installed catalog
     # the section field holding the registry key; "" = the key the section sits under in its mapping
     selector: str = "name"
-    # the values sit beside the section's own fields (flat YAML keys) instead of under ``options``;
-    # flat keys a preset sets for one component stay when another is chosen, so a flat section
-    # accepts (type-checks, then ignores) the values of the other components of its registry
-    flat: bool = True
+    # the settings of the kind's other components are accepted too (type-checked, then ignored): a preset
+    # or a saved config sets one component's keys, and they stay when the section selects another
+    shared_keys: bool = True
+    # a key under which earlier versions nested the component's settings (``balancer.options``); what
+    # it holds is read as if it sat flat in the section, and errors name it as it was written
+    earlier_nest: str = ""
 
 
 def slot_of(section: object) -> Slot | None:
@@ -39,17 +41,20 @@ def slot_of(section: object) -> Slot | None:
     return getattr(type(section), "slot", None)
 
 
+def settings_class(component: object) -> type:
+    """The ``Settings`` dataclass a registered component owns (:class:`NoSettings` when it declares none)."""
+    return getattr(component, "Settings", NoSettings)
+
+
 def section_keys(cls: type) -> list[str]:
-    """The YAML keys a section class has of its own (a flat section's ``options`` is not one of them)."""
-    slot: Slot | None = getattr(cls, "slot", None)
-    hidden = {OPTIONS} if slot is not None and slot.flat else set()
+    """The YAML keys a section class has of its own (a slot's ``options`` holder is not one of them)."""
+    hidden = {OPTIONS} if getattr(cls, "slot", None) is not None else set()
     return [f.name for f in dataclasses.fields(cls) if f.name not in hidden]
 
 
 def split_flat(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    """A flat section's YAML mapping with the keys that are not the section's own moved into ``options``."""
-    slot: Slot | None = getattr(cls, "slot", None)
-    if slot is None or not slot.flat:
+    """A slot section's YAML mapping with the keys that are not the section's own moved into ``options``."""
+    if getattr(cls, "slot", None) is None:
         return values
     own = set(section_keys(cls))
     return {**{k: v for k, v in values.items() if k in own}, OPTIONS: {k: v for k, v in values.items() if k not in own}}

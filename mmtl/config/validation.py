@@ -1,46 +1,30 @@
-"""Checks across fields of a built config: registry keys, component settings, ranges (declared on the fields),
-consistency.
+"""Checks across fields of a built config: consistency, every field's range, and the component checks.
 
-Registry keys are looked up in :mod:`mmtl.registry`, which the entry points fill by importing
-:mod:`mmtl.components` before they load a config.
+The config layer knows no component: the checks that do (registry keys, each component's settings,
+what kind of balancer was chosen) come from the catalog that :mod:`mmtl.components` installs
+(:mod:`mmtl.config.catalog`), which the entry points import before they load a config.
 """
 from __future__ import annotations
 
-import logging
-
+from mmtl.config.catalog import installed_catalog
 from mmtl.config.components import check_components
 from mmtl.config.fields import check_ranges
 from mmtl.config.schema import ExperimentConfig
 from mmtl.errors import ConfigError
-from mmtl.registry import BALANCERS, FUSIONS, MODALITIES, MODALITY_ENCODERS, TASKS
-
-log = logging.getLogger(__name__)
-
-
-def _check_balancer_weights(config: ExperimentConfig) -> None:
-    """Every name in ``balancer.weights`` is a known task (a typo fails); a task not in ``tasks`` keeps its
-    weight unused, so a config's tuned weights survive ``tasks=`` picking a subset. A balancer that
-    does not read the weights says so."""
-    for task in config.balancer.weights:
-        TASKS.get(task)
-    if config.balancer.weights and not getattr(BALANCERS.get(config.balancer.name), "reads_weights", False):
-        log.warning("balancer.weights is ignored by balancer %r (only balancers such as 'fixed' read it)",
-                    config.balancer.name)
 
 
 def validate(config: ExperimentConfig) -> None:
-    """Cross-field checks that a single field's type cannot express, and every field's range."""
+    """Cross-field checks that a single field's type cannot express, the component checks of the installed
+    catalog, every component's settings and every field's range."""
     if not config.tasks:
         raise ConfigError("tasks must name at least one task")
-    for task in config.tasks:
-        TASKS.get(task)
     if len(set(config.tasks)) != len(config.tasks):
         raise ConfigError(f"tasks lists a task twice: {config.tasks}")
     _check_modality_names(config)
-    FUSIONS.get(config.model.fusion.name)
+    _check_task_settings_names(config)
+    installed_catalog().check(config)
     check_components(config)
     check_ranges(config)
-    _check_balancer_weights(config)
     if config.model.width % config.model.num_heads:
         raise ConfigError(f"model.width ({config.model.width}) must be divisible by model.num_heads ({config.model.num_heads})")
     for i, source in enumerate(config.data.sources):
@@ -51,25 +35,20 @@ def validate(config: ExperimentConfig) -> None:
             raise ConfigError(f"data.sources[{i}].tasks names {', '.join(extra)}, not in tasks: {', '.join(config.tasks)}")
     _validate_modalities(config)
     _validate_fsdp(config)
-    _validate_task_settings(config)
 
 
-def _validate_task_settings(config: ExperimentConfig) -> None:
-    """``task_settings`` names tasks of the run, each checked against its task class's settings dataclass."""
+def _check_task_settings_names(config: ExperimentConfig) -> None:
+    """``task_settings`` names tasks of the run (each entry's keys are checked against its task's settings)."""
     known = [*config.tasks, *config.finetune.add_tasks]
-    for key, values in config.task_settings.items():
+    for key in config.task_settings:
         if key not in known:
             raise ConfigError(f"task_settings.{key}: {key!r} is not a task of this run; tasks: {', '.join(known)}")
-        TASKS.get(key).parse_settings(values, f"task_settings.{key}")
 
 
 def _validate_fsdp(config: ExperimentConfig) -> None:
-    """Settings that sharded training (train.fsdp) cannot honour."""
+    """Settings that sharded training (train.fsdp) cannot honour (the balancer's kind: a component check)."""
     if not config.train.fsdp:
         return
-    if BALANCERS.get(config.balancer.name).kind == "gradient":
-        raise ConfigError(f"balancer.name={config.balancer.name} needs per-task gradients of whole parameters, "
-                          "which train.fsdp=true shards; use train.fsdp=false (DDP) or a loss-weighting balancer")
     if config.train.ema_decay > 0:
         raise ConfigError("train.ema_decay > 0 is not supported with train.fsdp=true; use train.fsdp=false (DDP)")
     if config.train.eval_every > 0:
@@ -85,18 +64,12 @@ def _check_modality_names(config: ExperimentConfig) -> None:
 
 
 def _validate_modalities(config: ExperimentConfig) -> None:
-    """Extra modalities and fine-tuning additions name registered components."""
+    """What extra modalities stand for or start from is a modality of the model."""
     present = ("image", "text", *config.model.modalities)
     for name, modality in config.model.modalities.items():
-        if modality.encoder:
-            MODALITY_ENCODERS.get(modality.encoder)
         if modality.stands_for and modality.stands_for not in present:
             raise ConfigError(f"model.modalities.{name}.stands_for must name a modality of the model "
                               f"(image, text, {', '.join(config.model.modalities)}); got {modality.stands_for!r}")
         if modality.init_from and modality.init_from not in present:
             raise ConfigError(f"model.modalities.{name}.init_from must name a modality of the model; "
                               f"got {modality.init_from!r}")
-    for name in config.finetune.add_modalities:
-        MODALITIES.get(name)
-    for name in config.finetune.add_tasks:
-        TASKS.get(name)

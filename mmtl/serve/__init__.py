@@ -4,6 +4,7 @@
 """
 from mmtl.serve.app import ServerLimits, Service, create_app
 from mmtl.serve.batching import DynamicBatcher
-from mmtl.serve.server import MMTLServer, ServeOptions, make_server, serve
+from mmtl.serve.server import MMTLServer, ServeSettings, make_server, serve
 
-__all__ = ["DynamicBatcher", "MMTLServer", "ServeOptions", "ServerLimits", "Service", "create_app", "make_server", "serve"]
+__all__ = ["DynamicBatcher", "MMTLServer", "ServeSettings", "ServerLimits", "Service", "create_app", "make_server",
+           "serve"]

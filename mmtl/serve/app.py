@@ -338,6 +338,14 @@ def create_app(service: Service) -> FastAPI:
     app.add_middleware(RequestLimits, max_body_bytes=service.limits.max_body_bytes,
                        max_header_bytes=service.limits.max_header_bytes, max_headers=service.limits.max_headers)
     app.add_middleware(QuietCancellation)
+    _add_error_handlers(app)
+    _add_routes(app, service)
+    _add_request_schemas(app)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error, ours or the framework's, answered as a JSON :class:`ErrorBody` with its status."""
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -371,6 +379,10 @@ def create_app(service: Service) -> FastAPI:
     async def bug(_: Request, exc: Exception) -> JSONResponse:  # uvicorn logs the traceback
         return error_response(500, "internal error while predicting (see the server log)")
 
+
+def _add_routes(app: FastAPI, service: Service) -> None:
+    """The API routes over ``service`` and the web page's files."""
+
     @app.post("/v1/predict", summary="Predict on one image-text pair", response_model=PredictResponse,
               responses=ERROR_RESPONSES, openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": {"$ref": "#/components/schemas/PredictJSON"}},
@@ -398,9 +410,6 @@ def create_app(service: Service) -> FastAPI:
             raise StarletteHTTPException(404)
         return _web_file(name)
 
-    _add_request_schemas(app)
-    return app
-
 
 def _add_request_schemas(app: FastAPI) -> None:
     """Put the request body models (read by hand, as JSON or multipart) into the generated OpenAPI document."""
@@ -418,12 +427,3 @@ def _add_request_schemas(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-
-
-def app_from_environment() -> FastAPI:
-    """The app of one ``mmtl serve --workers N`` worker process, built from MMTL_SERVE_SETTINGS (JSON)."""
-    settings = json.loads(os.environ["MMTL_SERVE_SETTINGS"])
-    predictor = Predictor.from_pretrained(settings["checkpoint"], device=settings["device"],
-                                          precision=settings["precision"])
-    service = Service(predictor, ServerLimits(**settings["limits"]), settings["max_batch"], settings["max_wait_ms"])
-    return create_app(service)

@@ -5,8 +5,10 @@ import json
 import os
 import socket
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from fastapi import FastAPI
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
@@ -15,6 +17,34 @@ from mmtl.errors import MMTLError
 from mmtl.inference import Predictor
 from mmtl.serve.app import ServerLimits, Service, create_app
 from mmtl.serve.limits import DeadlineH11Protocol
+
+SETTINGS_VARIABLE = "MMTL_SERVE_SETTINGS"  # how ``mmtl serve --workers N`` hands its settings to the workers
+
+
+@dataclass
+class ServeSettings:
+    """What ``mmtl serve`` loads and how it answers: the same in every worker process (sent as JSON)."""
+
+    checkpoint: str
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    max_batch: int = 16  # most requests batched into one forward pass
+    max_wait_ms: float = 5.0  # how long a batch waits to fill
+    device: str = "cpu"
+    precision: str = "fp32"
+
+    def to_json(self) -> str:
+        """The settings as JSON (what :meth:`from_json` reads)."""
+        return json.dumps({**asdict(self), "checkpoint": str(self.checkpoint)})
+
+    @classmethod
+    def from_json(cls, text: str) -> "ServeSettings":
+        """Settings written by :meth:`to_json`."""
+        raw = json.loads(text)
+        return cls(**{**raw, "limits": ServerLimits(**raw["limits"])})
+
+    def load(self) -> Predictor:
+        """The checkpoint's predictor on the settings' device and precision."""
+        return Predictor.from_pretrained(self.checkpoint, device=self.device, precision=self.precision)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -92,44 +122,37 @@ def make_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000,
     return MMTLServer(Service(predictor, limits, max_batch, max_wait_ms), host, port)
 
 
-@dataclass(frozen=True)
-class ServeOptions:
-    """How ``mmtl serve`` runs the model: dynamic batching, device, precision and worker processes."""
-
-    max_batch: int = 16
-    max_wait_ms: float = 5.0
-    device: str = "cpu"
-    precision: str = "fp32"
-    workers: int = 1
-
-
-def serve(checkpoint: str, host: str, port: int, limits: ServerLimits, options: ServeOptions = ServeOptions()) -> None:
-    """Serve until Ctrl-C or SIGTERM: in this process, or in ``options.workers`` processes sharing the socket."""
-    if options.workers < 1:
-        raise MMTLError(f"--workers must be >= 1, got {options.workers}")
-    predictor = Predictor.from_pretrained(checkpoint, device=options.device, precision=options.precision)
-    if options.workers == 1:
-        server = make_server(predictor, host, port, limits, options.max_batch, options.max_wait_ms)
-        _announce(predictor, server.url, options.workers)
+def serve(settings: ServeSettings, host: str, port: int, workers: int = 1) -> None:
+    """Serve until Ctrl-C or SIGTERM: in this process, or in ``workers`` processes sharing the socket."""
+    if workers < 1:
+        raise MMTLError(f"--workers must be >= 1, got {workers}")
+    predictor = settings.load()
+    if workers == 1:
+        server = make_server(predictor, host, port, settings.limits, settings.max_batch, settings.max_wait_ms)
+        _announce(predictor, server.url, workers)
         try:
             server.serve_forever()
         finally:
             server.server_close()
         return
     # the settings are valid before workers start
-    Service(predictor, limits, options.max_batch, options.max_wait_ms).close()
+    Service(predictor, settings.limits, settings.max_batch, settings.max_wait_ms).close()
     del predictor
     sock = bind_socket(host, port)
-    os.environ["MMTL_SERVE_SETTINGS"] = json.dumps({
-        "checkpoint": str(checkpoint), "device": options.device, "precision": options.precision,
-        "limits": asdict(limits), "max_batch": options.max_batch, "max_wait_ms": options.max_wait_ms})
-    config = uvicorn_config("mmtl.serve.app:app_from_environment", limits, factory=True, workers=options.workers)
+    os.environ[SETTINGS_VARIABLE] = settings.to_json()
+    config = uvicorn_config("mmtl.serve.server:app_from_environment", settings.limits, factory=True, workers=workers)
     host_, port_ = sock.getsockname()[:2]
-    _announce(None, f"http://{host_}:{port_}", options.workers)
+    _announce(None, f"http://{host_}:{port_}", workers)
     try:
         Multiprocess(config, sockets=[sock]).run()
     finally:
         sock.close()
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one ``mmtl serve --workers N`` worker process, built from the settings its parent wrote."""
+    settings = ServeSettings.from_json(os.environ[SETTINGS_VARIABLE])
+    return create_app(Service(settings.load(), settings.limits, settings.max_batch, settings.max_wait_ms))
 
 
 def _announce(predictor: Predictor | None, url: str, workers: int) -> None:

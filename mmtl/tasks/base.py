@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from data_pipelines.fields import AnnotationField
-from mmtl.config import ModelConfig, build_dataclass
-from mmtl.errors import ConfigError
+from mmtl.config import ModelConfig, NoSettings, TaskSettingsConfig, settings_of
 from mmtl.models.fusion import Fused
 from mmtl.registry import MODALITIES
 from mmtl.text import Vocabulary
@@ -26,8 +25,8 @@ class TaskContext:
     # recognition labels: "multi" (any number per sample, sigmoid) or "single" (exactly one, softmax),
     # from dataset.json's "label_mode"
     label_mode: str = "multi"
-    # ExperimentConfig.task_settings: task registry key -> that task's raw settings mapping
-    task_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # ExperimentConfig.task_settings: task registry key -> that task's section of settings
+    task_settings: dict[str, TaskSettingsConfig] = field(default_factory=dict)
 
 
 class Task:
@@ -52,27 +51,14 @@ class Task:
     diagnostic_metrics: ClassVar[tuple[str, ...]] = ()
     # diversity metrics (higher: more diverse) whose fall far below the single-task model's is a collapse
     collapse_metrics: ClassVar[tuple[str, ...]] = ()
-    # dataclass of the task's own settings (``task_settings.<key>`` in the experiment config); None: it has none
-    settings_class: ClassVar[type | None] = None
+    # the task's own settings (``task_settings.<key>`` in the experiment config): a dataclass, validated
+    # with the config like every component's (mmtl.config.settings_of)
+    Settings: ClassVar[type] = NoSettings
 
     def __init__(self, context: TaskContext) -> None:
         self.context = context
-        self.settings = self.parse_settings(context.task_settings.get(self.name, {}), f"task_settings.{self.name}")
-
-    @classmethod
-    def parse_settings(cls, values: dict[str, Any], key: str) -> Any:
-        """The task's settings dataclass built from ``values`` (ConfigError naming ``key`` when they do not fit)."""
-        if cls.settings_class is None:
-            if values:
-                raise ConfigError(f"{key}: this task has no settings; got {', '.join(map(str, values))}")
-            return None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{key} must be a section (mapping), got {values!r}")
-        settings = build_dataclass(cls.settings_class, values, key)
-        check = getattr(settings, "validate", None)
-        if check is not None:
-            check(key)
-        return settings
+        section = context.task_settings.get(self.name, TaskSettingsConfig())
+        self.settings = settings_of(section, type(self), f"task_settings.{self.name}")
 
     @classmethod
     def annotation_fields(cls) -> tuple[AnnotationField, ...]:
@@ -81,7 +67,7 @@ class Task:
 
     def settings_dict(self) -> dict[str, Any]:
         """The task's resolved settings as a plain mapping (empty when it has none)."""
-        return asdict(self.settings) if self.settings is not None else {}
+        return asdict(self.settings)
 
     def reads_tokens(self) -> bool:
         """Whether one of the task's inputs is a modality of vocabulary tokens (a document: what a decoder

@@ -41,8 +41,8 @@ class SummarizationSettings:
     # extractive: sentences of a document that are scored (later ones are never selected)
     max_sentences: int = 64
 
-    def validate(self, key: str) -> None:
-        """Ranges a single field's type cannot express."""
+    def check(self, key: str) -> None:
+        """Ranges a single field's type cannot express (run by ``mmtl.config.settings_of``)."""
         if self.sentences < 1 or self.max_sentences < self.sentences:
             raise ConfigError(f"{key}: need 1 <= sentences <= max_sentences; got sentences={self.sentences}, "
                               f"max_sentences={self.max_sentences}")
@@ -58,7 +58,7 @@ class SummarizationTask(GenerationTask):
     primary_metric = "rougeL"
     reference_field = AnnotationField("summaries", TEXTS, words="summary_words")
     input_fields = (DOCUMENT,)
-    settings_class = SummarizationSettings
+    Settings = SummarizationSettings
 
     def __init__(self, context: TaskContext) -> None:
         super().__init__(context)

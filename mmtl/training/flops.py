@@ -5,6 +5,9 @@ import os
 import re
 
 import torch
+from torch import nn
+
+from mmtl.flop_count import count_flops
 
 # Dense peak FLOP/s per device, by the dtype the matmuls run in. GPUs: vendor datasheets (dense,
 # no sparsity). CPUs are estimated per core from the widest SIMD unit the machine reports.
@@ -47,3 +50,13 @@ def peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
 def mfu(flops_per_step: float, seconds_per_step: float, peak: float) -> float:
     """Achieved FLOP/s over peak FLOP/s."""
     return flops_per_step / seconds_per_step / peak if seconds_per_step > 0 and peak > 0 else float("nan")
+
+
+def step_flops(model: nn.Module, batch: object, device: torch.device) -> float:
+    """Model FLOPs of one forward + backward of ``model`` on ``batch`` (in eval mode, with a forked RNG, so
+    that neither BatchNorm statistics nor the random streams of the run change; gradients are cleared)."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        model.eval()
+        flops = count_flops(lambda: sum(model(batch).values()).backward())
+        model.zero_grad(set_to_none=True)
+    return float(flops)

@@ -8,7 +8,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Iterator, Mapping, Protocol, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -19,7 +19,6 @@ from mmtl.builder import Components, components_from_data
 from mmtl.checkpoint import checkpoint_meta, resolve_checkpoint
 from mmtl.config import ExperimentConfig, save_config
 from mmtl.errors import MMTLError, TrainingInterrupted
-from mmtl.flop_count import count_flops
 from mmtl.precision import get_autocast, make_grad_scaler, resolve_device, resolve_precision
 from mmtl.registry import BALANCERS
 from mmtl.training import distributed as dist
@@ -27,7 +26,7 @@ from mmtl.training import fsdp
 from mmtl.training.acceleration import compile_blocks, enable_grad_checkpointing, peak_memory_gb
 from mmtl.training.ema import WeightEMA
 from mmtl.training.environment import save_environment
-from mmtl.training.flops import peak_flops
+from mmtl.training.flops import peak_flops, step_flops
 from mmtl.training.logging import RunLogger, finish_run
 from mmtl.training.nonfinite import NonFiniteGuard
 from mmtl.training.optim import build_optimizer, build_scheduler, clip_gradients, clip_groups
@@ -195,14 +194,6 @@ class Trainer:
         self.step += 1
         return {**sums, **balanced, "grad_norm": grad_norm}
 
-    def _count_step_flops(self, batch: Batch) -> float:
-        """Model FLOPs of one optimiser step, forward + backward (eval mode, forked RNG: BatchNorm, RNG unchanged)."""
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            self.model.eval()
-            flops = count_flops(lambda: sum(self.model(batch).values()).backward())
-            self.model.zero_grad(set_to_none=True)
-        return float(flops * self.config.train.grad_accum)
-
     def _next_step_batches(self, batches) -> list[Batch]:
         parts = [next(batches).to(self.device) for _ in range(self.config.train.grad_accum)]
         self.batches_consumed += len(parts)
@@ -211,54 +202,16 @@ class Trainer:
     def run(self) -> TrainResult:
         """Train until ``train.steps``; SIGTERM or Ctrl-C saves a checkpoint, then raises TrainingInterrupted."""
         cfg = self.config.train
-        main = self.dist.is_main
-        if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(self.config, self.run_dir / "config.yaml")
-            save_environment(self.run_dir, self.device, self.dist.world_size)
-        logger = RunLogger(self.run_dir, cfg.loggers, self.config) if main else None
-        progress = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not (cfg.progress and main),
-                        dynamic_ncols=True)
+        logger = self._open_run()
+        progress = tqdm(total=cfg.steps, initial=self.step, desc="train",
+                        disable=not (cfg.progress and logger is not None), dynamic_ncols=True)
         self.data_loader = self._loader()
-        batches = iter(self.data_loader)
-        timer = StepTimer()
-        final: dict[str, float] = {}
+        batches, timer, final = iter(self.data_loader), StepTimer(), {}
         with GracefulStop() as stop:
             try:
-                while self.step < cfg.steps:
-                    # every rank must leave the loop at the same step: 1 = a signal, 2 = early stopping
-                    stopping = self.validator is not None and self.validator.stop_reason is not None
-                    reason = dist.max_over_ranks(1 if stop.requested is not None else 2 if stopping else 0,
-                                                 self.dist, self.device)
-                    if reason == 1:
-                        stop.requested = stop.requested or "SIGTERM"
-                    if reason:
-                        break
-                    fetch = time.perf_counter()
-                    parts = self._next_step_batches(batches)
-                    timer.waited(fetch, sum(len(p) for p in parts) * self.dist.world_size)
-                    if self.flops_per_step is None:
-                        counting = time.perf_counter()
-                        self.flops_per_step = self._count_step_flops(parts[0])
-                        if cfg.compile:  # after counting: the FLOP counter cannot see inside compiled graphs
-                            compile_blocks(self.model)
-                        fetch += time.perf_counter() - counting  # one-off setup, not step time
-                    try:
-                        out = self.train_step(parts)
-                    except torch.cuda.OutOfMemoryError:
-                        raise MMTLError(OOM_ADVICE.format(step=self.step + 1, batch=self.config.data.batch_size)) from None
-                    timer.stepped(fetch)
-                    progress.update(1)
-                    if self._logs_at(self.step):
-                        throughput = timer.lap(self.flops_per_step or 0.0, peak_flops(self.device, self.precision)[0])
-                        if main:
-                            final = self._log(logger, progress, out,
-                                              {**throughput, "gpu_memory_gb": peak_memory_gb(self.device)})
-                    if main and self.validator is not None:
-                        self.validator.after_step(self, logger, progress)
-                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
-                        self.save()
-                if main and stop.requested is None:  # finished (or stopped early): plots, validation.json, verdicts
+                while self.step < cfg.steps and not self._all_ranks_stop(stop):
+                    final = self._run_step(batches, timer, logger, progress) or final
+                if logger is not None and stop.requested is None:  # finished or stopped early: plots, verdicts
                     finish_run(logger, self.run_dir, self.task_names, self.validator)
             except KeyboardInterrupt:  # a Ctrl-C that arrived outside the handler (e.g. not the main thread)
                 stop.requested = "SIGINT"
@@ -267,13 +220,58 @@ class Trainer:
                 if logger is not None:
                     logger.close(failed=stop.requested is not None or sys.exc_info()[0] is not None)
         checkpoint = self.save()
+        dist.shutdown(self.dist)
         if stop.requested is not None:
-            dist.shutdown(self.dist)
             raise TrainingInterrupted(
                 f"{stop.requested} at step {self.step}: checkpoint saved to {checkpoint}; continue with "
                 f"`{self.resume_command}`", signal_name=stop.requested)
-        dist.shutdown(self.dist)
         return TrainResult(self.run_dir, checkpoint, self.components, final, timer.elapsed(), timer.stepping)
+
+    def _open_run(self) -> RunLogger | None:
+        """Rank 0 writes the run's config and environment and opens its logger; the other ranks log nothing."""
+        if not self.dist.is_main:
+            return None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.config, self.run_dir / "config.yaml")
+        save_environment(self.run_dir, self.device, self.dist.world_size)
+        return RunLogger(self.run_dir, self.config.train.loggers, self.config)
+
+    def _all_ranks_stop(self, stop: GracefulStop) -> bool:
+        """Whether the run stops now: every rank leaves the loop at the same step (a signal, or early stopping)."""
+        stopping = self.validator is not None and self.validator.stop_reason is not None
+        reason = dist.max_over_ranks(1 if stop.requested is not None else 2 if stopping else 0, self.dist, self.device)
+        if reason == 1:
+            stop.requested = stop.requested or "SIGTERM"
+        return bool(reason)
+
+    def _run_step(self, batches: Iterator[Batch], timer: StepTimer, logger: RunLogger | None,
+                  progress: tqdm) -> dict[str, float] | None:
+        """Fetch, train, log, validate and checkpoint one step; the logged losses on a log step of rank 0."""
+        cfg, fetch = self.config.train, time.perf_counter()
+        parts = self._next_step_batches(batches)
+        timer.waited(fetch, sum(len(p) for p in parts) * self.dist.world_size)
+        if self.flops_per_step is None:
+            counting = time.perf_counter()
+            self.flops_per_step = step_flops(self.model, parts[0], self.device) * cfg.grad_accum
+            if cfg.compile:  # after counting: the FLOP counter cannot see inside compiled graphs
+                compile_blocks(self.model)
+            fetch += time.perf_counter() - counting  # one-off setup, not step time
+        try:
+            out = self.train_step(parts)
+        except torch.cuda.OutOfMemoryError:
+            raise MMTLError(OOM_ADVICE.format(step=self.step + 1, batch=self.config.data.batch_size)) from None
+        timer.stepped(fetch)
+        progress.update(1)
+        final = None
+        if self._logs_at(self.step):
+            throughput = timer.lap(self.flops_per_step or 0.0, peak_flops(self.device, self.precision)[0])
+            if logger is not None:
+                final = self._log(logger, progress, out, {**throughput, "gpu_memory_gb": peak_memory_gb(self.device)})
+        if logger is not None and self.validator is not None:
+            self.validator.after_step(self, logger, progress)
+        if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
+            self.save()
+        return final
 
     def _log(self, logger: RunLogger, progress: tqdm, out: dict[str, torch.Tensor],
              throughput: dict[str, float]) -> dict[str, float]:
