@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from data_pipelines.loader import Batch
+from data_pipelines.batch import Batch
 
 
 @dataclass
