@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import torch
 import webdataset as wds
+from PIL import Image
 
 from data_pipelines.convert.formats import FORMATS
 from data_pipelines.convert.write import ConvertOptions, convert_source
@@ -19,8 +21,12 @@ from data_pipelines.inspect import format_report, inspect_shards
 from data_pipelines.shards import iter_annotations, read_dataset_info
 from data_pipelines.shardsets import describe, shard_mapping, to_contract
 from mmtl.cli import main
+from mmtl.config import resolve_config
 from mmtl.errors import MMTLError
+from mmtl.evaluation.evaluate import evaluate
 from mmtl.registry import TASKS
+from mmtl.training.run import train
+from tests.conftest import micro_overrides
 
 
 def _imported(module: str, registry, key: str) -> Iterator[object]:
@@ -104,3 +110,22 @@ def test_a_new_format_is_a_convert_flag_and_converts(toy_format: object, tmp_pat
     assert info["splits"]["train"]["tasks"] == {"summarization": 2}
     assert info["splits"]["train"]["skipped"] == {"malformed_row": 1}
     assert [a["summaries"] for a in iter_annotations(out, "train")] == [["cat sat"], ["song"]]
+
+
+def test_a_new_task_in_one_module_is_converted_trained_and_evaluated(toy_task: object, tmp_path: Path,
+                                                                     one_thread: None) -> None:
+    rows = []
+    for i in range(24):  # bright pictures earn 5 stars, dark ones 1
+        stars = 5 if i % 2 else 1
+        Image.new("RGB", (32, 32), (230, 230, 230) if stars == 5 else (20, 20, 20)).save(tmp_path / f"{i}.png")
+        rows.append({"image": f"{i}.png", "score": stars, "review": "bright" if stars == 5 else "dark"})
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for split in ("train", "test"):
+        convert_source("jsonl", ConvertOptions(out=tmp_path / "shards", split=split, progress=False),
+                       input=str(tmp_path / "rows.jsonl"), mapping=["stars=score"])
+    config = resolve_config({}, micro_overrides(tmp_path / "shards", tmp_path / "run", steps=30)
+                            + ["tasks=[rating]", "train.lr=3e-3", "data.num_workers=0"])
+    result = train(config)
+    assert set(result.final_losses) == {"rating", "total"}
+    scored = evaluate(result.components, config, torch.device("cpu"), split="test")
+    assert scored.metrics["rating"]["accuracy"] == 1.0  # the trivial baseline scores 0.5
