@@ -43,15 +43,21 @@ def check_config(config: ExperimentConfig) -> None:
 
 def _check_balancer(config: ExperimentConfig) -> None:
     """Task weights name known tasks (a typo fails; a task not in ``tasks`` keeps its weight unused, so tuned
-    weights survive ``tasks=`` picking a subset); a setting the chosen balancer does not read is reported;
+    weights survive ``tasks=`` picking a subset, and a balancer that reads no weights ignores them with a
+    warning); any other setting of another balancer is an error;
     sharded training refuses a gradient balancer."""
     balancer, settings = selected(config.balancer, "balancer")
     for task in getattr(settings, "weights", None) or config.balancer.options.get("weights") or {}:
         TASKS.get(task)
     for key in ignored_settings(config.balancer, "balancer"):
-        readers = [name for name, other in BALANCERS.items() if key.rpartition(".")[2] in _setting_names(other)]
+        readers = ", ".join(repr(name) for name, other in BALANCERS.items()
+                            if key.rpartition(".")[2] in _setting_names(other))
+        if key.rpartition(".")[2] != "weights":  # only tuned weights outlive a change of balancer
+            own = sorted(_setting_names(balancer))
+            raise ConfigError(f"{key} is not a setting of balancer {config.balancer.name!r} (balancers such as "
+                              f"{readers} read it); its settings: {', '.join(own) or 'none'}")
         log.warning("%s is ignored by balancer %r (only balancers such as %s read it)", key, config.balancer.name,
-                    ", ".join(repr(name) for name in readers))
+                    readers)
     if config.train.fsdp and balancer.kind == "gradient":
         raise ConfigError(f"balancer.name={config.balancer.name} needs per-task gradients of whole parameters, "
                           "which train.fsdp=true shards; use train.fsdp=false (DDP) or a loss-weighting balancer")

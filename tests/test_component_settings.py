@@ -100,3 +100,11 @@ def test_a_task_setting_typo_names_the_key_and_the_valid_ones() -> None:
         resolve_config({}, ["task_settings.summarization.mdoe=extractive"])
     with pytest.raises(ConfigError, match="task_settings.summarization.sentences must be an integer"):
         resolve_config({}, ["task_settings.summarization.sentences=two"])
+
+
+@pytest.mark.parametrize("override", ["balancer.c=0.5", "balancer.options.c=0.5"])
+def test_a_setting_of_another_balancer_is_refused_as_before(override: str) -> None:
+    # only weights survive a change of balancer (tuned weights kept across runs); any other setting the
+    # chosen balancer does not read is an error naming the key, as it was before settings were flattened
+    with pytest.raises(ConfigError, match=r"balancer\.(options\.)?c.*pcgrad"):
+        resolve_config({}, ["balancer.name=pcgrad", override])
