@@ -88,6 +88,9 @@ def test_bench_recipe_profile_parts_tile_the_measured_step(micro_data: Path, one
     assert mmtl["steps"] == 5 and mmtl["first_steps"] == 1
     assert profile["step_ratio"] == round(mmtl["step_ms"] / reference["step_ms"], 4)
     assert reference["shard_read_ms"] > 0
+    # the steps alternate: neither side's clock counts the other's step (as its bookkeeping)
+    assert reference["parts_ms"]["bookkeeping"] < 0.5 * reference["step_ms"], reference
+    assert mmtl["parts_ms"]["bookkeeping"] < 0.5 * mmtl["step_ms"], mmtl
     groups = profile["groups_ms"]
     assert groups["forward"]["mmtl"] == round(sum(mmtl["parts_ms"][k] for k in ("encode:image", "glue", "fuse", "head")), 3)
     assert any(line.startswith("step profile ") for line in out)

@@ -248,7 +248,13 @@ def profile_task(data: DataSet, task: str, args: argparse.Namespace, reference: 
     torch.set_num_threads(1)
     try:
         training, clock = reference.start_profile(config, steps, seed)
-        ours = profile_mmtl(config, skip, interlude=training.step)[0]
+
+        def reference_step() -> None:
+            training.step()
+            clock.mark("bookkeeping")  # its loss read back; then its clock waits for its next step
+            clock.pause()
+
+        ours = profile_mmtl(config, skip, interlude=reference_step)[0]
     finally:
         torch.set_num_threads(threads)
     theirs = {**summarize_parts(clock.steps, skip), "shard_read_ms": reference.shard_read_ms(config.data.batch_size)}

@@ -71,6 +71,10 @@ class PartClock:
         """Charge the time since the previous mark to nothing (work that belongs to neither side's step)."""
         self.last = self.now()
 
+    def pause(self) -> None:
+        """Stop the clock until the next step begins (time spent elsewhere is charged to nothing)."""
+        self.last = None
+
     def mark(self, part: str) -> None:
         """Charge the time since the previous mark to ``part`` of the current step."""
         now = self.now()
