@@ -124,3 +124,16 @@ def test_same_config_and_seed_give_the_same_run(micro_data: Path, tmp_path: Path
         return [r["loss/total"] for r in records]
 
     assert losses("a") == losses("b")
+
+
+def test_a_step_after_evaluation_trains_every_module_in_training_mode(micro_data: Path, tmp_path: Path) -> None:
+    """train_step switches modes only when the model is not training (eval() clears the flag)."""
+    trainer = Trainer(resolve_config({}, micro_overrides(micro_data, tmp_path / "run", steps=2)))
+    batch = next(iter(trainer._loader()))
+    trainer.model.eval()  # as evaluation and FLOP counting leave it
+    seen: list[bool] = []
+    hook = trainer.model.encoders["image"].register_forward_pre_hook(
+        lambda module, args: seen.append(all(m.training for m in trainer.model.modules())))
+    trainer.train_step(batch)
+    hook.remove()
+    assert seen == [True]
