@@ -119,7 +119,8 @@ class TrainConfig:
     max_nonfinite_steps: int = setting(5, range=POSITIVE)
     log_every: int = setting(10, range=AT_LEAST_ONE)
     # per-task gradient norms and cosines on the shared parameters cost one backward per task for
-    # loss-weighting balancers: measured on log steps that fall every this many steps (0: never)
+    # loss-weighting balancers: measured on log steps that fall every this many steps (0: never; never
+    # with a single task)
     monitor_every: int = setting(50, range=NON_NEGATIVE)
     checkpoint_every: int = setting(200, range=NON_NEGATIVE)
     keep_checkpoints: int = setting(3, range=POSITIVE)
