@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     counts = write_folders(source, Path(args.out), max(2, args.test_every))
     for split, per_class in counts.items():
-        print(f"{split}: {sum(per_class.values())} images; " + ", ".join(f"{k} {v}" for k, v in sorted(per_class.items())))
+        listed = ", ".join(f"{name} {count}" for name, count in sorted(per_class.items()))
+        print(f"{split}: {sum(per_class.values())} images; {listed}")
     if args.convert:
         print("shards:", convert(Path(args.out), args.resize_max))
     return 0

@@ -22,8 +22,8 @@ backward, the optimiser's step hooks, and the end of ``train_step``. Parts of mm
 
 ``data`` to ``schedule`` are what ``TrainResult.step_seconds`` measures; ``bookkeeping`` is outside it.
 With an ``interlude`` (bench_recipe: one reference step) the two sides' steps alternate, so that
-both meet the same load on a shared machine. The first steps are reported apart (``first_steps_seconds``): they fill the shuffle buffer and warm the
-allocator. FLOP counting is skipped (MFU is not logged) and ``train.compile`` is not applied.
+both meet the same load on a shared machine. The first steps are reported apart (``first_steps_seconds``):
+they fill the shuffle buffer, decode the first epoch and warm the allocator. FLOP counting is skipped (MFU is not logged) and ``train.compile`` is not applied.
 """
 from __future__ import annotations
 
