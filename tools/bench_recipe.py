@@ -52,13 +52,13 @@ import torch  # noqa: E402
 
 from data_pipelines.shapes_world import write_shards  # noqa: E402
 import mmtl.components  # noqa: E402,F401  (registers the components that configs name)
-from mmtl.builder import components_from_data  # noqa: E402
+from mmtl.builder import Components, components_from_data  # noqa: E402
 from mmtl.config import ExperimentConfig, load_config  # noqa: E402
 from mmtl.errors import MMTLError  # noqa: E402
 from mmtl.evaluation.evaluate import evaluate  # noqa: E402
 from mmtl.training.run import train  # noqa: E402
 from mmtl.precision import resolve_device  # noqa: E402
-from recipe_reference import Reference, ReferenceTraining, prepare, read_split, train_reference  # noqa: E402
+from recipe_reference import Prepared, Reference, ReferenceTraining, prepare, read_split, train_reference  # noqa: E402
 from step_profile import PartClock, compare_profiles, format_profile, profile_mmtl, summarize_parts  # noqa: E402
 
 ALL_TASKS = ("recognition", "captioning", "summarization")
@@ -175,7 +175,7 @@ class ReferenceBench:
         self.load_seconds = time.perf_counter() - started
         self.eval_samples = read_split(data.path, data.eval_split, size, max_eval)
 
-    def _rows(self, config: ExperimentConfig) -> tuple[Any, Any, Any, torch.device]:
+    def _rows(self, config: ExperimentConfig) -> tuple[Components, Prepared, Prepared, torch.device]:
         """The task of ``config``, its train and eval rows and the device mmtl trains on."""
         components = components_from_data(config)
         task = components.tasks[0]
