@@ -109,7 +109,8 @@ def convert_real(shared: Path, cache: Path, tasks: list[str]) -> list[DataSet]:
     """Convert each real set that is present (once: a converted split in ``cache`` is reused)."""
     sets = []
     if (shared / "imagenet_sample").is_dir():
-        print("skipping imagenet_sample: one image per class, so no class has a held-out image to score")
+        print("skipping imagenet_sample: one image per class, so no class has a held-out image to score "
+              "(tools/imagenet_folders.py OUT --convert groups it into 9 super-classes: pass OUT/shards to --data)")
     for name, (set_tasks, conversions) in real_conversions(shared).items():
         wanted = [t for t in set_tasks if t in tasks]
         inputs = [Path(a[a.index(flag) + 1]) for a in conversions for flag in ("--input", "--images") if flag in a]
