@@ -29,7 +29,7 @@ from data_pipelines.modalities import Modality, extra_inputs
 from data_pipelines.sample import IMAGE_KEYS, TEXT_INPUT_FIELD
 from data_pipelines.shards import as_mapping, is_native, split_shards
 from data_pipelines.stream import MODES, StreamDataset, StreamSpec, resolve_rank, sub_seed
-from data_pipelines.transforms import DEFAULT_MAX_PIXELS, CorruptSampleError, image_tensor, parse_annotation
+from data_pipelines.transforms import DEFAULT_MAX_PIXELS, CorruptSampleError, DecodedImageCache, parse_annotation
 from mmtl.config import ExperimentConfig
 from mmtl.errors import MMTLError
 from mmtl.text import PAD, Vocabulary
@@ -79,9 +79,12 @@ class SampleDecoder:
     max_pixels: int = DEFAULT_MAX_PIXELS
     # extra modality units to decode (data_pipelines.modalities); None: those of the tasks' model config
     modalities: dict[str, Modality] | None = None
+    # bytes of decoded images kept to reuse in later epochs (DecodedImageCache; 0: none)
+    image_cache_bytes: int = 0
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
+        self.images = DecodedImageCache(self.image_cache_bytes)
         if self.modalities is None:
             self.modalities = extra_modalities_of(self.tasks)
 
@@ -101,7 +104,7 @@ class SampleDecoder:
         annotation = parse_annotation(raw.get("json"))
         targets = self.targets(annotation)  # before the image: advance() must draw the same random numbers
         image_key = next((k for k in IMAGE_KEYS if k in raw), None)
-        image = image_tensor(raw[image_key], self.image_size, self.max_pixels) if image_key else None
+        image = self.images.image(raw[image_key], self.image_size, self.max_pixels) if image_key else None
         document = annotation.get(TEXT_INPUT_FIELD) or ""
         text = self.vocab.encode(document, self.context_length) if document else []
         inputs = {}
@@ -269,6 +272,8 @@ class LoaderSettings:
     else 0 of 1). ``start_batch=k`` starts at batch k of the very stream a fresh loader with the same
     settings yields: the first k batches are read as raw samples and skipped, not decoded.
     Past ``max_corrupt_fraction`` of the samples seen (after at least 100) iterating raises :class:`MMTLError`.
+    ``decoded_cache_bytes`` (training only): decoded images kept for later epochs, over all workers
+    (``transforms.DecodedImageCache``).
     """
 
     image_size: int
@@ -289,6 +294,7 @@ class LoaderSettings:
     world_size: int | None = None
     start_batch: int = 0
     mapping: Sequence[str] = ()
+    decoded_cache_bytes: int = 0
 
     @classmethod
     def for_training(cls, config: ExperimentConfig, **position: Any) -> "LoaderSettings":
@@ -299,7 +305,8 @@ class LoaderSettings:
                    batch_size=data.batch_size, train=True, num_workers=data.num_workers,
                    shuffle_buffer=data.shuffle_buffer, seed=config.seed, max_corrupt_fraction=data.max_corrupt_fraction,
                    max_image_pixels=data.max_image_pixels, mode=data.mode, mixing=data.mixing,
-                   mixing_temperature=data.mixing_temperature, length_buckets=data.length_buckets, **position)
+                   mixing_temperature=data.mixing_temperature, length_buckets=data.length_buckets,
+                   decoded_cache_bytes=data.decoded_cache_mb * 2**20, **position)
 
     def check(self) -> None:
         """Raise :class:`MMTLError` for a mode or a count the loader cannot use."""
@@ -342,9 +349,11 @@ def make_loader(path: str | Sequence[Source], split: str, tasks: Sequence[Any], 
         shuffle_buffer=settings.shuffle_buffer, seed=settings.seed, epochs=settings.epochs if train else 1,
         length_buckets=settings.length_buckets if train else 0, rank=rank, world_size=world_size,
     )
+    # each worker holds a copy of every decoder: the cache budget is shared out among them
+    cache = settings.decoded_cache_bytes // (max(1, settings.num_workers) * len(sources)) if train else 0
     decoders = [SampleDecoder([t for t in tasks if s.tasks is None or t.name in s.tasks], vocab, settings.image_size,
                               settings.context_length, seed=sub_seed(settings.seed, 0, i),
-                              max_pixels=settings.max_image_pixels)
+                              max_pixels=settings.max_image_pixels, image_cache_bytes=cache)
                 for i, s in enumerate(sources)]
     batches = functools.partial(batch_groups, collate=Collator(tasks, settings.image_size))
     dataset = StreamDataset(spec, decoders, batches, settings.start_batch)

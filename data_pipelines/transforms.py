@@ -6,6 +6,7 @@ unusable raises :class:`CorruptSampleError` with one of :data:`CORRUPT_REASONS`,
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import warnings
@@ -123,6 +124,37 @@ def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
 def image_tensor(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """Bytes -> decoded, resized, CHW uint8 tensor of shape (3, size, size)."""
     return to_uint8_tensor(resize_center_crop(decode_image(data, max_pixels, draft=size), size))
+
+
+class DecodedImageCache:
+    """Decoded images by the hash of their bytes: a training set that fits in ``budget`` bytes is decoded
+    once, not once per epoch (decoding is deterministic, so batches are the same with the cache or without).
+
+    A stream that does not fit is not cached at all: the first image past the budget empties the cache
+    and turns it off, so a large data set pins no memory for a few hits. ``budget`` 0: off.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.images: dict[bytes, torch.Tensor] = {}
+        self.used = 0
+
+    def image(self, data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+        """:func:`image_tensor` of ``data``, from the cache when these bytes were decoded before (the same
+        tensor: callers copy it, never write to it)."""
+        if self.budget <= 0:
+            return image_tensor(data, size, max_pixels)
+        key = hashlib.blake2b(data, digest_size=16).digest() + size.to_bytes(4, "little")
+        image = self.images.get(key)
+        if image is None:
+            image = image_tensor(data, size, max_pixels)
+            self.used += image.numel() * image.element_size()
+            if self.used > self.budget:  # the data set does not fit: stop caching and free what is held
+                self.images.clear()
+                self.budget = 0
+            else:
+                self.images[key] = image
+        return image
 
 
 def parse_annotation(data: bytes | str | None) -> dict[str, Any]:

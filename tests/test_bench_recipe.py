@@ -49,3 +49,48 @@ def test_bench_recipe_passes_set_overrides_to_the_mmtl_side(micro_data: Path, ca
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("mmtl: error: ") and "nonsense" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_recipe_refuses_a_bad_path_a_missing_split_and_a_task_the_data_lacks(micro_data: Path, tmp_path: Path,
+                                                                                  capsys) -> None:
+    bench = load_tool("bench_recipe")
+    recognition_only = tmp_path / "recognition_only"
+    recognition_only.mkdir()
+    info = json.loads((micro_data / "dataset.json").read_text())
+    info["splits"]["train"]["tasks"] = {"recognition": info["splits"]["train"]["samples"]}
+    (recognition_only / "dataset.json").write_text(json.dumps(info))
+    cases = {
+        "no such directory": ["--data", str(tmp_path / "absent")],
+        "no split 'holdout'": ["--data", str(micro_data), "--eval-split", "holdout"],
+        "supervises recognition": ["--data", str(recognition_only), "--tasks", "recognition,captioning"],
+    }
+    for expected, argv in cases.items():
+        assert bench.main([*argv, "--steps", "1", "--seeds", "0"]) == 2, expected
+        err = capsys.readouterr().err
+        assert err.startswith("mmtl: error: ") and expected in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_bench_recipe_profile_parts_tile_the_measured_step(micro_data: Path, one_thread, capsys) -> None:
+    bench = load_tool("bench_recipe")
+    code = bench.main(["--data", str(micro_data), "--preset", "micro", "--tasks", "recognition", "--seeds", "0",
+                       "--batch-size", "8", "--profile-only", "--profile-steps", "6"])
+    assert code == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    profile = json.loads(out[-1])["profile"][f"{micro_data.name}/recognition"]
+    mmtl, reference = profile["mmtl"], profile["reference"]
+    expected = {"data", "to_device", "prepare", "encode:image", "glue", "fuse", "head", "loss", "backward",
+                "clip_check", "optimizer", "schedule", "bookkeeping"}
+    assert expected <= set(mmtl["parts_ms"]), mmtl["parts_ms"]
+    assert {"data", "to_device", "forward", "loss", "backward", "optimizer"} <= set(reference["parts_ms"])
+    assert all(value >= 0 for value in [*mmtl["parts_ms"].values(), *reference["parts_ms"].values()])
+    # the parts tile the step: over all steps they add up to the trainer's own step time (no gap, no overlap)
+    assert abs(mmtl["all_steps_ms"] - mmtl["measured_step_ms"]) <= 0.1 * mmtl["measured_step_ms"], mmtl
+    assert mmtl["steps"] == 5 and mmtl["first_steps"] == 1
+    assert profile["step_ratio"] == round(mmtl["step_ms"] / reference["step_ms"], 4)
+    assert reference["shard_read_ms"] > 0
+    # the steps alternate: neither side's clock counts the other's step (as its bookkeeping)
+    assert reference["parts_ms"]["bookkeeping"] < 0.5 * reference["step_ms"], reference
+    assert mmtl["parts_ms"]["bookkeeping"] < 0.5 * mmtl["step_ms"], mmtl
+    groups = profile["groups_ms"]
+    assert groups["forward"]["mmtl"] == round(sum(mmtl["parts_ms"][k] for k in ("encode:image", "glue", "fuse", "head")), 3)
+    assert any(line.startswith("step profile ") for line in out)

@@ -11,7 +11,7 @@ import pytest
 import torch
 import webdataset as wds
 
-import data_pipelines.loader as loader_module
+import data_pipelines.transforms as transforms_module
 from data_pipelines.loader import LoaderSettings, make_loader
 from data_pipelines.stream import interleaved_shards, sub_seed
 from data_pipelines.shards import SplitStats, iter_annotations, read_dataset_info, split_shards, write_dataset_info
@@ -143,10 +143,36 @@ def test_start_batch_resumes_exactly_where_the_stream_was(micro_data: Path, part
 
 def test_skipped_batches_are_not_decoded(micro_data: Path, parts, monkeypatch) -> None:
     decoded = []
-    real = loader_module.image_tensor
-    monkeypatch.setattr(loader_module, "image_tensor", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    real = transforms_module.image_tensor
+    monkeypatch.setattr(transforms_module, "image_tensor", lambda *a, **k: decoded.append(1) or real(*a, **k))
     _take(_loader(micro_data, parts, start_batch=20), 2)
     assert len(decoded) == 2 * 8  # only the two batches yielded, not the 160 samples skipped
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_decoded_cache_gives_the_same_batches_and_decodes_each_image_once(micro_data: Path, parts, monkeypatch,
+                                                                         workers: int) -> None:
+    options = dict(mode="resampled", num_workers=workers, seed=3)
+    plain = _take(_loader(micro_data, parts, **options), 30)  # 240 samples: the 96-sample train split 2.5 times
+    decoded = []
+    real = transforms_module.image_tensor
+    monkeypatch.setattr(transforms_module, "image_tensor", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    cached = _take(_loader(micro_data, parts, decoded_cache_bytes=2**20, **options), 30)
+    assert all(_same(a, b) for a, b in zip(plain, cached))  # images, text and the random caption picks
+    if workers == 0:  # (worker processes decode out of reach of the patch)
+        assert len(decoded) == 96  # each image once, however many epochs
+
+
+def test_a_set_that_does_not_fit_the_decoded_cache_is_not_cached(monkeypatch) -> None:
+    fake = lambda data, size, max_pixels=0: torch.full((3, size, size), data[0], dtype=torch.uint8)  # noqa: E731
+    monkeypatch.setattr(transforms_module, "image_tensor", fake)
+    cache = transforms_module.DecodedImageCache(budget=2 * 3 * 32 * 32)  # two 32x32 RGB images
+    blobs = [bytes([i]) * 8 for i in range(3)]
+    first = [cache.image(b, 32) for b in blobs[:2]]
+    assert len(cache.images) == 2 and cache.image(blobs[0], 32) is first[0]  # a hit: the same tensor
+    assert int(cache.image(blobs[2], 32)[0, 0, 0]) == 2  # past the budget: still decoded right...
+    assert cache.images == {} and cache.budget == 0  # ...and the cache is emptied and off
+    assert cache.image(blobs[0], 32) is not first[0]
 
 
 def _padding(batches) -> tuple[int, list[str]]:

@@ -113,3 +113,18 @@ def test_bench_train_smallest(monkeypatch, capsys) -> None:
             "data.num_workers=0"]
     assert run_tool(TOOLS / "bench_train.py", argv, monkeypatch) == 0
     assert last_json(capsys.readouterr().out)
+
+
+def test_imagenet_folders_groups_the_sample_into_super_classes_with_held_out_images(tmp_path: Path, monkeypatch) -> None:
+    tool = load_tool(TOOLS / "imagenet_folders.py", monkeypatch)
+    source = tmp_path / "imagenet_sample"
+    source.mkdir()
+    for index in range(1000):
+        (source / f"n{index:08d}_class{index}.JPEG").write_bytes(b"")
+    counts = tool.write_folders(source, tmp_path / "out", test_every=5)
+    assert tool.super_class_of(0) == "fish" and tool.super_class_of(200) == "dog" and tool.super_class_of(975) is None
+    assert counts["train"]["dog"] + counts["test"]["dog"] == 118 and counts["test"]["dog"] == 118 // 5
+    assert counts["train"]["artefact"] + counts["test"]["artefact"] == 526 // 5  # every fifth artefact kept
+    assert set(counts["train"]) == set(counts["test"]) == set(tool.SUPER_CLASSES)  # every class is held out too
+    linked = tmp_path / "out" / "test" / "fish"
+    assert all(p.is_symlink() and p.resolve().parent == source.resolve() for p in linked.iterdir())

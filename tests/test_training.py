@@ -124,3 +124,30 @@ def test_same_config_and_seed_give_the_same_run(micro_data: Path, tmp_path: Path
         return [r["loss/total"] for r in records]
 
     assert losses("a") == losses("b")
+
+
+def test_a_step_after_evaluation_trains_every_module_in_training_mode(micro_data: Path, tmp_path: Path) -> None:
+    """train_step switches modes only when the model is not training (eval() clears the flag)."""
+    trainer = Trainer(resolve_config({}, micro_overrides(micro_data, tmp_path / "run", steps=2)))
+    batch = next(iter(trainer._loader()))
+    trainer.model.eval()  # as evaluation and FLOP counting leave it
+    seen: list[bool] = []
+    hook = trainer.model.encoders["image"].register_forward_pre_hook(
+        lambda module, args: seen.append(all(m.training for m in trainer.model.modules())))
+    trainer.train_step(batch)
+    hook.remove()
+    assert seen == [True]
+
+
+def test_a_single_task_run_skips_the_per_task_gradient_monitor(micro_data: Path, tmp_path: Path, monkeypatch) -> None:
+    """With one objective the monitor's extra backward pass compares nothing: it is not run."""
+    import mmtl.balancing.backward as backward_module
+
+    calls: list[int] = []
+    stats = backward_module.task_gradient_stats
+    monkeypatch.setattr(backward_module, "task_gradient_stats", lambda *a: calls.append(1) or stats(*a))
+    overrides = micro_overrides(micro_data, tmp_path / "run", steps=2) + ["tasks=[recognition]", "train.monitor_every=1"]
+    train(resolve_config({}, overrides))
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert calls == [] and not any(k.startswith("grad_norm/") for r in records for k in r)
+    assert all(r["grad_norm"] > 0 for r in records)  # the step's own gradient norm is still logged

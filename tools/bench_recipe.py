@@ -1,8 +1,9 @@
 """Benchmark: mmtl single-task training next to a plain PyTorch reference, in the same run.
 
-Usage: python tools/bench_recipe.py [--data DIR | --real] [--tasks recognition,captioning,summarization]
-           [--steps 560] [--seeds 0,1,2] [--preset tiny] [--batch-size 32] [--max-eval N] [--cache DIR]
-           [--set KEY=VALUE ...]
+Usage: python tools/bench_recipe.py [--data DIR [--eval-split test] | --real]
+           [--tasks recognition,captioning,summarization] [--steps 560] [--seeds 0,1,2] [--preset tiny]
+           [--batch-size 32] [--max-eval N] [--cache DIR] [--set KEY=VALUE ...]
+           [--profile | --profile-only] [--profile-steps 60]
 
 For every data set, task and seed:
   mmtl       ``mmtl.training.loop.train`` with ``tasks=[task]`` (the preset's recipe otherwise unchanged),
@@ -17,11 +18,19 @@ Equal steps: both train ``--steps`` steps. Equal wall time: the budget is the fa
 setup, FLOP counting, checkpoints and plots; reference: decoding the train split into memory plus
 its loop); the slower one is trained again, from scratch with its full schedule, for the steps
 that fit in that budget at its measured rate (at least 1), and scored.
+``--data`` takes any shard directory with a dataset.json (``mmtl data convert``) holding a ``train`` split and
+the ``--eval-split``; ``--tasks`` defaults to every task its train split supervises, and naming one it does
+not supervise, a missing directory or split is a one-line error (exit 2).
+``--profile`` adds, per data set and task, a step profile at one thread (tools/step_profile.py): mmtl's
+step cut into data, host->device, encoders, fusion, heads, loss, backward, clipping, optimiser, schedule
+and bookkeeping, next to the reference's (data from memory, forward, loss, backward, step), their steps
+alternating; ``--profile-only`` skips the accuracy runs.
 Without ``--data`` / ``--real`` the data is shapes world written into a temp dir like the quickstart.
 ``--real`` converts the sets in ``<repo>/../shared/data`` (or $MMTL_SHARED_DATA) once into ``--cache``.
 Prints a table (mean ± std over seeds) and ends with one JSON line: mmtl / reference ratios of the
 primary metric per data set and task, at equal steps and at equal wall time; for generation tasks the
-results also hold both sides' distinct-2 and repetition rate (how degenerate the generated texts are).
+results also hold both sides' distinct-2 and repetition rate (how degenerate the generated texts are);
+with ``--profile`` a ``profile`` entry holds each side's parts (ms per step) and mmtl's step-time ratio.
 """
 from __future__ import annotations
 
@@ -43,13 +52,14 @@ import torch  # noqa: E402
 
 from data_pipelines.shapes_world import write_shards  # noqa: E402
 import mmtl.components  # noqa: E402,F401  (registers the components that configs name)
-from mmtl.builder import components_from_data  # noqa: E402
+from mmtl.builder import Components, components_from_data  # noqa: E402
 from mmtl.config import ExperimentConfig, load_config  # noqa: E402
 from mmtl.errors import MMTLError  # noqa: E402
 from mmtl.evaluation.evaluate import evaluate  # noqa: E402
 from mmtl.training.run import train  # noqa: E402
 from mmtl.precision import resolve_device  # noqa: E402
-from recipe_reference import prepare, read_split, train_reference  # noqa: E402
+from recipe_reference import Prepared, Reference, ReferenceTraining, prepare, read_split, train_reference  # noqa: E402
+from step_profile import PartClock, compare_profiles, format_profile, profile_mmtl, summarize_parts  # noqa: E402
 
 ALL_TASKS = ("recognition", "captioning", "summarization")
 # degeneration of generated text (mmtl.tasks.metrics.diversity), reported beside the primary metric
@@ -99,7 +109,8 @@ def convert_real(shared: Path, cache: Path, tasks: list[str]) -> list[DataSet]:
     """Convert each real set that is present (once: a converted split in ``cache`` is reused)."""
     sets = []
     if (shared / "imagenet_sample").is_dir():
-        print("skipping imagenet_sample: one image per class, so no class has a held-out image to score")
+        print("skipping imagenet_sample: one image per class, so no class has a held-out image to score "
+              "(tools/imagenet_folders.py OUT --convert groups it into 9 super-classes: pass OUT/shards to --data)")
     for name, (set_tasks, conversions) in real_conversions(shared).items():
         wanted = [t for t in set_tasks if t in tasks]
         inputs = [Path(a[a.index(flag) + 1]) for a in conversions for flag in ("--input", "--images") if flag in a]
@@ -165,17 +176,35 @@ class ReferenceBench:
         self.load_seconds = time.perf_counter() - started
         self.eval_samples = read_split(data.path, data.eval_split, size, max_eval)
 
-    def run(self, config: ExperimentConfig, steps: int, seed: int) -> dict[str, Any]:
-        """Train and score the reference for ``config``'s task; seconds include decoding the train split."""
+    def _rows(self, config: ExperimentConfig) -> tuple[Components, Prepared, Prepared, torch.device]:
+        """The task of ``config``, its train and eval rows and the device mmtl trains on."""
         components = components_from_data(config)
         task = components.tasks[0]
         labels = {name: i for i, name in enumerate(components.classes)}
         train_rows = prepare(task, self.train_samples, components.vocab, config, labels)
         eval_rows = prepare(task, self.eval_samples, components.vocab, config, labels)
         device = resolve_device(config.train.device)  # where mmtl trains: a GPU when there is one
+        return components, train_rows, eval_rows, device
+
+    def run(self, config: ExperimentConfig, steps: int, seed: int) -> dict[str, Any]:
+        """Train and score the reference for ``config``'s task; seconds include decoding the train split."""
+        components, train_rows, eval_rows, device = self._rows(config)
+        task = components.tasks[0]
         run = train_reference(task, components.vocab, config, train_rows, eval_rows, steps, seed, device)
         return {"metric": run.metrics[task.primary_metric], "seconds": self.load_seconds + run.seconds,
                 "train_seconds": run.seconds, "losses": run.losses, "text": text_quality(run.metrics)}
+
+    def start_profile(self, config: ExperimentConfig, steps: int, seed: int) -> tuple[ReferenceTraining, PartClock]:
+        """A reference training of ``steps`` steps for ``config``'s task whose steps a new clock times."""
+        components, train_rows, _, device = self._rows(config)
+        torch.manual_seed(seed)
+        clock = PartClock(device)
+        reference = Reference(components.tasks[0], components.vocab, config, device)
+        return ReferenceTraining(reference, train_rows, steps, seed, clock), clock
+
+    def shard_read_ms(self, batch_size: int) -> float:
+        """Milliseconds to read and decode one batch from the shard tars, at the rate this bench read them."""
+        return round(1000 * self.load_seconds * batch_size / max(1, len(self.train_samples)), 3)
 
 
 def steps_in(budget: float, seconds: float, steps: int, fixed: float = 0.0) -> int:
@@ -208,6 +237,31 @@ def bench_task(data: DataSet, task: str, args: argparse.Namespace, seed: int, re
     print(f"  {data.name}/{task} seed {seed}: " + ", ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
     return row
+
+
+def profile_task(data: DataSet, task: str, args: argparse.Namespace, reference: ReferenceBench,
+                 runs: Path) -> dict[str, Any]:
+    """Both sides' step parts at one thread (first seed, ``--profile-steps`` steps), one mmtl step then
+    one reference step, so that load from elsewhere on the machine falls on both alike."""
+    steps, seed, threads = args.profile_steps, args.seeds[0], torch.get_num_threads()
+    skip = max(1, steps // 10)
+    config = base_config(data, task, args, seed, steps, runs / f"{data.name}-{task}-profile")
+    torch.set_num_threads(1)
+    try:
+        training, clock = reference.start_profile(config, steps, seed)
+
+        def reference_step() -> None:
+            training.step()
+            clock.mark("bookkeeping")  # its loss read back; then its clock waits for its next step
+            clock.pause()
+
+        ours = profile_mmtl(config, skip, interlude=reference_step)[0]
+    finally:
+        torch.set_num_threads(threads)
+    theirs = {**summarize_parts(clock.steps, skip), "shard_read_ms": reference.shard_read_ms(config.data.batch_size)}
+    comparison = compare_profiles(ours, theirs)
+    print(format_profile(f"{data.name}/{task}", comparison), flush=True)
+    return comparison
 
 
 def ratio(numerator: float, denominator: float) -> float | None:
@@ -250,30 +304,39 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 def run_bench(datasets: list[DataSet], args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Every data set, task and seed; returns the final JSON object."""
     results: dict[str, dict[str, Any]] = {}
+    profiles: dict[str, dict[str, Any]] = {}
     for data in datasets:
         first = base_config(data, data.tasks[0], args, 0, args.steps, workdir / "probe")
         reference = ReferenceBench(data, first, args.max_eval)
         print(f"{data.name}: {len(reference.train_samples)} train samples decoded in "
               f"{reference.load_seconds:.1f}s; tasks {', '.join(data.tasks)}", flush=True)
         for task in data.tasks:
-            rows = [bench_task(data, task, args, seed, reference, workdir / "runs") for seed in args.seeds]
-            results[f"{data.name}/{task}"] = summarize(rows)
-    print(format_table(results))
-    return {"bench": "recipe", "preset": args.preset, "steps": args.steps, "batch_size": args.batch_size,
-            "overrides": args.set,
-            "seeds": args.seeds, "threads": torch.get_num_threads(),
-            "ratios": {k: {"equal_steps": r["ratio_equal_steps"], "equal_time": r["ratio_equal_time"]}
-                       for k, r in results.items()},
-            "results": results}
+            if not args.profile_only:
+                rows = [bench_task(data, task, args, seed, reference, workdir / "runs") for seed in args.seeds]
+                results[f"{data.name}/{task}"] = summarize(rows)
+            if args.profile or args.profile_only:
+                profiles[f"{data.name}/{task}"] = profile_task(data, task, args, reference, workdir / "runs")
+    if results:
+        print(format_table(results))
+    out = {"bench": "recipe", "preset": args.preset, "steps": args.steps, "batch_size": args.batch_size,
+           "overrides": args.set, "seeds": args.seeds, "threads": torch.get_num_threads(),
+           "ratios": {k: {"equal_steps": r["ratio_equal_steps"], "equal_time": r["ratio_equal_time"]}
+                      for k, r in results.items()},
+           "results": results}
+    if profiles:
+        out["profile"] = {"steps": args.profile_steps, "threads": 1, **profiles}
+    return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", help="an mmtl shard directory (default: shapes world in a temp dir)")
+    parser.add_argument("--data", help="an mmtl shard directory, e.g. one written by `mmtl data convert` "
+                                       "(default: shapes world in a temp dir)")
     parser.add_argument("--eval-split", default="test", help="held-out split of --data (default test)")
     parser.add_argument("--real", action="store_true", help="the real sets in ../shared/data instead")
-    parser.add_argument("--tasks", default=",".join(ALL_TASKS))
+    parser.add_argument("--tasks", default=None,
+                        help=f"comma-separated, from {','.join(ALL_TASKS)} (default: every one the data supervises)")
     parser.add_argument("--steps", type=int, default=560)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--preset", default="tiny")
@@ -282,6 +345,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an mmtl config override for the mmtl side (repeatable), e.g. "
                              "task_settings.summarization.mode=extractive; the reference is unchanged")
+    parser.add_argument("--profile", action="store_true",
+                        help="also time each side's step parts at one thread (data, forward, backward, optimiser, "
+                             "...; see tools/step_profile.py), print them and add them to the JSON line")
+    parser.add_argument("--profile-only", action="store_true", help="the step profile alone (no accuracy runs)")
+    parser.add_argument("--profile-steps", type=int, default=60, help="steps of each profiled run (default 60)")
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "mmtl-bench-recipe"),
                         help="where --real conversions and the default shapes world are kept")
     args = parser.parse_args(argv)
@@ -289,11 +357,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
-    args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    args.explicit_tasks = args.tasks is not None
+    args.tasks = [t.strip() for t in (args.tasks or ",".join(ALL_TASKS)).split(",") if t.strip()]
     unknown = [t for t in args.tasks if t not in ALL_TASKS]
-    if unknown or not args.tasks or not args.seeds or args.steps < 1 or args.batch_size < 1:
+    if unknown or not args.tasks or not args.seeds or min(args.steps, args.batch_size) < 1:
         parser.error(f"need --tasks from {','.join(ALL_TASKS)} (got {unknown or 'none'}), seeds, steps and batch >= 1")
+    if args.profile_steps < 1:
+        parser.error("--profile-steps must be >= 1")
     return args
+
+
+def user_dataset(args: argparse.Namespace) -> DataSet:
+    """``--data``, checked: a shard directory with the train and eval splits that supervises the tasks asked for."""
+    path = Path(args.data)
+    if not path.is_dir():
+        raise MMTLError(f"--data {path}: no such directory")
+    if not (path / "dataset.json").is_file():
+        raise MMTLError(f"--data {path}: no dataset.json there (write one with `mmtl data convert`)")
+    try:
+        splits = json.loads((path / "dataset.json").read_text())["splits"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MMTLError(f"--data {path}: dataset.json has no readable 'splits' ({exc})") from None
+    for split, flag in (("train", "its training split"), (args.eval_split, "--eval-split")):
+        if split not in splits:
+            raise MMTLError(f"--data {path}: no split {split!r} ({flag}); it has {', '.join(splits) or 'none'}")
+    tasks = dataset_tasks(path, args.tasks)
+    missing = [t for t in args.tasks if t not in tasks]
+    if args.explicit_tasks and missing:
+        carried = dataset_tasks(path, list(ALL_TASKS))
+        raise MMTLError(f"--tasks {','.join(missing)}: the train split of {path} supervises "
+                        f"{', '.join(carried) or 'none of ' + ', '.join(ALL_TASKS)}")
+    return DataSet(path.name, path, tasks, args.eval_split)
 
 
 def select_datasets(args: argparse.Namespace) -> list[DataSet]:
@@ -305,10 +399,7 @@ def select_datasets(args: argparse.Namespace) -> list[DataSet]:
             raise MMTLError(f"--real: no shared data at {shared} (set MMTL_SHARED_DATA)")
         return convert_real(shared, cache, args.tasks)
     if args.data:
-        path = Path(args.data)
-        if not (path / "dataset.json").is_file():
-            raise MMTLError(f"--data {path}: no dataset.json there (write one with `mmtl data convert`)")
-        return [DataSet(path.name, path, dataset_tasks(path, args.tasks), args.eval_split)]
+        return [user_dataset(args)]
     path = cache / "shapes"
     if not (path / "dataset.json").exists():  # the quickstart's data set
         synth = load_config(None, []).data.synthetic

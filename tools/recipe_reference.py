@@ -19,7 +19,7 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -33,6 +33,25 @@ from mmtl.tasks.generation import GenerationTask
 from mmtl.text import PAD, UNK, BOS, EOS, Vocabulary
 
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
+
+
+class Clock(Protocol):
+    """Where the parts of a training step end (tools/step_profile.PartClock); the plain run uses NO_CLOCK."""
+
+    def new_step(self) -> None: ...
+
+    def mark(self, part: str) -> None: ...
+
+
+class _NoClock:
+    def new_step(self) -> None:
+        pass
+
+    def mark(self, part: str) -> None:
+        pass
+
+
+NO_CLOCK: Clock = _NoClock()
 
 
 @dataclass
@@ -263,11 +282,15 @@ class Reference:
     def _inputs(self, rows: list[Any]) -> torch.Tensor:
         return (_pad(rows) if "text" in self.task.required_inputs else torch.stack(rows)).to(self.device)
 
-    def loss(self, inputs: list[Any], targets: list[Any], rng: random.Random) -> torch.Tensor:
+    def loss(self, inputs: list[Any], targets: list[Any], rng: random.Random,
+             clock: Clock | None = None) -> torch.Tensor:
         """The simplest loss of one batch (targets: label ids, or a list of token-id choices)."""
+        clock = clock or NO_CLOCK
         x = self._inputs(inputs)
+        clock.mark("to_device")
         if not self.generates:
             logits = self.model(x)
+            clock.mark("forward")
             if self.single:
                 return F.cross_entropy(logits, torch.tensor([t[0] for t in targets], device=self.device))
             multi_hot = torch.zeros_like(logits)
@@ -277,6 +300,7 @@ class Reference:
         tokens = _pad([rng.choice(choices) for choices in targets]).to(self.device)
         memory, memory_pad = self.model.memory(x)
         logits = self.model.decoder(tokens[:, :-1], memory, memory_pad)
+        clock.mark("forward")
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), ignore_index=PAD)
 
     @torch.no_grad()
@@ -316,38 +340,70 @@ class ReferenceRun:
     losses: list[float]
 
 
+class ReferenceTraining:
+    """The reference's training, one step at a time (``step``), then its score (``score``). Seed torch
+    before building ``reference`` (its initial weights); ``seed`` seeds the row order and target choices.
+    ``clock`` (tools/step_profile.PartClock) is told where each step's parts end; the plain run uses none.
+    """
+
+    def __init__(self, reference: Reference, train_rows: Prepared, steps: int, seed: int,
+                 clock: Clock | None = None) -> None:
+        self.rng = random.Random(seed)
+        self.reference, self.rows, self.clock = reference, train_rows, clock or NO_CLOCK
+        self.model, config = reference.model, reference.config
+        self.cfg, self.batch = config.train, config.data.batch_size
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        warmup = min(self.cfg.warmup_steps, max(1, steps // 10))
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, steps, warmup, self.cfg.schedule))
+        self.order: list[int] = []
+        self.losses: list[float] = []
+        self.model.train()
+
+    def step(self) -> None:
+        """One AdamW step on the next ``data.batch_size`` rows (a fresh permutation per epoch)."""
+        clock = self.clock
+        clock.new_step()
+        if len(self.order) < self.batch:
+            self.order += self.rng.sample(range(len(self.rows.inputs)), len(self.rows.inputs))
+        rows, self.order = self.order[:self.batch], self.order[self.batch:]
+        inputs, targets = [self.rows.inputs[i] for i in rows], [self.rows.targets[i] for i in rows]
+        clock.mark("data")
+        loss = self.reference.loss(inputs, targets, self.rng, clock)
+        clock.mark("loss")
+        self.optimizer.zero_grad(set_to_none=True)
+        clock.mark("prepare")
+        loss.backward()
+        clock.mark("backward")
+        if self.cfg.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        clock.mark("clip_check")
+        self.optimizer.step()
+        clock.mark("optimizer")
+        self.schedule.step()
+        clock.mark("schedule")
+        self.losses.append(float(loss.detach()))
+
+    def score(self, eval_rows: Prepared) -> dict[str, float]:
+        """The task's metrics of the greedy predictions on ``eval_rows``."""
+        reference, config = self.reference, self.reference.config
+        self.model.eval()
+        predictions: list[Any] = []
+        size = config.eval.batch_size
+        for start in range(0, len(eval_rows.inputs), size):
+            predictions += reference.predict(eval_rows.inputs[start:start + size])
+        return reference.task.score(predictions, eval_rows.references, config.eval.threshold)
+
+
 def train_reference(task: Task, vocab: Vocabulary, config: ExperimentConfig, train_rows: Prepared,
                     eval_rows: Prepared, steps: int, seed: int,
                     device: torch.device = torch.device("cpu")) -> ReferenceRun:
     """Train the reference for ``steps`` AdamW steps of ``config.data.batch_size`` rows (fp32, on ``device``);
     score on ``eval_rows``."""
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    reference = Reference(task, vocab, config, device)
-    model, cfg = reference.model, config.train
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warmup = min(cfg.warmup_steps, max(1, steps // 10))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, warmup, cfg.schedule))
-    batch, order, losses = config.data.batch_size, [], []
+    torch.manual_seed(seed)  # the model's initial weights
+    training = ReferenceTraining(Reference(task, vocab, config, device), train_rows, steps, seed)
     started = time.perf_counter()
-    model.train()
     for _ in range(steps):
-        if len(order) < batch:  # a fresh permutation per epoch
-            order += rng.sample(range(len(train_rows.inputs)), len(train_rows.inputs))
-        rows, order = order[:batch], order[batch:]
-        loss = reference.loss([train_rows.inputs[i] for i in rows], [train_rows.targets[i] for i in rows], rng)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        schedule.step()
-        losses.append(float(loss.detach()))
+        training.step()
     seconds = time.perf_counter() - started
-    model.eval()
-    predictions: list[Any] = []
-    size = config.eval.batch_size
-    for start in range(0, len(eval_rows.inputs), size):
-        predictions += reference.predict(eval_rows.inputs[start:start + size])
-    metrics = task.score(predictions, eval_rows.references, config.eval.threshold)
-    return ReferenceRun(metrics, seconds, losses)
+    return ReferenceRun(training.score(eval_rows), seconds, training.losses)

@@ -68,6 +68,10 @@ class DataConfig:
     max_corrupt_fraction: float = setting(0.01, range=Range(0, 1))
     # a decoded image with more pixels than this counts as a decompression bomb and is skipped
     max_image_pixels: int = setting(64_000_000, range=Range(0, low_open=True))
+    # decoded training images kept in memory (over all workers) so that a small set is decoded once, not
+    # every epoch; a set that does not fit is not cached (0: off). The batches are the same either way.
+    decoded_cache_mb: int = setting(256, range=NON_NEGATIVE,
+                                    help="MB of decoded training images kept for later epochs (0: off)")
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     # training stream: shards resampled forever, or epochs (new shard order each; every sample once
     # per epoch over all ranks and workers)
@@ -115,7 +119,8 @@ class TrainConfig:
     max_nonfinite_steps: int = setting(5, range=POSITIVE)
     log_every: int = setting(10, range=AT_LEAST_ONE)
     # per-task gradient norms and cosines on the shared parameters cost one backward per task for
-    # loss-weighting balancers: measured on log steps that fall every this many steps (0: never)
+    # loss-weighting balancers: measured on log steps that fall every this many steps (0: never; never
+    # with a single task)
     monitor_every: int = setting(50, range=NON_NEGATIVE)
     checkpoint_every: int = setting(200, range=NON_NEGATIVE)
     keep_checkpoints: int = setting(3, range=POSITIVE)

@@ -139,8 +139,11 @@ class Trainer:
         return step % self.config.train.log_every == 0 or step == self.config.train.steps
 
     def _monitors_at(self, step: int) -> bool:
+        """Per-task gradient statistics on this step: they cost a backward pass per task, and with one
+        objective there is nothing to compare (its gradient norm is ``grad_norm``), so single-task runs skip them."""
         cfg = self.config.train
-        return not self.sharded and self._logs_at(step) and cfg.monitor_every > 0 and (step % cfg.monitor_every == 0 or step == cfg.steps)
+        return (len(self.objectives) > 1 and not self.sharded and self._logs_at(step) and cfg.monitor_every > 0
+                and (step % cfg.monitor_every == 0 or step == cfg.steps))
 
     def _task_losses(self, batch: Batch, cache: dict) -> dict[str, torch.Tensor]:
         with get_autocast(self.precision, self.device):
@@ -157,11 +160,12 @@ class Trainer:
         Forward, balance and backward per micro-batch; then gradients are averaged over ranks,
         clipped, checked for NaN/inf (a bad step is skipped and counted) and applied. Returns the
         detached per-task losses (mean over micro-batches), the balanced total and ``grad_norm``.
-        ``monitor`` (default: on log steps that are also ``train.monitor_every`` steps, and the
-        last) adds per-task gradient norms and cosines on the shared parameters.
+        ``monitor`` (default: with several objectives, on log steps that are also ``train.monitor_every``
+        steps, and the last) adds per-task gradient norms and cosines on the shared parameters.
         """
         micro = list(batch) if isinstance(batch, (list, tuple)) else [batch]
-        self.model.train()
+        if not self.model.training:  # switching ~100 modules every step cost ~1 ms; eval() clears the flag
+            self.model.train()
         if monitor is None:
             monitor = self._monitors_at(self.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
