@@ -16,6 +16,7 @@ from typing import Any, Iterator, Sequence
 from data_pipelines import shardsets
 from data_pipelines.fieldmap import Mapping
 from data_pipelines.fields import AnnotationField
+from data_pipelines.profile import KEEP_WHOLE_SHARES, context_keeping
 from data_pipelines.sample import IMAGE_KEYS, TEXT_INPUT_FIELD, annotation_fields, class_tasks, supervised_tasks
 from data_pipelines.shards import as_mapping, is_native, read_dataset_info, split_shards
 from data_pipelines.transforms import DEFAULT_MAX_PIXELS, CorruptSampleError, load_pixels, open_image, parse_annotation
@@ -57,19 +58,17 @@ class TextLengths:
     """Documents counted against a text context of ``context_length`` BPE tokens."""
 
     context_length: int
-    documents: int = 0
-    over: int = 0
-    longest: int = 0
+    lengths: list[int] = field(default_factory=list)
 
     def add(self, document: str) -> None:
-        tokens = len(bpe_encode(document))
-        self.documents += 1
-        self.over += tokens > self.context_length
-        self.longest = max(self.longest, tokens)
+        self.lengths.append(len(bpe_encode(document)))
 
-    def to_dict(self) -> dict[str, int]:
-        return {"context_length": self.context_length, "documents": self.documents, "cut": self.over,
-                "longest_tokens": self.longest}
+    def to_dict(self) -> dict[str, Any]:
+        """Counts against the context, and the context that keeps each share of ALL documents whole."""
+        keep = {f"{share:.0%}": context_keeping(self.lengths, share) for share in KEEP_WHOLE_SHARES}
+        return {"context_length": self.context_length, "documents": len(self.lengths),
+                "cut": sum(n > self.context_length for n in self.lengths),
+                "longest_tokens": max(self.lengths, default=0), "context_to_keep_whole": keep}
 
 
 def label_order(shard_labels: Sequence[Sequence[str]]) -> dict[str, Any]:
@@ -238,14 +237,32 @@ def split_warnings(split: str, stats: dict[str, Any]) -> list[str]:
         warnings.append(f"[{split}] {tokens['cut']} of {tokens['documents']} documents "
                         f"({tokens['cut'] / tokens['documents']:.0%}) are longer than a text context of "
                         f"{tokens['context_length']} tokens (longest {tokens['longest_tokens']}) and would be cut; "
-                        f"raise model.text.context_length to keep more")
+                        f"{_raise_advice(tokens)}")
     return warnings
+
+
+def _raise_advice(tokens: dict[str, Any]) -> str:
+    """Which model.text.context_length reads which share of ALL documents whole, for the lengths above the
+    inspected context."""
+    longer = [f"{length} keeps {share}" for share, length in tokens.get("context_to_keep_whole", {}).items()
+              if length > tokens["context_length"]]
+    return f"model.text.context_length={', '.join(longer)} of all documents whole" if longer else \
+        "raise model.text.context_length to keep more"
 
 
 def _fmt_stats(stats: dict[str, float]) -> str:
     if not stats["count"]:
         return "-"
     return f"n={stats['count']} min={stats['min']} mean={stats['mean']} median={stats['median']} max={stats['max']}"
+
+
+def _keep_whole_line(tokens: dict[str, Any]) -> list[str]:
+    """The report line naming the context lengths that keep shares of all documents whole (none without them)."""
+    keep = tokens.get("context_to_keep_whole") or {}
+    if not tokens["documents"] or not keep:
+        return []
+    return ["  context length keeping documents whole: "
+            + ", ".join(f"{share} -> {length}" for share, length in keep.items()) + " tokens"]
 
 
 def format_report(report: dict[str, Any], top_classes: int = 20) -> str:
@@ -262,6 +279,7 @@ def format_report(report: dict[str, Any], top_classes: int = 20) -> str:
             *(f"  {key.replace('_', ' ') + ':':<16}{_fmt_stats(s[key])}" for key in word_keys if key in s),
             f"  documents over {s['document_tokens']['context_length']} tokens: {s['document_tokens']['cut']} of "
             f"{s['document_tokens']['documents']}",
+            *_keep_whole_line(s["document_tokens"]),
             f"  image width:    {_fmt_stats(s['image_width'])}",
             f"  image height:   {_fmt_stats(s['image_height'])}",
         ]

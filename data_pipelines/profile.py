@@ -9,6 +9,7 @@ without ``dataset.json`` its result is cached beside the set's scan (:func:`shar
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -21,6 +22,23 @@ from mmtl.text import bpe_encode
 
 VOCAB_SCAN_LIMIT = 50_000  # training annotations per source whose words make up the compact vocabulary
 LONG_DOCUMENT_SCAN = 300  # training annotations per source whose documents are measured against the text context
+# shares of all documents for which the long-document advice and ``mmtl data inspect`` name the context that keeps
+# them whole
+KEEP_WHOLE_SHARES = (0.5, 0.9, 1.0)
+
+
+def context_keeping(lengths: Sequence[int], share: float) -> int:
+    """The shortest text context (in BPE tokens) that reads at least ``share`` of ALL ``lengths`` whole; 0 when
+    there are none."""
+    if not lengths:
+        return 0
+    needed = max(1, math.ceil(share * len(lengths) - 1e-9))
+    return sorted(lengths)[needed - 1]
+
+
+def whole_share(lengths: Sequence[int], context: int) -> float:
+    """The share of ``lengths`` (documents' BPE lengths) that a context of ``context`` tokens reads whole."""
+    return sum(n <= context for n in lengths) / len(lengths) if lengths else 1.0
 
 
 @dataclass(frozen=True)

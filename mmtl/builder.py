@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from data_pipelines.mixing import training_sources
-from data_pipelines.profile import VOCAB_SCAN_LIMIT, DataProfile, SourceProfile, profile_data
+from data_pipelines.profile import (KEEP_WHOLE_SHARES, VOCAB_SCAN_LIMIT, DataProfile, SourceProfile, context_keeping,
+                                   profile_data, whole_share)
 import mmtl.components  # noqa: F401  (registers the components that configs name)
 from mmtl.config import ExperimentConfig, check_budget
 from mmtl.errors import MMTLError
@@ -58,10 +59,18 @@ def long_document_report(config: ExperimentConfig, profile: DataProfile | None =
     cut = sorted(n for n in lengths if n > context)
     if not cut:
         return None
-    return (f"{len(cut)} of {len(lengths)} training documents scanned are longer than model.text.context_length="
-            f"{context} BPE tokens and will be cut (median length {statistics.median(lengths):.0f}, longest {cut[-1]}); "
-            f"set model.text.context_length={cut[len(cut) // 2]} to keep half of them whole, or see the README "
-            "(Long documents)")
+    # every share is a share of ALL documents scanned, so "keeps 90%" cannot be read as 90% of the cut ones
+    suggestions: dict[int, float] = {}
+    for share in KEEP_WHOLE_SHARES:
+        length = context_keeping(lengths, share)
+        if length > context:
+            suggestions[length] = whole_share(lengths, length)
+    first, *others = [f"{length} keeps {kept:.0%}" for length, kept in suggestions.items()]
+    advice = f"model.text.context_length={first} of all documents whole" + "".join(f", {o}" for o in others)
+    return (f"{len(cut)} of {len(lengths)} training documents scanned ({len(cut) / len(lengths):.0%}) are longer than "
+            f"model.text.context_length={context} BPE tokens and will be cut; {whole_share(lengths, context):.0%} of "
+            f"all documents are read whole (median length {statistics.median(lengths):.0f}, longest {cut[-1]}). "
+            f"To read more whole: {advice}; see the README (Summarization modes and long documents)")
 
 
 def build_components(config: ExperimentConfig, classes: list[str], vocab: Vocabulary,

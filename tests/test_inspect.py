@@ -51,6 +51,24 @@ def test_inspect_text_report_and_bad_path(micro_data: Path, tmp_path: Path, caps
     assert "split(s) nope not in" in capsys.readouterr().err
 
 
+def test_inspect_reports_the_context_lengths_that_keep_documents_whole(tmp_path: Path, capsys) -> None:
+    rows = tmp_path / "rows.jsonl"
+    documents = [" ".join(["word"] * (10 * n)) for n in range(1, 11)]  # 10, 20, ..., 100 tokens
+    rows.write_text("".join(json.dumps({"document": d, "summaries": ["a summary ."]}) + "\n" for d in documents))
+    out = tmp_path / "shards"
+    assert main(["data", "convert", "--format", "jsonl", "--input", str(rows), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["data", "inspect", str(out), "--json"]) == 0
+    tokens = json.loads(capsys.readouterr().out)["splits"]["train"]["document_tokens"]
+    assert tokens["context_to_keep_whole"] == {"50%": 50, "90%": 90, "100%": 100}
+    assert main(["data", "inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "context length keeping documents whole: 50% -> 50, 90% -> 90, 100% -> 100 tokens" in text
+    assert main(["data", "inspect", str(out), "--context-length", "45"]) == 0
+    assert ("model.text.context_length=50 keeps 50%, 90 keeps 90%, 100 keeps 100% of all documents whole"
+            in capsys.readouterr().out)
+
+
 def test_preview_draws_a_grid_of_thumbnails_with_text(micro_data: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "sheet.png"
     assert main(["data", "preview", str(micro_data), "--out", str(out), "--num", "6", "--split", "val",

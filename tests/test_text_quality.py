@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from data_pipelines.profile import context_keeping
 from mmtl.builder import components_from_data, long_document_report
 from mmtl.cli import main
 from mmtl.config import load_config
@@ -68,13 +69,37 @@ def test_long_documents_warn_with_counts(tmp_path: Path, caplog: pytest.LogCaptu
     config = load_config(None, [f"data.path={data}", "tasks=[summarization]", "model.preset=micro",
                                 "model.text.context_length=32"])
     message = long_document_report(config)
-    assert message.startswith("2 of 5 training documents scanned are longer than model.text.context_length=32")
+    assert message.startswith("2 of 5 training documents scanned (40%) are longer than model.text.context_length=32")
     assert "longest 90" in message
+    # every share is of ALL documents: 3 of 5 are read whole now, and 90 tokens reads all 5 whole
+    assert "60% of all documents are read whole" in message
+    assert "model.text.context_length=90 keeps 100% of all documents whole" in message
+    assert "half" not in message
     with caplog.at_level(logging.WARNING, logger="mmtl.builder"):
         components_from_data(config)
     assert any("2 of 5 training documents" in r.getMessage() for r in caplog.records)
     roomy = load_config(None, [f"data.path={data}", "tasks=[summarization]", "model.text.context_length=128"])
     assert long_document_report(roomy) is None
+
+
+def test_long_document_advice_names_each_share_of_all_documents(tmp_path: Path) -> None:
+    # 10 documents of 10, 20, ..., 100 tokens; a context of 15 reads 1 whole (10%)
+    data = _jsonl_shards(tmp_path, [" ".join(["word"] * (10 * n)) for n in range(1, 11)])
+    config = load_config(None, [f"data.path={data}", "tasks=[summarization]", "model.preset=micro",
+                                "model.text.context_length=15"])
+    message = long_document_report(config)
+    assert "10% of all documents are read whole" in message
+    assert ("model.text.context_length=50 keeps 50% of all documents whole, 90 keeps 90%, 100 keeps 100%"
+            in message)
+
+
+def test_context_lengths_that_keep_a_share_whole() -> None:
+    lengths = [30, 10, 20, 40]
+    assert context_keeping(lengths, 0.5) == 20  # 10 and 20 fit: 2 of 4
+    assert context_keeping(lengths, 0.9) == 40  # 3 of 4 is 75%, short of 90%
+    assert context_keeping(lengths, 1.0) == 40
+    assert context_keeping(lengths, 0.25) == 10
+    assert context_keeping([], 0.5) == 0
 
 
 @pytest.mark.parametrize("override, message", [
