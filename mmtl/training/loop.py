@@ -21,6 +21,7 @@ from mmtl.config import ExperimentConfig, save_config
 from mmtl.errors import MMTLError, TrainingInterrupted
 from mmtl.precision import get_autocast, make_grad_scaler, resolve_device, resolve_precision
 from mmtl.registry import BALANCERS
+from mmtl.training.allocator import keep_freed_memory
 from mmtl.training import distributed as dist
 from mmtl.training import fsdp
 from mmtl.training.acceleration import compile_blocks, enable_grad_checkpointing, peak_memory_gb
@@ -77,6 +78,7 @@ class Trainer:
         run tells the user to run to continue (default: ``mmtl train ... --resume latest``).
         ``validator``: called after every step (see :class:`StepCallback`; None: no validation)."""
         self.config = config
+        keep_freed_memory()  # no mmap/munmap and page faults for every large tensor of every step
         self.resume_command = resume_command or f"mmtl train --config {config.output_dir}/config.yaml --resume latest"
         self.run_dir = Path(config.output_dir)
         torch.manual_seed(config.seed)
