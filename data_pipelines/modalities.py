@@ -130,11 +130,6 @@ def extra_inputs(model: ModelConfig) -> dict[str, Modality]:
     return {name: MODALITIES.get(name)(model, section) for name, section in model.modalities.items()}
 
 
-def file_modalities() -> list[str]:
-    """Modalities a converter reads from files that a row names (the ones that define ``store``), by name."""
-    return [name for name, unit in MODALITIES.items() if unit.store.__func__ is not Modality.store.__func__]
-
-
 def store_input(name: str, path: str) -> tuple[str, bytes]:
     """(sample key, bytes) under which a converter stores the file at ``path`` of modality ``name``."""
     return MODALITIES.get(name).store(path)

@@ -172,8 +172,9 @@ def to_contract(raw: dict[str, Any], mapping: Mapping) -> dict[str, Any]:
         meta = _member_value(raw["json"], "json")
         if not isinstance(meta, dict):
             return raw
-    annotation = {f.name: f.kind.keep(meta[f.name]) for f in annotation_fields() if f.name in meta and f.name not in mapping}
-    for field in annotation_fields():  # members read as defaults when the mapping does not name the field
+    fields = annotation_fields()
+    annotation = {f.name: f.kind.keep(meta[f.name]) for f in fields if f.name in meta and f.name not in mapping}
+    for field in fields:  # members read as defaults when the mapping does not name the field
         name, member = field.name, field.default_member
         if member and name not in annotation and name not in mapping and member in raw:
             _set_field(annotation, name, [_member_value(raw[member], member)])

@@ -90,8 +90,6 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-
-
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int = 0) -> Image.Image:
     """Decode image bytes to an RGB PIL image with EXIF orientation applied.
 

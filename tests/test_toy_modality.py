@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from data_pipelines.loader import Collator, SampleDecoder
-from data_pipelines.modalities import file_modalities, store_input
+from data_pipelines.modalities import store_input
+from data_pipelines.sample import file_fields
 from data_pipelines.shards import encode_image
 from mmtl.builder import build_components
 from mmtl.config import resolve_config
@@ -70,4 +71,4 @@ def test_a_modality_in_one_module_is_decoded_stacked_stored_encoded_and_trained(
 
     source = tmp_path / "numbers.txt"
     source.write_text("1 2 3 4")
-    assert "toy" in file_modalities() and store_input("toy", str(source)) == ("toy.txt", b"1 2 3 4")
+    assert "toy" in file_fields() and store_input("toy", str(source)) == ("toy.txt", b"1 2 3 4")
