@@ -409,6 +409,7 @@ def write_delta(directory: Path, components: Components, config: ExperimentConfi
                             (CONFIG_FILE, lambda p: save_config(config, p)),
                             (META_FILE, lambda p: p.write_text(json.dumps(meta, indent=2)))):
             tmp = directory / f".{name}.tmp"
+            tmp.unlink(missing_ok=True)  # a link left at the temp name is removed, never written through
             write(tmp)
             sync_path(tmp)
             os.replace(tmp, directory / name)

@@ -215,6 +215,22 @@ def test_a_delta_with_non_finite_weights_is_refused_and_nothing_is_written(base_
     assert not (tmp_path / "ft" / DELTA_FILE).exists() and not (tmp_path / "ft" / META_FILE).exists()
 
 
+def test_a_delta_never_writes_through_a_link_left_at_its_temp_name(base_run: Path, depth_data: Path,
+                                                                   tmp_path: Path, one_thread: None) -> None:
+    config = _config(depth_data, tmp_path / "ft", "finetune.strategy=lora", "finetune.add_modalities=[depth]")
+    base = load_base(base_run)
+    tuned = finetune_config(base, config)
+    components, delta = build_on_base(base, tuned)
+    outside = tmp_path / "someone-elses-file"
+    outside.write_text("keep me")
+    (tmp_path / "ft").mkdir()
+    for name in (DELTA_FILE, META_FILE):
+        (tmp_path / "ft" / f".{name}.tmp").symlink_to(outside)
+    out = write_delta(tmp_path / "ft", components, tuned, base, delta, step=1)
+    assert outside.read_text() == "keep me"
+    assert not (out / DELTA_FILE).is_symlink() and not (out / META_FILE).is_symlink() and load_delta(out)
+
+
 def test_finetune_cli_happy_path_predict_and_bad_inputs(base_run: Path, depth_data: Path, micro_data: Path,
                                                         tmp_path: Path, capsys: pytest.CaptureFixture,
                                                         one_thread: None) -> None:
