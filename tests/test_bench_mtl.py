@@ -30,3 +30,20 @@ def test_bench_mtl_compares_each_task_with_its_single_task_model_and_ends_with_a
     assert any("| captioning | bleu4 |" in line for line in lines)
     # a second call finds every step done and only reports
     assert bench.main(argv) == 0
+
+
+def test_a_recipe_whose_override_is_not_key_value_is_refused_with_one_line(capsys) -> None:
+    """`--recipes a= train.lr=0.001` used to take `train.lr=0.001` as a recipe named `train.lr` whose
+    override `0.001` was passed to mmtl: the run-wide setting silently reached no run."""
+    bench = load_tool("bench_mtl")
+    assert bench.parse_recipes(["shipped=", "cap2=balancer.weights.captioning=2;seed=1"]) == {
+        "shipped": [], "cap2": ["balancer.weights.captioning=2", "seed=1"]}
+    try:
+        bench.main(["--settings", "quickstart", "--out", "/nonexistent/never-written", "--recipes", "shipped=",
+                    "train.lr=0.001"])
+    except SystemExit as exc:
+        assert exc.code == 2
+    else:
+        raise AssertionError("a recipe override without '=' was accepted")
+    err = capsys.readouterr().err
+    assert "train.lr=0.001" in err and "KEY=VALUE" in err

@@ -294,11 +294,16 @@ def run_setting(setting: Setting, seeds: list[int], recipes: dict[str, list[str]
 
 
 def parse_recipes(specs: list[str]) -> dict[str, list[str]]:
-    """``LABEL=OVERRIDE;OVERRIDE`` items -> {label: overrides}."""
+    """``LABEL=OVERRIDE;OVERRIDE`` items -> {label: overrides}; ValueError naming an item whose
+    overrides are not ``KEY=VALUE`` (e.g. a run-wide ``train.lr=0.001`` written after ``--recipes``)."""
     recipes = {}
     for spec in specs:
         label, _, rest = spec.partition("=")
-        recipes[label] = [o for o in rest.split(";") if o]
+        overrides = [o for o in rest.split(";") if o]
+        if not label or any("=" not in o for o in overrides):
+            raise ValueError(f"--recipes item {spec!r} is not LABEL=KEY=VALUE;KEY=VALUE... (run-wide KEY=VALUE "
+                             "overrides go before --recipes or after --)")
+        recipes[label] = overrides
     return recipes
 
 
@@ -333,7 +338,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
     jobs = max(1, args.jobs)
     runner = Runner(jobs, args.threads or max(1, (os.cpu_count() or 1) // jobs))
-    out, recipes = Path(args.out), parse_recipes(args.recipes)
+    try:
+        recipes = parse_recipes(args.recipes)
+    except ValueError as exc:
+        parser.error(str(exc))
+    out = Path(args.out)
     report: dict[str, Any] = {"bench": "mtl", "seeds": seeds, "settings": {}}
     try:
         for name in names:
