@@ -47,3 +47,26 @@ def test_a_recipe_whose_override_is_not_key_value_is_refused_with_one_line(capsy
         raise AssertionError("a recipe override without '=' was accepted")
     err = capsys.readouterr().err
     assert "train.lr=0.001" in err and "KEY=VALUE" in err
+
+
+def test_the_report_says_when_the_single_task_models_spread_more_over_seeds_than_the_tolerance() -> None:
+    """A ±1% per-seed verdict means little when the single-task models themselves differ by 5% from one
+    seed to the next: the report shows each task's single-task spread and names the tasks above tolerance."""
+    bench = load_tool("bench_mtl")
+
+    def record(caption_st: float, caption_mt: float) -> dict:
+        verdicts = {"recognition": {"metric": "f1_micro", "model": 1.0, "baseline": 1.0, "change": 0.0, "ok": True},
+                    "captioning": {"metric": "bleu4", "model": caption_mt, "baseline": caption_st,
+                                   "change": caption_mt / caption_st - 1, "ok": caption_mt / caption_st - 1 >= -0.01}}
+        return {"delta": {"verdicts": verdicts, "delta_m": 0.0, "regressed": [], "per_task": {}}}
+
+    records = {0: record(80.0, 82.0), 1: record(80.0, 81.0), 2: record(88.0, 81.0)}
+    row = bench.aggregate(records, {}, {}, tolerance=0.01)
+    assert row["tasks"]["recognition"]["single_task_spread"] == 0.0
+    spread = row["tasks"]["captioning"]["single_task_spread"]
+    assert abs(spread - 4.6188 / 82.6667) < 1e-3  # sample std / mean of 80, 80, 88
+    assert row["noisy_tasks"] == ["captioning"]
+    text = bench.format_report("s", "d", "shipped", row)
+    assert "single-task spread over seeds" in text and "captioning 5.6%" in text
+    one_seed = bench.aggregate({0: record(80.0, 82.0)}, {}, {}, tolerance=0.01)
+    assert one_seed["tasks"]["captioning"]["single_task_spread"] is None and one_seed["noisy_tasks"] == []

@@ -184,9 +184,20 @@ def _primary(record: dict[str, Any]) -> dict[str, tuple[str, float, float]]:
     return {t: (v["metric"], v["model"], v["baseline"]) for t, v in record["delta"]["verdicts"].items()}
 
 
+def _spread(values: list[float]) -> float | None:
+    """Sample standard deviation over mean of ``values`` (None for fewer than two or a zero mean)."""
+    if len(values) < 2 or not statistics.fmean(values):
+        return None
+    return statistics.stdev(values) / abs(statistics.fmean(values))
+
+
 def aggregate(records: dict[int, dict[str, Any]], base_seconds: dict[int, float | None],
-              seconds: dict[int, float | None]) -> dict[str, Any]:
-    """One recipe of one setting over seeds: per task both sides, Δm, regressions, collapses and the cost."""
+              seconds: dict[int, float | None], tolerance: float = 0.01) -> dict[str, Any]:
+    """One recipe of one setting over seeds: per task both sides, Δm, regressions, collapses and the cost.
+
+    ``single_task_spread``: how far the single-task models of one task differ from seed to seed
+    (std / mean); ``noisy_tasks`` are those whose spread exceeds ``tolerance``, where a per-seed
+    verdict at that tolerance compares two models further apart than the rule can resolve."""
     seeds = sorted(records)
     first = records[seeds[0]]
     tasks: dict[str, Any] = {}
@@ -198,12 +209,14 @@ def aggregate(records: dict[int, dict[str, Any]], base_seconds: dict[int, float 
                        "change": summary([verdicts[s]["change"] for s in seeds]),
                        "regressed_seeds": [s for s in seeds if not verdicts[s]["ok"]],
                        "collapsed_seeds": [s for s in seeds if verdicts[s].get("collapsed")],
-                       "better_seeds": [s for s in seeds if (verdicts[s]["change"] or 0) > 0]}
+                       "better_seeds": [s for s in seeds if (verdicts[s]["change"] or 0) > 0],
+                       "single_task_spread": _spread([verdicts[s]["baseline"] for s in seeds])}
     delta = first["delta"]
     known = lambda values: [v for v in values if v is not None]  # noqa: E731
     train_s, base_s = known(seconds.values()), known(base_seconds.values())
     return {"seeds": seeds, "tasks": tasks, "delta_m": summary([records[s]["delta"]["delta_m"] for s in seeds]),
             "seeds_with_regression": [s for s in seeds if records[s]["delta"]["regressed"]],
+            "noisy_tasks": [t for t, v in tasks.items() if (v["single_task_spread"] or 0) > tolerance],
             "parameter_share": 1 / delta["parameters"]["ratio"] if "parameters" in delta else None,
             "flops_share": 1 / delta["flops"]["ratio"] if "flops" in delta else None,
             "train_seconds": statistics.fmean(train_s) if train_s else None,
@@ -231,6 +244,13 @@ def format_report(name: str, description: str, label: str, row: dict[str, Any]) 
     values = ", ".join("n/a" if v is None else f"{100 * v:+.2f}%" for v in row["delta_m"]["values"])
     lines += ["", f"Δm = {_cell(row['delta_m'], 100, True, 2)}% (per seed: {values}); "
               f"seeds with a regression: {row['seeds_with_regression'] or 'none'}"]
+    spreads = [f"{task} {100 * t['single_task_spread']:.1f}%" for task, t in row["tasks"].items()
+               if t["single_task_spread"] is not None]
+    if spreads:
+        lines.append("single-task spread over seeds (std / mean): " + ", ".join(spreads)
+                     + (f"; wider than the tolerance for {', '.join(row['noisy_tasks'])}: a per-seed verdict there "
+                        "compares models that differ more from seed to seed than the rule resolves"
+                        if row["noisy_tasks"] else ""))
     cost = []
     if row["parameter_share"] is not None:
         cost.append(f"parameters {100 * row['parameter_share']:.1f}%")
@@ -283,7 +303,7 @@ def run_setting(setting: Setting, seeds: list[int], recipes: dict[str, list[str]
         records = {seed: results[(label, seed)] for seed in seeds}
         report["recipes"][label] = aggregate(
             records, {s: _seconds(bench.out / f"seed-{s}" / "baselines" / "seconds.txt") for s in seeds},
-            {s: _seconds(bench.out / f"seed-{s}" / label / "seconds.txt") for s in seeds})
+            {s: _seconds(bench.out / f"seed-{s}" / label / "seconds.txt") for s in seeds}, tolerance)
     if grouping:
         groups = bench.affinity()
         report["grouping"] = {"groups": groups, "all_in_one": report["recipes"][next(iter(recipes))]["delta_m"]}
@@ -367,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"bench": "mtl", "seeds": seeds, "summary": {
         f"{name}/{label}": {"delta_m": row["delta_m"]["mean"], "delta_m_std": row["delta_m"]["std"],
                             "regressed": {t: len(v["regressed_seeds"]) for t, v in row["tasks"].items()},
+                            "single_task_spread": {t: v["single_task_spread"] for t, v in row["tasks"].items()},
                             "parameter_share": row["parameter_share"], "flops_share": row["flops_share"]}
         for name, part in report["settings"].items() for label, row in part["recipes"].items()}}))
     return 0
