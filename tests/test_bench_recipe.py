@@ -94,3 +94,20 @@ def test_bench_recipe_profile_parts_tile_the_measured_step(micro_data: Path, one
     groups = profile["groups_ms"]
     assert groups["forward"]["mmtl"] == round(sum(mmtl["parts_ms"][k] for k in ("encode:image", "glue", "fuse", "head")), 3)
     assert any(line.startswith("step profile ") for line in out)
+
+
+def test_ablate_recipe_trains_one_reference_per_seed_and_each_variant(micro_data: Path, one_thread, tmp_path: Path,
+                                                                      capsys) -> None:
+    ablate = load_tool("ablate_recipe")
+    assert ablate.parse_variant("a:x=1,y=[p,q]") == ("a", ["x=1", "y=[p,q]"])
+    rows_file = tmp_path / "rows.jsonl"
+    code = ablate.main(["--data", str(micro_data), "--preset", "micro", "--steps", "2", "--seeds", "0",
+                        "--batch-size", "4", "--variant", "pooled:task_settings.recognition.head=pooled",
+                        "--json", str(rows_file)])
+    assert code == 0
+    rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
+    assert [r["variant"] for r in rows] == ["base", "pooled"]
+    assert rows[0]["reference"] == rows[1]["reference"] is not None  # one reference for both variants
+    assert rows[1]["overrides"] == ["task_settings.recognition.head=pooled"]
+    assert all(r["first_loss"] is not None and 0 <= r["metric"] <= 1 for r in rows)
+    assert "ratio" in capsys.readouterr().out

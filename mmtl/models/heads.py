@@ -8,11 +8,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmtl.models.fusion import masked_mean
 from mmtl.models.generation import generate
 from mmtl.models.layers import Attention, DecoderBlock, DecoderCache, key_mask
+from mmtl.registry import Registry
 from mmtl.text import PAD
 
+# heads that score classes from the fused tokens: key -> class built as ``cls(width, num_classes, num_heads)``,
+# whose forward maps tokens (B, S, W) and validity (B, S) to logits (B, C)
+CLASS_HEADS: Registry = Registry("class head")
 
+
+@CLASS_HEADS.register("queries")
 class ClassQueryHead(nn.Module):
     """Multi-label classifier in which each class has a learned query that attends to the fused tokens.
 
@@ -33,6 +40,21 @@ class ClassQueryHead(nn.Module):
         queries = self.norm_q(self.queries).expand(tokens.shape[0], -1, -1)
         found = self.attn(queries, context=self.norm_kv(tokens), mask=key_mask(valid))
         return (self.norm_out(found + queries) * self.classifier).sum(-1) + self.bias
+
+
+@CLASS_HEADS.register("pooled")
+class PooledClassHead(nn.Module):
+    """Average of the valid fused tokens, LayerNorm, one linear layer: the plain recipe's average pool +
+    linear classifier, on the shared representation. ``num_heads`` is unused (same signature as the others)."""
+
+    def __init__(self, width: int, num_classes: int, num_heads: int = 1) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.classifier = nn.Linear(width, num_classes)
+
+    def forward(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Logits (B, C) from fused ``tokens`` (B, S, W) with validity ``valid`` (B, S)."""
+        return self.classifier(self.norm(masked_mean(tokens, valid)))
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import statistics
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -13,9 +14,11 @@ from torch import nn
 
 from data_pipelines.fields import CLASS_NAMES, AnnotationField
 from mmtl.config import ModelConfig
+from mmtl.config.fields import Range, setting
+from mmtl.errors import ConfigError
 from mmtl.tasks.metrics import multilabel_average_precision, multilabel_scores
 from mmtl.models.fusion import Fused
-from mmtl.models.heads import ClassQueryHead
+from mmtl.models.heads import CLASS_HEADS
 from mmtl.registry import TASKS
 from mmtl.tasks.base import Task
 
@@ -31,6 +34,22 @@ def single_label_scores(ranked: Sequence[Sequence[str]], references: Sequence[Se
     return {"top1": top1, "top5": top5}
 
 
+@dataclass
+class RecognitionSettings:
+    """``task_settings.recognition``: which head reads the fused tokens, and the loss's label smoothing."""
+
+    # a CLASS_HEADS key: "queries" (one learned query per class attends to the tokens, Query2Label) or
+    # "pooled" (average of the tokens, LayerNorm, linear: the plain recipe's head)
+    head: str = setting("queries", help="class head: queries or pooled")
+    # single-label only: cross-entropy against (1 - s) on the class + s spread over all classes
+    label_smoothing: float = setting(0.0, range=Range(0, 1, high_open=True))
+
+    def check(self, key: str) -> None:
+        """The head must be a registered class head (run by ``mmtl.config.settings_of``)."""
+        if self.head not in CLASS_HEADS:
+            raise ConfigError(f"{key}.head: unknown class head {self.head!r}; valid: {', '.join(CLASS_HEADS.keys())}")
+
+
 @TASKS.register("recognition")
 class RecognitionTask(Task):
     """Recognition; the class list and label mode travel with the checkpoint."""
@@ -40,6 +59,7 @@ class RecognitionTask(Task):
     required_inputs = ("image",)
     reference_field = AnnotationField("labels", CLASS_NAMES, default_member="cls")
     needs_classes = True
+    Settings = RecognitionSettings
 
     @property
     def primary_metric(self) -> str:  # type: ignore[override]
@@ -80,12 +100,12 @@ class RecognitionTask(Task):
         return {"labels": torch.stack(targets)}
 
     def build_head(self, config: ModelConfig) -> nn.Module:
-        return ClassQueryHead(config.width, len(self.context.classes), config.num_heads)
+        return CLASS_HEADS.get(self.settings.head)(config.width, len(self.context.classes), config.num_heads)
 
     def loss(self, head: nn.Module, fused: Fused, target: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = head(fused.tokens, fused.valid).float()
         if self.single:
-            return F.cross_entropy(logits, target["labels"])
+            return F.cross_entropy(logits, target["labels"], label_smoothing=self.settings.label_smoothing)
         # summed over classes, averaged over samples: a mean over classes too would shrink each
         # class's gradient by the number of classes and starve this task next to the others
         loss = F.binary_cross_entropy_with_logits(logits, target["labels"], reduction="sum")
