@@ -333,6 +333,8 @@ def load_checkpoint(path: str | Path) -> tuple[Components, ExperimentConfig, dic
         components = components_from_meta(config, meta)
     except (KeyError, TypeError, ValueError) as exc:
         raise MMTLError(f"checkpoint {checkpoint} has damaged metadata: {exc!r}") from None
+    if "finetune" in meta:  # a fine-tuned model exported as one folder (mmtl.exporting): its adapters first
+        adapt(components.model, config, loaded=())
     load_weights(components.model, checkpoint, inference_weights(checkpoint))
     return components, config, meta, checkpoint
 
@@ -370,7 +372,7 @@ def load_base(path: str | Path) -> BaseCheckpoint:
     """The checkpoint in ``path`` (a run or checkpoint directory) to fine-tune; an MMTLError when there is none."""
     checkpoint = resolve_checkpoint(path)
     meta = read_meta(checkpoint)
-    if "finetune" in meta:
+    if "finetune" in meta:  # a merged export too: its adapters would be adapted again
         raise MMTLError(f"{path} is itself a fine-tuned model; fine-tune its base checkpoint instead")
     return BaseCheckpoint(checkpoint, load_saved_config(checkpoint / CONFIG_FILE), meta,
                           file_sha256(checkpoint / MODEL_FILE))

@@ -170,6 +170,11 @@ def test_delta_round_trip_and_bad_base(base_run: Path, depth_data: Path, tmp_pat
     assert loaded.model.predict(batch, names, tuned.eval) == expected
     assert sum(t.numel() for t in load_file(str(out / DELTA_FILE)).values()) < 0.5 * sum(
         p.numel() for p in components.model.parameters())
+    # exported, the fine-tuned model is one standalone folder (merged weights) that predicts the same
+    assert main(["export", "--checkpoint", str(out), "--out", str(tmp_path / "exported")]) == 0
+    exported = tmp_path / "exported"
+    assert not (exported / DELTA_FILE).exists() and (exported / "model.safetensors").is_file()
+    assert str(base_copy) not in (exported / META_FILE).read_text()  # no local path of the base travels with it
     # a changed base checkpoint is refused, by its hash
     checkpoint = base.path / "model.safetensors"
     state = load_file(str(checkpoint))
@@ -178,6 +183,10 @@ def test_delta_round_trip_and_bad_base(base_run: Path, depth_data: Path, tmp_pat
     save_file(state, str(checkpoint))
     with pytest.raises(MMTLError, match="changed since"):
         Predictor.from_pretrained(out)
+    shutil.rmtree(base_copy)  # the export needs no base
+    assert Predictor.from_pretrained(exported).model.predict(batch, names, tuned.eval) == expected
+    with pytest.raises(MMTLError, match="fine-tuned"):
+        load_base(exported)  # fine-tune the base checkpoint, not a merged export
 
 
 def test_a_saved_delta_reaches_the_disk_before_its_meta_names_it(base_run: Path, depth_data: Path, tmp_path: Path,

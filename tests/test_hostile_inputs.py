@@ -269,6 +269,47 @@ def test_a_refused_model_peaks_under_500_mb(checkpoint: Path, tmp_path: Path) ->
         assert peak_mb < 500, (folder.name, peak_mb)
 
 
+PEAK_PROBE = ("import re, sys; from mmtl.cli import main; code = main(sys.argv[1:]); "
+              "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)); sys.exit(code)")
+
+
+@pytest.mark.parametrize("command, override, field", [
+    ("train", "model.width=200000", "model.width"),
+    ("train", "model.fusion.depth=100000", "model.fusion.depth"),
+    ("train", "model.width=16384", "model.width=16384"),  # in range, over the budget
+    ("baselines", "model.width=16384", "model.width=16384"),
+    ("train", "data.decoded_cache_mb=100000", "data.decoded_cache_mb=100000"),
+])
+def test_an_oversized_own_config_is_refused_before_torch_under_500_mb(command: str, override: str, field: str,
+                                                                      tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-c", PEAK_PROBE, command, f"output_dir={out}", override],
+                          capture_output=True, text=True, env={**os.environ, "MMTL_MEMORY_BUDGET_GB": "2"}, timeout=600)
+    assert done.returncode == 2, done.stderr
+    err = done.stderr.strip()
+    assert err.count("\n") == 0 and err.startswith("mmtl: error: ") and field in err, err
+    peak_mb = int(done.stdout.split()[-1]) / 1024
+    assert peak_mb < 500, (override, peak_mb)
+    assert not out.exists()
+
+
+def test_the_decoded_image_cache_counts_in_the_budget_and_the_quickstart_fits_24_gb() -> None:
+    from mmtl.config import check_budget, load_config
+    from mmtl.config.budget import costs
+
+    config = load_config(None, ["model.preset=tiny"])
+    cache = next(item for item in costs(config, 10, 49408, 32, training=True) if item.field.startswith("data.decoded"))
+    assert cache.bytes == config.data.decoded_cache_mb * 2**20
+    assert not any(item.field.startswith("data.decoded") and item.bytes
+                   for item in costs(config, 10, 49408, 32, training=False))
+    for preset in ("micro", "tiny"):
+        quick = load_config(Path(__file__).parents[1] / "configs/experiment/quickstart.yaml", [f"model.preset={preset}", "model.memory_budget_gb=24"])
+        assert check_budget(quick, 20, 49408, training=True) < 24 * 2**30
+
+
 # ---------------------------------------------------------------------------------------------
 # weights files named in the user's config
 

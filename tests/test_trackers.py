@@ -137,7 +137,7 @@ def test_a_missing_extra_is_one_line_naming_the_pip_command(micro_data: Path, tm
 
 def test_a_tracker_that_cannot_start_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     class Refusing:
-        def __init__(self, run_dir, config):
+        def __init__(self, run_dir, config, resume_id=None):
             raise RuntimeError("tracking server refused the connection\nmore detail")
 
     monkeypatch.setattr(trackers, "WandbTracker", Refusing)
@@ -172,3 +172,41 @@ def test_a_failing_tracker_is_dropped_and_the_run_goes_on(tmp_path: Path, caplog
     logger.close()
     assert logger.trackers == [] and len((tmp_path / "log.jsonl").read_text().splitlines()) == 2
     assert "tracker server down" in caplog.text
+
+
+def test_a_resumed_run_continues_the_same_tracker_runs(micro_data: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    extras = [name for name in ("wandb", "mlflow") if importlib.util.find_spec(name) is not None]
+    if not extras:
+        pytest.skip("neither wandb nor mlflow is installed (pip install 'mmtl[wandb,mlflow]')")
+    for key, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wb"), "WANDB_SILENT": "true",
+                       "WANDB_PROJECT": "mmtl-test", "MLFLOW_TRACKING_URI": (tmp_path / "mlruns").as_uri(),
+                       "MLFLOW_EXPERIMENT_NAME": "mmtl-resume", "MLFLOW_ALLOW_FILE_STORE": "true"}.items():
+        monkeypatch.setenv(key, value)
+    (tmp_path / "wb").mkdir()
+    run = tmp_path / "run"
+    overrides = [*micro_overrides(micro_data, run, steps=2), f"train.loggers=[{','.join(extras)}]"]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        mmtl.train(mmtl.load_config(None, overrides))
+        ids = json.loads((run / trackers.IDS_FILE).read_text())
+        assert set(ids) == set(extras)
+        mmtl.train(mmtl.load_config(None, [*overrides, "train.steps=4"]), resume="latest")
+    finally:
+        torch.set_num_threads(before)
+    assert json.loads((run / trackers.IDS_FILE).read_text()) == ids
+    if "mlflow" in extras:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient()
+        runs = client.search_runs([client.get_experiment_by_name("mmtl-resume").experiment_id])
+        assert [r.info.run_id for r in runs] == [ids["mlflow"]] and runs[0].info.status == "FINISHED"
+        assert sorted(p.step for p in client.get_metric_history(ids["mlflow"], "loss/recognition")) == [1, 2, 3, 4]
+    if "wandb" in extras:
+        folders = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+        assert len(folders) == 2 and all(folder.name.endswith(f"-{ids['wandb']}") for folder in folders)
+        steps = {int(item.value_json) for folder in folders for record in wandb_records(next(folder.glob("run-*.wandb")))
+                 if record.WhichOneof("record_type") == "history" for item in record.history.item
+                 if (item.key or "/".join(item.nested_key)) == "_step"}
+        assert steps == {1, 2, 3, 4}

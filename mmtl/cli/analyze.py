@@ -25,10 +25,10 @@ def register(sub: Subcommands) -> None:
 
 
 def _cmd_affinity(args: argparse.Namespace) -> int:
+    config = load_experiment(args.config, args.overrides)  # its sizes checked before torch is imported
     from mmtl.balancing.affinity import format_affinity, plot_affinity
     from mmtl.training.affinity import measure_affinity
 
-    config = load_experiment(args.config, args.overrides)
     if args.every < 1 or args.lookahead_lr <= 0:
         raise MMTLError("--every must be >= 1 and --lookahead-lr positive")
     if len(config.tasks) < 2:

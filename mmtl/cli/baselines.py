@@ -19,9 +19,9 @@ def register(sub: Subcommands) -> None:
 
 
 def _cmd_baselines(args: argparse.Namespace) -> int:
+    config = load_experiment(args.config, args.overrides)  # its sizes checked before torch is imported
     from mmtl.api import baselines
 
-    config = load_experiment(args.config, args.overrides)
     result = baselines(config, args.out, resume=args.resume)
     path, record = result.path, result.record
     for task, entry in record["tasks"].items():

@@ -21,8 +21,14 @@ def command_line() -> str:
     return "mmtl " + shlex.join(INVOCATION)
 
 
-def load_experiment(path: str | None, overrides: list[str]) -> schema.ExperimentConfig:
-    """The experiment config of a command: ``path`` (None: the built-in one) plus ``key=value`` overrides."""
+def load_experiment(path: str | None, overrides: list[str], training: bool | None = True) -> schema.ExperimentConfig:
+    """The experiment config of a command: ``path`` (None: the built-in one) plus ``key=value`` overrides.
+
+    Its sizes are checked first, before torch is imported (``schema.preflight_config``; ``training``: a
+    model is trained from it, False: built for inference, None: the command builds no model from it),
+    so that a config too large to build is refused in a few MB. Call it before importing torch-heavy code.
+    """
+    schema.preflight_config(path, overrides, training)
     import mmtl.components  # noqa: F401  (imported here, not at start-up: it imports torch; fills the registries)
 
     config = schema.load_config(path, overrides)

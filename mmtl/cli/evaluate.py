@@ -40,9 +40,6 @@ def register(sub: Subcommands) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from mmtl.api import evaluate
-    from mmtl.evaluation.evaluate import format_examples, format_table
-
     check_output_file(args.output, "--output")  # before the evaluation, not after it
     if args.baselines:  # a bad file fails first, before anything else is read
         from mmtl.evaluation.baselines import read_baselines
@@ -52,7 +49,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise MMTLError("mmtl eval needs the data to evaluate on: --data SHARDS, or --config YOUR_EXPERIMENT.yaml "
                         "(e.g. the config.yaml of a run you trained yourself); a checkpoint's own data settings are "
                         "never used (README, Security model)")
-    own = load_experiment(args.config, args.overrides)  # checked before the model is loaded
+    own = load_experiment(args.config, args.overrides, training=None)  # checked before the model is loaded
+    from mmtl.api import evaluate
+    from mmtl.evaluation.evaluate import format_examples, format_table
+
     report = evaluate(args.checkpoint, data=args.data, config=own, split=args.split, max_samples=args.max_samples,
                       examples=args.examples, device=args.device, baselines=args.baselines, tolerance=args.tolerance,
                       update_card=args.card)

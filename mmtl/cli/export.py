@@ -12,7 +12,8 @@ def register(sub: Subcommands) -> None:
                         description="Write model.safetensors (the inference weights), config.yaml, meta.json "
                                     "(tasks, classes, vocabulary) and README.md (the model card) to --out; the "
                                     "folder loads with Predictor.from_pretrained and mmtl predict/serve/eval.")
-    ex.add_argument("--checkpoint", required=True, help="run or checkpoint directory")
+    ex.add_argument("--checkpoint", required=True,
+                    help="run or checkpoint directory, or a fine-tuned model (exported merged with its base)")
     ex.add_argument("--out", required=True, help="the folder to write (it must not exist, unless --overwrite)")
     ex.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     ex.set_defaults(func=_cmd_export)

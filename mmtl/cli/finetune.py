@@ -33,9 +33,6 @@ def _listed(values: list[str] | None) -> list[str]:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from mmtl.api import finetune
-    from mmtl.finetuning import format_regression
-
     overrides = list(args.overrides)
     if args.add_modality:
         overrides.append(f"finetune.add_modalities=[{','.join(_listed(args.add_modality))}]")
@@ -45,7 +42,10 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         overrides.append(f"finetune.strategy={args.strategy}")
     if args.align_weight is not None:
         overrides.append(f"finetune.align_weight={args.align_weight}")
-    config = load_experiment(args.config, overrides)
+    config = load_experiment(args.config, overrides, training=None)  # the model comes from the checkpoint
+    from mmtl.api import finetune
+    from mmtl.finetuning import format_regression
+
     result = finetune(args.checkpoint, config, resume=args.resume)
     losses = ", ".join(f"{k}={v:.3f}" for k, v in result.final_losses.items())
     print(f"fine-tuned {config.train.steps} steps in {result.seconds:.0f}s ({result.trained_parameters:,} trained "

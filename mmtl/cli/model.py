@@ -20,7 +20,8 @@ def register(sub: Subcommands) -> None:
 
 
 def _cmd_model_info(args: argparse.Namespace) -> int:
+    config = load_experiment(args.config, args.overrides)  # its sizes checked before torch is imported
     from mmtl.evaluation.info import model_info
 
-    print(model_info(load_experiment(args.config, args.overrides)))
+    print(model_info(config))
     return 0

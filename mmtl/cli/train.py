@@ -17,9 +17,9 @@ def register(sub: Subcommands) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    config = load_experiment(args.config, args.overrides)  # its sizes checked before torch is imported
     from mmtl.api import train
 
-    config = load_experiment(args.config, args.overrides)
     check_output_dir(config.output_dir, "output_dir")
     result = train(config, resume=args.resume, command=command_line())
     losses = ", ".join(f"{k}={v:.3f}" for k, v in result.final_losses.items())

@@ -31,11 +31,11 @@ def _values(text: str) -> list[float]:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from mmtl.tuning import tune_weights
-
     if args.budget < 0 or (args.steps is not None and args.steps < 1):
         raise MMTLError("--budget must be 0 or more and --steps 1 or more")
-    config = load_experiment(args.config, args.overrides)
+    config = load_experiment(args.config, args.overrides)  # its sizes checked before torch is imported
+    from mmtl.tuning import tune_weights
+
     out = Path(args.out) if args.out else Path(f"{config.output_dir}-tuning")
     result = tune_weights(config, out, _values(args.values), args.budget, args.steps, args.baselines)
     print(f"{'weights':<48} {'Δm (val)':>9}  regressed")

@@ -7,7 +7,7 @@ the catalog that ``mmtl.components`` installs, see ``catalog``), ``presets`` the
 presets, ``building`` and ``parsing`` the reading of YAML and overrides, and ``validation`` the checks
 across fields.
 """
-from mmtl.config.budget import check_budget, preflight_checkpoint
+from mmtl.config.budget import check_budget, preflight_checkpoint, preflight_config
 from mmtl.config.building import build_dataclass
 from mmtl.config.catalog import Catalog, install_catalog, installed_catalog
 from mmtl.config.components import as_tree, check_components, ignored_settings, selected, settings_of
@@ -16,7 +16,8 @@ from mmtl.config.model import (
     DecoderConfig, FusionConfig, ImageEncoderConfig, ModalityConfig, ModelConfig, TextEncoderConfig,
 )
 from mmtl.config.parsing import (
-    deep_merge, load_config, load_saved_config, parse_override, read_yaml_tree, resolve_config, save_config,
+    apply_overrides, deep_merge, load_config, load_saved_config, parse_override, read_yaml_tree, resolve_config,
+    save_config,
 )
 from mmtl.config.presets import MODEL_PRESETS
 from mmtl.config.schema import (
@@ -29,11 +30,11 @@ from mmtl.config.validation import validate
 
 __all__ = [
     "GENERATION_BOUNDS", "MODEL_PRESETS", "BalancerConfig", "Catalog", "DataConfig", "DecoderConfig", "EvalConfig",
-    "ExperimentConfig", "FinetuneConfig", "FusionConfig", "GenerationConfig", "ImageEncoderConfig",
-    "ModalityConfig", "ModelConfig", "NoSettings", "Range", "Slot", "SourceConfig", "SyntheticConfig",
-    "TaskSettingsConfig", "TextEncoderConfig", "TrainConfig", "ValidationConfig", "as_tree", "build_dataclass",
-    "check_budget", "check_components", "check_ranges", "choice", "deep_merge", "ignored_settings",
-    "install_catalog", "installed_catalog", "join_shard_list", "load_config", "parse_override",
-    "preflight_checkpoint", "read_yaml_tree", "resolve_config", "save_config", "selected", "setting",
-    "settings_class", "settings_of", "validate", "validate_generation",
+    "ExperimentConfig", "FinetuneConfig", "FusionConfig", "GenerationConfig", "ImageEncoderConfig", "ModalityConfig",
+    "ModelConfig", "NoSettings", "Range", "Slot", "SourceConfig", "SyntheticConfig", "TaskSettingsConfig",
+    "TextEncoderConfig", "TrainConfig", "ValidationConfig", "apply_overrides", "as_tree", "build_dataclass",
+    "check_budget", "check_components", "check_ranges", "choice", "deep_merge", "ignored_settings", "install_catalog",
+    "installed_catalog", "join_shard_list", "load_config", "parse_override", "preflight_checkpoint",
+    "preflight_config", "read_yaml_tree", "resolve_config", "save_config", "selected", "setting", "settings_class",
+    "settings_of", "validate", "validate_generation",
 ]

@@ -27,7 +27,7 @@ from typing import Any
 from mmtl.config.catalog import known_registry
 from mmtl.config.fields import check_ranges
 from mmtl.config.model import DecoderConfig, FusionConfig, ImageEncoderConfig, ModelConfig, TextEncoderConfig
-from mmtl.config.parsing import deep_merge, drop_local, read_yaml_tree
+from mmtl.config.parsing import apply_overrides, deep_merge, drop_local, read_yaml_tree
 from mmtl.config.presets import MODEL_PRESETS
 from mmtl.config.schema import DataConfig, ExperimentConfig
 from mmtl.errors import ConfigError
@@ -81,21 +81,23 @@ def memory_budget(config: ExperimentConfig) -> tuple[float, str]:
     return float(machine_memory()), "this machine's memory; set model.memory_budget_gb to change it"
 
 
-def costs(config: ExperimentConfig, classes: int, vocab_size: int, batch: int, training: bool) -> list[Cost]:
+def costs(config: ExperimentConfig, classes: int, vocab_size: int, batch: int, training: bool,
+          unknown_writes_text: bool = True) -> list[Cost]:
     """The main memory costs of the model ``config`` describes, each with the size it grows with.
 
     Per token and layer a transformer keeps about (8 + 2 * mlp_ratio) * width values for the backward
     pass; without training one layer's worth is alive at a time. Attention scores are counted for one
     layer, the image backbone at 16 values per input pixel value, image tokens at one per 16x16 pixels.
+    Training also keeps up to ``data.decoded_cache_mb`` of decoded images. A task not registered yet (a
+    preflight) counts as one that writes text when ``unknown_writes_text``.
     """
     m = config.model
     w, r = m.width, m.mlp_ratio
     text_depth = m.text.options.get("depth", 2)
     text_depth = text_depth if isinstance(text_depth, int) and text_depth > 0 else 2
-    # before the tasks are registered (a preflight), every task counts as one that writes text
     tasks = known_registry("task")
-    writers = sum(bool(getattr(tasks.get(task), "writes_text", True)) if tasks is not None and task in tasks else True
-                  for task in config.tasks)
+    writers = sum(bool(getattr(tasks.get(task), "writes_text", True)) if tasks is not None and task in tasks
+                  else unknown_writes_text for task in config.tasks)
     decoders = min(writers, 1) if m.decoder.shared else writers  # a text decoder per task that writes text
     layers = m.fusion.depth + text_depth + m.decoder.depth * decoders
     state = BYTES * (4 if training else 2)  # weights (+ gradients and two Adam moments) or weights + loaded file
@@ -120,16 +122,19 @@ def costs(config: ExperimentConfig, classes: int, vocab_size: int, batch: int, t
              decoders * length * w * state
              + batch * length * per_token * kept(m.decoder.depth)
              + batch * (length if training else 1) * vocab_size * BYTES * 2),
+        Cost(f"data.decoded_cache_mb={config.data.decoded_cache_mb}", "decoded training images kept",
+             config.data.decoded_cache_mb * 2**20 if training else 0),
     ]
 
 
-def check_budget(config: ExperimentConfig, classes: int, vocab_size: int, training: bool) -> float:
+def check_budget(config: ExperimentConfig, classes: int, vocab_size: int, training: bool,
+                 unknown_writes_text: bool = True) -> float:
     """ConfigError naming the costliest size when the model ``config`` describes would not fit the
     memory budget (checked before anything is built); returns the estimate in bytes."""
     if classes > MAX_CLASSES:
         raise ConfigError(f"the class list has {classes:,} classes; at most {MAX_CLASSES:,} are supported")
     batch = max(config.data.batch_size, 1)
-    items = costs(config, classes, vocab_size, batch, training)
+    items = costs(config, classes, vocab_size, batch, training, unknown_writes_text)
     total = sum(item.bytes for item in items)
     budget, source = memory_budget(config)
     if total > budget:
@@ -179,10 +184,25 @@ def preflight_checkpoint(path: str | Path) -> None:
     preflight_tree(tree, len(classes) if isinstance(classes, list) else 0, vocab_size, training=False)
 
 
-def preflight_tree(tree: dict[str, Any], classes: int, vocab_size: int, training: bool) -> None:
+def preflight_config(path: str | Path | None, overrides: list[str], training: bool | None) -> None:
+    """The size checks of the user's own experiment config (``path``, None: the built-in one, plus
+    ``key=value`` overrides), in plain Python: the CLI calls it before importing torch. Ranges always;
+    with ``training`` (True: a model trained from it, False: built for inference, None: not built from
+    it) also the budget, as a lower bound: no classes, the smallest vocabulary, and tasks not known yet
+    writing no text, so that it refuses only what the full check (``check_budget``, when the model is
+    built) would refuse too. A config that does not parse is left to the full check, which names why."""
+    try:
+        tree = apply_overrides(read_yaml_tree(Path(path)) if path is not None else {}, overrides)
+    except (ConfigError, RecursionError):
+        return
+    preflight_tree(tree, 0, len(SPECIAL_TOKENS), training, unknown_writes_text=False)
+
+
+def preflight_tree(tree: dict[str, Any], classes: int, vocab_size: int, training: bool | None,
+                   unknown_writes_text: bool = True) -> None:
     """:func:`check_budget` on a raw config tree (``local`` settings already dropped when it came with a
-    checkpoint): its model sizes are range-checked and estimated; a tree whose sizes are not plain
-    numbers is left to the full config check."""
+    checkpoint): its model sizes are range-checked and estimated (``training`` None: ranges only); a tree
+    whose sizes are not plain numbers is left to the full config check."""
     if classes > MAX_CLASSES:
         raise ConfigError(f"the class list has {classes:,} classes; at most {MAX_CLASSES:,} are supported")
     config = _sizes_only(tree)
@@ -190,7 +210,8 @@ def preflight_tree(tree: dict[str, Any], classes: int, vocab_size: int, training
         return
     check_ranges(config.model, "model")
     check_ranges(config.data, "data")
-    check_budget(config, classes, vocab_size, training)
+    if training is not None:
+        check_budget(config, classes, vocab_size, training, unknown_writes_text)
 
 
 def _sizes_only(tree: dict[str, Any]) -> ExperimentConfig | None:
@@ -210,7 +231,8 @@ def _sizes_only(tree: dict[str, Any]) -> ExperimentConfig | None:
     try:
         return ExperimentConfig(
             tasks=[str(t) for t in tasks],
-            data=DataConfig(batch_size=_number(data, "batch_size", DataConfig.batch_size)),
+            data=DataConfig(batch_size=_number(data, "batch_size", DataConfig.batch_size),
+                            decoded_cache_mb=_number(data, "decoded_cache_mb", DataConfig.decoded_cache_mb)),
             model=ModelConfig(
                 width=_number(model, "width", ModelConfig.width), num_heads=_number(model, "num_heads", ModelConfig.num_heads),
                 mlp_ratio=_number(model, "mlp_ratio", ModelConfig.mlp_ratio, float),

@@ -67,12 +67,18 @@ def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def resolve_config(raw: dict[str, Any] | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Build an ExperimentConfig from a raw mapping plus ``key=value`` overrides, applying the model preset."""
+def apply_overrides(raw: dict[str, Any] | None, overrides: list[str] | None) -> dict[str, Any]:
+    """A copy of the raw config tree ``raw`` with the ``key=value`` ``overrides`` set (nothing checked yet)."""
     tree = copy.deepcopy(raw or {})
     for text in overrides or []:
         path, value = parse_override(text)
         _set_path(tree, path, value)
+    return tree
+
+
+def resolve_config(raw: dict[str, Any] | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Build an ExperimentConfig from a raw mapping plus ``key=value`` overrides, applying the model preset."""
+    tree = apply_overrides(raw, overrides)
     model = tree.get("model", {})
     if not isinstance(model, dict):
         raise ConfigError("model must be a section (mapping)")

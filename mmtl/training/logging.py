@@ -17,12 +17,14 @@ log = logging.getLogger(__name__)
 
 class RunLogger:
     """Appends one JSON record per logged step and passes its numbers to every tracker
-    (``loggers``: the names of ``train.loggers``; see :mod:`mmtl.training.trackers`)."""
+    (``loggers``: the names of ``train.loggers``; see :mod:`mmtl.training.trackers`; ``resume``: a resumed
+    training, which continues the trackers' runs)."""
 
     def __init__(self, run_dir: Path, loggers: Sequence[str] = ("tensorboard",),
-                 config: ExperimentConfig | None = None) -> None:
+                 config: ExperimentConfig | None = None, resume: bool = False) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.trackers: list[Tracker] = open_trackers(loggers, run_dir, config)  # first: one may refuse to start
+        # first: one may refuse to start
+        self.trackers: list[Tracker] = open_trackers(loggers, run_dir, config, resume)
         self.path = run_dir / LOG_FILE
         self._file = self.path.open("a", encoding="utf-8")
 

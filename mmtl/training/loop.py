@@ -111,6 +111,7 @@ class Trainer:
         self.state = RunState(self.model, self.optimizer, self.sharded,
                               {"scheduler": self.scheduler, "scaler": self.scaler, "balancer": self.balancer},
                               {"nonfinite": self.guard, **({"validator": validator} if validator else {})}, self.ema)
+        self.resumed = bool(resume)  # the run's trackers continue their runs (mmtl.training.trackers)
         if resume:
             self.resume(resume)
         else:
@@ -240,7 +241,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.config, self.run_dir / "config.yaml")
         save_environment(self.run_dir, self.device, self.dist.world_size)
-        return RunLogger(self.run_dir, self.config.train.loggers, self.config)
+        return RunLogger(self.run_dir, self.config.train.loggers, self.config, resume=self.resumed)
 
     def _all_ranks_stop(self, stop: GracefulStop) -> bool:
         """Whether the run stops now: every rank leaves the loop at the same step (a signal, or early stopping)."""

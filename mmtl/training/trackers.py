@@ -8,11 +8,13 @@ a run, the final verdict table. ``wandb`` and ``mlflow`` are optional extras (``
 ``WANDB_PROJECT``, ``WANDB_DIR``; ``MLFLOW_TRACKING_URI``, ``MLFLOW_EXPERIMENT_NAME``; MLflow 3 wants
 ``MLFLOW_ALLOW_FILE_STORE=true`` for a ``file:`` store). A tracker that cannot start is an MMTLError.
 A tracker that fails while the run goes on is warned about once and dropped: the run never stops
-for it.
+for it. The run ids of W&B and MLflow are kept in ``RUN/trackers.json``, so that a resumed training
+(``--resume``) continues the same tracker run instead of starting another one.
 """
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -30,10 +32,13 @@ LOGGERS: dict[str, tuple[str, str] | None] = {
     "jsonl": None, "tensorboard": None, "wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow"),
 }
 Row = Mapping[str, Any]
+IDS_FILE = "trackers.json"  # in the run folder: {tracker name: its run id}
 
 
 class Tracker(Protocol):
-    """What the run logger feeds every tracker."""
+    """What the run logger feeds every tracker; ``run_id``: the tracker's own id of the run (None: it has none)."""
+
+    run_id: str | None
 
     def log(self, step: int, scalars: Mapping[str, float]) -> None: ...
 
@@ -58,19 +63,40 @@ def check_loggers(names: Sequence[str]) -> list[str]:
     return chosen
 
 
-def open_trackers(names: Sequence[str], run_dir: Path, config: ExperimentConfig | None) -> list[Tracker]:
-    """One tracker per logger ``names`` asks for (besides the JSONL log)."""
+def open_trackers(names: Sequence[str], run_dir: Path, config: ExperimentConfig | None,
+                  resume: bool = False) -> list[Tracker]:
+    """One tracker per logger ``names`` asks for (besides the JSONL log). ``resume``: continue the tracker
+    runs whose ids ``RUN/trackers.json`` holds; the ids of the runs opened are written there."""
     makers = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker, "mlflow": MlflowTracker}
+    previous = read_run_ids(run_dir) if resume else {}
     opened: list[Tracker] = []
-    for name in check_loggers(names):
+    chosen = check_loggers(names)
+    for name in chosen:
         try:
-            opened.append(makers[name](run_dir, config))
+            opened.append(makers[name](run_dir, config, previous.get(name)))
         except Exception as exc:  # noqa: BLE001 - e.g. a refused tracking URI: one line, before any training
             for tracker in opened:
                 tracker.close(failed=True)
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
             raise MMTLError(f"train.loggers: {name} could not start a run ({type(exc).__name__}: {first})") from exc
+    ids = {name: tracker.run_id for name, tracker in zip(chosen, opened) if tracker.run_id}
+    if ids or (run_dir / IDS_FILE).exists():
+        tmp = run_dir / f".{IDS_FILE}.tmp"
+        tmp.unlink(missing_ok=True)  # a link left at the temp name is removed, never written through
+        tmp.write_text(json.dumps({**previous, **ids}, indent=2))
+        os.replace(tmp, run_dir / IDS_FILE)
     return opened
+
+
+def read_run_ids(run_dir: Path) -> dict[str, str]:
+    """``{tracker name: run id}`` of ``RUN/trackers.json`` (empty when absent or not such a mapping)."""
+    try:
+        ids = json.loads((run_dir / IDS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(ids, dict):
+        return {}
+    return {k: v for k, v in ids.items() if isinstance(k, str) and isinstance(v, str) and 0 < len(v) <= 128}
 
 
 def flat_config(config: ExperimentConfig | None) -> dict[str, Any]:
@@ -100,7 +126,9 @@ def markdown_table(rows: Sequence[Row]) -> str:
 class TensorBoardTracker:
     """Scalars in ``RUN/tensorboard``; the verdict table as text."""
 
-    def __init__(self, run_dir: Path, config: ExperimentConfig | None) -> None:
+    run_id = None  # a resumed run appends to the same folder
+
+    def __init__(self, run_dir: Path, config: ExperimentConfig | None, resume_id: str | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(run_dir / "tensorboard"))
@@ -117,15 +145,18 @@ class TensorBoardTracker:
 
 
 class WandbTracker:
-    """A W&B run (offline with ``WANDB_MODE=offline``); its files go under ``WANDB_DIR`` or ``RUN/``."""
+    """A W&B run (offline with ``WANDB_MODE=offline``); its files go under ``WANDB_DIR`` or ``RUN/``.
+    ``resume_id``: the id of the run to continue (W&B ``resume="allow"``)."""
 
-    def __init__(self, run_dir: Path, config: ExperimentConfig | None) -> None:
+    def __init__(self, run_dir: Path, config: ExperimentConfig | None, resume_id: str | None = None) -> None:
         import wandb
 
         self.wandb = wandb
+        resuming = {"id": resume_id, "resume": "allow"} if resume_id else {}
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "mmtl"), name=run_dir.name,
                               dir=os.environ.get("WANDB_DIR", str(run_dir)), config=flat_config(config),
-                              reinit="create_new")
+                              reinit="create_new", **resuming)
+        self.run_id: str | None = self.run.id
 
     def log(self, step: int, scalars: Mapping[str, float]) -> None:
         self.run.log(dict(scalars), step=step)
@@ -142,25 +173,46 @@ class WandbTracker:
 
 # MLflow metric names: letters, digits, and _ - . space / (anything else becomes _)
 _MLFLOW_UNSAFE = re.compile(r"[^\w\-. /]")
+# names of the run log that are also the folder of other names: the step's global gradient norm and the
+# monitors' grad_norm/<task> (mmtl.balancing.monitor), which first appear steps later; known from the start
+# so that a file store never holds "grad_norm" as a file when "grad_norm/<task>" needs it as a folder
+_FOLDER_NAMES = ("grad_norm",)
 
 
 class MlflowTracker:
     """An MLflow run in ``MLFLOW_EXPERIMENT_NAME`` (default ``mmtl``) of the tracking store
-    ``MLFLOW_TRACKING_URI`` (a local ``file:`` store works offline)."""
+    ``MLFLOW_TRACKING_URI`` (a local ``file:`` store works offline). ``resume_id``: the run to continue,
+    when that store still holds it."""
 
-    def __init__(self, run_dir: Path, config: ExperimentConfig | None) -> None:
+    def __init__(self, run_dir: Path, config: ExperimentConfig | None, resume_id: str | None = None) -> None:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient()
+        self.folders: set[str] = set(_FOLDER_NAMES)  # metric-name prefixes that a file store keeps as folders
+        self.run_id: str | None = self._reopen(resume_id) if resume_id else None
+        if self.run_id is not None:
+            return  # the parameters were logged when the run started (MLflow refuses to change them)
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "mmtl")
         experiment = self.client.get_experiment_by_name(name)
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
         self.run_id = self.client.create_run(experiment_id, run_name=run_dir.name).info.run_id
-        self.folders: set[str] = set()  # metric-name prefixes that a file store keeps as folders
         params = [Param(key, str(value)[:500]) for key, value in flat_config(config).items()]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=params[start:start + 100])
+
+    def _reopen(self, run_id: str) -> str | None:
+        """``run_id`` marked running again, or None when this store does not hold it (a new run starts)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            log.warning("MLflow run %s of this run folder is not in the tracking store; starting a new one", run_id)
+            return None
+        self.client.update_run(run_id, status="RUNNING")
+        self.folders.update(key.rsplit("/", 1)[0] for key in run.data.metrics if "/" in key)
+        return run_id
 
     def log(self, step: int, scalars: Mapping[str, float]) -> None:
         from mlflow.entities import Metric
