@@ -89,3 +89,32 @@ class Vocabulary:
     def from_dict(cls, data: dict) -> "Vocabulary":
         """Inverse of :meth:`to_dict`."""
         return cls(None if data.get("kind") == "full" else data["bpe_ids"])
+
+
+def text_words(text: str) -> list[str]:
+    """The words the BPE tokenizer splits ``text`` into before merging (its own clean-up and pattern:
+    lower-cased letter runs, single digits, punctuation runs, clitics). Decoded text splits into the
+    same units, so a generated word and a document word compare equal exactly when they are one word."""
+    tokenizer = bpe_tokenizer()
+    return tokenizer.pat.findall(tokenizer.clean_fn(text))
+
+
+def known_words(texts: Iterable[str]) -> set[str]:
+    """Every word (:func:`text_words`) of ``texts``: the whole words a model trained on them has seen."""
+    words: set[str] = set()
+    for text in texts:
+        words.update(text_words(text))
+    return words
+
+
+def copied_fragments(output: str, document: str, vocabulary_words: set[str]) -> list[str]:
+    """Words of ``output`` that are neither a whole word of ``document`` nor one of ``vocabulary_words``:
+    pieces of words (a copied sub-word token such as "tively", or a word glued from pieces of several)."""
+    document_words = set(text_words(document))
+    return [w for w in text_words(output) if w not in document_words and w not in vocabulary_words]
+
+
+def count_fragment_outputs(outputs: Sequence[str], documents: Sequence[str], vocabulary_words: set[str]) -> int:
+    """How many ``outputs`` contain a word fragment (:func:`copied_fragments`), each against its document
+    (an empty document for outputs written from an image alone)."""
+    return sum(bool(copied_fragments(o, d, vocabulary_words)) for o, d in zip(outputs, documents))

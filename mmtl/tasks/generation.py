@@ -10,20 +10,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmtl.config import ModelConfig
-from mmtl.tasks.metrics import bleu, diversity, rouge
+from mmtl.tasks.metrics import bleu, diversity, rouge, top_opening
 from mmtl.models.fusion import Fused
 from mmtl.models.generation import copy_from
 from mmtl.models.heads import DecoderOptions, PromptedDecoder, TextDecoder
 from mmtl.tasks.base import Task
-from mmtl.text import PAD
+from mmtl.text import PAD, count_fragment_outputs, known_words
 
 
 class GenerationTask(Task):
     """A task whose target is one of the strings in annotation field ``reference_field``."""
 
     writes_text = True
-    lower_is_better = ("repetition",)
-    diagnostic_metrics = ("distinct2", "repetition", "unique_outputs")
+    lower_is_better = ("repetition", "top_opening", "fragment_outputs")
+    diagnostic_metrics = ("distinct2", "repetition", "unique_outputs", "top_opening", "fragment_outputs")
     collapse_metrics = ("distinct2", "unique_outputs")
 
     def reference(self, annotation: dict[str, Any]) -> list[str] | None:
@@ -81,6 +81,27 @@ class GenerationTask(Task):
 
     def score(self, predictions: Sequence[str], references: Sequence[Sequence[str]],
               threshold: float = 0.5) -> dict[str, float]:
-        """BLEU-4, ROUGE-1/2/L, and how degenerate the outputs are: distinct-2, repetition and unique outputs (metrics.diversity)."""
-        return {**bleu(predictions, references), **rouge(predictions, references), **diversity(predictions)}
+        """BLEU-4, ROUGE-1/2/L, and how degenerate the outputs are: distinct-2, repetition and unique outputs
+        (metrics.diversity) and the share of the most common 4-word opening (metrics.top_opening)."""
+        return {**bleu(predictions, references), **rouge(predictions, references), **diversity(predictions),
+                **top_opening(predictions)}
+
+    def input_text(self, annotation: dict[str, Any]) -> str:
+        """The text of the annotation's input fields (a document to summarize; '' for a task without one)."""
+        parts: list[str] = []
+        for field in self.input_fields:
+            value = annotation.get(field.name)
+            parts += [str(v) for v in value] if isinstance(value, list) else [str(value or "")]
+        return " ".join(parts)
+
+    def score_against_data(self, predictions: Sequence[str], annotations: Sequence[dict[str, Any]],
+                           training: Sequence[dict[str, Any]]) -> dict[str, float]:
+        """``fragment_outputs``: the share (percent) of outputs holding a word that is neither a whole word
+        of its own input text nor a word of the ``training`` annotations' references and inputs
+        (mmtl.text.copied_fragments): a sub-word piece pasted out of a document, or a made-up word."""
+        if not predictions:
+            return {"fragment_outputs": 0.0}
+        vocabulary = known_words(text for a in training for text in [*(self.reference(a) or []), self.input_text(a)])
+        documents = [self.input_text(a) for a in annotations]
+        return {"fragment_outputs": 100.0 * count_fragment_outputs(predictions, documents, vocabulary) / len(predictions)}
 
