@@ -44,3 +44,94 @@ def test_summaries_report_fragment_outputs_against_their_documents_and_the_train
     assert scores == {"fragment_outputs": pytest.approx(50.0)}
     assert "top_opening" in task.score(["a b c d"], [["a b c d"]])
     assert {"top_opening", "fragment_outputs"} <= set(task.diagnostic_metrics) & set(task.lower_is_better)
+
+
+TRAINING_TEXTS = ["we propose a hyperparameter optimizer", "the adaparizer is efficient"]
+
+
+def _vocab_and_table():
+    from mmtl.models.words import WordTable
+
+    vocab = Vocabulary.from_texts(TRAINING_TEXTS)
+    return vocab, WordTable.of(vocab)
+
+
+def _ids(vocab: Vocabulary, text: str) -> list[int]:
+    return vocab.encode(text, 100)
+
+
+def test_vocabulary_knows_the_tokens_that_begin_words_and_keeps_them_in_its_dict() -> None:
+    vocab, table = _vocab_and_table()
+    hyper, par, ameter = _ids(vocab, "hyperparameter")
+    assert table.begins_word[hyper] and not table.begins_word[par] and not table.begins_word[ameter]
+    assert table.ends_word[ameter] and not table.ends_word[hyper]
+    again = Vocabulary.from_dict(vocab.to_dict())
+    assert again.word_initial == vocab.word_initial and again.bpe_ids == vocab.bpe_ids
+    old = {key: value for key, value in vocab.to_dict().items() if key != "word_initial"}
+    assert Vocabulary.from_dict(old).word_initial is None  # an older checkpoint: that rule is skipped
+
+
+def _favouring(vocab_size: int, token: int) -> "torch.Tensor":
+    import torch
+
+    logits = torch.zeros(1, vocab_size)
+    logits[0, token] = 10.0
+    return logits
+
+
+def test_whole_word_rules_on_the_next_token() -> None:
+    import torch
+
+    from mmtl.models.words import WholeWords
+    from mmtl.text import EOS
+
+    vocab, table = _vocab_and_table()
+    hyper, par, ameter = _ids(vocab, "hyperparameter")
+    adap, ari, zer = _ids(vocab, "adaparizer")
+    document = torch.tensor([_ids(vocab, "a hyperparameter optimizer")])
+    rules = WholeWords(table, document, rows=1)
+
+    def pick(generated: list[int], favoured: int, last: bool = False) -> int:
+        logits = rules.apply(_favouring(vocab.size, favoured), torch.tensor([generated], dtype=torch.long), last)
+        return int(logits.argmax(-1))
+
+    assert pick([], zer) != zer  # "zer" begins no word: not at a word start
+    assert pick([], hyper) == hyper
+    assert pick([hyper], zer) == par and pick([hyper, par], zer) == ameter  # the begun document word is completed
+    assert pick([adap], EOS) != EOS  # no end of text inside a word
+    assert table.ends_word[pick([adap], ari, last=True)]  # the last token ends its word
+    assert pick([hyper, par, ameter], EOS) == EOS
+
+
+@pytest.mark.parametrize("options", [{}, {"num_beams": 3}, {"do_sample": True, "seed": 1}])
+def test_decoding_writes_whole_words(options: dict) -> None:
+    import torch
+
+    from mmtl.config import GenerationConfig
+    from mmtl.models.heads import DecoderOptions, TextDecoder
+    from mmtl.models.words import WordTable, document_words
+
+    torch.manual_seed(0)
+    vocab, table = _vocab_and_table()
+    decoder = TextDecoder(vocab.size, 16, 1, 2, 24, DecoderOptions(copy=True)).eval()
+    document = torch.tensor([_ids(vocab, "the hyperparameter optimizer adaparizer")] * 2)
+    memory = torch.randn(2, document.shape[1], 16)
+    valid = torch.ones_like(document, dtype=torch.bool)
+    config = GenerationConfig(max_length=12, min_length=12, **options)
+    out = decoder.generate(memory, valid, config=config, memory_ids=document, words=table).tolist()
+    initial = set(torch.nonzero(table.begins_word).flatten().tolist())
+    for row in out:
+        tokens = [t for t in row if t > 3]
+        words = document_words(tokens, table.ends_word.tolist())
+        assert sum(map(len, words)) == len(tokens)  # the last token ends its word
+        assert all(word[0] in initial for word in words)
+    assert decoder.generate(memory, valid, config=GenerationConfig(max_length=12, whole_words=False), memory_ids=document,
+                            words=table).shape[0] == 2
+
+
+def test_word_by_word_encoding_is_the_tokenizer_encoding() -> None:
+    from mmtl.text import bpe_encode, bpe_encode_words
+
+    text = "An effectively-efficient Hyperparameter optimizer (2017), don't!"
+    words = bpe_encode_words(text)
+    assert [i for word in words for i in word] == bpe_encode(text) and len(words) == len(text_words(text))

@@ -187,6 +187,8 @@ class GenerationConfig:
     seed: int = setting(0, range=between(0, 2**63 - 1), help="sampling seed")
     # no EOS before this many tokens (benchmarks use it to force a fixed length)
     min_length: int = setting(0, range=between(0, 100_000))
+    # whole words only: no piece of a document word pasted, no word left unfinished (mmtl.models.words)
+    whole_words: bool = setting(True, help="write whole words only (complete a begun document word)")
 
 
 # name -> (lowest, highest or None, lowest excluded) of each bounded decoding option (the server's schema reads it)

@@ -14,6 +14,7 @@ from torch import nn
 
 from mmtl.config import GenerationConfig
 from mmtl.models.layers import key_mask
+from mmtl.models.words import WholeWords, WordTable
 from mmtl.text import BOS, EOS, PAD
 
 
@@ -106,32 +107,46 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
 
 def generate(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Tensor,
              config: GenerationConfig | None = None, *, max_length: int | None = None,
-             use_cache: bool = True, memory_ids: torch.Tensor | None = None) -> torch.Tensor:
+             use_cache: bool = True, memory_ids: torch.Tensor | None = None,
+             words: WordTable | None = None) -> torch.Tensor:
     """Decode a batch: beam search when ``config.num_beams > 1``, else sampling or greedy.
 
     ``max_length`` (default ``config.max_length``) counts generated tokens and is capped by the
-    decoder's positions. Each row stops at its own EOS; the batch stops when every row has.
+    decoder's positions. Each row stops at its own EOS; the batch stops when every row has. With
+    ``words`` (the vocabulary's word table) and ``config.whole_words``, the decoder writes whole words
+    only (mmtl.models.words).
     """
     config = config or GenerationConfig()
     steps = min(max_length if max_length is not None else config.max_length, decoder.max_length - 1)
+    words = words if config.whole_words else None
     if config.num_beams > 1:
-        return beam_search(decoder, memory, memory_valid, config, steps, use_cache, memory_ids)
-    return sample(decoder, memory, memory_valid, config, steps, use_cache, memory_ids)
+        return beam_search(decoder, memory, memory_valid, config, steps, use_cache, memory_ids, words)
+    return sample(decoder, memory, memory_valid, config, steps, use_cache, memory_ids, words)
+
+
+def next_token_logits(session: DecodingSession, ids: torch.Tensor, config: GenerationConfig, rules: WholeWords | None,
+                      last: bool) -> torch.Tensor:
+    """Processed logits (N, V) of the token after ``ids`` (N, t, BOS first): repetition rules, minimum
+    length, then the whole-word rules (``last``: the final token the decoder may write)."""
+    logits = process_logits(session.logits(ids).float(), ids[:, 1:], config, config.min_length)
+    return logits if rules is None else rules.apply(logits, ids[:, 1:], last)
 
 
 @torch.no_grad()
 def sample(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Tensor, config: GenerationConfig,
-           steps: int, use_cache: bool = True, memory_ids: torch.Tensor | None = None) -> torch.Tensor:
+           steps: int, use_cache: bool = True, memory_ids: torch.Tensor | None = None,
+           words: WordTable | None = None) -> torch.Tensor:
     """Greedy decoding, or sampling (``do_sample``) with temperature, top-k and top-p from a seeded generator."""
     batch = memory.shape[0]
     session = DecodingSession(decoder, memory, memory_valid, use_cache, memory_ids)
+    rules = None if words is None else WholeWords(words, memory_ids, batch)
     ids = torch.full((batch, 1), BOS, dtype=torch.long, device=memory.device)
     done = torch.zeros(batch, dtype=torch.bool, device=memory.device)
     generator = None
     if config.do_sample:
         generator = torch.Generator(device=memory.device).manual_seed(config.seed)
-    for _ in range(steps):
-        logits = process_logits(session.logits(ids).float(), ids[:, 1:], config, config.min_length)
+    for step in range(steps):
+        logits = next_token_logits(session, ids, config, rules, step == steps - 1)
         if generator is None:
             next_id = logits.argmax(-1)
         else:
@@ -172,7 +187,8 @@ class _Hypotheses:
 
 @torch.no_grad()
 def beam_search(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Tensor, config: GenerationConfig,
-                steps: int, use_cache: bool = True, memory_ids: torch.Tensor | None = None) -> torch.Tensor:
+                steps: int, use_cache: bool = True, memory_ids: torch.Tensor | None = None,
+                words: WordTable | None = None) -> torch.Tensor:
     """Batched beam search with length penalty; the KV cache follows the surviving beams.
 
     Each step ranks the 2K best continuations of a sample's K beams: EOS among the top K
@@ -185,15 +201,15 @@ def beam_search(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Te
     if memory_ids is not None:
         memory_ids = memory_ids.repeat_interleave(beams, 0)
     session = DecodingSession(decoder, memory, memory_valid, use_cache, memory_ids)
+    rules = None if words is None else WholeWords(words, memory_ids, batch * beams)
     ids = torch.full((batch * beams, 1), BOS, dtype=torch.long, device=device)
     scores = torch.zeros(batch, beams, device=device)
     scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first
     scores = scores.view(-1)
     finished = [_Hypotheses(beams, config.length_penalty) for _ in range(batch)]
     done = [False] * batch
-    min_length = config.min_length
     for step in range(steps):
-        logits = process_logits(session.logits(ids).float(), ids[:, 1:], config, min_length)
+        logits = next_token_logits(session, ids, config, rules, step == steps - 1)
         candidates = (scores[:, None] + F.log_softmax(logits, -1)).view(batch, -1)
         vocab = logits.shape[-1]
         top_scores, top_index = candidates.topk(min(2 * beams, candidates.shape[1]), dim=1)

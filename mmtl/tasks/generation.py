@@ -14,6 +14,7 @@ from mmtl.tasks.metrics import bleu, diversity, rouge, top_opening
 from mmtl.models.fusion import Fused
 from mmtl.models.generation import copy_from
 from mmtl.models.heads import DecoderOptions, PromptedDecoder, TextDecoder
+from mmtl.models.words import WordTable
 from mmtl.tasks.base import Task
 from mmtl.text import PAD, count_fragment_outputs, known_words
 
@@ -73,8 +74,15 @@ class GenerationTask(Task):
     @torch.no_grad()
     def predict(self, head: nn.Module, fused: Fused, options: Any) -> list[str]:
         generation = getattr(options, "generation", None)
-        ids = head.generate(fused.tokens, fused.valid, config=generation, **copy_from(fused.ids)).cpu().tolist()
+        ids = head.generate(fused.tokens, fused.valid, config=generation, words=self.word_table(),
+                            **copy_from(fused.ids)).cpu().tolist()
         return [self.context.vocab.decode(row) for row in ids]
+
+    def word_table(self) -> WordTable:
+        """Which vocabulary tokens end or begin a word, for whole-word decoding (built once)."""
+        if getattr(self, "_word_table", None) is None:
+            self._word_table = WordTable.of(self.context.vocab)
+        return self._word_table
 
     def format_reference(self, reference: Sequence[str]) -> str:
         return reference[0]
