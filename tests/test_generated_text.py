@@ -135,3 +135,26 @@ def test_word_by_word_encoding_is_the_tokenizer_encoding() -> None:
     text = "An effectively-efficient Hyperparameter optimizer (2017), don't!"
     words = bpe_encode_words(text)
     assert [i for word in words for i in word] == bpe_encode(text) and len(words) == len(text_words(text))
+
+
+def test_label_smoothing_is_a_setting_of_generation_tasks_off_by_default() -> None:
+    import torch
+
+    from mmtl.config import TaskSettingsConfig, load_config
+    from mmtl.errors import ConfigError
+    from mmtl.models.fusion import Fused
+    from mmtl.tasks.captioning import CaptioningTask
+
+    vocab = Vocabulary.from_texts(TRAINING_TEXTS)
+    plain = CaptioningTask(TaskContext([], vocab, ModelConfig()))
+    assert plain.settings.label_smoothing == 0.0
+    smoothed = CaptioningTask(TaskContext([], vocab, ModelConfig(),
+                                          task_settings={"captioning": TaskSettingsConfig({"label_smoothing": 0.1})}))
+    torch.manual_seed(0)
+    head = plain.build_head(ModelConfig(width=16, num_heads=2))
+    fused = Fused(torch.randn(2, 3, 16), torch.ones(2, 3, dtype=torch.bool), torch.randn(2, 16))
+    target = plain.collate([[1, 5, 6, 2], [1, 7, 2]])
+    with torch.no_grad():
+        assert float(smoothed.loss(head, fused, target)) != pytest.approx(float(plain.loss(head, fused, target)))
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        load_config(None, ["task_settings.summarization.label_smoothing=1.5"])

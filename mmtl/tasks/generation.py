@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmtl.config import ModelConfig
+from mmtl.errors import ConfigError
 from mmtl.tasks.metrics import bleu, diversity, rouge, top_opening
 from mmtl.models.fusion import Fused
 from mmtl.models.generation import copy_from
@@ -19,6 +21,20 @@ from mmtl.tasks.base import Task
 from mmtl.text import PAD, count_fragment_outputs, known_words
 
 
+@dataclass
+class GenerationSettings:
+    """``task_settings.<task>`` of a task whose decoder writes text: how the decoder learns."""
+
+    # share of each target token's probability spread over the whole vocabulary in the loss (Szegedy et
+    # al. 2016); 0 is plain cross-entropy. Against memorising a small training set (issue #28).
+    label_smoothing: float = 0.0
+
+    def check(self, key: str) -> None:
+        """Ranges a single field's type cannot express (run by ``mmtl.config.settings_of``)."""
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"{key}.label_smoothing: need 0 <= label_smoothing < 1; got {self.label_smoothing}")
+
+
 class GenerationTask(Task):
     """A task whose target is one of the strings in annotation field ``reference_field``."""
 
@@ -26,6 +42,7 @@ class GenerationTask(Task):
     lower_is_better = ("repetition", "top_opening", "fragment_outputs")
     diagnostic_metrics = ("distinct2", "repetition", "unique_outputs", "top_opening", "fragment_outputs")
     collapse_metrics = ("distinct2", "unique_outputs")
+    Settings = GenerationSettings
 
     def reference(self, annotation: dict[str, Any]) -> list[str] | None:
         refs = annotation.get(self.reference_field.name)
@@ -69,7 +86,9 @@ class GenerationTask(Task):
     def loss(self, head: nn.Module, fused: Fused, target: dict[str, torch.Tensor]) -> torch.Tensor:
         tokens = target["tokens"]
         logits = head(tokens[:, :-1], fused.tokens, fused.valid, **copy_from(fused.ids)).float()
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), ignore_index=PAD)
+        # a copying decoder's log-probabilities are their own log-softmax, so smoothing reads them unchanged
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), ignore_index=PAD,
+                               label_smoothing=self.settings.label_smoothing)
 
     @torch.no_grad()
     def predict(self, head: nn.Module, fused: Fused, options: Any) -> list[str]:
