@@ -158,3 +158,17 @@ def test_label_smoothing_is_a_setting_of_generation_tasks_off_by_default() -> No
         assert float(smoothed.loss(head, fused, target)) != pytest.approx(float(plain.loss(head, fused, target)))
     with pytest.raises(ConfigError, match="label_smoothing"):
         load_config(None, ["task_settings.summarization.label_smoothing=1.5"])
+
+
+def test_an_ngram_may_repeat_as_often_as_the_document_repeats_it() -> None:
+    from collections import Counter
+
+    from mmtl.models.generation import banned_ngram_tokens, document_ngrams
+
+    # "# person 1 #" twice in a dialogue: a summary may name #person1# twice, not a third time
+    dialogue = [[9, 4, 5, 9, 8, 9, 4, 5, 9, 0, 0]]
+    allowance = document_ngrams(dialogue, 3)
+    assert allowance == [Counter({(9, 4, 5): 2, (4, 5, 9): 2, (5, 9, 8): 1, (9, 8, 9): 1, (8, 9, 4): 1})]
+    assert banned_ngram_tokens([[9, 4, 5, 9, 7, 9, 4]], 3, allowance) == [set()]
+    assert banned_ngram_tokens([[9, 4, 5, 9, 4, 5, 9, 7, 9, 4]], 3, allowance) == [{5}]
+    assert banned_ngram_tokens([[6, 7, 6]], 2, [Counter()]) == [{7}]  # not in the document: no repeat

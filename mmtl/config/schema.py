@@ -189,6 +189,9 @@ class GenerationConfig:
     min_length: int = setting(0, range=between(0, 100_000))
     # whole words only: no piece of a document word pasted, no word left unfinished (mmtl.models.words)
     whole_words: bool = setting(True, help="write whole words only (complete a begun document word)")
+    # with no_repeat_ngram_size: an n-gram may still repeat as often as the document repeats it (a dialogue's
+    # "#Person1#" is four tokens, and its summary names the speaker more than once)
+    repeat_document_ngrams: bool = setting(True, help="n-grams may repeat as often as in the document")
 
 
 # name -> (lowest, highest or None, lowest excluded) of each bounded decoding option (the server's schema reads it)
