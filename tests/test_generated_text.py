@@ -172,3 +172,30 @@ def test_an_ngram_may_repeat_as_often_as_the_document_repeats_it() -> None:
     assert banned_ngram_tokens([[9, 4, 5, 9, 7, 9, 4]], 3, allowance) == [set()]
     assert banned_ngram_tokens([[9, 4, 5, 9, 4, 5, 9, 7, 9, 4]], 3, allowance) == [{5}]
     assert banned_ngram_tokens([[6, 7, 6]], 2, [Counter()]) == [{7}]  # not in the document: no repeat
+
+
+def test_default_decoding_does_not_loop() -> None:
+    import torch
+    from torch import nn
+
+    from mmtl.config import GenerationConfig
+    from mmtl.models.generation import generate
+
+    class Looping(nn.Module):
+        """Always prefers 4 after anything but 4, then 5: "4 5 4 5 4 5 ..." until the length runs out."""
+
+        max_length = 32
+
+        def forward(self, ids: torch.Tensor, memory: torch.Tensor, memory_valid: torch.Tensor) -> torch.Tensor:
+            logits = torch.zeros(ids.shape[0], ids.shape[1], 10)
+            logits[..., 4] = torch.where(ids == 4, 0.0, 5.0)
+            logits[..., 5] = torch.where(ids == 4, 5.0, 1.0)
+            logits[..., 6:] = torch.linspace(0.5, 0.1, 4)
+            return logits
+
+    memory, valid = torch.zeros(1, 2, 4), torch.ones(1, 2, dtype=torch.bool)
+    looped = generate(Looping(), memory, valid, GenerationConfig(max_length=12, no_repeat_ngram_size=0), use_cache=False)
+    assert looped[0].tolist()[:6] == [4, 5, 4, 5, 4, 5]
+    row = generate(Looping(), memory, valid, GenerationConfig(max_length=12), use_cache=False)[0].tolist()
+    grams = [tuple(row[i:i + 4]) for i in range(len(row) - 3)]
+    assert len(grams) == len(set(grams))  # the default blocks repeated 4-grams

@@ -181,7 +181,10 @@ class GenerationConfig:
     temperature: float = setting(1.0, range=between(1e-4, 1e4), help="sampling temperature")
     top_k: int = setting(0, range=between(0, 1_000_000), help="sample from the k most likely tokens (0 = all)")
     top_p: float = setting(1.0, range=between(0.0, 1.0, low_open=True), help="nucleus sampling mass")
-    no_repeat_ngram_size: int = setting(0, range=between(0, 1_000), help="forbid repeating n-grams of this size")
+    # 4 (issue #28, docs/benchmarks.md): a loop of up to 3 tokens stops after one repeat; shapes-world captioning
+    # gained 1.3 BLEU-4 and summarization kept its ROUGE-L; 3 would forbid 17% of shapes-world captions
+    # ("a small red square below a small red circle")
+    no_repeat_ngram_size: int = setting(4, range=between(0, 1_000), help="forbid repeating n-grams of this size")
     repetition_penalty: float = setting(1.0, range=between(0.0, 100.0, low_open=True),
                                         help="penalty on tokens already generated")
     seed: int = setting(0, range=between(0, 2**63 - 1), help="sampling seed")
