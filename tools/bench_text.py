@@ -24,13 +24,14 @@ from typing import Any
 
 import torch
 
-# the decodings of issue #28's ablation: today's greedy, then each knob alone, then the shipped defaults
+# the decodings of issue #28's ablation: greedy as before it, then one knob at a time, then the checkpoint's own
 DEFAULT_DECODINGS = (
-    "greedy:whole_words=false",
-    "whole_words:whole_words=true",
+    "before:whole_words=false,no_repeat_ngram_size=0",
+    "whole_words:whole_words=true,no_repeat_ngram_size=0",
     "ngram3:whole_words=true,no_repeat_ngram_size=3",
-    "ngram3_rep1.2:whole_words=true,no_repeat_ngram_size=3,repetition_penalty=1.2",
-    "defaults:",
+    "ngram4:whole_words=true,no_repeat_ngram_size=4",
+    "ngram4_rep1.2:whole_words=true,no_repeat_ngram_size=4,repetition_penalty=1.2",
+    "checkpoint:",
 )
 COLUMNS = ("rougeL", "repetition", "fragment_outputs", "top_opening", "distinct2")
 
