@@ -121,7 +121,7 @@ def _evaluate_single(trainer: Trainer, single: ExperimentConfig, config: Experim
     for split in _extra_splits(config):
         try:
             other = evaluate(trainer.components, single, trainer.device, split=split,
-                             max_samples=config.validation.max_samples, options=EvalOptions(trivial_baselines=False))
+                             max_samples=config.validation.max_samples, options=EvalOptions(trivial_baselines=False, data_metrics=False))
         except MMTLError as exc:  # no source has this split: validation cannot compare against it
             log.warning("baselines: %s not evaluated on split %r: %s", task, split, exc)
             continue

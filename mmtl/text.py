@@ -28,13 +28,29 @@ def bpe_encode(text: str) -> list[int]:
     return bpe_tokenizer().encode(text)
 
 
-class Vocabulary:
-    """Maps open_clip BPE ids to the model's embedding rows (special tokens first)."""
+def bpe_encode_words(text: str) -> list[list[int]]:
+    """BPE ids of ``text`` word by word (:func:`text_words`); concatenated, they are :func:`bpe_encode`'s."""
+    tokenizer = bpe_tokenizer()
+    out = []
+    for word in tokenizer.pat.findall(tokenizer.clean_fn(text)):
+        word = "".join(tokenizer.byte_encoder[b] for b in word.encode("utf-8"))
+        out.append([tokenizer.encoder[token] for token in tokenizer.bpe(word).split(" ")])
+    return out
 
-    def __init__(self, bpe_ids: Sequence[int] | None = None) -> None:
+
+class Vocabulary:
+    """Maps open_clip BPE ids to the model's embedding rows (special tokens first).
+
+    ``word_initial`` (BPE ids), when known, are the tokens that begin some word of the texts the
+    vocabulary was built from: a decoder that starts a word with any other token writes a piece of a word
+    (mmtl.models.words). Vocabularies of older checkpoints do not know them (None).
+    """
+
+    def __init__(self, bpe_ids: Sequence[int] | None = None, word_initial: Iterable[int] | None = None) -> None:
         """``bpe_ids=None`` means the full BPE table; otherwise only these ids get their own row."""
         self.bpe_ids = None if bpe_ids is None else [int(i) for i in bpe_ids]
         self._to_local = None if self.bpe_ids is None else {b: i + len(SPECIAL_TOKENS) for i, b in enumerate(self.bpe_ids)}
+        self.word_initial = None if word_initial is None else sorted({int(i) for i in word_initial})
 
     @property
     def size(self) -> int:
@@ -44,19 +60,31 @@ class Vocabulary:
 
     @classmethod
     def from_texts(cls, texts: Iterable[str], min_count: int = 1) -> "Vocabulary":
-        """Compact vocabulary of every BPE id that occurs at least ``min_count`` times in ``texts``.
+        """Compact vocabulary of every BPE id that occurs at least ``min_count`` times in ``texts``, with the
+        ids that begin a word of them (``word_initial``).
 
-        BPE never merges across whitespace, so encoding each distinct word once gives the same ids
-        as encoding every text, at a fraction of the cost on large corpora.
+        BPE never merges across the tokenizer's words (:func:`text_words`), so encoding each distinct word
+        once gives the same ids as encoding every text, at a fraction of the cost on large corpora.
         """
         words: Counter[str] = Counter()
         for text in texts:
             words.update(text.split())
         counts: Counter[int] = Counter()
+        initial: set[int] = set()
         for word, count in words.items():
-            for bpe_id in bpe_encode(word):
-                counts[bpe_id] += count
-        return cls(sorted(b for b, c in counts.items() if c >= min_count))
+            for ids in bpe_encode_words(word):
+                initial.update(ids[:1])
+                for bpe_id in ids:
+                    counts[bpe_id] += count
+        kept = sorted(b for b, c in counts.items() if c >= min_count)
+        return cls(kept, initial.intersection(kept))
+
+    def bpe_of(self, vocab_id: int) -> int | None:
+        """The BPE id behind vocabulary id ``vocab_id`` (None for special tokens)."""
+        if vocab_id < len(SPECIAL_TOKENS):
+            return None
+        local = vocab_id - len(SPECIAL_TOKENS)
+        return local if self.bpe_ids is None else self.bpe_ids[local]
 
     def encode(self, text: str, max_length: int, bos: bool = False, eos: bool = False) -> list[int]:
         """Vocabulary ids of ``text``, truncated so that the result (with bos/eos) fits ``max_length``."""
@@ -75,17 +103,47 @@ class Vocabulary:
             i = int(i)
             if i == EOS:
                 break
-            if i < len(SPECIAL_TOKENS):
-                continue
-            local = i - len(SPECIAL_TOKENS)
-            bpe.append(local if self.bpe_ids is None else self.bpe_ids[local])
+            if i >= len(SPECIAL_TOKENS):
+                bpe.append(self.bpe_of(i))
         return bpe_tokenizer().decode(bpe).strip()
 
     def to_dict(self) -> dict:
         """JSON-serialisable form, stored with checkpoints."""
-        return {"kind": "full" if self.bpe_ids is None else "compact", "bpe_ids": self.bpe_ids}
+        out = {"kind": "full" if self.bpe_ids is None else "compact", "bpe_ids": self.bpe_ids}
+        if self.word_initial is not None:
+            out["word_initial"] = self.word_initial
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "Vocabulary":
         """Inverse of :meth:`to_dict`."""
-        return cls(None if data.get("kind") == "full" else data["bpe_ids"])
+        return cls(None if data.get("kind") == "full" else data["bpe_ids"], data.get("word_initial"))
+
+
+def text_words(text: str) -> list[str]:
+    """The words the BPE tokenizer splits ``text`` into before merging (its own clean-up and pattern:
+    lower-cased letter runs, single digits, punctuation runs, clitics). Decoded text splits into the
+    same units, so a generated word and a document word compare equal exactly when they are one word."""
+    tokenizer = bpe_tokenizer()
+    return tokenizer.pat.findall(tokenizer.clean_fn(text))
+
+
+def known_words(texts: Iterable[str]) -> set[str]:
+    """Every word (:func:`text_words`) of ``texts``: the whole words a model trained on them has seen."""
+    words: set[str] = set()
+    for text in texts:
+        words.update(text_words(text))
+    return words
+
+
+def copied_fragments(output: str, document: str, vocabulary_words: set[str]) -> list[str]:
+    """Words of ``output`` that are neither a whole word of ``document`` nor one of ``vocabulary_words``:
+    pieces of words (a copied sub-word token such as "tively", or a word glued from pieces of several)."""
+    document_words = set(text_words(document))
+    return [w for w in text_words(output) if w not in document_words and w not in vocabulary_words]
+
+
+def count_fragment_outputs(outputs: Sequence[str], documents: Sequence[str], vocabulary_words: set[str]) -> int:
+    """How many ``outputs`` contain a word fragment (:func:`copied_fragments`), each against its document
+    (an empty document for outputs written from an image alone)."""
+    return sum(bool(copied_fragments(o, d, vocabulary_words)) for o, d in zip(outputs, documents))

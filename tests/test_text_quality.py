@@ -134,7 +134,8 @@ def test_extractive_train_eval_predict_round_trip(micro_data: Path, tmp_path: Pa
     printed = capsys.readouterr().out
     assert "distinct2" in printed and "repetition" in printed
     metrics = json.loads((tmp_path / "m.json").read_text())["model"]["summarization"]
-    assert {"rougeL", "distinct2", "repetition"} <= set(metrics)
+    assert {"rougeL", "distinct2", "repetition", "top_opening", "fragment_outputs"} <= set(metrics)
+    assert metrics["fragment_outputs"] == 0.0  # whole sentences of the document hold whole words only
 
     document = "anna drew a red circle near the top . bob drew a blue square . the sky was grey ."
     assert main(["predict", "--checkpoint", str(run), "--text", document, "--json", "--tasks", "summarization"]) == 0

@@ -128,3 +128,17 @@ def test_imagenet_folders_groups_the_sample_into_super_classes_with_held_out_ima
     assert set(counts["train"]) == set(counts["test"]) == set(tool.SUPER_CLASSES)  # every class is held out too
     linked = tmp_path / "out" / "test" / "fish"
     assert all(p.is_symlink() and p.resolve().parent == source.resolve() for p in linked.iterdir())
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_bench_text_trains_then_reports_each_decoding(micro_data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    train = [o for o in conftest.micro_overrides(micro_data, tmp_path / "run", steps=2)
+             if not o.startswith(("data.path=", "output_dir=", "train.progress="))]
+    argv = ["--run", str(tmp_path / "run"), "--data", str(micro_data), "--max-samples", "4",
+            "--decoding", "greedy:whole_words=false", "--decoding", "blocked:no_repeat_ngram_size=2",
+            "--train", *train, "tasks=[captioning,summarization]"]
+    assert run_tool(TOOLS / "bench_text.py", argv, monkeypatch) == 0
+    result = last_json(capsys.readouterr().out)
+    rows = {(r["decoding"], r["task"]): r for r in result["rows"]}
+    assert set(rows) == {(d, t) for d in ("trivial baseline", "greedy", "blocked") for t in ("captioning", "summarization")}
+    assert {"rougeL", "repetition", "fragment_count", "top_opening"} <= set(rows["blocked", "summarization"])

@@ -98,12 +98,15 @@ class EvalOptions:
     """How an evaluation runs and what it adds to the metrics.
 
     ``trivial_baselines=False`` skips the trivial baselines (``baselines`` is then empty);
-    ``losses=True`` also averages each task's teacher-forced loss over all sources.
+    ``losses=True`` also averages each task's teacher-forced loss over all sources;
+    ``data_metrics=False`` skips the metrics that read the training split (Task.score_against_data, e.g.
+    generated word fragments), which validation during training does not need.
     """
 
     precision: str = "fp32"
     trivial_baselines: bool = True
     losses: bool = False
+    data_metrics: bool = True
 
 
 @torch.no_grad()
@@ -116,7 +119,7 @@ def evaluate(components: Components, config: ExperimentConfig, device: torch.dev
     ``config.eval.max_samples``; 0: all) caps the samples read *per source*; ``options``: precision,
     trivial baselines and teacher-forced losses (:class:`EvalOptions`).
     """
-    precision, trivial_baselines, losses = options.precision, options.trivial_baselines, options.losses
+    precision, losses = options.precision, options.losses
     split = split or config.eval.split
     limit = config.eval.max_samples if max_samples is None else max_samples
     held_out, fitted, missing = evaluation_sources(config, split, data_path)
@@ -128,8 +131,7 @@ def evaluate(components: Components, config: ExperimentConfig, device: torch.dev
     for source in held_out:
         collected[source.path] = _predict_source(components, config, device, source, precision, limit,
                                                  (loss_sums, loss_rows) if losses else None, examples)
-    sources, metrics, baselines = _score_all(components, held_out, fitted, collected, trivial_baselines,
-                                             config.eval.threshold)
+    sources, metrics, baselines = _score_all(components, held_out, fitted, collected, options, config.eval.threshold)
     primary = {t.name: t.primary_metric for t in components.tasks if t.name in metrics}
     mean_losses = {t: loss_sums[t] / loss_rows[t] for t in loss_rows if loss_rows[t]}
     samples = sum(part.samples for part in collected.values())
@@ -137,20 +139,25 @@ def evaluate(components: Components, config: ExperimentConfig, device: torch.dev
 
 
 def _score_all(components: Components, held_out: list[Source], fitted: list[Source], collected: dict[str, "_Collected"],
-               trivial_baselines: bool, threshold: float) -> tuple[dict[str, Any], dict, dict]:
+               options: EvalOptions, threshold: float) -> tuple[dict[str, Any], dict, dict]:
     """Per-source results, then the model's and the trivial baselines' metrics over all sources pooled."""
-    trivial = {s.path: _trivial_predictions(components, collected[s.path], f)
-               for s, f in zip(held_out, fitted)} if trivial_baselines else {}
+    reads_training = options.trivial_baselines or options.data_metrics
+    training = {s.path: _training_annotations(f) if reads_training else [] for s, f in zip(held_out, fitted)}
+    trivial = {s.path: _trivial_predictions(components, collected[s.path], training[s.path])
+               for s in held_out} if options.trivial_baselines else {}
+    data_metrics = options.data_metrics
     sources: dict[str, dict[str, Any]] = {}
     for source in held_out:
         part = collected[source.path]
-        sources[source.path] = {"samples": part.samples, "model": _score(components, part, threshold),
+        sources[source.path] = {"samples": part.samples, "model": _score(components, part, threshold,
+                                                                         training[source.path], data_metrics),
                                 "baseline": _score_trivial(components, part, trivial.get(source.path), threshold)}
     if len(held_out) == 1:  # one source: its scores are the overall ones (scored once)
         return sources, sources[held_out[0].path]["model"], sources[held_out[0].path]["baseline"]
     pooled = _pool(collected.values())
     pooled_trivial = {t: [p for path in trivial for p in trivial[path].get(t, [])] for t in pooled.references}
-    return (sources, _score(components, pooled, threshold),
+    pooled_training = [a for annotations in training.values() for a in annotations]
+    return (sources, _score(components, pooled, threshold, pooled_training, data_metrics),
             _score_trivial(components, pooled, pooled_trivial if trivial else None, threshold))
 
 
@@ -199,14 +206,26 @@ def _predict_source(components: Components, config: ExperimentConfig, device: to
     return out
 
 
-def _score(components: Components, part: _Collected, threshold: float) -> dict[str, dict[str, float]]:
-    return {t.name: t.score(part.predictions[t.name], part.references[t.name], threshold)
-            for t in components.tasks if part.references.get(t.name)}
+def _score(components: Components, part: _Collected, threshold: float, training: list[dict[str, Any]],
+           data_metrics: bool = True) -> dict[str, dict[str, float]]:
+    """Each task's metrics on ``part``; with ``data_metrics`` also those that read its annotations and the
+    ``training`` ones (Task.score_against_data)."""
+    scores = {}
+    for task in [t for t in components.tasks if part.references.get(t.name)]:
+        name = task.name
+        scores[name] = task.score(part.predictions[name], part.references[name], threshold)
+        if data_metrics:
+            scores[name].update(task.score_against_data(part.predictions[name], part.annotations[name], training))
+    return scores
 
 
-def _trivial_predictions(components: Components, part: _Collected, train_source: Source) -> dict[str, list]:
-    """Each task's trivial-baseline prediction of every collected sample, fitted on ``train_source``."""
-    annotations = list(iter_annotations(train_source.path, train_source.split, BASELINE_FIT_LIMIT, train_source.mapping))
+def _training_annotations(train_source: Source) -> list[dict[str, Any]]:
+    """Up to BASELINE_FIT_LIMIT annotations of ``train_source`` (what baselines are fitted on)."""
+    return list(iter_annotations(train_source.path, train_source.split, BASELINE_FIT_LIMIT, train_source.mapping))
+
+
+def _trivial_predictions(components: Components, part: _Collected, annotations: list[dict[str, Any]]) -> dict[str, list]:
+    """Each task's trivial-baseline prediction of every collected sample, fitted on training ``annotations``."""
     out = {}
     for task in [t for t in components.tasks if part.references.get(t.name)]:
         baseline = task.fit_baseline(annotations)  # fitted once per task and source

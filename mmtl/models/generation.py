@@ -8,13 +8,17 @@ the repetition penalty; Paulus et al. 2017 for no-repeat n-grams).
 """
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mmtl.config import GenerationConfig
 from mmtl.models.layers import key_mask
-from mmtl.text import BOS, EOS, PAD
+from mmtl.models.words import WholeWords, WordTable
+from mmtl.text import BOS, EOS, PAD, SPECIAL_TOKENS
 
 
 def copy_from(memory_ids: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -59,26 +63,39 @@ def apply_repetition_penalty(logits: torch.Tensor, generated: torch.Tensor, pena
     return logits.scatter(1, generated, seen)
 
 
-def banned_ngram_tokens(generated: list[list[int]], n: int) -> list[set[int]]:
-    """Per row, the tokens that would complete an n-gram already present in that row."""
+def banned_ngram_tokens(generated: list[list[int]], n: int,
+                        allowance: list[Counter] | None = None) -> list[set[int]]:
+    """Per row, the tokens that would complete an n-gram already present in that row; with ``allowance``
+    (per row, n-gram -> times its document holds it) an n-gram may occur as often as its document repeats it."""
     banned: list[set[int]] = []
-    for row in generated:
+    for r, row in enumerate(generated):
         tokens: set[int] = set()
         if n > 0 and len(row) >= n - 1:
             prefix = tuple(row[len(row) - n + 1:]) if n > 1 else ()
-            for i in range(len(row) - n + 1):
-                if tuple(row[i : i + n - 1]) == prefix:
-                    tokens.add(row[i + n - 1])
+            seen = Counter(tuple(row[i : i + n]) for i in range(len(row) - n + 1) if tuple(row[i : i + n - 1]) == prefix)
+            for gram, count in seen.items():
+                if allowance is None or count >= allowance[r].get(gram, 1):
+                    tokens.add(gram[-1])
         banned.append(tokens)
     return banned
 
 
+def document_ngrams(memory_ids: list[list[int]], n: int) -> list[Counter]:
+    """Per row, how often each n-gram of its document's text tokens (special tokens left out) occurs."""
+    out = []
+    for row in memory_ids:
+        text = [t for t in row if t >= len(SPECIAL_TOKENS)]
+        out.append(Counter(tuple(text[i : i + n]) for i in range(len(text) - n + 1)))
+    return out
+
+
 def process_logits(logits: torch.Tensor, generated: torch.Tensor, config: GenerationConfig,
-                   min_length: int) -> torch.Tensor:
-    """Repetition penalty, no-repeat n-grams and the minimum length (no EOS before it), on (N, V) logits."""
+                   min_length: int, allowance: list[Counter] | None = None) -> torch.Tensor:
+    """Repetition penalty, no-repeat n-grams (``allowance``: see :func:`banned_ngram_tokens`) and the minimum
+    length (no EOS before it), on (N, V) logits."""
     logits = apply_repetition_penalty(logits, generated, config.repetition_penalty)
     if config.no_repeat_ngram_size > 0:
-        banned = banned_ngram_tokens(generated.tolist(), config.no_repeat_ngram_size)
+        banned = banned_ngram_tokens(generated.tolist(), config.no_repeat_ngram_size, allowance)
         rows = [r for r, tokens in enumerate(banned) for _ in tokens]
         cols = [t for tokens in banned for t in tokens]
         if rows:
@@ -106,32 +123,63 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
 
 def generate(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Tensor,
              config: GenerationConfig | None = None, *, max_length: int | None = None,
-             use_cache: bool = True, memory_ids: torch.Tensor | None = None) -> torch.Tensor:
+             use_cache: bool = True, memory_ids: torch.Tensor | None = None,
+             words: WordTable | None = None) -> torch.Tensor:
     """Decode a batch: beam search when ``config.num_beams > 1``, else sampling or greedy.
 
     ``max_length`` (default ``config.max_length``) counts generated tokens and is capped by the
-    decoder's positions. Each row stops at its own EOS; the batch stops when every row has.
+    decoder's positions. Each row stops at its own EOS; the batch stops when every row has. With
+    ``words`` (the vocabulary's word table) and ``config.whole_words``, the decoder writes whole words
+    only (mmtl.models.words).
     """
     config = config or GenerationConfig()
     steps = min(max_length if max_length is not None else config.max_length, decoder.max_length - 1)
+    words = words if config.whole_words else None
     if config.num_beams > 1:
-        return beam_search(decoder, memory, memory_valid, config, steps, use_cache, memory_ids)
-    return sample(decoder, memory, memory_valid, config, steps, use_cache, memory_ids)
+        return beam_search(decoder, memory, memory_valid, config, steps, use_cache, memory_ids, words)
+    return sample(decoder, memory, memory_valid, config, steps, use_cache, memory_ids, words)
+
+
+@dataclass
+class Constraints:
+    """What a decoded batch's rows may write besides the decoder's choice: whole words (mmtl.models.words)
+    and, per row, how often its document repeats each n-gram (no-repeat n-grams allow that many)."""
+
+    words: WholeWords | None = None
+    allowance: list[Counter] | None = None
+
+    @classmethod
+    def of(cls, config: GenerationConfig, words: WordTable | None, memory_ids: torch.Tensor | None,
+           rows: int) -> "Constraints":
+        allowance = None
+        if config.no_repeat_ngram_size > 0 and config.repeat_document_ngrams and memory_ids is not None:
+            allowance = document_ngrams(memory_ids.tolist(), config.no_repeat_ngram_size)
+        return cls(None if words is None else WholeWords(words, memory_ids, rows), allowance)
+
+
+def next_token_logits(session: DecodingSession, ids: torch.Tensor, config: GenerationConfig,
+                      constraints: Constraints, last: bool) -> torch.Tensor:
+    """Processed logits (N, V) of the token after ``ids`` (N, t, BOS first): repetition rules, minimum
+    length, then the whole-word rules (``last``: the final token the decoder may write)."""
+    logits = process_logits(session.logits(ids).float(), ids[:, 1:], config, config.min_length, constraints.allowance)
+    return logits if constraints.words is None else constraints.words.apply(logits, ids[:, 1:], last)
 
 
 @torch.no_grad()
 def sample(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Tensor, config: GenerationConfig,
-           steps: int, use_cache: bool = True, memory_ids: torch.Tensor | None = None) -> torch.Tensor:
+           steps: int, use_cache: bool = True, memory_ids: torch.Tensor | None = None,
+           words: WordTable | None = None) -> torch.Tensor:
     """Greedy decoding, or sampling (``do_sample``) with temperature, top-k and top-p from a seeded generator."""
     batch = memory.shape[0]
     session = DecodingSession(decoder, memory, memory_valid, use_cache, memory_ids)
+    constraints = Constraints.of(config, words, memory_ids, batch)
     ids = torch.full((batch, 1), BOS, dtype=torch.long, device=memory.device)
     done = torch.zeros(batch, dtype=torch.bool, device=memory.device)
     generator = None
     if config.do_sample:
         generator = torch.Generator(device=memory.device).manual_seed(config.seed)
-    for _ in range(steps):
-        logits = process_logits(session.logits(ids).float(), ids[:, 1:], config, config.min_length)
+    for step in range(steps):
+        logits = next_token_logits(session, ids, config, constraints, step == steps - 1)
         if generator is None:
             next_id = logits.argmax(-1)
         else:
@@ -172,7 +220,8 @@ class _Hypotheses:
 
 @torch.no_grad()
 def beam_search(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Tensor, config: GenerationConfig,
-                steps: int, use_cache: bool = True, memory_ids: torch.Tensor | None = None) -> torch.Tensor:
+                steps: int, use_cache: bool = True, memory_ids: torch.Tensor | None = None,
+                words: WordTable | None = None) -> torch.Tensor:
     """Batched beam search with length penalty; the KV cache follows the surviving beams.
 
     Each step ranks the 2K best continuations of a sample's K beams: EOS among the top K
@@ -185,15 +234,15 @@ def beam_search(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Te
     if memory_ids is not None:
         memory_ids = memory_ids.repeat_interleave(beams, 0)
     session = DecodingSession(decoder, memory, memory_valid, use_cache, memory_ids)
+    constraints = Constraints.of(config, words, memory_ids, batch * beams)
     ids = torch.full((batch * beams, 1), BOS, dtype=torch.long, device=device)
     scores = torch.zeros(batch, beams, device=device)
     scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first
     scores = scores.view(-1)
     finished = [_Hypotheses(beams, config.length_penalty) for _ in range(batch)]
     done = [False] * batch
-    min_length = config.min_length
     for step in range(steps):
-        logits = process_logits(session.logits(ids).float(), ids[:, 1:], config, min_length)
+        logits = next_token_logits(session, ids, config, constraints, step == steps - 1)
         candidates = (scores[:, None] + F.log_softmax(logits, -1)).view(batch, -1)
         vocab = logits.shape[-1]
         top_scores, top_index = candidates.topk(min(2 * beams, candidates.shape[1]), dim=1)

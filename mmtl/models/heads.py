@@ -11,6 +11,7 @@ from torch import nn
 from mmtl.models.fusion import masked_mean
 from mmtl.models.generation import generate
 from mmtl.models.layers import Attention, DecoderBlock, DecoderCache, key_mask
+from mmtl.models.words import WordTable
 from mmtl.registry import Registry
 from mmtl.text import PAD
 
@@ -149,14 +150,16 @@ class TextDecoder(nn.Module):
 
     @torch.no_grad()
     def generate(self, memory: torch.Tensor, memory_valid: torch.Tensor, max_length: int | None = None,
-                 use_cache: bool = True, config: Any = None, memory_ids: torch.Tensor | None = None) -> torch.Tensor:
+                 use_cache: bool = True, config: Any = None, memory_ids: torch.Tensor | None = None,
+                 words: WordTable | None = None) -> torch.Tensor:
         """Decode ids (B, <= max_length), without BOS, PAD after each row's EOS (see mmtl.models.generation).
 
         ``config`` is a GenerationConfig (greedy when None). With ``use_cache`` each new token
         costs one position; without it every step re-runs the whole prefix. Both give the same tokens.
+        ``words``: the vocabulary's word table, for whole-word decoding (mmtl.models.words).
         """
         return generate(self, memory, memory_valid, config, max_length=max_length, use_cache=use_cache,
-                        memory_ids=memory_ids)
+                        memory_ids=memory_ids, words=words)
 
 
 @dataclass
@@ -237,7 +240,8 @@ class PromptedDecoder(nn.Module):
 
     @torch.no_grad()
     def generate(self, memory: torch.Tensor, memory_valid: torch.Tensor, max_length: int | None = None,
-                 use_cache: bool = True, config: Any = None, memory_ids: torch.Tensor | None = None) -> torch.Tensor:
+                 use_cache: bool = True, config: Any = None, memory_ids: torch.Tensor | None = None,
+                 words: WordTable | None = None) -> torch.Tensor:
         """As :meth:`TextDecoder.generate`, decoding for this head's task."""
         return generate(self, memory, memory_valid, config, max_length=max_length, use_cache=use_cache,
-                        memory_ids=memory_ids)
+                        memory_ids=memory_ids, words=words)

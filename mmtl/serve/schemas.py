@@ -40,6 +40,8 @@ class GenerationOptions(BaseModel):
     repetition_penalty: float | None = _bounded("repetition_penalty", "penalty on tokens already generated")
     seed: int | None = _bounded("seed", "sampling seed")
     min_length: int | None = _bounded("min_length", "no end of text before this many tokens")
+    whole_words: bool | None = Field(None, description="write whole words only (complete a begun document word)")
+    repeat_document_ngrams: bool | None = Field(None, description="n-grams may repeat as often as in the document")
 
 
 GENERATION_NAMES = tuple(GenerationOptions.model_fields)

@@ -132,6 +132,12 @@ class Task:
         """
         raise NotImplementedError
 
+    def score_against_data(self, predictions: Sequence[Any], annotations: Sequence[dict[str, Any]],
+                           training: Sequence[dict[str, Any]]) -> dict[str, float]:
+        """Metrics that also read each prediction's own annotation and the ``training`` split's annotations
+        (what the model could have learned), added to :meth:`score`'s; none by default."""
+        return {}
+
     def thresholded(self, prediction: Any, threshold: float) -> Any:
         """What a user sees at ``threshold`` of a prediction made at threshold 0 (default: the same)."""
         return prediction

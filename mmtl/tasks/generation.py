@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -10,21 +11,38 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmtl.config import ModelConfig
-from mmtl.tasks.metrics import bleu, diversity, rouge
+from mmtl.errors import ConfigError
+from mmtl.tasks.metrics import bleu, diversity, rouge, top_opening
 from mmtl.models.fusion import Fused
 from mmtl.models.generation import copy_from
 from mmtl.models.heads import DecoderOptions, PromptedDecoder, TextDecoder
+from mmtl.models.words import WordTable
 from mmtl.tasks.base import Task
-from mmtl.text import PAD
+from mmtl.text import PAD, count_fragment_outputs, known_words
+
+
+@dataclass
+class GenerationSettings:
+    """``task_settings.<task>`` of a task whose decoder writes text: how the decoder learns."""
+
+    # share of each target token's probability spread over the whole vocabulary in the loss (Szegedy et
+    # al. 2016); 0 is plain cross-entropy. Against memorising a small training set (issue #28).
+    label_smoothing: float = 0.0
+
+    def check(self, key: str) -> None:
+        """Ranges a single field's type cannot express (run by ``mmtl.config.settings_of``)."""
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"{key}.label_smoothing: need 0 <= label_smoothing < 1; got {self.label_smoothing}")
 
 
 class GenerationTask(Task):
     """A task whose target is one of the strings in annotation field ``reference_field``."""
 
     writes_text = True
-    lower_is_better = ("repetition",)
-    diagnostic_metrics = ("distinct2", "repetition", "unique_outputs")
+    lower_is_better = ("repetition", "top_opening", "fragment_outputs")
+    diagnostic_metrics = ("distinct2", "repetition", "unique_outputs", "top_opening", "fragment_outputs")
     collapse_metrics = ("distinct2", "unique_outputs")
+    Settings = GenerationSettings
 
     def reference(self, annotation: dict[str, Any]) -> list[str] | None:
         refs = annotation.get(self.reference_field.name)
@@ -68,19 +86,49 @@ class GenerationTask(Task):
     def loss(self, head: nn.Module, fused: Fused, target: dict[str, torch.Tensor]) -> torch.Tensor:
         tokens = target["tokens"]
         logits = head(tokens[:, :-1], fused.tokens, fused.valid, **copy_from(fused.ids)).float()
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), ignore_index=PAD)
+        # a copying decoder's log-probabilities are their own log-softmax, so smoothing reads them unchanged
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), ignore_index=PAD,
+                               label_smoothing=self.settings.label_smoothing)
 
     @torch.no_grad()
     def predict(self, head: nn.Module, fused: Fused, options: Any) -> list[str]:
         generation = getattr(options, "generation", None)
-        ids = head.generate(fused.tokens, fused.valid, config=generation, **copy_from(fused.ids)).cpu().tolist()
+        ids = head.generate(fused.tokens, fused.valid, config=generation, words=self.word_table(),
+                            **copy_from(fused.ids)).cpu().tolist()
         return [self.context.vocab.decode(row) for row in ids]
+
+    def word_table(self) -> WordTable:
+        """Which vocabulary tokens end or begin a word, for whole-word decoding (built once)."""
+        if getattr(self, "_word_table", None) is None:
+            self._word_table = WordTable.of(self.context.vocab)
+        return self._word_table
 
     def format_reference(self, reference: Sequence[str]) -> str:
         return reference[0]
 
     def score(self, predictions: Sequence[str], references: Sequence[Sequence[str]],
               threshold: float = 0.5) -> dict[str, float]:
-        """BLEU-4, ROUGE-1/2/L, and how degenerate the outputs are: distinct-2, repetition and unique outputs (metrics.diversity)."""
-        return {**bleu(predictions, references), **rouge(predictions, references), **diversity(predictions)}
+        """BLEU-4, ROUGE-1/2/L, and how degenerate the outputs are: distinct-2, repetition and unique outputs
+        (metrics.diversity) and the share of the most common 4-word opening (metrics.top_opening)."""
+        return {**bleu(predictions, references), **rouge(predictions, references), **diversity(predictions),
+                **top_opening(predictions)}
+
+    def input_text(self, annotation: dict[str, Any]) -> str:
+        """The text of the annotation's input fields (a document to summarize; '' for a task without one)."""
+        parts: list[str] = []
+        for field in self.input_fields:
+            value = annotation.get(field.name)
+            parts += [str(v) for v in value] if isinstance(value, list) else [str(value or "")]
+        return " ".join(parts)
+
+    def score_against_data(self, predictions: Sequence[str], annotations: Sequence[dict[str, Any]],
+                           training: Sequence[dict[str, Any]]) -> dict[str, float]:
+        """``fragment_outputs``: the share (percent) of outputs holding a word that is neither a whole word
+        of its own input text nor a word of the ``training`` annotations' references and inputs
+        (mmtl.text.copied_fragments): a sub-word piece pasted out of a document, or a made-up word."""
+        if not predictions:
+            return {"fragment_outputs": 0.0}
+        vocabulary = known_words(text for a in training for text in [*(self.reference(a) or []), self.input_text(a)])
+        documents = [self.input_text(a) for a in annotations]
+        return {"fragment_outputs": 100.0 * count_fragment_outputs(predictions, documents, vocabulary) / len(predictions)}
 

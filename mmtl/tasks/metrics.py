@@ -3,6 +3,7 @@ than by hand."""
 from __future__ import annotations
 
 import re
+from collections import Counter
 from functools import lru_cache
 from typing import Sequence
 
@@ -138,3 +139,13 @@ def diversity(hypotheses: Sequence[str]) -> dict[str, float]:
     return {"distinct2": 100.0 * len(set(bigrams)) / len(bigrams) if bigrams else 0.0,
             "repetition": 100.0 * repeated / tokens if tokens else 0.0,
             "unique_outputs": 100.0 * len(set(hypotheses)) / len(hypotheses) if hypotheses else 0.0}
+
+
+def top_opening(hypotheses: Sequence[str], words: int = 4) -> dict[str, float]:
+    """``top_opening``: the share (percent) of texts that open with the most common opening of ``words``
+    word tokens (as :func:`diversity` splits them; a shorter text is its own opening). A model that
+    starts most outputs with one stock phrase ("the proposed model outperforms") scores high. 0 for no texts."""
+    if not hypotheses:
+        return {"top_opening": 0.0}
+    counts = Counter(tuple(_words(text)[:words]) for text in hypotheses)
+    return {"top_opening": 100.0 * counts.most_common(1)[0][1] / len(hypotheses)}

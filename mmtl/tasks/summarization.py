@@ -21,7 +21,7 @@ from mmtl.models.fusion import Fused
 from mmtl.registry import TASKS
 from mmtl.tasks.base import TaskContext
 from mmtl.tasks.extractive import SentenceExtractor, documents_of, split_sentences
-from mmtl.tasks.generation import GenerationTask
+from mmtl.tasks.generation import GenerationSettings, GenerationTask
 
 
 def lead_sentence(document: str) -> str:
@@ -31,8 +31,8 @@ def lead_sentence(document: str) -> str:
 
 
 @dataclass
-class SummarizationSettings:
-    """``task_settings.summarization``: how summaries are made."""
+class SummarizationSettings(GenerationSettings):
+    """``task_settings.summarization``: how summaries are made (and, abstractive, how the decoder learns)."""
 
     # abstractive: a text decoder writes the summary; extractive: the best sentences of the document
     mode: str = choice("abstractive", "abstractive", "extractive")
@@ -43,6 +43,7 @@ class SummarizationSettings:
 
     def check(self, key: str) -> None:
         """Ranges a single field's type cannot express (run by ``mmtl.config.settings_of``)."""
+        super().check(key)
         if self.sentences < 1 or self.max_sentences < self.sentences:
             raise ConfigError(f"{key}: need 1 <= sentences <= max_sentences; got sentences={self.sentences}, "
                               f"max_sentences={self.max_sentences}")

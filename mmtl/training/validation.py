@@ -243,7 +243,8 @@ class Validator:
         try:  # validation must not change the training's random stream (exact resume)
             result = evaluate(components, self.config, trainer.device, split=self.config.data.val_split,
                               max_samples=self.config.validation.max_samples,
-                              options=EvalOptions(precision=trainer.precision, trivial_baselines=False, losses=True))
+                              options=EvalOptions(precision=trainer.precision, trivial_baselines=False, losses=True,
+                                                 data_metrics=False))
         finally:
             set_rng_state(rng)
             components.model.train(was_training)
