@@ -259,3 +259,15 @@ def test_appending_keeps_a_last_line_without_newline(run_dir: Path, pairs_file: 
     lines = out.read_text().splitlines()
     assert lines[:2] == [json.dumps({"id": "zz", "note": "first"}), kept]
     assert [json.loads(line)["id"] for line in lines].count("a") == 1
+
+
+def test_whole_word_and_document_ngram_decoding_can_be_turned_off_from_the_command_line() -> None:
+    """Both default on, so `mmtl predict` needs --no-whole-words / --no-repeat-document-ngrams to set them off."""
+    from mmtl.cli import build_parser
+    from mmtl.cli.predict import _generation_overrides
+
+    args = build_parser().parse_args(["predict", "--checkpoint", "RUN", "--no-whole-words",
+                                      "--no-repeat-document-ngrams", "--sample"])
+    assert _generation_overrides(args) == {"whole_words": False, "repeat_document_ngrams": False, "do_sample": True}
+    plain = build_parser().parse_args(["predict", "--checkpoint", "RUN"])
+    assert _generation_overrides(plain) == {}  # the checkpoint's eval.generation applies

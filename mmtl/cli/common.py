@@ -49,8 +49,8 @@ def add_field_flag(parser: argparse._ActionsContainer, flag: str, cls: type, nam
     if help_text is not None:
         help_text += (f" (default {spec.default})" if show_default else "") + help_suffix
     default = spec.default if keep_default else None
-    if kind is bool:
-        parser.add_argument(flag, dest=name, action="store_const", const=True, default=default, help=help_text)
+    if kind is bool:  # --flag and --no-flag, so a setting that defaults to true can be turned off
+        parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         return
     metavar = flag.lstrip("-").replace("-", "_").upper()
     choices: tuple[Any, ...] | None = spec.metadata.get("choices")

@@ -20,6 +20,7 @@ GENERATION_FLAGS = {
     "--max-length": "max_length", "--num-beams": "num_beams", "--length-penalty": "length_penalty",
     "--sample": "do_sample", "--temperature": "temperature", "--top-k": "top_k", "--top-p": "top_p",
     "--no-repeat-ngram": "no_repeat_ngram_size", "--repetition-penalty": "repetition_penalty", "--seed": "seed",
+    "--whole-words": "whole_words", "--repeat-document-ngrams": "repeat_document_ngrams",
 }
 
 
