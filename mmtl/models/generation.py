@@ -9,7 +9,7 @@ the repetition penalty; Paulus et al. 2017 for no-repeat n-grams).
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -161,8 +161,13 @@ def next_token_logits(session: DecodingSession, ids: torch.Tensor, config: Gener
                       constraints: Constraints, last: bool) -> torch.Tensor:
     """Processed logits (N, V) of the token after ``ids`` (N, t, BOS first): repetition rules, minimum
     length, then the whole-word rules (``last``: the final token the decoder may write)."""
-    logits = process_logits(session.logits(ids).float(), ids[:, 1:], config, config.min_length, constraints.allowance)
-    return logits if constraints.words is None else constraints.words.apply(logits, ids[:, 1:], last)
+    raw = session.logits(ids).float()
+    logits = process_logits(raw, ids[:, 1:], config, config.min_length, constraints.allowance)
+    if constraints.words is None:
+        return logits
+    without_ngram_rule = replace(config, no_repeat_ngram_size=0)
+    return constraints.words.apply(logits, ids[:, 1:], last,
+                                   lambda: process_logits(raw, ids[:, 1:], without_ngram_rule, config.min_length))
 
 
 @torch.no_grad()

@@ -19,6 +19,7 @@ decoder write nothing).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -110,15 +111,25 @@ class WholeWords:
             allowed = both if bool(both.any()) else ends
         return allowed
 
-    def apply(self, logits: torch.Tensor, generated: torch.Tensor, last: bool) -> torch.Tensor:
-        """``logits`` (N, V) with the tokens the rules forbid at -inf, after ``generated`` (N, t)."""
+    def apply(self, logits: torch.Tensor, generated: torch.Tensor, last: bool,
+              unbanned: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
+        """``logits`` (N, V) with the tokens the rules forbid at -inf, after ``generated`` (N, t).
+
+        Where other rules (no-repeat n-grams) already forbade every token these rules allow, the row is
+        taken from ``unbanned()`` (the logits without those rules) instead: a repeated n-gram reads
+        better than a piece of a word. Only when nothing is allowed even there does the row stay as it is."""
         rows = generated.tolist()
         out = logits.clone()
+        fallback: torch.Tensor | None = None
         for row, tokens in enumerate(rows):
             allowed = self.allowed(row, tokens, last)
             if allowed is None:
                 continue
-            masked = logits[row].masked_fill(~allowed.to(logits.device), float("-inf"))
+            allowed = allowed.to(logits.device)
+            masked = logits[row].masked_fill(~allowed, float("-inf"))
+            if not bool(torch.isfinite(masked).any()) and unbanned is not None:
+                fallback = unbanned() if fallback is None else fallback
+                masked = fallback[row].masked_fill(~allowed, float("-inf"))
             if bool(torch.isfinite(masked).any()):
                 out[row] = masked
         return out
