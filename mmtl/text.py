@@ -32,7 +32,7 @@ def bpe_encode_words(text: str) -> list[list[int]]:
     """BPE ids of ``text`` word by word (:func:`text_words`); concatenated, they are :func:`bpe_encode`'s."""
     tokenizer = bpe_tokenizer()
     out = []
-    for word in tokenizer.pat.findall(tokenizer.clean_fn(text)):
+    for word in text_words(text):
         word = "".join(tokenizer.byte_encoder[b] for b in word.encode("utf-8"))
         out.append([tokenizer.encoder[token] for token in tokenizer.bpe(word).split(" ")])
     return out

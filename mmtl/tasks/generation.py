@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmtl.config import ModelConfig
-from mmtl.errors import ConfigError
+from mmtl.config.fields import Range, setting
 from mmtl.tasks.metrics import bleu, diversity, rouge, top_opening
 from mmtl.models.fusion import Fused
 from mmtl.models.generation import copy_from
@@ -27,12 +27,7 @@ class GenerationSettings:
 
     # share of each target token's probability spread over the whole vocabulary in the loss (Szegedy et
     # al. 2016); 0 is plain cross-entropy. Against memorising a small training set (issue #28).
-    label_smoothing: float = 0.0
-
-    def check(self, key: str) -> None:
-        """Ranges a single field's type cannot express (run by ``mmtl.config.settings_of``)."""
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"{key}.label_smoothing: need 0 <= label_smoothing < 1; got {self.label_smoothing}")
+    label_smoothing: float = setting(0.0, range=Range(0, 1, high_open=True))
 
 
 class GenerationTask(Task):

@@ -43,7 +43,6 @@ class SummarizationSettings(GenerationSettings):
 
     def check(self, key: str) -> None:
         """Ranges a single field's type cannot express (run by ``mmtl.config.settings_of``)."""
-        super().check(key)
         if self.sentences < 1 or self.max_sentences < self.sentences:
             raise ConfigError(f"{key}: need 1 <= sentences <= max_sentences; got sentences={self.sentences}, "
                               f"max_sentences={self.max_sentences}")
