@@ -130,7 +130,7 @@ def test_a_bug_is_one_line_with_exit_1(monkeypatch, capsys) -> None:
     def broken(*args, **kwargs):
         raise ValueError("something unexpected\nsecond line")
 
-    monkeypatch.setattr(mmtl.config, "load_config", broken)
+    monkeypatch.setattr(mmtl.config, "resolve_config", broken)  # what the CLI builds a config with
     assert main(["train"]) == 1
     _one_line_error(capsys, "internal error: ValueError: something unexpected second line (run with --debug")
 

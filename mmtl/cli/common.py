@@ -28,10 +28,11 @@ def load_experiment(path: str | None, overrides: list[str], training: bool | Non
     model is trained from it, False: built for inference, None: the command builds no model from it),
     so that a config too large to build is refused in a few MB. Call it before importing torch-heavy code.
     """
-    schema.preflight_config(path, overrides, training)
+    raw = schema.read_yaml_tree(Path(path)) if path is not None else {}  # read once, for both steps
+    schema.preflight_config(raw, overrides, training)
     import mmtl.components  # noqa: F401  (imported here, not at start-up: it imports torch; fills the registries)
 
-    config = schema.load_config(path, overrides)
+    config = schema.resolve_config(raw, overrides)
     allow_pipes(config.data.allow_pipe)  # the user's own settings are the only ones that may allow pipe: sources
     return config
 

@@ -184,15 +184,16 @@ def preflight_checkpoint(path: str | Path) -> None:
     preflight_tree(tree, len(classes) if isinstance(classes, list) else 0, vocab_size, training=False)
 
 
-def preflight_config(path: str | Path | None, overrides: list[str], training: bool | None) -> None:
-    """The size checks of the user's own experiment config (``path``, None: the built-in one, plus
-    ``key=value`` overrides), in plain Python: the CLI calls it before importing torch. Ranges always;
+def preflight_config(raw: dict[str, Any], overrides: list[str], training: bool | None) -> None:
+    """The size checks of the user's own experiment config (``raw``: its YAML tree as ``read_yaml_tree``
+    returns it, {} for the built-in one; plus ``key=value`` overrides), in plain Python: the CLI calls it
+    before importing torch, then builds the config from the same tree. Ranges always;
     with ``training`` (True: a model trained from it, False: built for inference, None: not built from
     it) also the budget, as a lower bound: no classes, the smallest vocabulary, and tasks not known yet
     writing no text, so that it refuses only what the full check (``check_budget``, when the model is
     built) would refuse too. A config that does not parse is left to the full check, which names why."""
     try:
-        tree = apply_overrides(read_yaml_tree(Path(path)) if path is not None else {}, overrides)
+        tree = apply_overrides(raw, overrides)
     except (ConfigError, RecursionError):
         return
     preflight_tree(tree, 0, len(SPECIAL_TOKENS), training, unknown_writes_text=False)
