@@ -189,14 +189,20 @@ def test_delta_round_trip_and_bad_base(base_run: Path, depth_data: Path, tmp_pat
         load_base(exported)  # fine-tune the base checkpoint, not a merged export
 
 
-def test_a_saved_delta_reaches_the_disk_before_its_meta_names_it(base_run: Path, depth_data: Path, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch, one_thread: None) -> None:
-    """Each file is fsynced before the rename that publishes it, and meta.json (what loading reads first)
-    is published last: a crash part-way never pairs a new meta with an old or empty delta."""
+def _lora_depth_delta(base_run: Path, depth_data: Path, tmp_path: Path) -> tuple:
+    """A LoRA fine-tuning of ``base_run`` that adds depth, built but not trained: (base, config, components, delta)."""
     config = _config(depth_data, tmp_path / "ft", "finetune.strategy=lora", "finetune.add_modalities=[depth]")
     base = load_base(base_run)
     tuned = finetune_config(base, config)
     components, delta = build_on_base(base, tuned)
+    return base, tuned, components, delta
+
+
+def test_a_saved_delta_reaches_the_disk_before_its_meta_names_it(base_run: Path, depth_data: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch, one_thread: None) -> None:
+    """Each file is fsynced before the rename that publishes it, and meta.json (what loading reads first)
+    is published last: a crash part-way never pairs a new meta with an old or empty delta."""
+    base, tuned, components, delta = _lora_depth_delta(base_run, depth_data, tmp_path)
     events: list[tuple[str, str]] = []
     real_fsync, real_replace = os.fsync, os.replace
     monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("sync", os.readlink(f"/proc/self/fd/{fd}"))),
@@ -213,10 +219,7 @@ def test_a_saved_delta_reaches_the_disk_before_its_meta_names_it(base_run: Path,
 
 def test_a_delta_with_non_finite_weights_is_refused_and_nothing_is_written(base_run: Path, depth_data: Path,
                                                                             tmp_path: Path, one_thread: None) -> None:
-    config = _config(depth_data, tmp_path / "ft", "finetune.strategy=lora", "finetune.add_modalities=[depth]")
-    base = load_base(base_run)
-    tuned = finetune_config(base, config)
-    components, delta = build_on_base(base, tuned)
+    base, tuned, components, delta = _lora_depth_delta(base_run, depth_data, tmp_path)
     with torch.no_grad():
         components.model.encoders["depth"].proj.weight[0, 0] = float("nan")
     with pytest.raises(MMTLError, match="NaN or infinite"):
@@ -226,10 +229,7 @@ def test_a_delta_with_non_finite_weights_is_refused_and_nothing_is_written(base_
 
 def test_a_delta_never_writes_through_a_link_left_at_its_temp_name(base_run: Path, depth_data: Path,
                                                                    tmp_path: Path, one_thread: None) -> None:
-    config = _config(depth_data, tmp_path / "ft", "finetune.strategy=lora", "finetune.add_modalities=[depth]")
-    base = load_base(base_run)
-    tuned = finetune_config(base, config)
-    components, delta = build_on_base(base, tuned)
+    base, tuned, components, delta = _lora_depth_delta(base_run, depth_data, tmp_path)
     outside = tmp_path / "someone-elses-file"
     outside.write_text("keep me")
     (tmp_path / "ft").mkdir()
