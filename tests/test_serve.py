@@ -248,6 +248,21 @@ def test_a_client_dribbling_bytes_is_dropped(server) -> None:
     assert closed and time.monotonic() - start < 6
 
 
+def test_a_dribbler_whose_bytes_always_wait_in_the_socket_is_still_dropped(server, monkeypatch) -> None:
+    """Bytes waiting in the socket at the deadline may mean a starved server, or a client timing its
+    bytes to the deadline: the extension they earn is bounded (one more read_timeout_s)."""
+    from mmtl.serve.limits import DeadlineH11Protocol
+    monkeypatch.setattr(DeadlineH11Protocol, "_bytes_wait_in_socket", lambda self: True)
+    host, port = server.server_address[:2]
+    start = time.monotonic()
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n")
+        answer = sock.recv(1024)
+    elapsed = time.monotonic() - start
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert LIMITS.read_timeout_s * 2 - 0.5 < elapsed < LIMITS.read_timeout_s * 2 + 2
+
+
 def test_multipart_part_count_and_duplicates_are_limited(server) -> None:
     start = time.monotonic()
     body, ctype = multipart({f"f{i}": "x" for i in range(2000)})

@@ -27,6 +27,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 BODY_METHODS = (b"POST", b"PUT", b"PATCH")
 RETRY_AFTER_S = 1  # seconds a client is told to wait after a 503
+MAX_SOCKET_EXTENSIONS = 1  # read deadlines that bytes waiting in the socket may extend, per request
 logger = logging.getLogger("uvicorn.error")
 
 
@@ -125,6 +126,7 @@ class DeadlineH11Protocol(H11Protocol):
         super().__init__(*args, **kwargs)
         self.read_timeout: float = getattr(self.config, "mmtl_read_timeout", 30.0)
         self._read_deadline: asyncio.TimerHandle | None = None
+        self._socket_extensions = 0  # times the current request's deadline waited on socket bytes
         # uvicorn's own concurrency check answers 503 without Retry-After: the same check, done here
         self.max_concurrency, self.limit_concurrency = self.limit_concurrency, None
         self.app = self._limited(self.app)
@@ -141,11 +143,11 @@ class DeadlineH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm()
+        self._start_deadline()
 
     def data_received(self, data: bytes) -> None:
         if self._read_deadline is None and self.conn.their_state is not h11.DONE:
-            self._arm()
+            self._start_deadline()
         super().data_received(data)
         if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):  # the whole request is in
             self._disarm()
@@ -186,12 +188,21 @@ class DeadlineH11Protocol(H11Protocol):
         self.transport.close()
 
     def _server_is_behind(self) -> bool:
-        """Bytes of this request wait in our buffers or in the socket: the server is slow, not the client.
+        """Bytes of this request wait in our buffers, or in the socket within the extension bound.
 
         (Under load, a deadline counted against the server closed uploads the client had long sent,
-        which the client saw as connection resets.)"""
+        which the client saw as connection resets.) Bytes in our own buffers are the server's doing;
+        bytes in the socket may also be a client's byte timed to the deadline, so they extend the
+        deadline ``MAX_SOCKET_EXTENSIONS`` times per request."""
         if self.flow.read_paused or (self.cycle is not None and self.cycle.body):
             return True
+        if self._socket_extensions < MAX_SOCKET_EXTENSIONS and self._bytes_wait_in_socket():
+            self._socket_extensions += 1
+            return True
+        return False
+
+    def _bytes_wait_in_socket(self) -> bool:
+        """The kernel holds bytes of this connection that the event loop has not read yet."""
         sock = self.transport.get_extra_info("socket")
         if sock is None:
             return False
@@ -200,6 +211,11 @@ class DeadlineH11Protocol(H11Protocol):
                 return bool(peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
         except OSError:  # nothing waiting (EAGAIN), or the socket is gone
             return False
+
+    def _start_deadline(self) -> None:
+        """A request begins: its headers and body must arrive within ``read_timeout`` from now."""
+        self._socket_extensions = 0
+        self._arm()
 
     def _arm(self) -> None:
         self._disarm()
