@@ -18,11 +18,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mmtl.files import write_text_atomically
 
 SCAN_VERSION = 2  # 2: the key covers inode and device
 CACHE_PREFIX = ".mmtl-scan-"
@@ -156,15 +157,8 @@ def write_cache(path: Path, key: str, info: dict[str, Any]) -> bool:
     there is replaced, its target left alone). False when the folder is not writable."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f"{CACHE_PREFIX}tmp-", suffix=".json", dir=path.parent)
-    except OSError:
-        return False
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            json.dump({"key": key, "info": info}, file, indent=1)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        # a cache is rebuilt when lost: no fsync
+        write_text_atomically(path, json.dumps({"key": key, "info": info}, indent=1), durable=False)
         return True
     except OSError:
-        Path(tmp).unlink(missing_ok=True)
         return False

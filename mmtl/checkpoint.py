@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file, save_model
 from mmtl.builder import Components, build_components, components_from_meta
 from mmtl.config import ExperimentConfig, load_config, load_saved_config, save_config
 from mmtl.errors import MMTLError
+from mmtl.files import sync_path, sync_tree, write_atomically, write_text_atomically
 from mmtl.models.adaptation import adapt
 from mmtl.text import Vocabulary
 from mmtl.version import __version__
@@ -79,24 +80,6 @@ def write_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
-
-
-def sync_path(path: Path) -> None:
-    """fsync one file or directory, so that a rename after it cannot land before its contents do."""
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def sync_tree(root: Path) -> None:
-    """fsync every file under ``root``, then ``root`` itself (its entries): a power cut after the
-    rename must not leave a checkpoint whose files are empty or short."""
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            sync_path(path)
-    sync_path(root)
 
 
 def _replace_dir(new: Path, directory: Path) -> None:
@@ -149,12 +132,15 @@ def _write_error(exc: Exception, directory: Path) -> Exception:
 
 
 def remove_stale_temp(root: Path) -> list[Path]:
-    """Delete the temp directories interrupted checkpoint writes left in ``root`` (call only from the
-    process that writes the run's checkpoints); returns what was deleted."""
+    """Delete the temp directories and pointer files interrupted checkpoint writes left in ``root``
+    (call only from the process that writes the run's checkpoints); returns what was deleted."""
     stale = [p for pattern in (".step-*", f".{BEST_NAME}.*") for p in root.glob(pattern) if p.is_dir()]
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
-    return stale
+    pointers = [p for p in root.glob(f".{LATEST}.*.tmp") if not p.is_dir()]  # write_atomically's temp files
+    for path in pointers:
+        path.unlink(missing_ok=True)
+    return stale + pointers
 
 
 def save_run_checkpoint(run_dir: Path, step: int, keep: int = 3, **kwargs: Any) -> Path:
@@ -163,12 +149,8 @@ def save_run_checkpoint(run_dir: Path, step: int, keep: int = 3, **kwargs: Any) 
     if root.is_dir():
         remove_stale_temp(root)
     path = write_checkpoint(root / f"step-{step:08d}", **kwargs)
-    pointer = root / f".{LATEST}.tmp"
     try:
-        pointer.write_text(path.name)
-        sync_path(pointer)
-        os.replace(pointer, root / LATEST)
-        sync_path(root)
+        write_text_atomically(root / LATEST, path.name)
     except OSError as exc:
         raise _write_error(exc, root / LATEST) from exc
     for old in sorted(root.glob("step-*"))[:-keep]:
@@ -410,12 +392,7 @@ def write_delta(directory: Path, components: Components, config: ExperimentConfi
         for name, write in ((DELTA_FILE, lambda p: save_file(tensors, str(p))),
                             (CONFIG_FILE, lambda p: save_config(config, p)),
                             (META_FILE, lambda p: p.write_text(json.dumps(meta, indent=2)))):
-            tmp = directory / f".{name}.tmp"
-            tmp.unlink(missing_ok=True)  # a link left at the temp name is removed, never written through
-            write(tmp)
-            sync_path(tmp)
-            os.replace(tmp, directory / name)
-        sync_path(directory)
+            write_atomically(directory / name, write)
     except Exception as exc:
         raise _write_error(exc, directory) from exc
     return directory

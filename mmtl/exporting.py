@@ -23,10 +23,11 @@ from safetensors.torch import save_model
 
 from mmtl.card import CARD_DATA, CARD_FILE, write_card
 from mmtl.checkpoint import (
-    CONFIG_FILE, META_FILE, MODEL_FILE, inference_weights, is_delta, load_delta, resolve_checkpoint, sync_tree,
+    CONFIG_FILE, META_FILE, MODEL_FILE, inference_weights, is_delta, load_delta, resolve_checkpoint,
 )
 from mmtl.config import save_config
 from mmtl.errors import MMTLError
+from mmtl.files import sync_tree
 
 EXPORTED_FILES = (MODEL_FILE, CONFIG_FILE, META_FILE, CARD_FILE)
 

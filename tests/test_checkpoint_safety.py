@@ -99,5 +99,6 @@ def test_every_file_is_synced_before_the_renames_that_publish_it(tmp_path: Path,
     checkpoint_files = sorted(p.name for p in (root / "step-00000001").iterdir())
     synced_first = {Path(path).name for kind, path in events[:renamed[0]] if kind == "sync"}
     assert set(checkpoint_files) <= synced_first and MODEL_FILE in checkpoint_files
-    assert any(path.endswith(f".{LATEST}.tmp") for kind, path in events[renamed[0]:renamed[1]] if kind == "sync")
+    assert any(Path(path).name.startswith(f".{LATEST}.") and path.endswith(".tmp")
+               for kind, path in events[renamed[0]:renamed[1]] if kind == "sync")
     assert events[-1] == ("sync", str(root))  # the directory entry of LATEST itself

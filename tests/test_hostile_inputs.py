@@ -147,7 +147,7 @@ def test_a_linked_scan_cache_is_replaced_not_written_through(plain_shards: Path,
     assert read_dataset_info(plain_shards) == info
     assert victim.read_text() == "precious"
     assert not cache.is_symlink() and cache.is_file()  # the link itself was replaced
-    assert not list(plain_shards.glob(".mmtl-scan-tmp-*"))  # no temp file left behind
+    assert not list(plain_shards.glob(".mmtl-scan-*.tmp"))  # no temp file left behind
 
 
 @pytest.mark.parametrize("forged", ['{"splits": 5}', '{"key": "KEY", "info": {"splits": 5}}', "[1, 2]", "not json",

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Protocol, Sequence
 
 from mmtl.config import ExperimentConfig
 from mmtl.errors import MMTLError
+from mmtl.files import write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +82,7 @@ def open_trackers(names: Sequence[str], run_dir: Path, config: ExperimentConfig 
             raise MMTLError(f"train.loggers: {name} could not start a run ({type(exc).__name__}: {first})") from exc
     ids = {name: tracker.run_id for name, tracker in zip(chosen, opened) if tracker.run_id}
     if ids or (run_dir / IDS_FILE).exists():
-        tmp = run_dir / f".{IDS_FILE}.tmp"
-        tmp.unlink(missing_ok=True)  # a link left at the temp name is removed, never written through
-        tmp.write_text(json.dumps({**previous, **ids}, indent=2))
-        os.replace(tmp, run_dir / IDS_FILE)
+        write_text_atomically(run_dir / IDS_FILE, json.dumps({**previous, **ids}, indent=2))
     return opened
 
 
