@@ -70,3 +70,29 @@ def test_the_report_says_when_the_single_task_models_spread_more_over_seeds_than
     assert "single-task spread over seeds" in text and "captioning 5.6%" in text
     one_seed = bench.aggregate({0: record(80.0, 82.0)}, {}, {}, tolerance=0.01)
     assert one_seed["tasks"]["captioning"]["single_task_spread"] is None and one_seed["noisy_tasks"] == []
+
+
+def test_the_real_inet_setting_mixes_three_sources_one_per_task(tmp_path: Path, monkeypatch) -> None:
+    """`real-inet`: ImageNet super-classes feed recognition only (held-out images as val and test), COCO
+    captioning only, SciTLDR summarization only: no source feeds a task it was not meant for."""
+    from PIL import Image
+    bench = load_tool("bench_mtl")
+    sample = tmp_path / "shared" / "imagenet_sample"
+    sample.mkdir(parents=True)
+    for index in range(1000):  # imagenet_sample's layout: one image per class, sorted by WordNet id
+        Image.new("RGB", (8, 8), (index % 256, 0, 0)).save(sample / f"n{index:08d}_c{index}.JPEG")
+    monkeypatch.setattr(bench, "SHARED_DATA", tmp_path / "shared")
+    coco, tldr = tmp_path / "coco", tmp_path / "tldr"
+    monkeypatch.setattr(bench, "_coco_and_tldr", lambda data_dir, runner: (coco, tldr))
+    converted: list[list[str]] = []
+    monkeypatch.setattr(bench, "_convert", lambda runner, log, *argv: converted.append(list(argv)))
+    config, overrides = bench.prepare_real_inet(tmp_path / "data", runner=None)
+    sources = json.loads(Path(config).read_text())["data"]["sources"]
+    assert [(Path(s["path"]).name, s["tasks"]) for s in sources] == [
+        ("real-inet", ["recognition"]), ("coco", ["captioning"]), ("tldr", ["summarization"])]
+    folders = tmp_path / "data" / "inet-folders"
+    assert [(argv[argv.index("--split") + 1], Path(argv[argv.index("--root") + 1]).name) for argv in converted] == [
+        ("train", "train"), ("val", "test"), ("test", "test")]
+    classes = {p.name for p in (folders / "train").iterdir()}
+    assert len(classes) == 9 and classes == {p.name for p in (folders / "test").iterdir()}
+    assert overrides == []

@@ -11,6 +11,9 @@ Settings (``--settings``, default ``quickstart``; ``--list`` prints them):
 - ``real``: COCO (coco_mini: recognition and captioning) mixed with SciTLDR (summarization), from
   ``../shared/data`` (or MMTL_SHARED_DATA), tiny preset. coco_mini annotates 80 train2017 images and
   79 val2017 ones; val2017 serves as val and test split.
+- ``real-inet``: the closest real mix in which recognition can learn: imagenet_sample's 1,000 images
+  grouped into 9 super-classes (tools/imagenet_folders.py; every fifth image held out as val and
+  test) for recognition, COCO-mini captions, SciTLDR summaries; tiny preset.
 
 For every setting and seed it prepares the data once, runs ``mmtl baselines`` (one single-task model
 per task, same config, steps and seed), then every recipe (``--recipes LABEL=OVERRIDE;OVERRIDE,...``;
@@ -43,6 +46,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from balancer_table import InlinePool, Runner, summary  # noqa: E402  (tools/ is not a package)
+from imagenet_folders import write_folders  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "experiment" / "quickstart.yaml"
@@ -74,11 +78,11 @@ def _convert(runner: Runner, log: Path, *argv: str) -> None:
     runner(["data", "convert", *argv, "--resize-max", "128", "--no-progress", "--overwrite"], log)
 
 
-def prepare_real(data_dir: Path, runner: Runner) -> tuple[str, list[str]]:
-    """COCO (recognition, captioning) + SciTLDR (summarization) shards and a config mixing them."""
+def _coco_and_tldr(data_dir: Path, runner: Runner) -> tuple[Path, Path]:
+    """COCO-mini (recognition tags and captions) and SciTLDR shards, converted once."""
     for needed in ("coco_mini", "scitldr"):
         if not (SHARED_DATA / needed).is_dir():
-            raise RuntimeError(f"setting 'real' needs {SHARED_DATA / needed} (set MMTL_SHARED_DATA)")
+            raise RuntimeError(f"the real settings need {SHARED_DATA / needed} (set MMTL_SHARED_DATA)")
     coco, tldr = data_dir / "real-coco", data_dir / "real-tldr"
     if not (coco / "dataset.json").is_file() or not (tldr / "dataset.json").is_file():
         shutil.rmtree(coco, ignore_errors=True)
@@ -92,17 +96,52 @@ def prepare_real(data_dir: Path, runner: Runner) -> tuple[str, list[str]]:
             _convert(runner, data_dir / f"tldr-{split}.log", "--format", "jsonl", "--input",
                      str(SHARED_DATA / "scitldr" / f"{name}.jsonl"), "--map", "document=source", "--map",
                      "summaries=target", "--out", str(tldr), "--split", split)
-    config = data_dir / "real.yaml"
+    return coco, tldr
+
+
+def _imagenet_super_classes(data_dir: Path, runner: Runner) -> Path:
+    """imagenet_sample grouped into 9 super-classes (tools/imagenet_folders.py), as shards; its
+    held-out images serve as val and test split."""
+    if not (SHARED_DATA / "imagenet_sample").is_dir():
+        raise RuntimeError(f"setting 'real-inet' needs {SHARED_DATA / 'imagenet_sample'} (set MMTL_SHARED_DATA)")
+    inet = data_dir / "real-inet"
+    if not (inet / "dataset.json").is_file():
+        shutil.rmtree(inet, ignore_errors=True)
+        folders = data_dir / "inet-folders"
+        write_folders(SHARED_DATA / "imagenet_sample", folders, test_every=5)
+        for split, part in (("train", "train"), ("val", "test"), ("test", "test")):
+            _convert(runner, data_dir / f"inet-{split}.log", "--format", "imagefolder", "--root", str(folders / part),
+                     "--out", str(inet), "--split", split)
+    return inet
+
+
+def _real_config(data_dir: Path, name: str, sources: list[dict[str, Any]]) -> str:
+    """The config of a real mix: tiny preset, 300 steps, the sources mixed by temperature."""
+    config = data_dir / f"{name}.yaml"
     config.write_text(json.dumps({  # JSON is YAML
-        "name": "mtl-real", "tasks": ["recognition", "captioning", "summarization"], "model": {"preset": "tiny"},
-        "data": {"path": str(coco), "mixing": "temperature", "mixing_temperature": 2.0, "batch_size": 32,
-                 "shuffle_buffer": 500,
-                 "sources": [{"path": str(coco), "tasks": ["recognition", "captioning"]},
-                             {"path": str(tldr), "tasks": ["summarization"]}]},
+        "name": f"mtl-{name}", "tasks": ["recognition", "captioning", "summarization"], "model": {"preset": "tiny"},
+        "data": {"path": sources[0]["path"], "mixing": "temperature", "mixing_temperature": 2.0, "batch_size": 32,
+                 "shuffle_buffer": 500, "sources": sources},
         "train": {"steps": 300, "lr": 0.002, "warmup_steps": 30},
         "eval": {"split": "test", "max_samples": 200}, "validation": {"max_samples": 200},
     }, indent=2))
-    return str(config), []
+    return str(config)
+
+
+def prepare_real(data_dir: Path, runner: Runner) -> tuple[str, list[str]]:
+    """COCO (recognition, captioning) + SciTLDR (summarization) shards and a config mixing them."""
+    coco, tldr = _coco_and_tldr(data_dir, runner)
+    return _real_config(data_dir, "real", [{"path": str(coco), "tasks": ["recognition", "captioning"]},
+                                           {"path": str(tldr), "tasks": ["summarization"]}]), []
+
+
+def prepare_real_inet(data_dir: Path, runner: Runner) -> tuple[str, list[str]]:
+    """ImageNet super-classes (recognition) + COCO (captioning) + SciTLDR (summarization)."""
+    coco, tldr = _coco_and_tldr(data_dir, runner)
+    inet = _imagenet_super_classes(data_dir, runner)
+    return _real_config(data_dir, "real-inet", [{"path": str(inet), "tasks": ["recognition"]},
+                                                {"path": str(coco), "tasks": ["captioning"]},
+                                                {"path": str(tldr), "tasks": ["summarization"]}]), []
 
 
 def settings() -> dict[str, Setting]:
@@ -115,6 +154,8 @@ def settings() -> dict[str, Setting]:
                 f"shapes-{difficulty}-{percent}", f"shapes world, {difficulty}, {percent}% ({scenes}) of the training "
                 "scenes", _synth(scenes, difficulty))
     out["real"] = Setting("real", "COCO recognition + captioning, SciTLDR summarization (tiny, 300 steps)", prepare_real)
+    out["real-inet"] = Setting("real-inet", "ImageNet super-class recognition, COCO captioning, SciTLDR summarization "
+                               "(tiny, 300 steps)", prepare_real_inet)
     return out
 
 
