@@ -5,9 +5,11 @@ copying decoder copies one token at a time, so it can paste the tail of a docume
 pieces of several into one. Three rules, applied to the next-token logits of greedy decoding, sampling and
 beam search alike (training is unchanged):
 
-1. at a word start only a token that begins a word is allowed: a token that begins some word of the
-   vocabulary's training texts (``Vocabulary.word_initial``; a vocabulary without that list skips this
-   rule) or of the row's document;
+1. at a word start only a token that begins a word is allowed: a token that begins a word of the row's
+   document, or one that is by itself a whole word of the vocabulary's training texts (begins one,
+   ``Vocabulary.word_initial``, and ends a word; a vocabulary without that list skips this rule). A
+   training word of several tokens that the document does not hold is not written: its first token could
+   go on with any token and glue a made-up word (SciTLDR, tiny: "propag" + "estimator", 8 of 100 outputs);
 2. a begun document word is completed: when the tokens of the word being written are the first tokens of
    some document word, only that word's continuations are allowed; and no word is left unfinished (no end
    of text inside a word);
@@ -23,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from mmtl.text import EOS, SPECIAL_TOKENS, Vocabulary, bpe_tokenizer
+from mmtl.text import EOS, SPECIAL_TOKENS, UNK, Vocabulary, bpe_tokenizer
 
 WORD_END = "</w>"
 
@@ -50,16 +52,22 @@ class WordTable:
 
 
 def document_words(ids: list[int], ends_word: list[bool]) -> list[tuple[int, ...]]:
-    """The words of one document's vocabulary ids: runs of tokens closed by a word-ending token (special
-    tokens are skipped; an unfinished last word, cut by the text context, is left out)."""
-    words, current = [], []
+    """The words of one document's vocabulary ids: runs of tokens closed by a word-ending token (PAD, BOS and
+    EOS are skipped; an unfinished last word, cut by the text context, is left out). A word holding <unk>
+    (a piece the vocabulary lacks) is left out up to the next word end: skipping the piece would glue the
+    word's head to the next word's tail ("chor" <unk> "et" -> "choret")."""
+    words, current, broken = [], [], False
     for token in ids:
+        if token == UNK:
+            current, broken = [], True
+            continue
         if token < len(SPECIAL_TOKENS):
             continue
         current.append(token)
         if ends_word[token]:
-            words.append(tuple(current))
-            current = []
+            if not broken:
+                words.append(tuple(current))
+            current, broken = [], False
     return words
 
 
@@ -74,7 +82,9 @@ class WholeWords:
         for row in range(rows):
             words = document_words(memory_ids[row].tolist(), self._ends) if memory_ids is not None else []
             self.continuations.append(_continuations(words))
-            begins = table.begins_word.clone() if table.begins_word is not None else None
+            # a word of the vocabulary that the document does not hold is written as one token: a begun word
+            # that is no document word's beginning could otherwise go on with any token ("propag" + "estimator")
+            begins = table.begins_word & table.ends_word if table.begins_word is not None else None
             if begins is not None and words:
                 begins[torch.tensor(sorted({w[0] for w in words}))] = True
             self.initial.append(begins)
