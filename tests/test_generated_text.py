@@ -234,3 +234,53 @@ def test_a_document_word_with_an_unknown_piece_is_no_document_word() -> None:
     # the word holding <unk> and the pieces after it up to its end are left out; the next word is kept
     assert document_words([BOS, hyper, UNK, ameter, *optimizer, EOS], ends) == [tuple(optimizer)]
     assert document_words([UNK, ameter, *optimizer], ends) == [tuple(optimizer)]
+
+
+def test_the_decoder_reads_its_document_once_though_its_copy_memory_holds_the_text_twice() -> None:
+    """With the encoder's tokens kept beside the fusion's (model.fusion.keep_inputs), the ids a copying decoder
+    copies from hold the text twice. The whole-word rules and the no-repeat allowance read them as the
+    document: every document n-gram counted twice (so written twice), and a document cut at the context
+    length glued its last word to its first ("dee" + "recent" -> "deerecent", SciTLDR, tiny)."""
+    from collections import Counter
+
+    import torch
+    from torch import nn
+
+    from mmtl.config import GenerationConfig
+    from mmtl.models.encoders import Stream
+    from mmtl.models.fusion import Fused, with_inputs
+    from mmtl.models.generation import Constraints
+
+    text = torch.tensor([[7, 8, 9, 7, 8]])  # a document that fills the context: no PAD after it
+    stream = Stream(torch.zeros(1, 5, 4), torch.ones(1, 5, dtype=torch.bool), "text", text)
+    fused = Fused(torch.zeros(1, 6, 4), torch.ones(1, 6, dtype=torch.bool), torch.zeros(1, 4),
+                  torch.cat([torch.zeros(1, 1, dtype=torch.long), text], dim=1))
+    (out,) = with_inputs({None: fused}, [stream], nn.LayerNorm(4)).values()
+    assert out.ids.tolist() == [[0, 7, 8, 9, 7, 8, 7, 8, 9, 7, 8]]  # copying reads both copies
+    assert out.document_ids.tolist() == [[7, 8, 9, 7, 8]]  # the document, once
+    assert out.select(torch.tensor([0])).document_ids.tolist() == [[7, 8, 9, 7, 8]]
+    assert fused.document_ids is fused.ids  # without kept inputs the fused ids are the document
+    config = GenerationConfig(no_repeat_ngram_size=2)
+    constraints = Constraints.of(config, None, out.ids, rows=1, document_ids=out.document_ids)
+    assert constraints.allowance == [Counter({(7, 8): 2, (8, 9): 1, (9, 7): 1})]
+
+
+def test_a_summary_is_decoded_against_its_document_once() -> None:
+    """SummarizationTask.predict hands the decoder both: the copy memory and the document."""
+    import torch
+
+    from mmtl.models.fusion import Fused
+
+    vocab = Vocabulary.from_texts([DOCUMENT])
+    task = SummarizationTask(TaskContext([], vocab, ModelConfig()))
+    seen: dict = {}
+
+    class Head:
+        def generate(self, memory, memory_valid, **kwargs):
+            seen.update(kwargs)
+            return torch.zeros(1, 1, dtype=torch.long)
+
+    ids, document = torch.tensor([[0, 7, 8, 7, 8]]), torch.tensor([[7, 8]])
+    fused = Fused(torch.zeros(1, 5, 4), torch.ones(1, 5, dtype=torch.bool), torch.zeros(1, 4), ids, document)
+    task.predict(Head(), fused, None)
+    assert seen["memory_ids"] is ids and seen["document_ids"] is document

@@ -24,19 +24,28 @@ class Fused:
 
     ``ids`` (B, S): the vocabulary id behind each fused token that came from a text stream (PAD
     for every other token), or None when no text was fused: what a copying decoder copies.
+    ``document`` (B, L): each row's text ids once, when ``ids`` holds them more than once (the fused
+    tokens followed by the encoders' own, see :func:`with_inputs`); None: ``ids`` holds them once.
     """
 
     tokens: torch.Tensor
     valid: torch.Tensor
     pooled: torch.Tensor
     ids: torch.Tensor | None = None
+    document: torch.Tensor | None = None
+
+    @property
+    def document_ids(self) -> torch.Tensor | None:
+        """Each row's text ids once: the document that whole-word decoding and no-repeat n-grams read."""
+        return self.ids if self.document is None else self.document
 
     def select(self, rows: torch.Tensor) -> "Fused":
         """The rows ``rows`` of every tensor (a task's subset of the batch)."""
         if rows.numel() == self.tokens.shape[0]:
             return self
         ids = None if self.ids is None else self.ids[rows]
-        return Fused(self.tokens[rows], self.valid[rows], self.pooled[rows], ids)
+        document = None if self.document is None else self.document[rows]
+        return Fused(self.tokens[rows], self.valid[rows], self.pooled[rows], ids, document)
 
 
 def masked_mean(tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -66,7 +75,8 @@ def with_inputs(outputs: dict[str | None, Fused], streams: list[Stream], norm: n
     ids = stream_ids(streams)
     return {name: Fused(torch.cat([fused.tokens, tokens.to(fused.tokens.dtype)], dim=1),
                         torch.cat([fused.valid, valid], dim=1), fused.pooled,
-                        None if fused.ids is None else torch.cat([fused.ids, ids], dim=1))
+                        None if fused.ids is None else torch.cat([fused.ids, ids], dim=1),
+                        None if fused.ids is None else ids)
             for name, fused in outputs.items()}
 
 

@@ -124,20 +124,22 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
 def generate(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Tensor,
              config: GenerationConfig | None = None, *, max_length: int | None = None,
              use_cache: bool = True, memory_ids: torch.Tensor | None = None,
-             words: WordTable | None = None) -> torch.Tensor:
+             words: WordTable | None = None, document_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Decode a batch: beam search when ``config.num_beams > 1``, else sampling or greedy.
 
     ``max_length`` (default ``config.max_length``) counts generated tokens and is capped by the
     decoder's positions. Each row stops at its own EOS; the batch stops when every row has. With
     ``words`` (the vocabulary's word table) and ``config.whole_words``, the decoder writes whole words
-    only (mmtl.models.words).
+    only (mmtl.models.words). ``document_ids`` (default ``memory_ids``, which the decoder copies from):
+    each row's text once, as the whole-word rules and the no-repeat allowance read it.
     """
     config = config or GenerationConfig()
     steps = min(max_length if max_length is not None else config.max_length, decoder.max_length - 1)
     words = words if config.whole_words else None
+    document_ids = memory_ids if document_ids is None else document_ids
     if config.num_beams > 1:
-        return beam_search(decoder, memory, memory_valid, config, steps, use_cache, memory_ids, words)
-    return sample(decoder, memory, memory_valid, config, steps, use_cache, memory_ids, words)
+        return beam_search(decoder, memory, memory_valid, config, steps, use_cache, memory_ids, words, document_ids)
+    return sample(decoder, memory, memory_valid, config, steps, use_cache, memory_ids, words, document_ids)
 
 
 @dataclass
@@ -150,11 +152,13 @@ class Constraints:
 
     @classmethod
     def of(cls, config: GenerationConfig, words: WordTable | None, memory_ids: torch.Tensor | None,
-           rows: int) -> "Constraints":
+           rows: int, document_ids: torch.Tensor | None = None) -> "Constraints":
+        """The constraints of ``rows`` rows; their document is ``document_ids`` (default ``memory_ids``)."""
+        document = memory_ids if document_ids is None else document_ids
         allowance = None
-        if config.no_repeat_ngram_size > 0 and config.repeat_document_ngrams and memory_ids is not None:
-            allowance = document_ngrams(memory_ids.tolist(), config.no_repeat_ngram_size)
-        return cls(None if words is None else WholeWords(words, memory_ids, rows), allowance)
+        if config.no_repeat_ngram_size > 0 and config.repeat_document_ngrams and document is not None:
+            allowance = document_ngrams(document.tolist(), config.no_repeat_ngram_size)
+        return cls(None if words is None else WholeWords(words, document, rows), allowance)
 
 
 def next_token_logits(session: DecodingSession, ids: torch.Tensor, config: GenerationConfig,
@@ -173,11 +177,11 @@ def next_token_logits(session: DecodingSession, ids: torch.Tensor, config: Gener
 @torch.no_grad()
 def sample(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Tensor, config: GenerationConfig,
            steps: int, use_cache: bool = True, memory_ids: torch.Tensor | None = None,
-           words: WordTable | None = None) -> torch.Tensor:
+           words: WordTable | None = None, document_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Greedy decoding, or sampling (``do_sample``) with temperature, top-k and top-p from a seeded generator."""
     batch = memory.shape[0]
     session = DecodingSession(decoder, memory, memory_valid, use_cache, memory_ids)
-    constraints = Constraints.of(config, words, memory_ids, batch)
+    constraints = Constraints.of(config, words, memory_ids, batch, document_ids)
     ids = torch.full((batch, 1), BOS, dtype=torch.long, device=memory.device)
     done = torch.zeros(batch, dtype=torch.bool, device=memory.device)
     generator = None
@@ -226,7 +230,7 @@ class _Hypotheses:
 @torch.no_grad()
 def beam_search(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Tensor, config: GenerationConfig,
                 steps: int, use_cache: bool = True, memory_ids: torch.Tensor | None = None,
-                words: WordTable | None = None) -> torch.Tensor:
+                words: WordTable | None = None, document_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Batched beam search with length penalty; the KV cache follows the surviving beams.
 
     Each step ranks the 2K best continuations of a sample's K beams: EOS among the top K
@@ -238,8 +242,10 @@ def beam_search(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Te
     memory, memory_valid = memory.repeat_interleave(beams, 0), memory_valid.repeat_interleave(beams, 0)
     if memory_ids is not None:
         memory_ids = memory_ids.repeat_interleave(beams, 0)
+    if document_ids is not None:
+        document_ids = document_ids.repeat_interleave(beams, 0)
     session = DecodingSession(decoder, memory, memory_valid, use_cache, memory_ids)
-    constraints = Constraints.of(config, words, memory_ids, batch * beams)
+    constraints = Constraints.of(config, words, memory_ids, batch * beams, document_ids)
     ids = torch.full((batch * beams, 1), BOS, dtype=torch.long, device=device)
     scores = torch.zeros(batch, beams, device=device)
     scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first

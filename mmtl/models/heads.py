@@ -151,15 +151,16 @@ class TextDecoder(nn.Module):
     @torch.no_grad()
     def generate(self, memory: torch.Tensor, memory_valid: torch.Tensor, max_length: int | None = None,
                  use_cache: bool = True, config: Any = None, memory_ids: torch.Tensor | None = None,
-                 words: WordTable | None = None) -> torch.Tensor:
+                 words: WordTable | None = None, document_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Decode ids (B, <= max_length), without BOS, PAD after each row's EOS (see mmtl.models.generation).
 
         ``config`` is a GenerationConfig (greedy when None). With ``use_cache`` each new token
         costs one position; without it every step re-runs the whole prefix. Both give the same tokens.
-        ``words``: the vocabulary's word table, for whole-word decoding (mmtl.models.words).
+        ``words``: the vocabulary's word table, for whole-word decoding (mmtl.models.words);
+        ``document_ids``: the text the rules read as the document (default ``memory_ids``).
         """
         return generate(self, memory, memory_valid, config, max_length=max_length, use_cache=use_cache,
-                        memory_ids=memory_ids, words=words)
+                        memory_ids=memory_ids, words=words, document_ids=document_ids)
 
 
 @dataclass
@@ -241,7 +242,7 @@ class PromptedDecoder(nn.Module):
     @torch.no_grad()
     def generate(self, memory: torch.Tensor, memory_valid: torch.Tensor, max_length: int | None = None,
                  use_cache: bool = True, config: Any = None, memory_ids: torch.Tensor | None = None,
-                 words: WordTable | None = None) -> torch.Tensor:
+                 words: WordTable | None = None, document_ids: torch.Tensor | None = None) -> torch.Tensor:
         """As :meth:`TextDecoder.generate`, decoding for this head's task."""
         return generate(self, memory, memory_valid, config, max_length=max_length, use_cache=use_cache,
-                        memory_ids=memory_ids, words=words)
+                        memory_ids=memory_ids, words=words, document_ids=document_ids)

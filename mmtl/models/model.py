@@ -209,4 +209,4 @@ def _cut(fused: Fused, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> Fused:
             pairs.append((tensor, leaf))
             tensor = leaf
         out.append(tensor)
-    return Fused(out[0], fused.valid, out[1], fused.ids)
+    return Fused(out[0], fused.valid, out[1], fused.ids, fused.document)

@@ -89,7 +89,7 @@ class GenerationTask(Task):
     def predict(self, head: nn.Module, fused: Fused, options: Any) -> list[str]:
         generation = getattr(options, "generation", None)
         ids = head.generate(fused.tokens, fused.valid, config=generation, words=self.word_table(),
-                            **copy_from(fused.ids)).cpu().tolist()
+                            document_ids=fused.document_ids, **copy_from(fused.ids)).cpu().tolist()
         return [self.context.vocab.decode(row) for row in ids]
 
     def word_table(self) -> WordTable:
