@@ -261,7 +261,7 @@ def test_the_decoder_reads_its_document_once_though_its_copy_memory_holds_the_te
     assert out.select(torch.tensor([0])).document_ids.tolist() == [[7, 8, 9, 7, 8]]
     assert fused.document_ids is fused.ids  # without kept inputs the fused ids are the document
     config = GenerationConfig(no_repeat_ngram_size=2)
-    constraints = Constraints.of(config, None, out.ids, rows=1, document_ids=out.document_ids)
+    constraints = Constraints.of(config, None, out.document_ids, rows=1)
     assert constraints.allowance == [Counter({(7, 8): 2, (8, 9): 1, (9, 7): 1})]
 
 

@@ -121,25 +121,43 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
     return logits
 
 
+@dataclass(frozen=True)
+class DecoderText:
+    """The text behind a decoder's memory: ``ids`` (B, S), the vocabulary id of each memory token that came
+    from text (what a copying decoder copies), and ``document`` (B, L), each row's text once, as the
+    whole-word rules and the no-repeat allowance read it (None: ``ids`` holds it once)."""
+
+    ids: torch.Tensor
+    document: torch.Tensor | None = None
+
+
+def decoder_text(memory_ids: torch.Tensor | None, document_ids: torch.Tensor | None = None) -> DecoderText | None:
+    """The :class:`DecoderText` of a memory's text ids (None when no text was fused)."""
+    return None if memory_ids is None else DecoderText(memory_ids, document_ids)
+
+
 def generate(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Tensor,
              config: GenerationConfig | None = None, *, max_length: int | None = None,
-             use_cache: bool = True, memory_ids: torch.Tensor | None = None,
-             words: WordTable | None = None, document_ids: torch.Tensor | None = None) -> torch.Tensor:
+             use_cache: bool = True, text: DecoderText | None = None, words: WordTable | None = None) -> torch.Tensor:
     """Decode a batch: beam search when ``config.num_beams > 1``, else sampling or greedy.
 
     ``max_length`` (default ``config.max_length``) counts generated tokens and is capped by the
     decoder's positions. Each row stops at its own EOS; the batch stops when every row has. With
     ``words`` (the vocabulary's word table) and ``config.whole_words``, the decoder writes whole words
-    only (mmtl.models.words). ``document_ids`` (default ``memory_ids``, which the decoder copies from):
-    each row's text once, as the whole-word rules and the no-repeat allowance read it.
+    only (mmtl.models.words); ``text``: see :class:`DecoderText`.
     """
     config = config or GenerationConfig()
     steps = min(max_length if max_length is not None else config.max_length, decoder.max_length - 1)
     words = words if config.whole_words else None
-    document_ids = memory_ids if document_ids is None else document_ids
+    memory_ids = None if text is None else text.ids
+    document = None if text is None else (text.ids if text.document is None else text.document)
+    rows = memory.shape[0] * max(config.num_beams, 1)
+    if document is not None and config.num_beams > 1:
+        document = document.repeat_interleave(config.num_beams, 0)
+    constraints = Constraints.of(config, words, document, rows)
     if config.num_beams > 1:
-        return beam_search(decoder, memory, memory_valid, config, steps, use_cache, memory_ids, words, document_ids)
-    return sample(decoder, memory, memory_valid, config, steps, use_cache, memory_ids, words, document_ids)
+        return beam_search(decoder, memory, memory_valid, config, steps, use_cache, memory_ids, constraints)
+    return sample(decoder, memory, memory_valid, config, steps, use_cache, memory_ids, constraints)
 
 
 @dataclass
@@ -151,10 +169,9 @@ class Constraints:
     allowance: list[Counter] | None = None
 
     @classmethod
-    def of(cls, config: GenerationConfig, words: WordTable | None, memory_ids: torch.Tensor | None,
-           rows: int, document_ids: torch.Tensor | None = None) -> "Constraints":
-        """The constraints of ``rows`` rows; their document is ``document_ids`` (default ``memory_ids``)."""
-        document = memory_ids if document_ids is None else document_ids
+    def of(cls, config: GenerationConfig, words: WordTable | None, document: torch.Tensor | None,
+           rows: int) -> "Constraints":
+        """The constraints of ``rows`` rows whose documents are ``document`` (each row's text ids once)."""
         allowance = None
         if config.no_repeat_ngram_size > 0 and config.repeat_document_ngrams and document is not None:
             allowance = document_ngrams(document.tolist(), config.no_repeat_ngram_size)
@@ -177,11 +194,11 @@ def next_token_logits(session: DecodingSession, ids: torch.Tensor, config: Gener
 @torch.no_grad()
 def sample(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Tensor, config: GenerationConfig,
            steps: int, use_cache: bool = True, memory_ids: torch.Tensor | None = None,
-           words: WordTable | None = None, document_ids: torch.Tensor | None = None) -> torch.Tensor:
+           constraints: Constraints | None = None) -> torch.Tensor:
     """Greedy decoding, or sampling (``do_sample``) with temperature, top-k and top-p from a seeded generator."""
     batch = memory.shape[0]
     session = DecodingSession(decoder, memory, memory_valid, use_cache, memory_ids)
-    constraints = Constraints.of(config, words, memory_ids, batch, document_ids)
+    constraints = constraints or Constraints()
     ids = torch.full((batch, 1), BOS, dtype=torch.long, device=memory.device)
     done = torch.zeros(batch, dtype=torch.bool, device=memory.device)
     generator = None
@@ -230,8 +247,10 @@ class _Hypotheses:
 @torch.no_grad()
 def beam_search(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Tensor, config: GenerationConfig,
                 steps: int, use_cache: bool = True, memory_ids: torch.Tensor | None = None,
-                words: WordTable | None = None, document_ids: torch.Tensor | None = None) -> torch.Tensor:
+                constraints: Constraints | None = None) -> torch.Tensor:
     """Batched beam search with length penalty; the KV cache follows the surviving beams.
+
+    ``constraints`` hold one row per beam (see :func:`generate`).
 
     Each step ranks the 2K best continuations of a sample's K beams: EOS among the top K
     finishes a hypothesis, the best K others continue. A sample stops once K hypotheses are
@@ -242,10 +261,8 @@ def beam_search(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Te
     memory, memory_valid = memory.repeat_interleave(beams, 0), memory_valid.repeat_interleave(beams, 0)
     if memory_ids is not None:
         memory_ids = memory_ids.repeat_interleave(beams, 0)
-    if document_ids is not None:
-        document_ids = document_ids.repeat_interleave(beams, 0)
     session = DecodingSession(decoder, memory, memory_valid, use_cache, memory_ids)
-    constraints = Constraints.of(config, words, memory_ids, batch * beams, document_ids)
+    constraints = constraints or Constraints()
     ids = torch.full((batch * beams, 1), BOS, dtype=torch.long, device=device)
     scores = torch.zeros(batch, beams, device=device)
     scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmtl.models.fusion import masked_mean
-from mmtl.models.generation import generate
+from mmtl.models.generation import decoder_text, generate
 from mmtl.models.layers import Attention, DecoderBlock, DecoderCache, key_mask
 from mmtl.models.words import WordTable
 from mmtl.registry import Registry
@@ -160,7 +160,7 @@ class TextDecoder(nn.Module):
         ``document_ids``: the text the rules read as the document (default ``memory_ids``).
         """
         return generate(self, memory, memory_valid, config, max_length=max_length, use_cache=use_cache,
-                        memory_ids=memory_ids, words=words, document_ids=document_ids)
+                        text=decoder_text(memory_ids, document_ids), words=words)
 
 
 @dataclass
@@ -245,4 +245,4 @@ class PromptedDecoder(nn.Module):
                  words: WordTable | None = None, document_ids: torch.Tensor | None = None) -> torch.Tensor:
         """As :meth:`TextDecoder.generate`, decoding for this head's task."""
         return generate(self, memory, memory_valid, config, max_length=max_length, use_cache=use_cache,
-                        memory_ids=memory_ids, words=words, document_ids=document_ids)
+                        text=decoder_text(memory_ids, document_ids), words=words)
