@@ -125,15 +125,18 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
 class DecoderText:
     """The text behind a decoder's memory: ``ids`` (B, S), the vocabulary id of each memory token that came
     from text (what a copying decoder copies), and ``document`` (B, L), each row's text once, as the
-    whole-word rules and the no-repeat allowance read it (None: ``ids`` holds it once)."""
+    whole-word rules and the no-repeat allowance read it."""
 
     ids: torch.Tensor
-    document: torch.Tensor | None = None
+    document: torch.Tensor
 
 
 def decoder_text(memory_ids: torch.Tensor | None, document_ids: torch.Tensor | None = None) -> DecoderText | None:
-    """The :class:`DecoderText` of a memory's text ids (None when no text was fused)."""
-    return None if memory_ids is None else DecoderText(memory_ids, document_ids)
+    """The :class:`DecoderText` of a memory's text ids (None when no text was fused); the document is
+    ``document_ids``, or ``memory_ids`` when they hold the text once."""
+    if memory_ids is None:
+        return None
+    return DecoderText(memory_ids, memory_ids if document_ids is None else document_ids)
 
 
 def generate(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Tensor,
@@ -150,7 +153,7 @@ def generate(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Tenso
     steps = min(max_length if max_length is not None else config.max_length, decoder.max_length - 1)
     words = words if config.whole_words else None
     memory_ids = None if text is None else text.ids
-    document = None if text is None else (text.ids if text.document is None else text.document)
+    document = None if text is None else text.document
     rows = memory.shape[0] * max(config.num_beams, 1)
     if document is not None and config.num_beams > 1:
         document = document.repeat_interleave(config.num_beams, 0)
