@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file, save_model
 from mmtl.builder import Components, build_components, components_from_meta
 from mmtl.config import ExperimentConfig, load_config, load_saved_config, save_config
 from mmtl.errors import MMTLError
-from mmtl.files import sync_path, sync_tree, write_atomically, write_text_atomically
+from mmtl.files import sync_path, sync_tree, temp_prefix, write_atomically, write_text_atomically
 from mmtl.models.adaptation import adapt
 from mmtl.text import Vocabulary
 from mmtl.version import __version__
@@ -137,7 +137,7 @@ def remove_stale_temp(root: Path) -> list[Path]:
     stale = [p for pattern in (".step-*", f".{BEST_NAME}.*") for p in root.glob(pattern) if p.is_dir()]
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
-    pointers = [p for p in root.glob(f".{LATEST}.*.tmp") if not p.is_dir()]  # write_atomically's temp files
+    pointers = [p for p in root.glob(f"{temp_prefix(root / LATEST)}*.tmp") if not p.is_dir()]  # interrupted LATEST writes
     for path in pointers:
         path.unlink(missing_ok=True)
     return stale + pointers
