@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
+
 from tests.conftest import load_tool
 
 
@@ -87,7 +89,11 @@ def test_the_real_inet_setting_mixes_three_sources_one_per_task(tmp_path: Path, 
     converted: list[list[str]] = []
     monkeypatch.setattr(bench, "_convert", lambda runner, log, *argv: converted.append(list(argv)))
     config, overrides = bench.prepare_real_inet(tmp_path / "data", runner=None)
-    sources = json.loads(Path(config).read_text())["data"]["sources"]
+    written = json.loads(Path(config).read_text())
+    sources = written["data"]["sources"]
+    shipped = yaml.safe_load((Path(__file__).parents[1] / "configs" / "data" / "mixed_real.yaml").read_text())
+    assert written["data"]["mixing_temperature"] == shipped["data"]["mixing_temperature"]  # mixed as shipped
+    assert written["model"]["decoder"] == shipped["model"]["decoder"] and written["model"]["preset"] == "tiny"
     assert [(Path(s["path"]).name, s["tasks"]) for s in sources] == [
         ("real-inet", ["recognition"]), ("coco", ["captioning"]), ("tldr", ["summarization"])]
     folders = tmp_path / "data" / "inet-folders"

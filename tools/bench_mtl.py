@@ -44,12 +44,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from balancer_table import InlinePool, Runner, summary  # noqa: E402  (tools/ is not a package)
 from imagenet_folders import write_folders  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "experiment" / "quickstart.yaml"
+MIXED_REAL = ROOT / "configs" / "data" / "mixed_real.yaml"  # the shipped way to mix real sources
 SHARED_DATA = Path(os.environ.get("MMTL_SHARED_DATA") or ROOT.parent / "shared" / "data")
 TRAIN_SCENES = 3000  # the quickstart's training split
 
@@ -116,15 +119,14 @@ def _imagenet_super_classes(data_dir: Path, runner: Runner) -> Path:
 
 
 def _real_config(data_dir: Path, name: str, sources: list[dict[str, Any]]) -> str:
-    """The config of a real mix: tiny preset, 300 steps, as configs/data/mixed_real.yaml ships it: near-equal
-    task shares (temperature 100) and one decoder for both generation tasks (issue #24: at temperature 2
-    and with two decoders, captioning collapsed in every seed)."""
+    """The config of a real mix: tiny preset, 300 steps, mixed and decoded as configs/data/mixed_real.yaml
+    ships it (its data settings and model section, with these sources)."""
+    shipped = yaml.safe_load(MIXED_REAL.read_text())
     config = data_dir / f"{name}.yaml"
     config.write_text(json.dumps({  # JSON is YAML
         "name": f"mtl-{name}", "tasks": ["recognition", "captioning", "summarization"],
-        "model": {"preset": "tiny", "decoder": {"shared": True}},
-        "data": {"path": sources[0]["path"], "mixing": "temperature", "mixing_temperature": 100.0, "batch_size": 32,
-                 "shuffle_buffer": 500, "sources": sources},
+        "model": {**shipped.get("model", {}), "preset": "tiny"},
+        "data": {**shipped["data"], "path": sources[0]["path"], "sources": sources},
         "train": {"steps": 300, "lr": 0.002, "warmup_steps": 30},
         "eval": {"split": "test", "max_samples": 200}, "validation": {"max_samples": 200},
     }, indent=2))
