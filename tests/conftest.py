@@ -4,6 +4,7 @@ from __future__ import annotations
 import builtins
 import importlib.util
 import json
+import os
 import sys
 import threading
 import urllib.error
@@ -15,10 +16,18 @@ from typing import Any, Callable, Iterator
 
 import pytest
 import torch
+from hypothesis import settings
 
 from data_pipelines.pipes import allow_pipes
 from data_pipelines.shapes_world import write_shards
 import mmtl.components  # noqa: F401  (fills the registries that config validation reads, as the entry points do)
+
+# CI replays the same examples on every run (a landing never hangs on a lucky draw); a developer's run explores
+# new ones. Hypothesis also draws strings found in the code under test ("--debug"), so every property must hold
+# for them too.
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI", "").lower() in ("1", "true"):
+    settings.load_profile("ci")
 
 MICRO_SIZES = {"train": 96, "val": 16, "test": 16}
 TOOLS = Path(__file__).parents[1] / "tools"
