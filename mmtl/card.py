@@ -19,16 +19,18 @@ from typing import Any, Iterable
 from mmtl.checkpoint import CONFIG_FILE, is_delta, read_meta, resolve_checkpoint
 from mmtl.config import ExperimentConfig, load_saved_config
 from mmtl.errors import MMTLError
+from mmtl.files import read_bounded
 from mmtl.version import __version__
 
 CARD_FILE = "README.md"
 CARD_DATA = "card.json"  # what the card shows that the checkpoint does not hold
+MAX_CARD_DATA_BYTES = 16 * 2**20
 LICENCE_KEYS = ("license", "licence")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_bounded(path, MAX_CARD_DATA_BYTES))
     except (OSError, ValueError):
         return {}
 

@@ -36,8 +36,9 @@ from safetensors.torch import load_file, save_file, save_model
 
 from mmtl.builder import Components, build_components, components_from_meta
 from mmtl.config import ExperimentConfig, load_config, load_saved_config, save_config
+from mmtl.config.budget import MAX_META_BYTES, MAX_POINTER_BYTES
 from mmtl.errors import MMTLError
-from mmtl.files import sync_path, sync_tree, temp_prefix, write_atomically, write_text_atomically
+from mmtl.files import read_bounded, sync_path, sync_tree, temp_prefix, write_atomically, write_text_atomically
 from mmtl.models.adaptation import adapt
 from mmtl.text import Vocabulary
 from mmtl.version import __version__
@@ -179,7 +180,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def _follow_pointer(latest: Path) -> Path:
     """The checkpoint directory ``latest`` names, confined to ``latest``'s folder."""
     try:
-        name = latest.read_text(encoding="utf-8").strip()
+        name = read_bounded(latest, MAX_POINTER_BYTES).decode("utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise MMTLError(f"cannot read {latest}: {getattr(exc, 'strerror', None) or exc}") from exc
     folder = latest.parent
@@ -194,8 +195,10 @@ def _follow_pointer(latest: Path) -> Path:
 def read_meta(checkpoint: Path) -> dict[str, Any]:
     """The checkpoint's ``meta.json``."""
     try:
-        return json.loads((checkpoint / META_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        return json.loads(read_bounded(checkpoint / META_FILE, MAX_META_BYTES))
+    except OSError as exc:
+        raise MMTLError(f"unreadable checkpoint metadata in {checkpoint}: {exc.strerror or exc}") from None
+    except ValueError as exc:
         raise MMTLError(f"unreadable checkpoint metadata in {checkpoint}: {exc}") from None
 
 

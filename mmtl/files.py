@@ -5,10 +5,14 @@
   renamed onto its path: readers see the old file or the new one, never a part. A link at the path
   itself is replaced, its target left alone.
 - :func:`sync_path` and :func:`sync_tree`: fsync a file, a folder or a whole tree before a rename.
+- :func:`read_bounded`: a small file of someone else's (a shared run or checkpoint folder) read only
+  after its size is checked, and only if it is a regular file.
 """
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -63,3 +67,26 @@ def temp_prefix(path: Path) -> str:
 def write_text_atomically(path: Path, text: str, durable: bool = True) -> None:
     """:func:`write_atomically` for a UTF-8 text file."""
     write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), durable)
+
+
+def read_bounded(path: Path, max_bytes: int) -> bytes:
+    """The bytes of the regular file ``path``, read only when it holds at most ``max_bytes``.
+
+    Raises OSError (``strerror`` says why) for a larger file, before reading it, and for anything but a
+    regular file: a FIFO is opened without blocking and refused, a device is never read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if info.st_size > max_bytes:
+            raise OSError(errno.EFBIG, f"larger than {max_bytes} bytes", str(path))
+        data = os.read(fd, max_bytes + 1)  # the file may have grown since fstat
+        while len(data) <= max_bytes and (chunk := os.read(fd, max_bytes + 1 - len(data))):
+            data += chunk
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise OSError(errno.EFBIG, f"larger than {max_bytes} bytes", str(path))
+    return data

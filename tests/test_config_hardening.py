@@ -10,6 +10,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import mmtl.config.parsing
 from mmtl.config import ExperimentConfig, load_config, parse_override, resolve_config
 from mmtl.errors import ConfigError
 
@@ -65,10 +66,10 @@ def test_unreadable_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     path = tmp_path / "locked.yaml"
     path.write_text("train:\n  steps: 3\n")
 
-    def denied(self: Path) -> bytes:
-        raise PermissionError(13, "Permission denied", str(self))
+    def denied(file: Path, max_bytes: int) -> bytes:
+        raise PermissionError(13, "Permission denied", str(file))
 
-    monkeypatch.setattr(Path, "read_bytes", denied)
+    monkeypatch.setattr(mmtl.config.parsing, "read_bounded", denied)
     with pytest.raises(ConfigError, match="cannot read config file .*locked.yaml: Permission denied"):
         load_config(path)
 

@@ -60,3 +60,79 @@ def test_resuming_removes_pointer_temp_files_an_interrupted_save_left(tmp_path: 
     (root / LATEST).write_text("step-00000001")
     assert remove_stale_temp(root) == [leftover]
     assert sorted(p.name for p in root.iterdir()) == [LATEST]
+
+
+# -- reading other people's small files: sizes checked before anything is read --------------------------------
+def _sparse(path: Path, size: int) -> Path:
+    """A file of ``size`` bytes that takes no disk (reading it whole would allocate ``size`` bytes)."""
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+    return path
+
+
+def _peak_allocation(call) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        call()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_read_bounded_returns_a_small_file_and_refuses_a_large_one_unread(tmp_path: Path) -> None:
+    from mmtl.files import read_bounded
+
+    small = tmp_path / "small.json"
+    small.write_bytes(b'{"a": 1}')
+    assert read_bounded(small, 8) == b'{"a": 1}'
+    with pytest.raises(OSError, match="larger than 7 bytes"):
+        read_bounded(small, 7)
+    big = _sparse(tmp_path / "big.json", 64 * 2**20)
+    assert _peak_allocation(lambda: pytest.raises(OSError, read_bounded, big, 2**20)) < 2**20
+
+
+def test_read_bounded_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
+    from mmtl.files import read_bounded
+
+    fifo = tmp_path / "trackers.json"
+    os.mkfifo(fifo)  # nobody writes it: a plain open() for reading would wait forever
+    with pytest.raises(OSError, match="not a regular file"):
+        read_bounded(fifo, 1024)
+
+
+def test_shared_run_files_of_any_size_are_refused_before_they_are_read(tmp_path: Path) -> None:
+    from mmtl.errors import MMTLError
+    from mmtl.evaluation.baselines import read_baselines
+    from mmtl.checkpoint import resolve_checkpoint
+    from mmtl.training.trackers import IDS_FILE, read_run_ids
+
+    size = 64 * 2**20
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    _sparse(run / IDS_FILE, size)
+    _sparse(run / "checkpoints" / LATEST, size)
+    baselines = _sparse(tmp_path / "baselines.json", size)
+
+    assert _peak_allocation(lambda: read_run_ids(run)) < 2**20
+    assert read_run_ids(run) == {}
+    for read in (lambda: read_baselines(baselines), lambda: resolve_checkpoint(run)):
+        with pytest.raises(MMTLError, match="larger than"):
+            read()
+        assert _peak_allocation(lambda: pytest.raises(MMTLError, read)) < 2**20
+
+
+def test_a_checkpoints_config_and_metadata_of_any_size_are_refused_before_they_are_read(tmp_path: Path) -> None:
+    from mmtl.checkpoint import read_meta
+    from mmtl.config.budget import MAX_META_BYTES
+    from mmtl.config.parsing import read_yaml_tree
+    from mmtl.errors import ConfigError, MMTLError
+
+    config = _sparse(tmp_path / "config.yaml", 64 * 2**20)
+    _sparse(tmp_path / "meta.json", MAX_META_BYTES + 1)
+    with pytest.raises(ConfigError, match="larger than"):
+        read_yaml_tree(config, follow_includes=False)
+    with pytest.raises(MMTLError, match="larger than"):
+        read_meta(tmp_path)
+    assert _peak_allocation(lambda: pytest.raises(MMTLError, read_meta, tmp_path)) < 2**20

@@ -31,6 +31,7 @@ from mmtl.config.parsing import apply_overrides, deep_merge, drop_local, read_ya
 from mmtl.config.presets import MODEL_PRESETS
 from mmtl.config.schema import DataConfig, ExperimentConfig
 from mmtl.errors import ConfigError
+from mmtl.files import read_bounded
 from mmtl.text import FULL_BPE_SIZE, SPECIAL_TOKENS
 
 GIB = 2**30
@@ -38,6 +39,7 @@ BYTES = 4  # fp32
 BUDGET_ENV = "MMTL_MEMORY_BUDGET_GB"
 MAX_CLASSES = 1_000_000  # a class list longer than this is refused before any head is built
 MAX_META_BYTES = 512 * 2**20  # a meta.json larger than this is not one mmtl wrote
+MAX_POINTER_BYTES = 4096  # a LATEST pointer names one checkpoint folder
 CGROUP_LIMIT = Path("/sys/fs/cgroup/memory.max")
 
 
@@ -167,9 +169,7 @@ def preflight_checkpoint(path: str | Path) -> None:
         return
     config_file, meta_file = found
     try:
-        if meta_file.stat().st_size > MAX_META_BYTES:
-            raise ConfigError(f"{meta_file} is larger than {MAX_META_BYTES // 2**20} MiB: not a checkpoint's metadata")
-        meta = json.loads(meta_file.read_bytes())
+        meta = json.loads(read_bounded(meta_file, MAX_META_BYTES))
         tree = read_yaml_tree(config_file, follow_includes=False)
         drop_local(ExperimentConfig, tree)
     except (OSError, ValueError, ConfigError, RecursionError):
@@ -263,7 +263,7 @@ def _checkpoint_files(path: Path) -> tuple[Path, Path] | None:
     for candidate in (path, path / "checkpoints"):
         folders = [candidate]
         try:
-            name = (candidate / "LATEST").read_text(encoding="utf-8").strip()
+            name = read_bounded(candidate / "LATEST", MAX_POINTER_BYTES).decode("utf-8").strip()
             if name and Path(name).name == name and name not in (".", ".."):
                 folders.append(candidate / name)
         except (OSError, UnicodeDecodeError):

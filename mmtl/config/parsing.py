@@ -21,8 +21,11 @@ from mmtl.config.presets import MODEL_PRESETS
 from mmtl.config.schema import ExperimentConfig
 from mmtl.config.validation import validate
 from mmtl.errors import ConfigError
+from mmtl.files import read_bounded
 
 log = logging.getLogger(__name__)
+
+MAX_CONFIG_BYTES = 16 * 2**20  # a YAML config larger than this is no config (and would be read whole)
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -156,7 +159,7 @@ def read_yaml_tree(path: Path, _seen: tuple[Path, ...] = (), follow_includes: bo
     if path.resolve() in _seen:
         raise ConfigError(f"{path}: include cycle")
     try:
-        loaded = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        loaded = yaml.safe_load(read_bounded(path, MAX_CONFIG_BYTES).decode("utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:

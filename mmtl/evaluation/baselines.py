@@ -10,22 +10,26 @@ from mmtl.errors import MMTLError
 from mmtl.evaluation.delta import MetricRoles, delta_m
 from mmtl.evaluation.evaluate import EvalResult
 from mmtl.evaluation.savings import checkpoint_flops_per_sample, savings
+from mmtl.files import read_bounded
 
 BASELINES_FILE = "baselines.json"
 TASK_FILE = "baseline.json"
+MAX_BASELINES_BYTES = 16 * 2**20  # metrics of a few tasks and sources; a larger file is not one mmtl wrote
 
 
 def read_baselines(path: str | Path) -> dict[str, Any]:
     """A ``baselines.json`` written by :func:`train_baselines` (MMTLError if missing or malformed)."""
     path = Path(path)
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(read_bounded(path, MAX_BASELINES_BYTES))
         tasks = record["tasks"]
         for task, entry in tasks.items():
             if not isinstance(entry.get("metrics"), dict) or "primary_metric" not in entry:
                 raise KeyError(f"task {task} lacks metrics or primary_metric")
     except FileNotFoundError:
         raise MMTLError(f"baselines file not found: {path} (write it with `mmtl baselines --config ...`)") from None
+    except OSError as exc:
+        raise MMTLError(f"cannot read baselines file {path}: {exc.strerror or exc}") from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise MMTLError(f"{path} is not a baselines file written by `mmtl baselines` ({type(exc).__name__}: {exc})") from None
     return record

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Protocol, Sequence
 
 from mmtl.config import ExperimentConfig
 from mmtl.errors import MMTLError
-from mmtl.files import write_text_atomically
+from mmtl.files import read_bounded, write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ LOGGERS: dict[str, tuple[str, str] | None] = {
 }
 Row = Mapping[str, Any]
 IDS_FILE = "trackers.json"  # in the run folder: {tracker name: its run id}
+MAX_IDS_BYTES = 64 * 2**10  # a few run ids; a larger file is not one mmtl wrote
 
 
 class Tracker(Protocol):
@@ -89,7 +90,7 @@ def open_trackers(names: Sequence[str], run_dir: Path, config: ExperimentConfig 
 def read_run_ids(run_dir: Path) -> dict[str, str]:
     """``{tracker name: run id}`` of ``RUN/trackers.json`` (empty when absent or not such a mapping)."""
     try:
-        ids = json.loads((run_dir / IDS_FILE).read_text(encoding="utf-8"))
+        ids = json.loads(read_bounded(run_dir / IDS_FILE, MAX_IDS_BYTES))
     except (OSError, ValueError):
         return {}
     if not isinstance(ids, dict):
