@@ -36,6 +36,9 @@ def test_tune_weights_writes_a_config_that_trains(micro_data: Path, tmp_path: Pa
     assert [c["weights"] for c in record["candidates"]] == weight_grid(["recognition", "captioning", "summarization"],
                                                                        [1.0, 3.0])[:2]
     assert record["weights"] in [c["weights"] for c in record["candidates"]] and "chosen:" in printed
+    table = printed.splitlines()[:3]  # header and two candidates: their Δm columns end at the same place
+    assert table[0].startswith("weights") and len({line.index("%") if "%" in line else line.index(")")
+                                                   for line in table}) == 1
     tuned = load_config(str(out / "tuned.yaml"), [])
     assert tuned.balancer.name == "fixed" and selected(tuned.balancer, "balancer")[1].weights == record["weights"]
     assert main(["train", "--config", str(out / "tuned.yaml"), f"output_dir={tmp_path / 'tuned-run'}",

@@ -30,6 +30,10 @@ def _values(text: str) -> list[float]:
         raise MMTLError(f"--values must be comma-separated numbers, got {text!r}") from None
 
 
+def _weights_text(weights: dict[str, float]) -> str:
+    return ", ".join(f"{task} {weight:.3g}" for task, weight in weights.items())
+
+
 def _cmd_tune(args: argparse.Namespace) -> int:
     if args.budget < 0 or (args.steps is not None and args.steps < 1):
         raise MMTLError("--budget must be 0 or more and --steps 1 or more")
@@ -38,11 +42,11 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path(f"{config.output_dir}-tuning")
     result = tune_weights(config, out, _values(args.values), args.budget, args.steps, args.baselines)
-    print(f"{'weights':<48} {'Δm (val)':>9}  regressed")
-    for candidate in result.candidates:
-        weights = ", ".join(f"{t} {w:g}" for t, w in candidate["weights"].items())
-        delta = "n/a" if candidate["delta_m"] is None else f"{100 * candidate['delta_m']:+.2f}%"
-        print(f"{weights:<48} {delta:>9}  {', '.join(candidate['regressed']) or '-'}")
-    chosen = ", ".join(f"{t} {w:g}" for t, w in result.weights.items())
+    rows = [(_weights_text(c["weights"]), "n/a" if c["delta_m"] is None else f"{100 * c['delta_m']:+.2f}%",
+             ", ".join(c["regressed"]) or "-") for c in result.candidates]
+    width = max([len("weights")] + [len(row[0]) for row in rows])
+    for weights, delta, regressed in [("weights", "Δm (val)", "regressed"), *rows]:
+        print(f"{weights:<{width}}  {delta:>9}  {regressed}")
+    chosen = _weights_text(result.weights)
     print(f"chosen: {chosen}\nwrote {result.config_path} (train it: mmtl train --config {result.config_path})")
     return 0
