@@ -1,4 +1,4 @@
-"""Model presets are general: each builds and trains a step of every task."""
+"""Presets are general: the small-image preset builds and trains a step of every task."""
 from __future__ import annotations
 
 import math

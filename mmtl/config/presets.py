@@ -24,9 +24,9 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         "text": {"depth": 1, "context_length": 64},
         "fusion": {"depth": 1}, "decoder": {"depth": 1},
     },
-    # small images (32 px): a 16-32-64-64 ResNet at stride 8 (a 4x4 map, 16 tokens) costs about what a
-    # 2-convolution CNN costs per step, one fusion layer, narrow; chosen by time-to-accuracy against that CNN
-    # (docs/benchmarks.md, "a preset for small images")
+    # small images (32 px): a 16-32-64-64 ResNet at stride 8 (a 4x4 map, 16 tokens) whose step alone costs about
+    # a 2-convolution CNN's, narrow, one fusion layer; chosen by time-to-accuracy against that CNN: a whole step
+    # ~1.7x the CNN's CPU, a third of tiny's (docs/benchmarks.md, "a preset for small images")
     "nano": {
         "width": 64, "num_heads": 2,
         "image": {"timm_model": "resnet18", "image_size": 32,
