@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from tests.conftest import load_tool
 
 
@@ -111,3 +113,40 @@ def test_ablate_recipe_trains_one_reference_per_seed_and_each_variant(micro_data
     assert rows[1]["overrides"] == ["task_settings.recognition.head=pooled"]
     assert all(r["first_loss"] is not None and 0 <= r["metric"] <= 1 for r in rows)
     assert "ratio" in capsys.readouterr().out
+
+
+def test_bench_recipe_cnn_side_reports_cpu_seconds_and_mmtl_at_its_time(micro_data: Path, one_thread, capsys) -> None:
+    bench = load_tool("bench_recipe")
+    code = bench.main(["--data", str(micro_data), "--preset", "micro", "--steps", "6", "--seeds", "0",
+                       "--batch-size", "8", "--tasks", "recognition,captioning", "--cnn", "--cnn-factor", "0.5"])
+    assert code == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(out[-1])
+    recognition, captioning = (summary["results"][f"{micro_data.name}/{t}"] for t in ("recognition", "captioning"))
+    assert "cnn" not in captioning  # the CNN classifies images; it generates no text
+    assert recognition["cnn_cpu_seconds"][0] > 0 and recognition["mmtl_cpu_seconds"][0] > 0
+    assert 0 <= recognition["cnn"][0] <= 1 and 0 <= recognition["mmtl_at_cnn_time"][0] <= 1
+    # half the CNN's CPU time is less than mmtl's whole run: mmtl is trained again for fewer steps
+    assert 1 <= recognition["mmtl_at_cnn_time_steps"][0] < 6
+    assert set(summary["ratios"][f"{micro_data.name}/recognition"]) >= {"cnn_equal_steps", "cnn_time_x_factor"}
+    assert "ratio@cnn time" in "\n".join(out)
+
+
+def test_two_convolution_cnn_learns_a_separable_set(micro_data: Path, one_thread) -> None:
+    """Red images are one class, blue ones another: the plain loop's model, loss and scoring are wired up right."""
+    load_tool("bench_recipe")
+    cnn = load_tool("cnn_reference")
+    from mmtl.builder import components_from_data
+    from mmtl.config import load_config
+
+    task = components_from_data(load_config(None, [f"data.path={micro_data}", "tasks=[recognition]",
+                                                   "model.preset=micro"])).tasks[0]
+    classes = list(task.context.classes)
+    images = [torch.zeros(3, 16, 16, dtype=torch.uint8) for _ in range(32)]
+    for i, image in enumerate(images):
+        image[2 * (i % 2)] = 200  # channel 0 (red) for even rows, 2 (blue) for odd
+    rows = cnn.Prepared(images, [[i % 2] for i in range(32)], [[classes[i % 2]] for i in range(32)])
+    run = cnn.train_cnn(task, rows, rows, steps=30, batch_size=8, seed=0)
+    assert run.cpu_seconds > 0 and len(run.losses) == 30
+    assert run.losses[-1] < 0.2 * run.losses[0]
+    assert run.metrics[task.primary_metric] > 0.95

@@ -3,7 +3,7 @@
 Usage: python tools/bench_recipe.py [--data DIR [--eval-split test] | --real]
            [--tasks recognition,captioning,summarization] [--steps 560] [--seeds 0,1,2] [--preset tiny]
            [--batch-size 32] [--max-eval N] [--cache DIR] [--set KEY=VALUE ...]
-           [--profile | --profile-only] [--profile-steps 60]
+           [--profile | --profile-only] [--profile-steps 60] [--cnn [--cnn-factor 2]]
 
 For every data set, task and seed:
   mmtl       ``mmtl.training.loop.train`` with ``tasks=[task]`` (the preset's recipe otherwise unchanged),
@@ -25,6 +25,12 @@ not supervise, a missing directory or split is a one-line error (exit 2).
 step cut into data, host->device, encoders, fusion, heads, loss, backward, clipping, optimiser, schedule
 and bookkeeping, next to the reference's (data from memory, forward, loss, backward, step), their steps
 alternating; ``--profile-only`` skips the accuracy runs.
+``--cnn`` adds, for every task that classifies images, a third side: a 2-convolution CNN in a plain loop
+(tools/cnn_reference.py) on the reference's decoded rows, ``--steps`` steps, timed in CPU seconds
+(``time.process_time``: its share of the decoding plus its loop); mmtl's whole ``train`` call is timed
+the same way, and mmtl is trained again, from scratch, for the steps that fit in ``--cnn-factor`` times
+the CNN's CPU seconds at mmtl's CPU rate (setup counted in both), and scored: issue #29's "reaches the
+2-convolution CNN's accuracy in <= 2x its CPU time".
 Without ``--data`` / ``--real`` the data is shapes world written into a temp dir like the quickstart.
 ``--real`` converts the sets in ``<repo>/../shared/data`` (or $MMTL_SHARED_DATA) once into ``--cache``.
 Prints a table (mean ± std over seeds) and ends with one JSON line: mmtl / reference ratios of the
@@ -59,11 +65,15 @@ from mmtl.evaluation.evaluate import evaluate  # noqa: E402
 from mmtl.training.run import train  # noqa: E402
 from mmtl.precision import resolve_device  # noqa: E402
 from recipe_reference import Prepared, Reference, ReferenceTraining, prepare, read_split, train_reference  # noqa: E402
+from cnn_reference import classifies_images, train_cnn  # noqa: E402
 from step_profile import PartClock, compare_profiles, format_profile, profile_mmtl, summarize_parts  # noqa: E402
 
 ALL_TASKS = ("recognition", "captioning", "summarization")
 # degeneration of generated text (mmtl.tasks.metrics.diversity), reported beside the primary metric
 TEXT_QUALITY = ("distinct2", "repetition")
+# the --cnn side's figures in a row (tools/cnn_reference.py)
+CNN_KEYS = ("cnn", "cnn_cpu_seconds", "mmtl_cpu_seconds", "mmtl_at_cnn_time", "mmtl_at_cnn_time_steps",
+            "mmtl_at_cnn_time_cpu_seconds")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -150,14 +160,17 @@ def base_config(data: DataSet, task: str, args: argparse.Namespace, seed: int, s
 
 
 def run_mmtl(config: ExperimentConfig, max_eval: int) -> dict[str, Any]:
-    """Train and evaluate mmtl on the config's single task; primary metric, baseline and seconds."""
+    """Train and evaluate mmtl on the config's single task; primary metric, baseline, seconds (the steps'
+    wall time) and CPU seconds (the whole ``train`` call, setup included)."""
+    cpu = time.process_time()
     result = train(config)
+    cpu = time.process_time() - cpu
     device = next(result.components.model.parameters()).device
     evaluation = evaluate(result.components, config, device, max_samples=max_eval)
     task = config.tasks[0]
     metric = evaluation.primary[task]
     return {"metric": evaluation.metrics[task][metric], "baseline": evaluation.baselines[task][metric],
-            "seconds": result.step_seconds, "samples": evaluation.samples, "name": metric,
+            "seconds": result.step_seconds, "cpu_seconds": cpu, "samples": evaluation.samples, "name": metric,
             "text": text_quality(evaluation.metrics[task])}
 
 
@@ -170,10 +183,11 @@ class ReferenceBench:
     """The reference side for one data set: its samples decoded once, reused by every task and seed."""
 
     def __init__(self, data: DataSet, config: ExperimentConfig, max_eval: int) -> None:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         size = config.model.image.image_size
         self.train_samples = read_split(data.path, config.data.train_split, size)
         self.load_seconds = time.perf_counter() - started
+        self.load_cpu_seconds = time.process_time() - cpu
         self.eval_samples = read_split(data.path, data.eval_split, size, max_eval)
 
     def _rows(self, config: ExperimentConfig) -> tuple[Components, Prepared, Prepared, torch.device]:
@@ -193,6 +207,14 @@ class ReferenceBench:
         run = train_reference(task, components.vocab, config, train_rows, eval_rows, steps, seed, device)
         return {"metric": run.metrics[task.primary_metric], "seconds": self.load_seconds + run.seconds,
                 "train_seconds": run.seconds, "losses": run.losses, "text": text_quality(run.metrics)}
+
+    def run_cnn(self, config: ExperimentConfig, steps: int, seed: int) -> dict[str, Any]:
+        """Train and score the 2-convolution CNN on ``config``'s task; CPU seconds include decoding the train split."""
+        components, train_rows, eval_rows, _ = self._rows(config)
+        run = train_cnn(components.tasks[0], train_rows, eval_rows, steps, config.data.batch_size, seed,
+                        config.eval.threshold)
+        return {"metric": run.metrics[components.tasks[0].primary_metric], "train_cpu_seconds": run.cpu_seconds,
+                "cpu_seconds": self.load_cpu_seconds + run.cpu_seconds}
 
     def start_profile(self, config: ExperimentConfig, steps: int, seed: int) -> tuple[ReferenceTraining, PartClock]:
         """A reference training of ``steps`` steps for ``config``'s task whose steps a new clock times."""
@@ -219,12 +241,16 @@ def bench_task(data: DataSet, task: str, args: argparse.Namespace, seed: int, re
     config = base_config(data, task, args, seed, steps, runs / f"{data.name}-{task}-{seed}")
     mmtl = run_mmtl(config, args.max_eval)
     ref = reference.run(config, steps, seed)
+    cnn = {}
+    if args.cnn and classifies_images(components_from_data(config).tasks[0]):
+        cnn = cnn_row(data, args, seed, reference, mmtl, config, runs / f"{data.name}-{task}-{seed}-cnn")
     window = max(1, min(10, steps // 4))  # steps whose mean loss is reported at the start and the end
     row = {"seed": seed, "metric": mmtl["name"], "baseline": mmtl["baseline"], "mmtl": mmtl["metric"],
            "reference": ref["metric"], "mmtl_seconds": mmtl["seconds"], "reference_seconds": ref["seconds"],
            "reference_first_loss": statistics.fmean(ref["losses"][:window]),
            "reference_last_loss": statistics.fmean(ref["losses"][-window:]),
-           **{f"mmtl_{k}": v for k, v in mmtl["text"].items()}, **{f"reference_{k}": v for k, v in ref["text"].items()}}
+           **{f"mmtl_{k}": v for k, v in mmtl["text"].items()}, **{f"reference_{k}": v for k, v in ref["text"].items()},
+           **cnn}
     if ref["seconds"] <= mmtl["seconds"]:  # mmtl is slower: it gets the steps that fit in the reference's time
         cut = steps_in(ref["seconds"], mmtl["seconds"], steps)
         cut_config = base_config(data, task, args, seed, cut, runs / f"{data.name}-{task}-{seed}-cut")
@@ -237,6 +263,20 @@ def bench_task(data: DataSet, task: str, args: argparse.Namespace, seed: int, re
     print(f"  {data.name}/{task} seed {seed}: " + ", ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
     return row
+
+
+def cnn_row(data: DataSet, args: argparse.Namespace, seed: int, reference: ReferenceBench,
+            mmtl: dict[str, Any], config: ExperimentConfig, out: Path) -> dict[str, Any]:
+    """The CNN at ``--steps`` steps, and mmtl retrained for the steps that fit in ``--cnn-factor`` times the
+    CNN's CPU seconds (at the CPU rate of ``mmtl``, its run at ``--steps``; at most ``--steps``)."""
+    cnn = reference.run_cnn(config, args.steps, seed)
+    cut = min(args.steps, steps_in(args.cnn_factor * cnn["cpu_seconds"], mmtl["cpu_seconds"], args.steps))
+    task = config.tasks[0]
+    # the budget holds all of --steps: the equal-steps run is mmtl's run at the CNN's time
+    at_cnn = run_mmtl(base_config(data, task, args, seed, cut, out), args.max_eval) if cut < args.steps else mmtl
+    return {"cnn": cnn["metric"], "cnn_cpu_seconds": cnn["cpu_seconds"], "mmtl_cpu_seconds": mmtl["cpu_seconds"],
+            "mmtl_at_cnn_time": at_cnn["metric"], "mmtl_at_cnn_time_steps": cut,
+            "mmtl_at_cnn_time_cpu_seconds": at_cnn["cpu_seconds"]}
 
 
 def profile_task(data: DataSet, task: str, args: argparse.Namespace, reference: ReferenceBench,
@@ -278,9 +318,13 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     keys = ("baseline", "mmtl", "reference", "mmtl_time", "reference_time", "mmtl_time_steps",
             "reference_time_steps", "mmtl_seconds", "reference_seconds", "reference_first_loss", "reference_last_loss")
     keys += tuple(f"{side}_{k}" for side in ("mmtl", "reference") for k in TEXT_QUALITY if f"{side}_{k}" in rows[0])
+    keys += tuple(k for k in CNN_KEYS if k in rows[0])
     out: dict[str, Any] = {"metric": rows[0]["metric"], **{k: mean_std(k) for k in keys}}
     out["ratio_equal_steps"] = ratio(out["mmtl"][0], out["reference"][0])
     out["ratio_equal_time"] = ratio(out["mmtl_time"][0], out["reference_time"][0])
+    if "cnn" in out:
+        out["cnn_ratio_equal_steps"] = ratio(out["mmtl"][0], out["cnn"][0])
+        out["cnn_ratio_at_cnn_time"] = ratio(out["mmtl_at_cnn_time"][0], out["cnn"][0])
     return out
 
 
@@ -297,8 +341,18 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
                       str(r["ratio_equal_steps"]), f"{cell(r['mmtl_time'])} ({r['mmtl_time_steps'][0]:.0f})",
                       f"{cell(r['reference_time'])} ({r['reference_time_steps'][0]:.0f})", str(r["ratio_equal_time"]),
                       cell(r["mmtl_seconds"], 0), cell(r["reference_seconds"], 0)))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines)
+    cnn = [("data/task", "cnn", "cnn cpu s", "mmtl cpu s", "mmtl/cnn", "mmtl@cnn cpu x factor", "ratio@cnn time")]
+    cnn += [(name, cell(r["cnn"]), cell(r["cnn_cpu_seconds"], 1), cell(r["mmtl_cpu_seconds"], 1),
+             str(r["cnn_ratio_equal_steps"]), f"{cell(r['mmtl_at_cnn_time'])} ({r['mmtl_at_cnn_time_steps'][0]:.0f} "
+             f"steps, {r['mmtl_at_cnn_time_cpu_seconds'][0]:.1f} cpu s)", str(r["cnn_ratio_at_cnn_time"]))
+            for name, r in results.items() if "cnn" in r]
+    return "\n\n".join(aligned(table) for table in (lines, cnn) if len(table) > 1)
+
+
+def aligned(lines: list[tuple[str, ...]]) -> str:
+    """Rows of cells as text columns."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
 
 
 def run_bench(datasets: list[DataSet], args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -319,8 +373,10 @@ def run_bench(datasets: list[DataSet], args: argparse.Namespace, workdir: Path) 
     if results:
         print(format_table(results))
     out = {"bench": "recipe", "preset": args.preset, "steps": args.steps, "batch_size": args.batch_size,
-           "overrides": args.set, "seeds": args.seeds, "threads": torch.get_num_threads(),
-           "ratios": {k: {"equal_steps": r["ratio_equal_steps"], "equal_time": r["ratio_equal_time"]}
+           "overrides": args.set, "seeds": args.seeds, **({"cnn_factor": args.cnn_factor} if args.cnn else {}), "threads": torch.get_num_threads(),
+           "ratios": {k: {"equal_steps": r["ratio_equal_steps"], "equal_time": r["ratio_equal_time"],
+                          **({"cnn_equal_steps": r["cnn_ratio_equal_steps"], "cnn_time_x_factor": r["cnn_ratio_at_cnn_time"]}
+                             if "cnn" in r else {})}
                       for k, r in results.items()},
            "results": results}
     if profiles:
@@ -350,6 +406,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "...; see tools/step_profile.py), print them and add them to the JSON line")
     parser.add_argument("--profile-only", action="store_true", help="the step profile alone (no accuracy runs)")
     parser.add_argument("--profile-steps", type=int, default=60, help="steps of each profiled run (default 60)")
+    parser.add_argument("--cnn", action="store_true",
+                        help="also train a 2-convolution CNN (tools/cnn_reference.py) on image-classifying tasks and "
+                             "score mmtl at --cnn-factor times its CPU seconds")
+    parser.add_argument("--cnn-factor", type=float, default=2.0, help="mmtl's CPU budget in CNN CPU times (default 2)")
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "mmtl-bench-recipe"),
                         help="where --real conversions and the default shapes world are kept")
     args = parser.parse_args(argv)

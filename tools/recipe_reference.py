@@ -308,17 +308,22 @@ class Reference:
         """Predictions in the task's own format (recognition: every class with its score)."""
         x = self._inputs(inputs)
         if not self.generates:
-            logits = self.model(x).float()
-            if self.single:
-                top = logits.softmax(-1).cpu().topk(min(5, logits.shape[-1]), dim=-1)
-                return [[(self.classes[i], float(p)) for p, i in zip(ps.tolist(), ix.tolist())]
-                        for ps, ix in zip(top.values, top.indices)]
-            probs = torch.sigmoid(logits).cpu()
-            return [[(self.classes[i], float(row[i])) for i in torch.argsort(row, descending=True).tolist()]
-                    for row in probs]
+            return recognition_predictions(self.model(x), self.classes, self.single)
         memory, memory_pad = self.model.memory(x)
         ids = self.model.decoder.greedy(memory, memory_pad, self.config.eval.generation.max_length)
         return [self.vocab.decode(row) for row in ids.tolist()]
+
+
+def recognition_predictions(logits: torch.Tensor, classes: list[str], single: bool) -> list[Any]:
+    """Recognition predictions in the task's format: the top 5 classes by softmax (single-label), or every
+    class by sigmoid (multi-label), each with its score."""
+    logits = logits.float()
+    if single:
+        top = logits.softmax(-1).cpu().topk(min(5, logits.shape[-1]), dim=-1)
+        return [[(classes[i], float(p)) for p, i in zip(ps.tolist(), ix.tolist())]
+                for ps, ix in zip(top.values, top.indices)]
+    probs = torch.sigmoid(logits).cpu()
+    return [[(classes[i], float(row[i])) for i in torch.argsort(row, descending=True).tolist()] for row in probs]
 
 
 def lr_factor(step: int, steps: int, warmup: int, schedule: str) -> float:

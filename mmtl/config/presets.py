@@ -24,6 +24,16 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         "text": {"depth": 1, "context_length": 64},
         "fusion": {"depth": 1}, "decoder": {"depth": 1},
     },
+    # small images (32 px): a 16-32-64-64 ResNet at stride 8 (a 4x4 map, 16 tokens) whose step alone costs about
+    # a 2-convolution CNN's, narrow, one fusion layer; chosen by time-to-accuracy against that CNN: a whole step
+    # ~1.7x the CNN's CPU, a third of tiny's (docs/benchmarks.md, "a preset for small images")
+    "nano": {
+        "width": 64, "num_heads": 2,
+        "image": {"timm_model": "resnet18", "image_size": 32,
+                  "timm_kwargs": _resnet([16, 32, 64, 64], [1, 1, 1, 1], output_stride=8)},
+        "text": {"depth": 1, "context_length": 64},
+        "fusion": {"depth": 1}, "decoder": {"depth": 1},
+    },
     "tiny": {
         "width": 128, "num_heads": 4,
         # stride 8 for shapes; the 8x8 feature map is pooled to 4x4 tokens, which keeps the fusion as cheap as
