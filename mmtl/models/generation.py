@@ -80,6 +80,35 @@ def banned_ngram_tokens(generated: list[list[int]], n: int,
     return banned
 
 
+def immediate_repeat_tokens(generated: list[list[int]], size: int,
+                            allowed: list[set[tuple[int, ...]]] | None = None) -> list[set[int]]:
+    """Per row, the tokens that would end a run of k <= ``size`` tokens written twice in a row ("graph neural
+    graph neural", "painting painting"): n-gram blocking lets a run shorter than its n repeat until n + k
+    tokens are written. ``allowed`` (per row, the document's own immediate repeats as 2k-token tuples) are
+    not forbidden."""
+    banned: list[set[int]] = []
+    for r, row in enumerate(generated):
+        tokens: set[int] = set()
+        for k in range(1, min(size, (len(row) + 1) // 2) + 1):
+            # appending row[-k] repeats the last k tokens when the k - 1 before them equal the last k - 1
+            if row[len(row) - 2 * k + 1 : len(row) - k] == row[len(row) - k + 1 :]:
+                doubled = (*row[len(row) - 2 * k + 1 :], row[-k])
+                if allowed is None or doubled not in allowed[r]:
+                    tokens.add(row[-k])
+        banned.append(tokens)
+    return banned
+
+
+def document_immediate_repeats(memory_ids: list[list[int]], size: int) -> list[set[tuple[int, ...]]]:
+    """Per row, the runs of k <= ``size`` text tokens its document writes twice in a row (as 2k-token tuples)."""
+    out = []
+    for row in memory_ids:
+        text = [t for t in row if t >= len(SPECIAL_TOKENS)]
+        out.append({tuple(text[i : i + 2 * k]) for k in range(1, size + 1) for i in range(len(text) - 2 * k + 1)
+                    if text[i : i + k] == text[i + k : i + 2 * k]})
+    return out
+
+
 def document_ngrams(memory_ids: list[list[int]], n: int) -> list[Counter]:
     """Per row, how often each n-gram of its document's text tokens (special tokens left out) occurs."""
     out = []
@@ -90,12 +119,17 @@ def document_ngrams(memory_ids: list[list[int]], n: int) -> list[Counter]:
 
 
 def process_logits(logits: torch.Tensor, generated: torch.Tensor, config: GenerationConfig,
-                   min_length: int, allowance: list[Counter] | None = None) -> torch.Tensor:
-    """Repetition penalty, no-repeat n-grams (``allowance``: see :func:`banned_ngram_tokens`) and the minimum
-    length (no EOS before it), on (N, V) logits."""
+                   min_length: int, allowance: list[Counter] | None = None,
+                   repeats: list[set[tuple[int, ...]]] | None = None) -> torch.Tensor:
+    """Repetition penalty, no-repeat n-grams (``allowance``: see :func:`banned_ngram_tokens`), no immediate
+    repeats (``repeats``: see :func:`immediate_repeat_tokens`) and the minimum length (no EOS before it),
+    on (N, V) logits."""
     logits = apply_repetition_penalty(logits, generated, config.repetition_penalty)
-    if config.no_repeat_ngram_size > 0:
-        banned = banned_ngram_tokens(generated.tolist(), config.no_repeat_ngram_size, allowance)
+    if config.no_repeat_ngram_size > 0 or config.no_immediate_repeat_size > 0:
+        history = generated.tolist()
+        banned = banned_ngram_tokens(history, config.no_repeat_ngram_size, allowance)
+        looped = immediate_repeat_tokens(history, config.no_immediate_repeat_size, repeats)
+        banned = [tokens | more for tokens, more in zip(banned, looped)]
         rows = [r for r, tokens in enumerate(banned) for _ in tokens]
         cols = [t for tokens in banned for t in tokens]
         if rows:
@@ -170,15 +204,19 @@ class Constraints:
 
     words: WholeWords | None = None
     allowance: list[Counter] | None = None
+    repeats: list[set[tuple[int, ...]]] | None = None
 
     @classmethod
     def of(cls, config: GenerationConfig, words: WordTable | None, document: torch.Tensor | None,
            rows: int) -> "Constraints":
         """The constraints of ``rows`` rows whose documents are ``document`` (each row's text ids once)."""
-        allowance = None
-        if config.no_repeat_ngram_size > 0 and config.repeat_document_ngrams and document is not None:
-            allowance = document_ngrams(document.tolist(), config.no_repeat_ngram_size)
-        return cls(None if words is None else WholeWords(words, document, rows), allowance)
+        allowance = repeats = None
+        if config.repeat_document_ngrams and document is not None:
+            if config.no_repeat_ngram_size > 0:
+                allowance = document_ngrams(document.tolist(), config.no_repeat_ngram_size)
+            if config.no_immediate_repeat_size > 0:
+                repeats = document_immediate_repeats(document.tolist(), config.no_immediate_repeat_size)
+        return cls(None if words is None else WholeWords(words, document, rows), allowance, repeats)
 
 
 def next_token_logits(session: DecodingSession, ids: torch.Tensor, config: GenerationConfig,
@@ -186,10 +224,10 @@ def next_token_logits(session: DecodingSession, ids: torch.Tensor, config: Gener
     """Processed logits (N, V) of the token after ``ids`` (N, t, BOS first): repetition rules, minimum
     length, then the whole-word rules (``last``: the final token the decoder may write)."""
     raw = session.logits(ids).float()
-    logits = process_logits(raw, ids[:, 1:], config, config.min_length, constraints.allowance)
+    logits = process_logits(raw, ids[:, 1:], config, config.min_length, constraints.allowance, constraints.repeats)
     if constraints.words is None:
         return logits
-    without_ngram_rule = replace(config, no_repeat_ngram_size=0)
+    without_ngram_rule = replace(config, no_repeat_ngram_size=0, no_immediate_repeat_size=0)
     return constraints.words.apply(logits, ids[:, 1:], last,
                                    lambda: process_logits(raw, ids[:, 1:], without_ngram_rule, config.min_length))
 
