@@ -323,3 +323,16 @@ def test_decoding_can_forbid_immediate_repeats_that_ngram_blocking_lets_through(
     config = GenerationConfig(max_length=12, no_immediate_repeat_size=3)
     row = generate(Looping(), memory, valid, config, use_cache=False)[0].tolist()
     assert not any(row[i:i + k] == row[i + k:i + 2 * k] for k in (1, 2, 3) for i in range(len(row) - 2 * k + 1))
+
+
+def test_immediate_repeats_count_words_and_forbid_the_first_token_of_the_repeating_word() -> None:
+    from mmtl.models.generation import document_immediate_repeats, immediate_repeat_tokens
+
+    # 7 "diction" + 8 "aries</w>" is one word; 9 ends a word by itself
+    ends = [False] * 7 + [False, True, True]
+    assert immediate_repeat_tokens([[7, 8]], 2, ends_word=ends) == [{7}]  # not "dictionaries dictionaries"
+    assert immediate_repeat_tokens([[7]], 2, ends_word=ends) == [set()]  # inside a word: the word rules decide
+    assert immediate_repeat_tokens([[7, 8, 9, 7, 8]], 2, ends_word=ends) == [{7, 9}]
+    allowed = document_immediate_repeats([[7, 8, 7, 8, 0]], 2, ends)
+    assert allowed == [{(7, 8, 7, 8)}]
+    assert immediate_repeat_tokens([[7, 8]], 2, allowed, ends) == [set()]

@@ -185,10 +185,10 @@ class GenerationConfig:
     # gained 1.3 BLEU-4 and summarization kept its ROUGE-L; 3 would forbid 17% of shapes-world captions
     # ("a small red square below a small red circle")
     no_repeat_ngram_size: int = setting(4, range=between(0, 1_000), help="forbid repeating n-grams of this size")
-    # a run of up to this many tokens written twice in a row is forbidden (0: off): the loops n-gram blocking
+    # a run of up to this many words written twice in a row is forbidden (0: off): the loops n-gram blocking
     # lets through once ("graph neural graph neural"); docs/benchmarks.md, issue #28 fifth session
     no_immediate_repeat_size: int = setting(0, range=between(0, 1_000),
-                                            help="forbid writing a run of up to this many tokens twice in a row")
+                                            help="forbid writing a run of up to this many words twice in a row")
     repetition_penalty: float = setting(1.0, range=between(0.0, 100.0, low_open=True),
                                         help="penalty on tokens already generated")
     seed: int = setting(0, range=between(0, 2**63 - 1), help="sampling seed")
