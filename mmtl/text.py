@@ -30,9 +30,14 @@ def bpe_encode(text: str) -> list[int]:
 
 def bpe_encode_words(text: str) -> list[list[int]]:
     """BPE ids of ``text`` word by word (:func:`text_words`); concatenated, they are :func:`bpe_encode`'s."""
+    return _bpe_of_words(text_words(text))
+
+
+def _bpe_of_words(words: list[str]) -> list[list[int]]:
+    """BPE ids of each of the tokenizer's ``words``."""
     tokenizer = bpe_tokenizer()
     out = []
-    for word in text_words(text):
+    for word in words:
         word = "".join(tokenizer.byte_encoder[b] for b in word.encode("utf-8"))
         out.append([tokenizer.encoder[token] for token in tokenizer.bpe(word).split(" ")])
     return out
@@ -44,13 +49,24 @@ class Vocabulary:
     ``word_initial`` (BPE ids), when known, are the tokens that begin some word of the texts the
     vocabulary was built from: a decoder that starts a word with any other token writes a piece of a word
     (mmtl.models.words). Vocabularies of older checkpoints do not know them (None).
+
+    ``joined_words`` are the words (between spaces, as :func:`text_words` cleans them) of those texts that
+    the tokenizer splits into several pieces ("#person1#" -> "#" "person" "1" "#"; "2017." -> "2" "0" "1"
+    "7" "."). BPE ids do not say whether a space stood between two pieces, so :meth:`decode` joins
+    pieces that together spell one of these words and puts a space between all others. Empty for older
+    checkpoints, whose text decodes as before.
     """
 
-    def __init__(self, bpe_ids: Sequence[int] | None = None, word_initial: Iterable[int] | None = None) -> None:
+    def __init__(self, bpe_ids: Sequence[int] | None = None, word_initial: Iterable[int] | None = None,
+                 joined_words: Iterable[str] = ()) -> None:
         """``bpe_ids=None`` means the full BPE table; otherwise only these ids get their own row."""
         self.bpe_ids = None if bpe_ids is None else [int(i) for i in bpe_ids]
         self._to_local = None if self.bpe_ids is None else {b: i + len(SPECIAL_TOKENS) for i, b in enumerate(self.bpe_ids)}
         self.word_initial = None if word_initial is None else sorted({int(i) for i in word_initial})
+        self.joined_words = frozenset(joined_words)
+        # the words are clean already: the tokenizer's pattern alone splits them (its clean-up costs ~1 ms a word)
+        pattern = bpe_tokenizer().pat
+        self._longest_join = max((len(pattern.findall(w)) for w in self.joined_words), default=0)
 
     @property
     def size(self) -> int:
@@ -61,7 +77,7 @@ class Vocabulary:
     @classmethod
     def from_texts(cls, texts: Iterable[str], min_count: int = 1) -> "Vocabulary":
         """Compact vocabulary of every BPE id that occurs at least ``min_count`` times in ``texts``, with the
-        ids that begin a word of them (``word_initial``).
+        ids that begin a word of them (``word_initial``) and their words of several pieces (``joined_words``).
 
         BPE never merges across the tokenizer's words (:func:`text_words`), so encoding each distinct word
         once gives the same ids as encoding every text, at a fraction of the cost on large corpora.
@@ -71,13 +87,17 @@ class Vocabulary:
             words.update(text.split())
         counts: Counter[int] = Counter()
         initial: set[int] = set()
+        joined: set[str] = set()
         for word, count in words.items():
-            for ids in bpe_encode_words(word):
+            pieces = text_words(word)
+            if len(pieces) > 1:
+                joined.add("".join(pieces))
+            for ids in _bpe_of_words(pieces):
                 initial.update(ids[:1])
                 for bpe_id in ids:
                     counts[bpe_id] += count
         kept = sorted(b for b, c in counts.items() if c >= min_count)
-        return cls(kept, initial.intersection(kept))
+        return cls(kept, initial.intersection(kept), joined)
 
     def bpe_of(self, vocab_id: int) -> int | None:
         """The BPE id behind vocabulary id ``vocab_id`` (None for special tokens)."""
@@ -105,19 +125,36 @@ class Vocabulary:
                 break
             if i >= len(SPECIAL_TOKENS):
                 bpe.append(self.bpe_of(i))
-        return bpe_tokenizer().decode(bpe).strip()
+        text = bpe_tokenizer().decode(bpe).strip()
+        return self._join_words(text.split(" ")) if self.joined_words else text
+
+    def _join_words(self, pieces: list[str]) -> str:
+        """``pieces`` (the tokenizer's words, in order) with each longest run that spells a joined word
+        written without spaces."""
+        out: list[str] = []
+        start = 0
+        while start < len(pieces):
+            end = min(len(pieces), start + self._longest_join)
+            while end > start + 1 and "".join(pieces[start:end]) not in self.joined_words:
+                end -= 1
+            out.append("".join(pieces[start:end]))
+            start = end
+        return " ".join(out)
 
     def to_dict(self) -> dict:
         """JSON-serialisable form, stored with checkpoints."""
         out = {"kind": "full" if self.bpe_ids is None else "compact", "bpe_ids": self.bpe_ids}
         if self.word_initial is not None:
             out["word_initial"] = self.word_initial
+        if self.joined_words:
+            out["joined_words"] = sorted(self.joined_words)
         return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "Vocabulary":
         """Inverse of :meth:`to_dict`."""
-        return cls(None if data.get("kind") == "full" else data["bpe_ids"], data.get("word_initial"))
+        return cls(None if data.get("kind") == "full" else data["bpe_ids"], data.get("word_initial"),
+                   data.get("joined_words", ()))
 
 
 def text_words(text: str) -> list[str]:

@@ -284,3 +284,55 @@ def test_a_summary_is_decoded_against_its_document_once() -> None:
     fused = Fused(torch.zeros(1, 5, 4), torch.ones(1, 5, dtype=torch.bool), torch.zeros(1, 4), ids, document)
     task.predict(Head(), fused, None)
     assert seen["memory_ids"] is ids and seen["document_ids"] is document
+
+
+def test_an_immediate_repeat_is_forbidden_unless_the_document_repeats_it() -> None:
+    from mmtl.models.generation import document_immediate_repeats, immediate_repeat_tokens
+
+    # after "7 8 7": 7 would repeat the run "7", 8 the run "7 8" ("graph neural graph neural")
+    assert immediate_repeat_tokens([[7, 8, 7], [4, 5, 6]], 3) == [{7, 8}, {6}]
+    assert immediate_repeat_tokens([[7, 8, 7]], 0) == [set()]
+    # a dialogue that says "9 4 9 4" lets its summary say it too
+    allowed = document_immediate_repeats([[9, 4, 9, 4, 0, 0]], 3)
+    assert allowed == [{(9, 4, 9, 4)}]
+    assert immediate_repeat_tokens([[9, 4, 9]], 3, allowed) == [{9}]
+
+
+def test_decoding_can_forbid_immediate_repeats_that_ngram_blocking_lets_through() -> None:
+    import torch
+    from torch import nn
+
+    from mmtl.config import GenerationConfig
+    from mmtl.models.generation import generate
+
+    class Looping(nn.Module):
+        """Prefers 4 after anything but 4, then 5: "4 5 4 5 ..." (4-gram blocking lets "4 5 4 5" through)."""
+
+        max_length = 32
+
+        def forward(self, ids: torch.Tensor, memory: torch.Tensor, memory_valid: torch.Tensor) -> torch.Tensor:
+            logits = torch.zeros(ids.shape[0], ids.shape[1], 10)
+            logits[..., 4] = torch.where(ids == 4, 0.0, 5.0)
+            logits[..., 5] = torch.where(ids == 4, 5.0, 1.0)
+            logits[..., 6:] = torch.linspace(0.5, 0.1, 4)
+            return logits
+
+    memory, valid = torch.zeros(1, 2, 4), torch.ones(1, 2, dtype=torch.bool)
+    blocked = generate(Looping(), memory, valid, GenerationConfig(max_length=12), use_cache=False)[0].tolist()
+    assert blocked[:4] == [4, 5, 4, 5]
+    config = GenerationConfig(max_length=12, no_immediate_repeat_size=3)
+    row = generate(Looping(), memory, valid, config, use_cache=False)[0].tolist()
+    assert not any(row[i:i + k] == row[i + k:i + 2 * k] for k in (1, 2, 3) for i in range(len(row) - 2 * k + 1))
+
+
+def test_immediate_repeats_count_words_and_forbid_the_first_token_of_the_repeating_word() -> None:
+    from mmtl.models.generation import document_immediate_repeats, immediate_repeat_tokens
+
+    # 7 "diction" + 8 "aries</w>" is one word; 9 ends a word by itself
+    ends = [False] * 7 + [False, True, True]
+    assert immediate_repeat_tokens([[7, 8]], 2, ends_word=ends) == [{7}]  # not "dictionaries dictionaries"
+    assert immediate_repeat_tokens([[7]], 2, ends_word=ends) == [set()]  # inside a word: the word rules decide
+    assert immediate_repeat_tokens([[7, 8, 9, 7, 8]], 2, ends_word=ends) == [{7, 9}]
+    allowed = document_immediate_repeats([[7, 8, 7, 8, 0]], 2, ends)
+    assert allowed == [{(7, 8, 7, 8)}]
+    assert immediate_repeat_tokens([[7, 8]], 2, allowed, ends) == [set()]

@@ -24,3 +24,39 @@ def test_decode_stops_at_eos_and_full_vocab_serialises() -> None:
     assert Vocabulary.from_dict(full.to_dict()).size == full.size
     compact = Vocabulary.from_texts(["a b c"])
     assert Vocabulary.from_dict(compact.to_dict()).bpe_ids == compact.bpe_ids
+
+
+# DialogSum writes its speakers "#Person1#", which the tokenizer splits into "#" "person" "1" "#"
+JOINED_TEXTS = ["#Person1# and #Person2# met in 2017.", "it's a state-of-the-art model, however."]
+
+
+def test_decoded_words_are_the_words_of_the_training_texts() -> None:
+    vocab = Vocabulary.from_texts(JOINED_TEXTS)
+    for text in JOINED_TEXTS:
+        assert vocab.decode(vocab.encode(text, 64)) == text.lower()
+        for word in text.split():
+            assert vocab.decode(vocab.encode(word, 64)) == word.lower()
+
+
+def test_pieces_that_form_no_training_word_stay_apart() -> None:
+    vocab = Vocabulary.from_texts(JOINED_TEXTS)
+    assert vocab.decode(vocab.encode("person 2017 , and it 's", 64)) == "person 2 0 1 7 , and it's"
+
+
+def test_joined_words_survive_serialisation_and_older_vocabularies_decode_as_before() -> None:
+    vocab = Vocabulary.from_texts(JOINED_TEXTS)
+    ids = vocab.encode("#person1# met", 16)
+    assert Vocabulary.from_dict(vocab.to_dict()).decode(ids) == "#person1# met"
+    older = {key: value for key, value in vocab.to_dict().items() if key != "joined_words"}
+    assert Vocabulary.from_dict(older).decode(ids) == "# person 1 # met"
+
+
+def test_shapes_world_texts_have_no_joined_words() -> None:
+    """The quickstart's texts are written with spaces around every piece, so its decoded text is unchanged."""
+    from data_pipelines.shapes_world import DIFFICULTIES, generate_sample
+
+    texts = []
+    for index in range(200):
+        annotation, _ = generate_sample(index, 0, DIFFICULTIES["medium"])
+        texts += [*annotation["captions"], annotation["document"], *annotation["summaries"]]
+    assert Vocabulary.from_texts(texts).joined_words == frozenset()

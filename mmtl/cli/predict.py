@@ -19,7 +19,8 @@ MAX_CLI_BEAMS = 8  # as `mmtl serve`'s default --max-beams: memory and time grow
 GENERATION_FLAGS = {
     "--max-length": "max_length", "--num-beams": "num_beams", "--length-penalty": "length_penalty",
     "--sample": "do_sample", "--temperature": "temperature", "--top-k": "top_k", "--top-p": "top_p",
-    "--no-repeat-ngram": "no_repeat_ngram_size", "--repetition-penalty": "repetition_penalty", "--seed": "seed",
+    "--no-repeat-ngram": "no_repeat_ngram_size", "--no-immediate-repeat": "no_immediate_repeat_size",
+    "--repetition-penalty": "repetition_penalty", "--seed": "seed",
     "--whole-words": "whole_words", "--repeat-document-ngrams": "repeat_document_ngrams",
 }
 

@@ -185,6 +185,10 @@ class GenerationConfig:
     # gained 1.3 BLEU-4 and summarization kept its ROUGE-L; 3 would forbid 17% of shapes-world captions
     # ("a small red square below a small red circle")
     no_repeat_ngram_size: int = setting(4, range=between(0, 1_000), help="forbid repeating n-grams of this size")
+    # a run of up to this many words written twice in a row is forbidden (0: off): the loops n-gram blocking
+    # lets through once ("graph neural graph neural"); docs/benchmarks.md, issue #28 fifth session
+    no_immediate_repeat_size: int = setting(0, range=between(0, 1_000),
+                                            help="forbid writing a run of up to this many words twice in a row")
     repetition_penalty: float = setting(1.0, range=between(0.0, 100.0, low_open=True),
                                         help="penalty on tokens already generated")
     seed: int = setting(0, range=between(0, 2**63 - 1), help="sampling seed")
@@ -193,7 +197,8 @@ class GenerationConfig:
     # whole words only: no piece of a document word pasted, no word left unfinished (mmtl.models.words)
     whole_words: bool = setting(True, help="write whole words only (complete a begun document word)")
     # with no_repeat_ngram_size: an n-gram may still repeat as often as the document repeats it (a dialogue's
-    # "#Person1#" is four tokens, and its summary names the speaker more than once)
+    # "#Person1#" is four tokens, and its summary names the speaker more than once); with
+    # no_immediate_repeat_size, a run the document writes twice in a row may be written twice too
     repeat_document_ngrams: bool = setting(True, help="n-grams may repeat as often as in the document")
 
 

@@ -80,6 +80,52 @@ def banned_ngram_tokens(generated: list[list[int]], n: int,
     return banned
 
 
+def _units(tokens: list[int], ends_word: list[bool] | None) -> tuple[list[tuple[int, ...]], bool]:
+    """``tokens`` as words (runs closed by a word-ending token; each token alone when ``ends_word`` is None),
+    and whether the last word is still open."""
+    units: list[tuple[int, ...]] = []
+    current: list[int] = []
+    for token in tokens:
+        current.append(token)
+        if ends_word is None or ends_word[token]:
+            units.append(tuple(current))
+            current = []
+    return units, bool(current)
+
+
+def immediate_repeat_tokens(generated: list[list[int]], size: int, allowed: list[set[tuple[int, ...]]] | None = None,
+                            ends_word: list[bool] | None = None) -> list[set[int]]:
+    """Per row at a word start, the first tokens of words that would write a run of k <= ``size`` words twice
+    in a row ("graph neural graph neural", "painting painting"): n-gram blocking lets a run shorter than its
+    n repeat until n + k tokens are written. Words are ``ends_word``'s (each token is one when None); the
+    first token, because whole-word decoding must finish a begun word. ``allowed`` (per row, the document's
+    own immediate repeats, as token tuples) are not forbidden."""
+    banned: list[set[int]] = []
+    for r, row in enumerate(generated):
+        tokens: set[int] = set()
+        words, open_word = _units(row, ends_word)
+        for k in range(1, 0 if open_word else min(size, (len(words) + 1) // 2) + 1):
+            # writing words[-k] repeats the last k words when the k - 1 before them equal the last k - 1
+            if words[len(words) - 2 * k + 1 : len(words) - k] == words[len(words) - k + 1 :]:
+                doubled = tuple(t for word in (*words[len(words) - 2 * k + 1 :], words[-k]) for t in word)
+                if allowed is None or doubled not in allowed[r]:
+                    tokens.add(words[-k][0])
+        banned.append(tokens)
+    return banned
+
+
+def document_immediate_repeats(memory_ids: list[list[int]], size: int,
+                               ends_word: list[bool] | None = None) -> list[set[tuple[int, ...]]]:
+    """Per row, the runs of k <= ``size`` words (as :func:`immediate_repeat_tokens` reads them) that its
+    document's text writes twice in a row, as token tuples."""
+    out = []
+    for row in memory_ids:
+        words, _ = _units([t for t in row if t >= len(SPECIAL_TOKENS)], ends_word)
+        out.append({tuple(t for word in words[i : i + 2 * k] for t in word) for k in range(1, size + 1)
+                    for i in range(len(words) - 2 * k + 1) if words[i : i + k] == words[i + k : i + 2 * k]})
+    return out
+
+
 def document_ngrams(memory_ids: list[list[int]], n: int) -> list[Counter]:
     """Per row, how often each n-gram of its document's text tokens (special tokens left out) occurs."""
     out = []
@@ -90,12 +136,17 @@ def document_ngrams(memory_ids: list[list[int]], n: int) -> list[Counter]:
 
 
 def process_logits(logits: torch.Tensor, generated: torch.Tensor, config: GenerationConfig,
-                   min_length: int, allowance: list[Counter] | None = None) -> torch.Tensor:
-    """Repetition penalty, no-repeat n-grams (``allowance``: see :func:`banned_ngram_tokens`) and the minimum
-    length (no EOS before it), on (N, V) logits."""
+                   min_length: int, allowance: list[Counter] | None = None,
+                   repeats: list[set[tuple[int, ...]]] | None = None, ends_word: list[bool] | None = None) -> torch.Tensor:
+    """Repetition penalty, no-repeat n-grams (``allowance``: see :func:`banned_ngram_tokens`), no immediate
+    repeats (``repeats``, ``ends_word``: see :func:`immediate_repeat_tokens`) and the minimum length (no EOS
+    before it), on (N, V) logits."""
     logits = apply_repetition_penalty(logits, generated, config.repetition_penalty)
-    if config.no_repeat_ngram_size > 0:
-        banned = banned_ngram_tokens(generated.tolist(), config.no_repeat_ngram_size, allowance)
+    if config.no_repeat_ngram_size > 0 or config.no_immediate_repeat_size > 0:
+        history = generated.tolist()
+        banned = banned_ngram_tokens(history, config.no_repeat_ngram_size, allowance)
+        looped = immediate_repeat_tokens(history, config.no_immediate_repeat_size, repeats, ends_word)
+        banned = [tokens | more for tokens, more in zip(banned, looped)]
         rows = [r for r, tokens in enumerate(banned) for _ in tokens]
         cols = [t for tokens in banned for t in tokens]
         if rows:
@@ -147,11 +198,10 @@ def generate(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Tenso
     ``max_length`` (default ``config.max_length``) counts generated tokens and is capped by the
     decoder's positions. Each row stops at its own EOS; the batch stops when every row has. With
     ``words`` (the vocabulary's word table) and ``config.whole_words``, the decoder writes whole words
-    only (mmtl.models.words); ``text``: see :class:`DecoderText`.
+    only (mmtl.models.words), and immediate repeats count words; ``text``: see :class:`DecoderText`.
     """
     config = config or GenerationConfig()
     steps = min(max_length if max_length is not None else config.max_length, decoder.max_length - 1)
-    words = words if config.whole_words else None
     memory_ids = None if text is None else text.ids
     document = None if text is None else text.document
     rows = memory.shape[0] * max(config.num_beams, 1)
@@ -165,20 +215,29 @@ def generate(decoder: nn.Module, memory: torch.Tensor, memory_valid: torch.Tenso
 
 @dataclass
 class Constraints:
-    """What a decoded batch's rows may write besides the decoder's choice: whole words (mmtl.models.words)
-    and, per row, how often its document repeats each n-gram (no-repeat n-grams allow that many)."""
+    """What a decoded batch's rows may write besides the decoder's choice: whole words (mmtl.models.words),
+    per row how often its document repeats each n-gram (no-repeat n-grams allow that many) and the runs it
+    writes twice in a row, and where words end (the unit of immediate repeats)."""
 
     words: WholeWords | None = None
     allowance: list[Counter] | None = None
+    repeats: list[set[tuple[int, ...]]] | None = None
+    ends_word: list[bool] | None = None
 
     @classmethod
-    def of(cls, config: GenerationConfig, words: WordTable | None, document: torch.Tensor | None,
+    def of(cls, config: GenerationConfig, table: WordTable | None, document: torch.Tensor | None,
            rows: int) -> "Constraints":
-        """The constraints of ``rows`` rows whose documents are ``document`` (each row's text ids once)."""
-        allowance = None
-        if config.no_repeat_ngram_size > 0 and config.repeat_document_ngrams and document is not None:
-            allowance = document_ngrams(document.tolist(), config.no_repeat_ngram_size)
-        return cls(None if words is None else WholeWords(words, document, rows), allowance)
+        """The constraints of ``rows`` rows whose documents are ``document`` (each row's text ids once);
+        ``table``: the vocabulary's word table (whole words apply only with ``config.whole_words``)."""
+        allowance = repeats = None
+        ends_word = None if table is None else table.ends_word.tolist()
+        if config.repeat_document_ngrams and document is not None:
+            if config.no_repeat_ngram_size > 0:
+                allowance = document_ngrams(document.tolist(), config.no_repeat_ngram_size)
+            if config.no_immediate_repeat_size > 0:
+                repeats = document_immediate_repeats(document.tolist(), config.no_immediate_repeat_size, ends_word)
+        words = WholeWords(table, document, rows) if table is not None and config.whole_words else None
+        return cls(words, allowance, repeats, ends_word)
 
 
 def next_token_logits(session: DecodingSession, ids: torch.Tensor, config: GenerationConfig,
@@ -186,10 +245,11 @@ def next_token_logits(session: DecodingSession, ids: torch.Tensor, config: Gener
     """Processed logits (N, V) of the token after ``ids`` (N, t, BOS first): repetition rules, minimum
     length, then the whole-word rules (``last``: the final token the decoder may write)."""
     raw = session.logits(ids).float()
-    logits = process_logits(raw, ids[:, 1:], config, config.min_length, constraints.allowance)
+    logits = process_logits(raw, ids[:, 1:], config, config.min_length, constraints.allowance, constraints.repeats,
+                            constraints.ends_word)
     if constraints.words is None:
         return logits
-    without_ngram_rule = replace(config, no_repeat_ngram_size=0)
+    without_ngram_rule = replace(config, no_repeat_ngram_size=0, no_immediate_repeat_size=0)
     return constraints.words.apply(logits, ids[:, 1:], last,
                                    lambda: process_logits(raw, ids[:, 1:], without_ngram_rule, config.min_length))
 

@@ -37,6 +37,8 @@ class GenerationOptions(BaseModel):
     top_k: int | None = _bounded("top_k", "sample from the k most likely tokens (0: all)")
     top_p: float | None = _bounded("top_p", "nucleus sampling mass")
     no_repeat_ngram_size: int | None = _bounded("no_repeat_ngram_size", "forbid repeating n-grams of this size")
+    no_immediate_repeat_size: int | None = _bounded("no_immediate_repeat_size",
+                                                    "forbid writing a run of up to this many words twice in a row")
     repetition_penalty: float | None = _bounded("repetition_penalty", "penalty on tokens already generated")
     seed: int | None = _bounded("seed", "sampling seed")
     min_length: int | None = _bounded("min_length", "no end of text before this many tokens")
