@@ -193,13 +193,31 @@ def _follow_pointer(latest: Path) -> Path:
 
 
 def read_meta(checkpoint: Path) -> dict[str, Any]:
-    """The checkpoint's ``meta.json``."""
+    """The checkpoint's ``meta.json``, its fields of the types :func:`checkpoint_meta` writes (MMTLError naming
+    the first that is not: a forged file gets one line, never a crash in the model builder)."""
     try:
-        return json.loads(read_bounded(checkpoint / META_FILE, MAX_META_BYTES))
+        meta = json.loads(read_bounded(checkpoint / META_FILE, MAX_META_BYTES))
     except OSError as exc:
         raise MMTLError(f"unreadable checkpoint metadata in {checkpoint}: {exc.strerror or exc}") from None
     except ValueError as exc:
         raise MMTLError(f"unreadable checkpoint metadata in {checkpoint}: {exc}") from None
+    problem = _meta_problem(meta)
+    if problem:
+        raise MMTLError(f"{checkpoint / META_FILE} is not checkpoint metadata mmtl wrote: {problem}")
+    return meta
+
+
+def _meta_problem(meta: object) -> str | None:
+    if not isinstance(meta, dict):
+        return "not a JSON object"
+    for key in ("classes", "class_sources"):
+        if not isinstance(meta.get(key, []), list) or not all(isinstance(c, str) for c in meta.get(key, [])):
+            return f"{key} must be a list of strings"
+    if "classes" not in meta or "vocab" not in meta:
+        return "classes and vocab are required"
+    if not isinstance(meta.get("label_mode", "multi"), str):
+        return "label_mode must be a string"
+    return Vocabulary.dict_problem(meta["vocab"])
 
 
 def inference_weights(checkpoint: Path) -> str:

@@ -150,6 +150,22 @@ class Vocabulary:
             out["joined_words"] = sorted(self.joined_words)
         return out
 
+    @staticmethod
+    def dict_problem(data: object) -> str | None:
+        """What makes ``data`` no :meth:`to_dict` output (None when it is one): a checkpoint's metadata is
+        data from someone else, checked before it is used."""
+        if not isinstance(data, dict) or data.get("kind") not in ("full", "compact"):
+            return "vocab.kind must be 'full' or 'compact'"
+        fields = {"bpe_ids": int, "word_initial": int, "joined_words": str}
+        required = {"bpe_ids"} if data["kind"] == "compact" else set()
+        for key, kind in fields.items():
+            value = data.get(key)
+            if value is None and key not in required:
+                continue
+            if not isinstance(value, list) or not all(type(item) is kind for item in value):
+                return f"vocab.{key} must be a list of {kind.__name__}s"
+        return None
+
     @classmethod
     def from_dict(cls, data: dict) -> "Vocabulary":
         """Inverse of :meth:`to_dict`."""

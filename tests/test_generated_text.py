@@ -194,7 +194,8 @@ def test_default_decoding_does_not_loop() -> None:
             return logits
 
     memory, valid = torch.zeros(1, 2, 4), torch.ones(1, 2, dtype=torch.bool)
-    looped = generate(Looping(), memory, valid, GenerationConfig(max_length=12, no_repeat_ngram_size=0), use_cache=False)
+    unblocked = GenerationConfig(max_length=12, no_repeat_ngram_size=0, no_immediate_repeat_size=0)
+    looped = generate(Looping(), memory, valid, unblocked, use_cache=False)
     assert looped[0].tolist()[:6] == [4, 5, 4, 5, 4, 5]
     row = generate(Looping(), memory, valid, GenerationConfig(max_length=12), use_cache=False)[0].tolist()
     grams = [tuple(row[i:i + 4]) for i in range(len(row) - 3)]
@@ -318,8 +319,10 @@ def test_decoding_can_forbid_immediate_repeats_that_ngram_blocking_lets_through(
             return logits
 
     memory, valid = torch.zeros(1, 2, 4), torch.ones(1, 2, dtype=torch.bool)
-    blocked = generate(Looping(), memory, valid, GenerationConfig(max_length=12), use_cache=False)[0].tolist()
+    blocked = generate(Looping(), memory, valid, GenerationConfig(max_length=12, no_immediate_repeat_size=0),
+                       use_cache=False)[0].tolist()
     assert blocked[:4] == [4, 5, 4, 5]
+    assert GenerationConfig().no_immediate_repeat_size == 4  # on by default (issue #28)
     config = GenerationConfig(max_length=12, no_immediate_repeat_size=3)
     row = generate(Looping(), memory, valid, config, use_cache=False)[0].tolist()
     assert not any(row[i:i + k] == row[i + k:i + 2 * k] for k in (1, 2, 3) for i in range(len(row) - 2 * k + 1))

@@ -158,11 +158,13 @@ class CountDown(nn.Module):
 def test_rows_stop_at_their_own_eos_and_min_length_delays_it(beams: int) -> None:
     memory, valid = torch.tensor([[[2.0]], [[4.0]], [[6.0]]]), torch.ones(3, 1, dtype=torch.bool)
     # the decoder writes "5 5 5 ...": no n-gram blocking, which would cut that loop (what this test is not about)
-    out = generate(CountDown(), memory, valid, GenerationConfig(max_length=15, num_beams=beams, no_repeat_ngram_size=0),
+    out = generate(CountDown(), memory, valid, GenerationConfig(max_length=15, num_beams=beams, no_repeat_ngram_size=0,
+                                                                no_immediate_repeat_size=0),
                    use_cache=False)
     assert out.tolist() == [[5, EOS, PAD, PAD, PAD, PAD], [5, 5, 5, EOS, PAD, PAD], [5, 5, 5, 5, 5, EOS]]
-    forced = generate(CountDown(), memory, valid, GenerationConfig(max_length=15, min_length=5, num_beams=beams,
-                                                                   no_repeat_ngram_size=0), use_cache=False)
+    looping = GenerationConfig(max_length=15, min_length=5, num_beams=beams, no_repeat_ngram_size=0,
+                               no_immediate_repeat_size=0)
+    forced = generate(CountDown(), memory, valid, looping, use_cache=False)
     assert forced[:, :5].eq(5).all() and forced[:, 5].eq(EOS).all()
 
 
@@ -179,7 +181,8 @@ def test_generation_task_uses_options_generation() -> None:
 
     tokens = torch.randn(2, 3, 32)
     fused = Fused(tokens, torch.ones(2, 3, dtype=torch.bool), tokens.mean(1))
-    options = EvalConfig(generation=GenerationConfig(max_length=4, min_length=4))
+    # no word-level repeat rule: generate() below is not told where words begin, predict() is
+    options = EvalConfig(generation=GenerationConfig(max_length=4, min_length=4, no_immediate_repeat_size=0))
     outputs = task.predict(head, fused, options)
     ids = head.generate(fused.tokens, fused.valid, config=options.generation)
     assert ids.shape == (2, 4) and outputs == [vocab.decode(r) for r in ids.tolist()]

@@ -343,3 +343,24 @@ def test_an_unreadable_weights_file_says_permission_denied(tmp_path: Path, monke
         with pytest.raises(ConfigError, match="permission denied") as caught:
             load()
         assert "No such file" not in str(caught.value)
+
+
+@pytest.mark.parametrize("forge, field", [
+    (lambda meta: meta["vocab"].update(joined_words=[1, 2]), "vocab.joined_words"),
+    (lambda meta: meta["vocab"].update(bpe_ids="abc"), "vocab.bpe_ids"),
+    (lambda meta: meta["vocab"].update(word_initial=[None]), "vocab.word_initial"),
+    (lambda meta: meta["vocab"].update(kind=3), "vocab.kind"),
+    (lambda meta: meta.update(classes={"a": 1}), "classes"),
+    (lambda meta: meta.update(label_mode=[]), "label_mode"),
+    (lambda meta: meta.pop("vocab"), "vocab"),
+])
+def test_forged_metadata_gets_one_line_naming_the_field(checkpoint: Path, tmp_path: Path, capsys, forge,
+                                                        field: str) -> None:
+    import json
+
+    ckpt = hostile(checkpoint, tmp_path, lambda tree: None)
+    meta = json.loads((ckpt / "meta.json").read_text())
+    forge(meta)
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    assert main(["predict", "--checkpoint", str(ckpt), "--text", "anna drew a red circle ."]) == 2
+    one_line_error(capsys, "not checkpoint metadata mmtl wrote", field)
