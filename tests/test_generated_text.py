@@ -174,16 +174,13 @@ def test_an_ngram_may_repeat_as_often_as_the_document_repeats_it() -> None:
     assert banned_ngram_tokens([[6, 7, 6]], 2, [Counter()]) == [{7}]  # not in the document: no repeat
 
 
-def test_default_decoding_does_not_loop() -> None:
+def _looping_decoder():
+    """A decoder that prefers 4 after anything but 4, then 5: "4 5 4 5 ..." until the length runs out (4-gram
+    blocking lets "4 5 4 5" through once)."""
     import torch
     from torch import nn
 
-    from mmtl.config import GenerationConfig
-    from mmtl.models.generation import generate
-
     class Looping(nn.Module):
-        """Always prefers 4 after anything but 4, then 5: "4 5 4 5 4 5 ..." until the length runs out."""
-
         max_length = 32
 
         def forward(self, ids: torch.Tensor, memory: torch.Tensor, memory_valid: torch.Tensor) -> torch.Tensor:
@@ -193,11 +190,20 @@ def test_default_decoding_does_not_loop() -> None:
             logits[..., 6:] = torch.linspace(0.5, 0.1, 4)
             return logits
 
+    return Looping()
+
+
+def test_default_decoding_does_not_loop() -> None:
+    import torch
+
+    from mmtl.config import GenerationConfig
+    from mmtl.models.generation import generate
+
     memory, valid = torch.zeros(1, 2, 4), torch.ones(1, 2, dtype=torch.bool)
     unblocked = GenerationConfig(max_length=12, no_repeat_ngram_size=0, no_immediate_repeat_size=0)
-    looped = generate(Looping(), memory, valid, unblocked, use_cache=False)
+    looped = generate(_looping_decoder(), memory, valid, unblocked, use_cache=False)
     assert looped[0].tolist()[:6] == [4, 5, 4, 5, 4, 5]
-    row = generate(Looping(), memory, valid, GenerationConfig(max_length=12), use_cache=False)[0].tolist()
+    row = generate(_looping_decoder(), memory, valid, GenerationConfig(max_length=12), use_cache=False)[0].tolist()
     grams = [tuple(row[i:i + 4]) for i in range(len(row) - 3)]
     assert len(grams) == len(set(grams))  # the default blocks repeated 4-grams
 
@@ -301,30 +307,17 @@ def test_an_immediate_repeat_is_forbidden_unless_the_document_repeats_it() -> No
 
 def test_decoding_can_forbid_immediate_repeats_that_ngram_blocking_lets_through() -> None:
     import torch
-    from torch import nn
 
     from mmtl.config import GenerationConfig
     from mmtl.models.generation import generate
 
-    class Looping(nn.Module):
-        """Prefers 4 after anything but 4, then 5: "4 5 4 5 ..." (4-gram blocking lets "4 5 4 5" through)."""
-
-        max_length = 32
-
-        def forward(self, ids: torch.Tensor, memory: torch.Tensor, memory_valid: torch.Tensor) -> torch.Tensor:
-            logits = torch.zeros(ids.shape[0], ids.shape[1], 10)
-            logits[..., 4] = torch.where(ids == 4, 0.0, 5.0)
-            logits[..., 5] = torch.where(ids == 4, 5.0, 1.0)
-            logits[..., 6:] = torch.linspace(0.5, 0.1, 4)
-            return logits
-
     memory, valid = torch.zeros(1, 2, 4), torch.ones(1, 2, dtype=torch.bool)
-    blocked = generate(Looping(), memory, valid, GenerationConfig(max_length=12, no_immediate_repeat_size=0),
-                       use_cache=False)[0].tolist()
+    unblocked = GenerationConfig(max_length=12, no_immediate_repeat_size=0)
+    blocked = generate(_looping_decoder(), memory, valid, unblocked, use_cache=False)[0].tolist()
     assert blocked[:4] == [4, 5, 4, 5]
     assert GenerationConfig().no_immediate_repeat_size == 4  # on by default (issue #28)
     config = GenerationConfig(max_length=12, no_immediate_repeat_size=3)
-    row = generate(Looping(), memory, valid, config, use_cache=False)[0].tolist()
+    row = generate(_looping_decoder(), memory, valid, config, use_cache=False)[0].tolist()
     assert not any(row[i:i + k] == row[i + k:i + 2 * k] for k in (1, 2, 3) for i in range(len(row) - 2 * k + 1))
 
 
