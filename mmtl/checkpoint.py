@@ -211,7 +211,8 @@ def _meta_problem(meta: object) -> str | None:
     if not isinstance(meta, dict):
         return "not a JSON object"
     for key in ("classes", "class_sources"):
-        if not isinstance(meta.get(key, []), list) or not all(isinstance(c, str) for c in meta.get(key, [])):
+        names = meta.get(key, [])
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
             return f"{key} must be a list of strings"
     if "classes" not in meta or "vocab" not in meta:
         return "classes and vocab are required"

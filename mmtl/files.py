@@ -82,7 +82,8 @@ def read_bounded(path: Path, max_bytes: int) -> bytes:
             raise OSError(errno.EINVAL, "not a regular file", str(path))
         if info.st_size > max_bytes:
             raise OSError(errno.EFBIG, f"larger than {max_bytes} bytes", str(path))
-        data = os.read(fd, max_bytes + 1)  # the file may have grown since fstat
+        data = b""
+        # one byte past the limit is asked for: the file may have grown since fstat
         while len(data) <= max_bytes and (chunk := os.read(fd, max_bytes + 1 - len(data))):
             data += chunk
     finally:

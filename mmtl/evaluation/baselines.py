@@ -30,7 +30,7 @@ def read_baselines(path: str | Path) -> dict[str, Any]:
         raise MMTLError(f"baselines file not found: {path} (write it with `mmtl baselines --config ...`)") from None
     except OSError as exc:
         raise MMTLError(f"cannot read baselines file {path}: {exc.strerror or exc}") from None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise MMTLError(f"{path} is not a baselines file written by `mmtl baselines` ({type(exc).__name__}: {exc})") from None
     return record
 
