@@ -156,14 +156,14 @@ class Vocabulary:
         data from someone else, checked before it is used."""
         if not isinstance(data, dict) or data.get("kind") not in ("full", "compact"):
             return "vocab.kind must be 'full' or 'compact'"
-        fields = {"bpe_ids": int, "word_initial": int, "joined_words": str}
+        fields = {"bpe_ids": (int, "integers"), "word_initial": (int, "integers"), "joined_words": (str, "strings")}
         required = {"bpe_ids"} if data["kind"] == "compact" else set()
-        for key, kind in fields.items():
+        for key, (kind, kind_name) in fields.items():
             value = data.get(key)
             if value is None and key not in required:
                 continue
             if not isinstance(value, list) or not all(type(item) is kind for item in value):
-                return f"vocab.{key} must be a list of {kind.__name__}s"
+                return f"vocab.{key} must be a list of {kind_name}"
         return None
 
     @classmethod
