@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import struct
 from pathlib import Path
 from typing import Iterator
@@ -205,7 +206,9 @@ def test_a_resumed_run_continues_the_same_tracker_runs(micro_data: Path, tmp_pat
         assert sorted(p.step for p in client.get_metric_history(ids["mlflow"], "loss/recognition")) == [1, 2, 3, 4]
     if "wandb" in extras:
         folders = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
-        assert len(folders) == 2 and all(folder.name.endswith(f"-{ids['wandb']}") for folder in folders)
+        # Two runs started within one second share a timestamp; wandb then suffixes the second folder ("-1").
+        same_run = re.compile(rf"offline-run-\d{{8}}_\d{{6}}-{re.escape(ids['wandb'])}(-\d+)?")
+        assert len(folders) == 2 and all(same_run.fullmatch(folder.name) for folder in folders)
         steps = {int(item.value_json) for folder in folders for record in wandb_records(next(folder.glob("run-*.wandb")))
                  if record.WhichOneof("record_type") == "history" for item in record.history.item
                  if (item.key or "/".join(item.nested_key)) == "_step"}
