@@ -96,7 +96,7 @@ def test_task_settings_saved_by_an_earlier_version_load_with_the_same_meaning(tm
 
 def test_a_task_setting_typo_names_the_key_and_the_valid_ones() -> None:
     with pytest.raises(ConfigError, match=r"unknown config key 'task_settings.summarization.mdoe'; "
-                                          r"valid keys here: label_smoothing, max_sentences, mode, sentences$"):
+                                          r"valid keys here: label_smoothing, max_sentences, mode, repetition_penalty, sentences$"):
         resolve_config({}, ["task_settings.summarization.mdoe=extractive"])
     with pytest.raises(ConfigError, match="task_settings.summarization.sentences must be an integer"):
         resolve_config({}, ["task_settings.summarization.sentences=two"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shlex
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,9 @@ def add_field_flag(parser: argparse._ActionsContainer, flag: str, cls: type, nam
     """
     spec = next(f for f in dataclasses.fields(cls) if f.name == name)
     kind = typing.get_type_hints(cls)[name]
+    # an optional setting's flag reads its value type (the flag left out keeps the config's value, None included)
+    if typing.get_origin(kind) in (types.UnionType, typing.Union):
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
     help_text = spec.metadata.get("help")
     if help_text is not None:
         help_text += (f" (default {spec.default})" if show_default else "") + help_suffix

@@ -98,7 +98,7 @@ def check_ranges(obj: Any, prefix: str = "", keys: Mapping[str, str] | None = No
         key = (keys or {}).get(f.name) or (f"{prefix}.{f.name}" if prefix else f.name)
         value = getattr(obj, f.name)
         rule: Range | None = f.metadata.get("range")
-        if rule is not None and not rule.allows(value):
+        if rule is not None and value is not None and not rule.allows(value):  # None: unset, where allowed
             raise ConfigError(f"{key} must be {rule.describe()}, got {value!r}")
         for sub_key, item in _children(key, value):
             check_ranges(item, sub_key)

@@ -190,8 +190,10 @@ class GenerationConfig:
     # such a loop 249 -> 1 of 618 and ROUGE-L up on 3 of 3 seeds, DialogSum up on 2 of 2, quickstart unchanged
     no_immediate_repeat_size: int = setting(4, range=between(0, 1_000),
                                             help="forbid writing a run of up to this many words twice in a row")
-    repetition_penalty: float = setting(1.0, range=between(0.0, 100.0, low_open=True),
-                                        help="penalty on tokens already generated")
+    # unset (None): each task's own, ``task_settings.<task>.repetition_penalty`` (summarization 1.8, captioning
+    # 1.0: issue #28, docs/benchmarks.md); a value set here applies to every task
+    repetition_penalty: float | None = setting(None, range=between(0.0, 100.0, low_open=True),
+                                               help="penalty on tokens already generated (unset: each task's own)")
     seed: int = setting(0, range=between(0, 2**63 - 1), help="sampling seed")
     # no EOS before this many tokens (benchmarks use it to force a fixed length)
     min_length: int = setting(0, range=between(0, 100_000))

@@ -54,9 +54,10 @@ class DecodingSession:
                 cache.reorder(index)
 
 
-def apply_repetition_penalty(logits: torch.Tensor, generated: torch.Tensor, penalty: float) -> torch.Tensor:
-    """Make every token already in ``generated`` (N, t) less likely: positive logits / p, negative * p."""
-    if penalty == 1.0 or generated.shape[1] == 0:
+def apply_repetition_penalty(logits: torch.Tensor, generated: torch.Tensor, penalty: float | None) -> torch.Tensor:
+    """Make every token already in ``generated`` (N, t) less likely: positive logits / p, negative * p
+    (``None``, a penalty no task resolved: none)."""
+    if penalty is None or penalty == 1.0 or generated.shape[1] == 0:
         return logits
     seen = logits.gather(1, generated)
     seen = torch.where(seen < 0, seen * penalty, seen / penalty)

@@ -2,6 +2,7 @@
 (greedy, beam search or sampling, as ``options.generation`` says; see mmtl.models.generation)."""
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmtl.config import ModelConfig
+from mmtl.config import GenerationConfig, ModelConfig
 from mmtl.config.fields import Range, setting
 from mmtl.tasks.metrics import bleu, diversity, rouge, top_opening
 from mmtl.models.fusion import Fused
@@ -28,6 +29,8 @@ class GenerationSettings:
     # share of each target token's probability spread over the whole vocabulary in the loss (Szegedy et
     # al. 2016); 0 is plain cross-entropy. Against memorising a small training set (issue #28).
     label_smoothing: float = setting(0.0, range=Range(0, 1, high_open=True))
+    # the decoding's repetition penalty for this task where ``eval.generation.repetition_penalty`` is unset
+    repetition_penalty: float = setting(1.0, range=Range(0, 100, low_open=True))
 
 
 class GenerationTask(Task):
@@ -87,10 +90,17 @@ class GenerationTask(Task):
 
     @torch.no_grad()
     def predict(self, head: nn.Module, fused: Fused, options: Any) -> list[str]:
-        generation = getattr(options, "generation", None)
+        generation = self.decoding(getattr(options, "generation", None))
         ids = head.generate(fused.tokens, fused.valid, config=generation, words=self.word_table(),
                             document_ids=fused.document_ids, **copy_from(fused.ids)).cpu().tolist()
         return [self.context.vocab.decode(row) for row in ids]
+
+    def decoding(self, generation: GenerationConfig | None) -> GenerationConfig:
+        """The run's decoding options with what it leaves unset taken from this task's settings."""
+        generation = generation or GenerationConfig()
+        if generation.repetition_penalty is None:
+            generation = dataclasses.replace(generation, repetition_penalty=self.settings.repetition_penalty)
+        return generation
 
     def word_table(self) -> WordTable:
         """Which vocabulary tokens end or begin a word, for whole-word decoding (built once)."""
