@@ -102,3 +102,18 @@ def test_the_real_inet_setting_mixes_three_sources_one_per_task(tmp_path: Path, 
     classes = {p.name for p in (folders / "train").iterdir()}
     assert len(classes) == 9 and classes == {p.name for p in (folders / "test").iterdir()}
     assert overrides == []
+
+
+def test_a_real_settings_config_is_replaced_in_one_rename_and_left_alone_when_unchanged(tmp_path: Path) -> None:
+    """Two bench_mtl processes on one real setting used to rewrite its config in place (truncate, then
+    write), so a training the other had just started could read an empty file."""
+    bench = load_tool("bench_mtl")
+    sources = [{"path": str(tmp_path / "coco"), "tasks": ["recognition", "captioning"]}]
+    path = Path(bench._real_config(tmp_path, "real", sources))
+    first = path.stat().st_ino
+    assert yaml.safe_load(path.read_text())["data"]["sources"] == sources
+    assert Path(bench._real_config(tmp_path, "real", sources)).stat().st_ino == first  # unchanged: not rewritten
+    moved = [{"path": str(tmp_path / "elsewhere"), "tasks": ["recognition", "captioning"]}]
+    bench._real_config(tmp_path, "real", moved)
+    assert path.stat().st_ino != first and yaml.safe_load(path.read_text())["data"]["sources"] == moved
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["real.yaml"]  # no temporary file left

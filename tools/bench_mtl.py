@@ -50,6 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from balancer_table import InlinePool, Runner, summary  # noqa: E402  (tools/ is not a package)
 from imagenet_folders import write_folders  # noqa: E402
 
+from mmtl.files import write_atomically  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "experiment" / "quickstart.yaml"
 MIXED_REAL = ROOT / "configs" / "data" / "mixed_real.yaml"  # the shipped way to mix real sources
@@ -123,13 +125,16 @@ def _real_config(data_dir: Path, name: str, sources: list[dict[str, Any]]) -> st
     ships it (its data settings and model section, with these sources)."""
     shipped = yaml.safe_load(MIXED_REAL.read_text())
     config = data_dir / f"{name}.yaml"
-    config.write_text(json.dumps({  # JSON is YAML
+    text = json.dumps({  # JSON is YAML
         "name": f"mtl-{name}", "tasks": ["recognition", "captioning", "summarization"],
         "model": {**shipped.get("model", {}), "preset": "tiny"},
         "data": {**shipped["data"], "path": sources[0]["path"], "sources": sources},
         "train": {"steps": 300, "lr": 0.002, "warmup_steps": 30},
         "eval": {"split": "test", "max_samples": 200}, "validation": {"max_samples": 200},
-    }, indent=2))
+    }, indent=2)
+    # another bench_mtl on this setting may be starting a training that reads it: never rewrite it in place
+    if not config.is_file() or config.read_text() != text:
+        write_atomically(config, lambda tmp: tmp.write_text(text), durable=False)
     return str(config)
 
 
