@@ -38,7 +38,7 @@ from mmtl.builder import Components, build_components, components_from_meta
 from mmtl.config import ExperimentConfig, load_config, load_saved_config, save_config
 from mmtl.config.budget import MAX_META_BYTES, MAX_POINTER_BYTES
 from mmtl.errors import MMTLError
-from mmtl.files import read_bounded, sync_path, sync_tree, temp_prefix, write_atomically, write_text_atomically
+from mmtl.files import is_plain_name, read_bounded, sync_path, sync_tree, temp_prefix, write_atomically, write_text_atomically
 from mmtl.models.adaptation import adapt
 from mmtl.text import Vocabulary
 from mmtl.version import __version__
@@ -185,8 +185,7 @@ def _follow_pointer(latest: Path) -> Path:
         raise MMTLError(f"cannot read {latest}: {getattr(exc, 'strerror', None) or exc}") from exc
     folder = latest.parent
     target = folder / name
-    plain = bool(name) and name not in (".", "..") and Path(name).name == name and "\\" not in name
-    if not plain or not target.resolve().is_relative_to(folder.resolve()):
+    if not is_plain_name(name) or not target.resolve().is_relative_to(folder.resolve()):
         raise MMTLError(f"{latest} points outside {folder} ({name[:100]!r}); it must name a checkpoint directory "
                         f"inside it, such as step-00000100 (rewrite the file or delete it)")
     return target

@@ -36,6 +36,12 @@ def sync_tree(root: Path) -> None:
     sync_path(root)
 
 
+def is_plain_name(name: str) -> bool:
+    """Whether ``name`` (read from a file, e.g. a ``LATEST`` pointer) names one entry of a folder: not empty,
+    not ``.`` or ``..``, no path separator of either kind."""
+    return bool(name) and name not in (".", "..") and Path(name).name == name and "\\" not in name
+
+
 def write_atomically(path: Path, write: Callable[[Path], None], durable: bool = True) -> None:
     """Put the file that ``write(temporary_path)`` writes at ``path`` in one rename.
 

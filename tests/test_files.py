@@ -136,3 +136,11 @@ def test_a_checkpoints_config_and_metadata_of_any_size_are_refused_before_they_a
     with pytest.raises(MMTLError, match="larger than"):
         read_meta(tmp_path)
     assert _peak_allocation(lambda: pytest.raises(MMTLError, read_meta, tmp_path)) < 2**20
+
+
+def test_a_plain_name_is_one_entry_of_its_folder() -> None:
+    from mmtl.files import is_plain_name
+
+    assert is_plain_name("step-00000100")
+    for name in ("", ".", "..", "a/b", "../step-1", "/etc", "a\\b", "..\\..\\x"):
+        assert not is_plain_name(name), name

@@ -31,7 +31,7 @@ from mmtl.config.parsing import apply_overrides, deep_merge, drop_local, read_ya
 from mmtl.config.presets import MODEL_PRESETS
 from mmtl.config.schema import DataConfig, ExperimentConfig
 from mmtl.errors import ConfigError
-from mmtl.files import read_bounded
+from mmtl.files import is_plain_name, read_bounded
 from mmtl.text import FULL_BPE_SIZE, SPECIAL_TOKENS
 
 GIB = 2**30
@@ -264,7 +264,7 @@ def _checkpoint_files(path: Path) -> tuple[Path, Path] | None:
         folders = [candidate]
         try:
             name = read_bounded(candidate / "LATEST", MAX_POINTER_BYTES).decode("utf-8").strip()
-            if name and Path(name).name == name and name not in (".", ".."):
+            if is_plain_name(name):
                 folders.append(candidate / name)
         except (OSError, UnicodeDecodeError):
             pass
