@@ -74,3 +74,21 @@ def test_label_smoothing_is_cross_entropy_with_smoothing_on_single_label_data() 
     expected = F.cross_entropy(head(tokens, valid), labels, label_smoothing=0.2)
     assert torch.allclose(task.loss(head, fused, {"labels": labels}), expected)
     assert not torch.allclose(expected, F.cross_entropy(head(tokens, valid), labels))
+
+
+def test_the_classify_recipe_reads_the_image_tokens_with_the_pooled_head_and_no_trunk() -> None:
+    """configs/experiment/classify.yaml: the plain loop's model (backbone, average, linear) inside mmtl,
+    whatever preset is asked for; one step on single-label data trains the image encoder through the head."""
+    from pathlib import Path
+
+    from mmtl.config import load_config
+
+    recipe = Path(__file__).parents[1] / "configs" / "experiment" / "classify.yaml"
+    config = load_config(recipe, ["model.preset=micro"])
+    assert config.tasks == ["recognition"] and config.model.fusion.depth == 0 and config.model.width == 32
+    parts = build_components(config, CLASSES, VOCAB, label_mode="single")
+    assert type(parts.model.heads["recognition"]) is PooledClassHead and parts.model.fusion.layers() == []
+    loss = parts.model(_batch(parts, [["red circle"], ["green triangle"]]))["recognition"]
+    loss.backward()
+    # the stem (timm zero-initialises each residual branch's last norm, so the blocks' convolutions start at 0)
+    assert parts.model.encoders["image"].backbone.conv1.weight.grad.abs().sum() > 0
