@@ -335,3 +335,30 @@ def test_worker_processes_get_the_settings_serve_was_given() -> None:
     """``mmtl serve --workers N`` hands its settings to each worker as JSON: nothing may fall back to a default."""
     settings = ServeSettings("runs/x", ServerLimits(max_beams=3, max_pixels=1000), 4, 2.5, "cuda:1", "bf16")
     assert ServeSettings.from_json(settings.to_json()) == settings
+
+
+def test_building_a_server_leaves_the_host_processs_log_handlers_open() -> None:
+    """uvicorn's default log config ran logging.config.dictConfig, which closes every handler of the process
+    (logging.shutdown): an application that built an mmtl server had its own handlers closed (pytest's
+    capture of stderr among them, through absl's handler: tests/test_finetune.py alone failed on it)."""
+    from mmtl.serve import ServerLimits
+    from mmtl.serve.server import uvicorn_config
+
+    class Recording(logging.Handler):
+        closed = False
+
+        def emit(self, record: logging.LogRecord) -> None:
+            pass
+
+        def close(self) -> None:
+            self.closed = True
+            super().close()
+
+    handler = Recording()
+    logging.getLogger("host-app").addHandler(handler)
+    try:
+        uvicorn_config(lambda scope, receive, send: None, ServerLimits())
+        assert not handler.closed
+        assert logging.getLogger("uvicorn.error").getEffectiveLevel() == logging.WARNING
+    finally:
+        logging.getLogger("host-app").removeHandler(handler)

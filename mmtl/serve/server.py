@@ -64,8 +64,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 def uvicorn_config(app: Any, limits: ServerLimits, **kwargs: Any) -> uvicorn.Config:
     """uvicorn settings shared by one-process and multi-process serving."""
+    # log_config=None: uvicorn's own config runs logging.config.dictConfig, which closes every log handler
+    # of the process (the host application's too); its loggers propagate to the root logger instead
     config = uvicorn.Config(app, http=DeadlineH11Protocol, ws="none", lifespan="on", log_level="warning",
-                            access_log=False, limit_concurrency=limits.max_concurrency,
+                            log_config=None, access_log=False, limit_concurrency=limits.max_concurrency,
                             timeout_keep_alive=max(1, round(limits.keep_alive_s)), server_header=False,
                             timeout_graceful_shutdown=5,
                             # a header block still incomplete past this is refused by h11 (400); a
