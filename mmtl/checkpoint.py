@@ -38,7 +38,8 @@ from mmtl.builder import Components, build_components, components_from_meta
 from mmtl.config import ExperimentConfig, load_config, load_saved_config, save_config
 from mmtl.config.budget import MAX_META_BYTES, MAX_POINTER_BYTES
 from mmtl.errors import MMTLError
-from mmtl.files import is_plain_name, read_bounded, sync_path, sync_tree, temp_prefix, write_atomically, write_text_atomically
+from mmtl.files import (is_plain_name, read_bounded, sync_path, sync_tree, temp_prefix, write_atomically,
+                        write_text_atomically)
 from mmtl.models.adaptation import adapt
 from mmtl.text import Vocabulary
 from mmtl.version import __version__
