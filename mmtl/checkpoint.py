@@ -36,10 +36,10 @@ from safetensors.torch import load_file, save_file, save_model
 
 from mmtl.builder import Components, build_components, components_from_meta
 from mmtl.config import ExperimentConfig, load_config, load_saved_config, save_config
-from mmtl.config.budget import MAX_META_BYTES, MAX_POINTER_BYTES
+from mmtl.config.budget import MAX_META_BYTES
 from mmtl.errors import MMTLError
-from mmtl.files import (is_plain_name, read_bounded, sync_path, sync_tree, temp_prefix, write_atomically,
-                        write_text_atomically)
+from mmtl.files import (is_plain_name, read_bounded, read_pointer, sync_path, sync_tree, temp_prefix,
+                        write_atomically, write_text_atomically)
 from mmtl.models.adaptation import adapt
 from mmtl.text import Vocabulary
 from mmtl.version import __version__
@@ -181,7 +181,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def _follow_pointer(latest: Path) -> Path:
     """The checkpoint directory ``latest`` names, confined to ``latest``'s folder."""
     try:
-        name = read_bounded(latest, MAX_POINTER_BYTES).decode("utf-8").strip()
+        name = read_pointer(latest)
     except (OSError, UnicodeDecodeError) as exc:
         raise MMTLError(f"cannot read {latest}: {getattr(exc, 'strerror', None) or exc}") from exc
     folder = latest.parent

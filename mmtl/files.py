@@ -36,6 +36,16 @@ def sync_tree(root: Path) -> None:
     sync_path(root)
 
 
+MAX_POINTER_BYTES = 4096  # a pointer file (a run's LATEST) names one entry of its folder
+
+
+def read_pointer(path: Path) -> str:
+    """The name a pointer file holds (e.g. ``checkpoints/LATEST``), read by :func:`read_bounded` and stripped;
+    whether it is a plain name is the caller's check (:func:`is_plain_name`). OSError / UnicodeDecodeError
+    when it cannot be read as one."""
+    return read_bounded(path, MAX_POINTER_BYTES).decode("utf-8").strip()
+
+
 def is_plain_name(name: str) -> bool:
     """Whether ``name`` (read from a file, e.g. a ``LATEST`` pointer) names one entry of a folder: not empty,
     not ``.`` or ``..``, no path separator of either kind."""

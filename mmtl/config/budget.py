@@ -31,7 +31,7 @@ from mmtl.config.parsing import apply_overrides, deep_merge, drop_local, read_ya
 from mmtl.config.presets import MODEL_PRESETS
 from mmtl.config.schema import DataConfig, ExperimentConfig
 from mmtl.errors import ConfigError
-from mmtl.files import is_plain_name, read_bounded
+from mmtl.files import is_plain_name, read_bounded, read_pointer
 from mmtl.text import FULL_BPE_SIZE, SPECIAL_TOKENS
 
 GIB = 2**30
@@ -39,7 +39,6 @@ BYTES = 4  # fp32
 BUDGET_ENV = "MMTL_MEMORY_BUDGET_GB"
 MAX_CLASSES = 1_000_000  # a class list longer than this is refused before any head is built
 MAX_META_BYTES = 512 * 2**20  # a meta.json larger than this is not one mmtl wrote
-MAX_POINTER_BYTES = 4096  # a LATEST pointer names one checkpoint folder
 CGROUP_LIMIT = Path("/sys/fs/cgroup/memory.max")
 
 
@@ -263,7 +262,7 @@ def _checkpoint_files(path: Path) -> tuple[Path, Path] | None:
     for candidate in (path, path / "checkpoints"):
         folders = [candidate]
         try:
-            name = read_bounded(candidate / "LATEST", MAX_POINTER_BYTES).decode("utf-8").strip()
+            name = read_pointer(candidate / "LATEST")
             if is_plain_name(name):
                 folders.append(candidate / name)
         except (OSError, UnicodeDecodeError):
