@@ -15,10 +15,9 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from recipe_reference import Prepared, recognition_predictions
+from recipe_reference import Prepared, next_rows, recognition_loss, recognition_predictions
 from mmtl.tasks.base import Task
 from mmtl.tasks.generation import GenerationTask
 
@@ -65,18 +64,9 @@ def train_cnn(task: Task, train_rows: Prepared, eval_rows: Prepared, steps: int,
     losses: list[float] = []
     cpu, wall = time.process_time(), time.perf_counter()
     for _ in range(steps):
-        if len(order) < batch_size:
-            order += rng.sample(range(len(train_rows.inputs)), len(train_rows.inputs))
-        rows, order = order[:batch_size], order[batch_size:]
+        rows = next_rows(order, rng, len(train_rows.inputs), batch_size)
         logits = model(torch.stack([train_rows.inputs[i] for i in rows]))
-        targets = [train_rows.targets[i] for i in rows]
-        if single:
-            loss = F.cross_entropy(logits, torch.tensor([t[0] for t in targets]))
-        else:
-            multi_hot = torch.zeros_like(logits)
-            for row, ids in enumerate(targets):
-                multi_hot[row, ids] = 1.0
-            loss = F.binary_cross_entropy_with_logits(logits, multi_hot, reduction="sum") / len(rows)
+        loss = recognition_loss(logits, [train_rows.targets[i] for i in rows], single)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

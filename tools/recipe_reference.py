@@ -291,12 +291,7 @@ class Reference:
         if not self.generates:
             logits = self.model(x)
             clock.mark("forward")
-            if self.single:
-                return F.cross_entropy(logits, torch.tensor([t[0] for t in targets], device=self.device))
-            multi_hot = torch.zeros_like(logits)
-            for row, ids in enumerate(targets):
-                multi_hot[row, ids] = 1.0
-            return F.binary_cross_entropy_with_logits(logits, multi_hot, reduction="sum") / len(targets)
+            return recognition_loss(logits, targets, self.single)
         tokens = _pad([rng.choice(choices) for choices in targets]).to(self.device)
         memory, memory_pad = self.model.memory(x)
         logits = self.model.decoder(tokens[:, :-1], memory, memory_pad)
@@ -312,6 +307,27 @@ class Reference:
         memory, memory_pad = self.model.memory(x)
         ids = self.model.decoder.greedy(memory, memory_pad, self.config.eval.generation.max_length)
         return [self.vocab.decode(row) for row in ids.tolist()]
+
+
+def recognition_loss(logits: torch.Tensor, targets: list[list[int]], single: bool) -> torch.Tensor:
+    """The plain recognition loss of one batch (targets: class ids per row): cross-entropy on the first id
+    (single-label), or binary cross-entropy summed over the classes and averaged over the rows (multi-label)."""
+    if single:
+        return F.cross_entropy(logits, torch.tensor([t[0] for t in targets], device=logits.device))
+    multi_hot = torch.zeros_like(logits)
+    for row, ids in enumerate(targets):
+        multi_hot[row, ids] = 1.0
+    return F.binary_cross_entropy_with_logits(logits, multi_hot, reduction="sum") / len(targets)
+
+
+def next_rows(order: list[int], rng: random.Random, count: int, batch: int) -> list[int]:
+    """The next ``batch`` row indices of ``order`` (taken from it in place), refilled with a fresh permutation
+    of the ``count`` rows whenever fewer than a batch are left."""
+    if len(order) < batch:
+        order += rng.sample(range(count), count)
+    rows = order[:batch]
+    del order[:batch]
+    return rows
 
 
 def recognition_predictions(logits: torch.Tensor, classes: list[str], single: bool) -> list[Any]:
@@ -369,9 +385,7 @@ class ReferenceTraining:
         """One AdamW step on the next ``data.batch_size`` rows (a fresh permutation per epoch)."""
         clock = self.clock
         clock.new_step()
-        if len(self.order) < self.batch:
-            self.order += self.rng.sample(range(len(self.rows.inputs)), len(self.rows.inputs))
-        rows, self.order = self.order[:self.batch], self.order[self.batch:]
+        rows = next_rows(self.order, self.rng, len(self.rows.inputs), self.batch)
         inputs, targets = [self.rows.inputs[i] for i in rows], [self.rows.targets[i] for i in rows]
         clock.mark("data")
         loss = self.reference.loss(inputs, targets, self.rng, clock)
