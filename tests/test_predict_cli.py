@@ -106,7 +106,7 @@ def test_images_dir_and_generation_flags(run_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "p.jsonl"
     assert main(["predict", "--checkpoint", str(run_dir), "--images", str(tmp_path / "d"), "--output", str(out),
                  "--no-progress", "--tasks", "captioning", "--max-length", "3", "--num-beams", "1",
-                 "--no-immediate-repeat", "0"]) == 0
+                 "--no-immediate-repeat", "0", "--repetition-penalty", "1.3"]) == 0
     rows = _rows(out)
     assert set(rows) == {"x.png", "sub/y.jpg"}
     for row in rows.values():
@@ -149,6 +149,7 @@ def test_single_pair_precision_bf16(run_dir: Path, tmp_path: Path, capsys) -> No
     (["--image", "IMG", "--num-beams", "0"], "generation.num_beams must be >= 1"),
     (["--image", "IMG", "--top-p", "1.5"], "generation.top_p must be > 0.0 and <= 1.0"),
     (["--image", "IMG", "--no-immediate-repeat", "-1"], "generation.no_immediate_repeat_size must be >= 0 and <= 1000"),
+    (["--image", "IMG", "--repetition-penalty", "0"], "generation.repetition_penalty must be > 0.0 and <= 100.0"),
     (["--image", "IMG", "--threshold", "2"], "threshold must be in [0, 1]"),
     (["--input", "PAIRS"], "need --output"),
     (["--input", "nowhere.jsonl", "--output", "o.jsonl"], "--input file not found"),

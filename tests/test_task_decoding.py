@@ -75,3 +75,12 @@ def test_a_config_saved_with_the_penalty_unset_loads_unset(tmp_path) -> None:
     path = tmp_path / "config.yaml"
     save_config(ExperimentConfig(), path)
     assert load_config(path, []).eval.generation.repetition_penalty is None
+
+
+def test_a_bad_task_penalty_on_the_command_line_is_one_line_and_exit_2(capsys) -> None:
+    from mmtl.cli import main
+
+    assert main(["train", "task_settings.summarization.repetition_penalty=0", "train.steps=1"]) == 2
+    err = capsys.readouterr().err
+    assert "task_settings.summarization.repetition_penalty must be in (0, 100]" in err
+    assert "Traceback" not in err and err.count("\n") == 1
