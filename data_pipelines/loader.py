@@ -273,7 +273,9 @@ class LoaderSettings:
     settings yields: the first k batches are read as raw samples and skipped, not decoded.
     Past ``max_corrupt_fraction`` of the samples seen (after at least 100) iterating raises :class:`MMTLError`.
     ``decoded_cache_bytes`` (training only): decoded images kept for later epochs, over all workers
-    (``transforms.DecodedImageCache``).
+    (``transforms.DecodedImageCache``). ``shard_cache_bytes`` (training only): whole shards kept in memory
+    after their first read, so later epochs skip the tar files (``shardcache.ShardCache``). Both hold a set
+    whole or not at all, and neither changes a batch.
     """
 
     image_size: int
@@ -295,6 +297,7 @@ class LoaderSettings:
     start_batch: int = 0
     mapping: Sequence[str] = ()
     decoded_cache_bytes: int = 0
+    shard_cache_bytes: int = 0
 
     @classmethod
     def for_training(cls, config: ExperimentConfig, **position: Any) -> "LoaderSettings":
@@ -306,7 +309,8 @@ class LoaderSettings:
                    shuffle_buffer=data.shuffle_buffer, seed=config.seed, max_corrupt_fraction=data.max_corrupt_fraction,
                    max_image_pixels=data.max_image_pixels, mode=data.mode, mixing=data.mixing,
                    mixing_temperature=data.mixing_temperature, length_buckets=data.length_buckets,
-                   decoded_cache_bytes=data.decoded_cache_mb * 2**20, **position)
+                   decoded_cache_bytes=data.decoded_cache_mb * 2**20, shard_cache_bytes=data.shard_cache_mb * 2**20,
+                   **position)
 
     def check(self) -> None:
         """Raise :class:`MMTLError` for a mode or a count the loader cannot use."""
@@ -341,6 +345,8 @@ def make_loader(path: str | Sequence[Source], split: str, tasks: Sequence[Any], 
     sources = _stream_sources(path, split, settings.mapping, tasks)
     rank, world_size = resolve_rank(settings.rank, settings.world_size)
     train = settings.train
+    # each worker holds its own caches, one per source: the budgets are shared out among them
+    share = max(1, settings.num_workers) * len(sources)
     spec = StreamSpec(
         shards=[split_shards(s.path, s.split) for s in sources],
         mappings=[None if is_native(s.path) else as_mapping(s.mapping) for s in sources],
@@ -348,9 +354,9 @@ def make_loader(path: str | Sequence[Source], split: str, tasks: Sequence[Any], 
         batch_size=settings.batch_size, mode=settings.mode if train else "epoch", shuffle=train,
         shuffle_buffer=settings.shuffle_buffer, seed=settings.seed, epochs=settings.epochs if train else 1,
         length_buckets=settings.length_buckets if train else 0, rank=rank, world_size=world_size,
+        shard_cache_bytes=settings.shard_cache_bytes // share if train else 0,
     )
-    # each worker holds a copy of every decoder: the cache budget is shared out among them
-    cache = settings.decoded_cache_bytes // (max(1, settings.num_workers) * len(sources)) if train else 0
+    cache = settings.decoded_cache_bytes // share if train else 0
     decoders = [SampleDecoder([t for t in tasks if s.tasks is None or t.name in s.tasks], vocab, settings.image_size,
                               settings.context_length, seed=sub_seed(settings.seed, 0, i),
                               max_pixels=settings.max_image_pixels, image_cache_bytes=cache)

@@ -29,6 +29,7 @@ import webdataset as wds
 
 from data_pipelines.mixing import MixPlan, interleave
 from data_pipelines.sample import TEXT_INPUT_FIELD
+from data_pipelines.shardcache import ShardCache
 from data_pipelines.shardsets import contract_samples, unreadable
 from mmtl.errors import MMTLError
 
@@ -58,11 +59,14 @@ def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
 
 
 def shard_samples(urls: Iterable[str], mapping: dict[str, list[str]] | None = None,
-                  handler: Callable[[BaseException], bool] = wds.warn_and_continue) -> Iterator[dict[str, Any]]:
+                  handler: Callable[[BaseException], bool] = wds.warn_and_continue,
+                  cache: ShardCache | None = None) -> Iterator[dict[str, Any]]:
     """Raw webdataset samples of ``urls`` in order (unreadable shards and tar members go to ``handler``,
     which by default warns and skips them), turned into the sample contract with ``mapping`` for
-    shards without dataset.json."""
-    return iter(contract_samples(list(urls), mapping, handler))
+    shards without dataset.json; shard by shard through ``cache`` when given (the same samples)."""
+    if cache is None:
+        return iter(contract_samples(list(urls), mapping, handler))
+    return itertools.chain.from_iterable(cache.samples(url, mapping, handler) for url in urls)
 
 
 class ShardErrors:
@@ -137,6 +141,8 @@ class StreamSpec:
     shard_interleave: int = 4
     # samples in the shuffle buffer before the first is drawn (None: the whole buffer)
     initial_fill: int | None = None
+    # bytes of whole shards each source keeps in memory on each slot for later epochs (ShardCache; 0: off)
+    shard_cache_bytes: int = 0
 
 
 def source_samples(spec: StreamSpec, source: int, slot: Slot) -> Iterator[dict[str, Any]]:
@@ -145,6 +151,7 @@ def source_samples(spec: StreamSpec, source: int, slot: Slot) -> Iterator[dict[s
     mapping = spec.mappings[source] if spec.mappings else None
     initial = spec.shuffle_buffer if spec.initial_fill is None else min(spec.shuffle_buffer, spec.initial_fill)
     width = spec.shard_interleave if spec.shuffle else 1
+    cache = ShardCache(spec.shard_cache_bytes) if spec.shard_cache_bytes > 0 else None  # lives for every epoch
     if spec.mode == "resampled":
         subset = urls[slot.index::slot.count] if len(urls) >= slot.count else urls
         # both seeded: webdataset's defaults mix in the time and pid, and a run must be reproducible
@@ -153,7 +160,7 @@ def source_samples(spec: StreamSpec, source: int, slot: Slot) -> Iterator[dict[s
         # every shard of the subset drawn twice over without a sample: none is readable
         samples = interleaved_shards((s["url"] for s in shards), width, mapping,
                                      random.Random(sub_seed(seed, slot.index, source, 4)),
-                                     patience=2 * len(subset) + width)
+                                     patience=2 * len(subset) + width, cache=cache)
         yield from wds.shuffle(spec.shuffle_buffer, initial=initial, seed=sub_seed(seed, slot.index, source))(samples)
         return
     for epoch in itertools.count() if spec.epochs is None else range(spec.epochs):
@@ -162,9 +169,10 @@ def source_samples(spec: StreamSpec, source: int, slot: Slot) -> Iterator[dict[s
             random.Random(sub_seed(seed + epoch, source)).shuffle(order)
         if len(order) >= slot.count:
             samples = interleaved_shards(iter(order[slot.index::slot.count]), width, mapping,
-                                         random.Random(sub_seed(seed + epoch, slot.index, source, 4)))
+                                         random.Random(sub_seed(seed + epoch, slot.index, source, 4)), cache=cache)
         else:
-            samples = (s for i, s in enumerate(shard_samples(order, mapping)) if i % slot.count == slot.index)
+            every = shard_samples(order, mapping, cache=cache)
+            samples = (s for i, s in enumerate(every) if i % slot.count == slot.index)
         if spec.shuffle and spec.shuffle_buffer > 1:
             samples = wds.shuffle(spec.shuffle_buffer, initial=initial,
                                   seed=sub_seed(seed + epoch, slot.index, source, 1))(samples)
@@ -178,17 +186,19 @@ def source_samples(spec: StreamSpec, source: int, slot: Slot) -> Iterator[dict[s
 
 
 def interleaved_shards(urls: Iterator[str], width: int, mapping: dict[str, list[str]] | None,
-                       rng: random.Random, patience: int | None = None) -> Iterator[dict[str, Any]]:
+                       rng: random.Random, patience: int | None = None,
+                       cache: ShardCache | None = None) -> Iterator[dict[str, Any]]:
     """Read ``width`` shards at once, each sample from a randomly chosen open one.
 
     A shard written in class order then still feeds the shuffle buffer samples of ``width`` shards'
     classes; a finished shard is replaced by the next URL. ``width`` 1 reads the shards one by one.
     ``patience``: after this many shards in a row without one readable sample, stop with an error
     naming the last one (resampled streams would otherwise draw unreadable shards for ever).
+    ``cache``: whole shards kept in memory after their first read (the same samples, see ShardCache).
     """
     errors = ShardErrors()
     opened = list(itertools.islice(urls, max(width, 1)))
-    open_shards = [shard_samples([url], mapping, errors) for url in opened]
+    open_shards = [shard_samples([url], mapping, errors, cache) for url in opened]
     yielded = [False] * len(open_shards)
     empty_in_a_row = 0
     while open_shards:
@@ -209,7 +219,7 @@ def interleaved_shards(urls: Iterator[str], width: int, mapping: dict[str, list[
             for items in (open_shards, yielded, opened):
                 items.pop(index)
         else:
-            open_shards[index], yielded[index], opened[index] = shard_samples([url], mapping, errors), False, url
+            open_shards[index], yielded[index], opened[index] = shard_samples([url], mapping, errors, cache), False, url
 
 
 def document_length(raw: dict[str, Any]) -> int:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from data_pipelines.cachebudget import CacheBudget
 from data_pipelines.sample import IMAGE_SUFFIXES  # noqa: F401  (batch prediction over a folder reads it here)
 
 # A decoded image larger than this is treated as a decompression bomb (about 8000 x 8000 pixels).
@@ -129,29 +130,26 @@ class DecodedImageCache:
     once, not once per epoch (decoding is deterministic, so batches are the same with the cache or without).
 
     A stream that does not fit is not cached at all: the first image past the budget empties the cache
-    and turns it off, so a large data set pins no memory for a few hits. ``budget`` 0: off.
+    and turns it off (:class:`CacheBudget`), so a large data set pins no memory for a few hits. ``budget`` 0: off.
     """
 
     def __init__(self, budget: int) -> None:
-        self.budget = budget
+        self.budget = CacheBudget(budget)
         self.images: dict[bytes, torch.Tensor] = {}
-        self.used = 0
 
     def image(self, data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
         """:func:`image_tensor` of ``data``, from the cache when these bytes were decoded before (the same
         tensor: callers copy it, never write to it)."""
-        if self.budget <= 0:
+        if not self.budget.on:
             return image_tensor(data, size, max_pixels)
         key = hashlib.blake2b(data, digest_size=16).digest() + size.to_bytes(4, "little")
         image = self.images.get(key)
         if image is None:
             image = image_tensor(data, size, max_pixels)
-            self.used += image.numel() * image.element_size()
-            if self.used > self.budget:  # the data set does not fit: stop caching and free what is held
-                self.images.clear()
-                self.budget = 0
-            else:
+            if self.budget.claim(image.numel() * image.element_size()):
                 self.images[key] = image
+            else:  # the data set does not fit: stop caching and free what is held
+                self.images.clear()
         return image
 
 

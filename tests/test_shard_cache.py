@@ -18,6 +18,7 @@ from data_pipelines.cachebudget import CacheBudget
 from data_pipelines.loader import LoaderSettings, make_loader
 from data_pipelines.shardcache import ShardCache
 from data_pipelines.shards import split_shards
+from data_pipelines.shardsets import contract_samples
 from tests.test_loader_corrupt import CORRUPT_KEYS, TEST_MAX_PIXELS, write_corrupt_shards
 from tests.test_loader_stream import _loader, _same, _take, parts, write_text_shards  # noqa: F401  (parts: a fixture)
 
@@ -103,11 +104,14 @@ def _truncated_shard(tmp_path: Path) -> tuple[str, list[str]]:
 
 def test_a_shard_that_fails_mid_read_is_not_held(tmp_path: Path) -> None:
     url, readable = _truncated_shard(tmp_path)
+    plain: list[BaseException] = []
+    assert [s["__key__"] for s in contract_samples([url], None, lambda e: plain.append(e) or True)] == readable
     errors: list[BaseException] = []
     cache = ShardCache(CACHE)
-    for _ in range(2):  # each pass reads it from the disk and reports the error, as without the cache
+    for _ in range(2):  # each pass reads it from the disk and reports its errors, as without the cache
         assert [s["__key__"] for s in cache.samples(url, None, lambda e: errors.append(e) or True)] == readable
-    assert len(errors) == 2 and url not in cache.shards and cache.budget.used == 0
+    assert plain and [str(e) for e in errors] == 2 * [str(e) for e in plain]
+    assert url not in cache.shards and cache.budget.used == 0
 
 
 def test_a_failing_shard_read_through_a_raising_handler_leaves_nothing_held(tmp_path: Path) -> None:
@@ -116,11 +120,17 @@ def test_a_failing_shard_read_through_a_raising_handler_leaves_nothing_held(tmp_
     def refuse(error: BaseException) -> bool:
         raise RuntimeError("stop") from error
 
-    cache, seen = ShardCache(CACHE), []
-    with pytest.raises(RuntimeError, match="stop"):
-        for sample in cache.samples(url, None, refuse):
-            seen.append(sample["__key__"])
-    assert seen == readable and cache.shards == {} and cache.budget.used == 0
+    def keys(samples) -> list[str]:
+        seen = []
+        with pytest.raises(RuntimeError, match="stop"):
+            for sample in samples:
+                seen.append(sample["__key__"])
+        return seen
+
+    cache = ShardCache(CACHE)
+    plain = keys(contract_samples([url], None, refuse))
+    assert keys(cache.samples(url, None, refuse)) == plain == readable[:len(plain)] and plain
+    assert cache.shards == {} and cache.budget.used == 0
 
 
 def test_a_good_shard_is_held_once_read_and_served_as_copies(micro_data: Path) -> None:

@@ -89,8 +89,8 @@ def costs(config: ExperimentConfig, classes: int, vocab_size: int, batch: int, t
     Per token and layer a transformer keeps about (8 + 2 * mlp_ratio) * width values for the backward
     pass; without training one layer's worth is alive at a time. Attention scores are counted for one
     layer, the image backbone at 16 values per input pixel value, image tokens at one per 16x16 pixels.
-    Training also keeps up to ``data.decoded_cache_mb`` of decoded images. A task not registered yet (a
-    preflight) counts as one that writes text when ``unknown_writes_text``.
+    Training also keeps up to ``data.decoded_cache_mb`` of decoded images and ``data.shard_cache_mb`` of
+    shards. A task not registered yet (a preflight) counts as one that writes text when ``unknown_writes_text``.
     """
     m = config.model
     w, r = m.width, m.mlp_ratio
@@ -125,6 +125,8 @@ def costs(config: ExperimentConfig, classes: int, vocab_size: int, batch: int, t
              + batch * (length if training else 1) * vocab_size * BYTES * 2),
         Cost(f"data.decoded_cache_mb={config.data.decoded_cache_mb}", "decoded training images kept",
              config.data.decoded_cache_mb * 2**20 if training else 0),
+        Cost(f"data.shard_cache_mb={config.data.shard_cache_mb}", "training shards kept",
+             config.data.shard_cache_mb * 2**20 if training else 0),
     ]
 
 
@@ -232,7 +234,8 @@ def _sizes_only(tree: dict[str, Any]) -> ExperimentConfig | None:
         return ExperimentConfig(
             tasks=[str(t) for t in tasks],
             data=DataConfig(batch_size=_number(data, "batch_size", DataConfig.batch_size),
-                            decoded_cache_mb=_number(data, "decoded_cache_mb", DataConfig.decoded_cache_mb)),
+                            decoded_cache_mb=_number(data, "decoded_cache_mb", DataConfig.decoded_cache_mb),
+                            shard_cache_mb=_number(data, "shard_cache_mb", DataConfig.shard_cache_mb)),
             model=ModelConfig(
                 width=_number(model, "width", ModelConfig.width), num_heads=_number(model, "num_heads", ModelConfig.num_heads),
                 mlp_ratio=_number(model, "mlp_ratio", ModelConfig.mlp_ratio, float),

@@ -72,6 +72,10 @@ class DataConfig:
     # every epoch; a set that does not fit is not cached (0: off). The batches are the same either way.
     decoded_cache_mb: int = setting(256, range=NON_NEGATIVE,
                                     help="MB of decoded training images kept for later epochs (0: off)")
+    # whole training shards kept in memory (over all workers) after their first read, so that later epochs
+    # of a small set skip the tar files; a set that does not fit is not held (0: off). Same batches either way.
+    shard_cache_mb: int = setting(256, range=NON_NEGATIVE,
+                                  help="MB of training shards kept in memory for later epochs (0: off)")
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     # training stream: shards resampled forever, or epochs (new shard order each; every sample once
     # per epoch over all ranks and workers)
