@@ -145,17 +145,10 @@ class Collator:
             self.modalities = extra_modalities_of(self.tasks)
 
     def __call__(self, examples: list[Example]) -> Batch:
-        size = len(examples)
-        image = torch.zeros(size, 3, self.image_size, self.image_size, dtype=torch.uint8)
-        has_image = torch.zeros(size, dtype=torch.bool)
-        for row, example in enumerate(examples):
-            if example.image is not None:
-                image[row] = example.image
-                has_image[row] = True
+        image, has_image = self.images(examples)
         length = max([len(e.text) for e in examples] + [1])
-        text = torch.full((size, length), PAD, dtype=torch.long)
-        for row, example in enumerate(examples):
-            text[row, : len(example.text)] = torch.tensor(example.text, dtype=torch.long)
+        # one tensor from padded lists: a tensor per row cost more than the rest of the collation
+        text = torch.tensor([e.text + [PAD] * (length - len(e.text)) for e in examples], dtype=torch.long)
         targets = {}
         for task in self.tasks:
             rows = [r for r, e in enumerate(examples) if task.name in e.targets]
@@ -170,6 +163,19 @@ class Collator:
                 inputs[name] = ModalityInput(*modality.collate(items), rows)
         return Batch([e.key for e in examples], image, has_image, text, targets, [e.annotation for e in examples],
                      inputs=inputs, rows_with=_rows_with(has_image, text))
+
+    def images(self, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The uint8 images of the batch (zeros in rows without one) and which rows have one; stacked in one
+        copy, not row by row."""
+        rows = [r for r, e in enumerate(examples) if e.image is not None]
+        has_image = torch.zeros(len(examples), dtype=torch.bool)
+        has_image[rows] = True
+        if rows and len(rows) == len(examples):
+            return torch.stack([e.image for e in examples]).to(torch.uint8), has_image
+        image = torch.zeros(len(examples), 3, self.image_size, self.image_size, dtype=torch.uint8)
+        if rows:
+            image[rows] = torch.stack([examples[r].image for r in rows]).to(torch.uint8)
+        return image, has_image
 
 
 def batch_groups(groups: Iterable[list[tuple[int, dict[str, Any]]]], decoders: Sequence[SampleDecoder],

@@ -173,3 +173,24 @@ def test_the_shard_cache_counts_in_the_memory_budget() -> None:
     assert item.bytes == 64 * 2**20
     assert not any(i.field.startswith("data.shard") and i.bytes for i in costs(config, 10, 49408, 32, training=False))
     assert LoaderSettings.for_training(config).shard_cache_bytes == 64 * 2**20
+
+
+def test_the_collator_pads_text_and_zero_fills_rows_without_an_image() -> None:
+    """Stacking in one copy (not row by row) keeps the batch: uint8 images, zeros where a row has none,
+    PAD after each document."""
+    import torch
+
+    from data_pipelines.loader import Collator, Example
+    from mmtl.text import PAD
+
+    pixels = [torch.full((3, 4, 4), 10 * i + 1, dtype=torch.uint8) for i in range(3)]
+    examples = [Example("a", pixels[0], [5, 6, 7], {}, {}), Example("b", None, [], {}, {}),
+                Example("c", pixels[2], [8], {}, {})]
+    batch = Collator([], 4, modalities={})(examples)
+    assert batch.image.dtype == torch.uint8 and batch.has_image.tolist() == [True, False, True]
+    assert torch.equal(batch.image, torch.stack([pixels[0], torch.zeros(3, 4, 4, dtype=torch.uint8), pixels[2]]))
+    assert batch.text.tolist() == [[5, 6, 7], [PAD] * 3, [8, PAD, PAD]] and batch.text.dtype == torch.long
+    full = Collator([], 4, modalities={})([examples[0], examples[2]])
+    assert torch.equal(full.image, torch.stack([pixels[0], pixels[2]])) and full.has_image.all()
+    empty = Collator([], 4, modalities={})([Example("d", None, [], {}, {})])
+    assert empty.text.tolist() == [[PAD]] and not empty.has_image.any() and empty.image.shape == (1, 3, 4, 4)
