@@ -12,13 +12,15 @@ way through the stream's own error handler, so its samples, warnings and errors 
 stream without the cache; it is never held. ``pipe:`` sources are not held (their size is unknown and a
 command's output may change).
 
-Memory: the shard's file size is claimed from a :class:`CacheBudget` before anything is read (a tar's
-512-byte member headers outweigh a held sample's Python overhead, so the file size bounds what is held).
-A set that does not fit is not held at all.
+Memory: the shard's file size is claimed from a :class:`CacheBudget` before anything is read, so a shard
+that cannot fit is not even read whole; once read, what holding its samples would take (each dict and its
+values, measured) is claimed too when it is more than the file (a field mapping may copy a member into the
+``json``) before the samples are kept. A set that does not fit is not held at all.
 """
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Callable, Iterator
 
 from data_pipelines.cachebudget import CacheBudget
@@ -50,7 +52,8 @@ class ShardCache:
         return (dict(sample) for sample in held)
 
     def _read_whole(self, url: str, mapping: Mapping | None) -> list[Sample] | None:
-        """Read ``url`` to its end and hold its samples; None (nothing held) when it cannot be held."""
+        """Read ``url`` to its end and hold its samples when they fit; None when it cannot be read whole
+        without an error (or not claimed: the ordinary read follows)."""
         if url in self.uncacheable or not self.budget.on:
             return None
         size = _file_size(url)
@@ -73,8 +76,17 @@ class ShardCache:
             self.budget.release(size)
             self.uncacheable.add(url)
             return None
+        extra = held_bytes(samples) - size
+        if extra > 0 and not self.budget.claim(extra):  # read right, but the set does not fit: served once
+            self.shards.clear()
+            return samples
         self.shards[url] = samples
         return samples
+
+
+def held_bytes(samples: list[Sample]) -> int:
+    """Bytes that holding ``samples`` takes: each dict and each of its values (the member names are shared)."""
+    return sum(sys.getsizeof(sample) + sum(sys.getsizeof(v) for v in sample.values()) for sample in samples)
 
 
 def _file_size(url: str) -> int | None:

@@ -194,3 +194,23 @@ def test_the_collator_pads_text_and_zero_fills_rows_without_an_image() -> None:
     assert torch.equal(full.image, torch.stack([pixels[0], pixels[2]])) and full.has_image.all()
     empty = Collator([], 4, modalities={})([Example("d", None, [], {}, {})])
     assert empty.text.tolist() == [[PAD]] and not empty.has_image.any() and empty.image.shape == (1, 3, 4, 4)
+
+
+def test_a_shard_whose_mapped_samples_outgrow_its_file_is_measured_before_it_is_held(tmp_path: Path) -> None:
+    """A field mapping may copy a member into the json (captions=txt): the samples held are then larger
+    than the tar, and the cache counts what it would hold, not only the file."""
+    from data_pipelines.shards import as_mapping
+
+    url = str(tmp_path / "big.tar")
+    with wds.TarWriter(url) as sink:
+        for i in range(2):
+            sink.write({"__key__": f"k{i}", "txt": ("a caption " * 5000).encode(), "json": b"{}"})
+    mapping, size = as_mapping(["captions=txt"]), Path(url).stat().st_size
+    plain = list(contract_samples([url], mapping, wds.reraise_exception))
+    assert len(plain[0]["json"]) > 40_000  # the caption is in the json too
+    cache = ShardCache(size + 1000)  # the file fits, the mapped samples do not
+    assert list(cache.samples(url, mapping, wds.reraise_exception)) == plain  # still read right, once
+    assert cache.shards == {} and not cache.budget.on
+    roomy = ShardCache(10 * size)
+    assert list(roomy.samples(url, mapping, wds.reraise_exception)) == plain and url in roomy.shards
+    assert roomy.budget.used > size
