@@ -279,6 +279,7 @@ PEAK_PROBE = ("import re, sys; from mmtl.cli import main; code = main(sys.argv[1
     ("train", "model.width=16384", "model.width=16384"),  # in range, over the budget
     ("baselines", "model.width=16384", "model.width=16384"),
     ("train", "data.decoded_cache_mb=100000", "data.decoded_cache_mb=100000"),
+    ("train", "data.shard_cache_mb=100000", "data.shard_cache_mb=100000"),
 ])
 def test_an_oversized_own_config_is_refused_before_torch_under_500_mb(command: str, override: str, field: str,
                                                                       tmp_path: Path) -> None:
