@@ -150,3 +150,56 @@ def test_two_convolution_cnn_learns_a_separable_set(micro_data: Path, one_thread
     assert run.cpu_seconds > 0 and len(run.losses) == 30
     assert run.losses[-1] < 0.2 * run.losses[0]
     assert run.metrics[task.primary_metric] > 0.95
+
+
+def test_bench_recipe_equal_time_budget_comes_from_the_chosen_clock(monkeypatch) -> None:
+    """Wall and CPU seconds disagree (a loaded machine): ``--clock`` decides which side is retrained, and
+    for how many steps, from that clock's readings on both sides (the reference's decoding a one-off cost)."""
+    from types import SimpleNamespace
+
+    bench = load_tool("bench_recipe")
+    # 100 steps: mmtl 10 wall s / 4 cpu s; the reference 1 s of decoding + 4 s of loop (wall), 2 + 6 (cpu)
+    monkeypatch.setattr(bench, "base_config", lambda data, task, args, seed, steps, out:
+                        SimpleNamespace(tasks=[task], seed=seed, steps=steps))
+    monkeypatch.setattr(bench, "run_mmtl", lambda config, max_eval: {
+        "metric": config.steps / 1000, "clock": {"wall": 10 * config.steps / 100, "cpu": 4 * config.steps / 100}})
+
+    class Reference:
+        load = {"wall": 1.0, "cpu": 2.0}
+
+        def run(self, config: object, steps: int, seed: int) -> dict:
+            return {"metric": steps / 100, "clock": {"wall": 1 + 4 * steps / 100, "cpu": 2 + 6 * steps / 100}}
+
+    def equal_time(clock: str) -> dict:
+        args = SimpleNamespace(steps=100, clock=clock, max_eval=0)
+        config = SimpleNamespace(tasks=["recognition"], seed=0, steps=100)
+        mmtl, ref = bench.run_mmtl(config, 0), Reference().run(config, 100, 0)
+        return bench.equal_time(config, SimpleNamespace(name="d"), args, Reference(), Path("runs"), mmtl, ref)
+
+    wall, cpu = equal_time("wall"), equal_time("cpu")
+    # wall: the reference is faster (5 s against 10): mmtl gets 50 steps, 5 s
+    assert (wall["mmtl_time_steps"], wall["reference_time_steps"]) == (50, 100)
+    assert wall["mmtl_time_seconds"] == wall["reference_time_seconds"] == 5.0
+    # cpu: mmtl is faster (4 s against 8): the reference gets (4 - 2) / (6 / 100) = 33 steps after its decoding
+    assert (cpu["mmtl_time_steps"], cpu["reference_time_steps"]) == (100, 33)
+    assert cpu["mmtl_time_seconds"] == 4.0 and cpu["reference_time_seconds"] <= 4.0
+    assert (cpu["mmtl_time"], cpu["reference_time"]) == (0.1, 0.33)
+
+
+def test_bench_recipe_cpu_clock_times_both_sides_in_cpu_seconds(micro_data: Path, one_thread, capsys) -> None:
+    bench = load_tool("bench_recipe")
+    assert bench.parse_args([]).clock == "wall"
+    code = bench.main(["--data", str(micro_data), "--preset", "micro", "--steps", "4", "--seeds", "0",
+                       "--batch-size", "4", "--max-eval", "8", "--tasks", "recognition", "--clock", "cpu"])
+    assert code == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(out[-1])
+    result = summary["results"][f"{micro_data.name}/recognition"]
+    assert summary["clock"] == "cpu" and "mmtl cpu s" in out[-3]
+    assert result["mmtl_step_cpu_seconds"][0] > 0 and result["reference_step_cpu_seconds"][0] > 0
+    # the side trained again got at most the other side's CPU seconds (its rate measured, so allow 50%)
+    times = result["mmtl_time_seconds"][0], result["reference_time_seconds"][0]
+    assert min(times) > 0 and max(times) <= 1.5 * min(times) + 0.5
+    assert bench.main(["--data", str(micro_data), "--preset", "micro", "--steps", "1", "--seeds", "0",
+                       "--tasks", "recognition", "--clock", "cpu", "--set", "data.num_workers=1"]) == 2
+    assert "--clock cpu" in capsys.readouterr().err

@@ -3,7 +3,7 @@
 Usage: python tools/bench_recipe.py [--data DIR [--eval-split test] | --real]
            [--tasks recognition,captioning,summarization] [--steps 560] [--seeds 0,1,2] [--preset tiny]
            [--batch-size 32] [--max-eval N] [--cache DIR] [--set KEY=VALUE ...]
-           [--profile | --profile-only] [--profile-steps 60] [--cnn [--cnn-factor 2]]
+           [--profile | --profile-only] [--profile-steps 60] [--cnn [--cnn-factor 2]] [--clock wall|cpu]
 
 For every data set, task and seed:
   mmtl       ``mmtl.training.loop.train`` with ``tasks=[task]`` (the preset's recipe otherwise unchanged),
@@ -13,11 +13,15 @@ For every data set, task and seed:
              simplest head, AdamW with the preset's lr / weight decay / warm-up + schedule / clipping,
              the same data (read from the shard tars into memory), steps and batch size, greedy
              decoding, scored by the same mmtl task object's ``score()``.
-Equal steps: both train ``--steps`` steps. Equal wall time: the budget is the faster one's time for
+Equal steps: both train ``--steps`` steps. Equal time: the budget is the faster one's time for
 ``--steps`` steps (mmtl: ``TrainResult.step_seconds``, its steps with their data fetches, without
 setup, FLOP counting, checkpoints and plots; reference: decoding the train split into memory plus
-its loop); the slower one is trained again, from scratch with its full schedule, for the steps
-that fit in that budget at its measured rate (at least 1), and scored.
+its loop; model building is outside both, each side's first step inside); the slower one is trained
+again, from scratch with its full schedule, for the steps that fit in that budget at its measured rate
+(at least 1), and scored. ``--clock`` picks how both sides' times are read: ``wall`` (default,
+``time.perf_counter``) or ``cpu`` (``time.process_time``, this process's CPU seconds: at one thread on
+a CPU the work done, unmoved by other load on the machine; it misses a GPU's work and a loader
+worker's, so it is refused with ``data.num_workers`` > 0 or a GPU).
 ``--data`` takes any shard directory with a dataset.json (``mmtl data convert``) holding a ``train`` split and
 the ``--eval-split``; ``--tasks`` defaults to every task its train split supervises, and naming one it does
 not supervise, a missing directory or split is a one-line error (exit 2).
@@ -34,7 +38,7 @@ the CNN's CPU seconds at mmtl's CPU rate (setup counted in both), and scored: is
 Without ``--data`` / ``--real`` the data is shapes world written into a temp dir like the quickstart.
 ``--real`` converts the sets in ``<repo>/../shared/data`` (or $MMTL_SHARED_DATA) once into ``--cache``.
 Prints a table (mean ± std over seeds) and ends with one JSON line: mmtl / reference ratios of the
-primary metric per data set and task, at equal steps and at equal wall time; for generation tasks the
+primary metric per data set and task, at equal steps and at equal time (``--clock``); for generation tasks the
 results also hold both sides' distinct-2 and repetition rate (how degenerate the generated texts are);
 with ``--profile`` a ``profile`` entry holds each side's parts (ms per step) and mmtl's step-time ratio.
 """
@@ -85,8 +89,8 @@ def base_config(data: DataSet, task: str, args: argparse.Namespace, seed: int, s
 
 
 def run_mmtl(config: ExperimentConfig, max_eval: int) -> dict[str, Any]:
-    """Train and evaluate mmtl on the config's single task; primary metric, baseline, seconds (the steps'
-    wall time) and CPU seconds (the whole ``train`` call, setup included)."""
+    """Train and evaluate mmtl on the config's single task; primary metric, baseline, the steps' time on
+    each clock (``clock``; ``seconds``: wall) and CPU seconds (the whole ``train`` call, setup included)."""
     cpu = time.process_time()
     result = train(config)
     cpu = time.process_time() - cpu
@@ -95,8 +99,8 @@ def run_mmtl(config: ExperimentConfig, max_eval: int) -> dict[str, Any]:
     task = config.tasks[0]
     metric = evaluation.primary[task]
     return {"metric": evaluation.metrics[task][metric], "baseline": evaluation.baselines[task][metric],
-            "seconds": result.step_seconds, "cpu_seconds": cpu, "samples": evaluation.samples, "name": metric,
-            "text": text_quality(evaluation.metrics[task])}
+            "seconds": result.step_seconds, "clock": {"wall": result.step_seconds, "cpu": result.step_cpu_seconds},
+            "cpu_seconds": cpu, "samples": evaluation.samples, "name": metric, "text": text_quality(evaluation.metrics[task])}
 
 
 def text_quality(metrics: dict[str, float]) -> dict[str, float]:
@@ -113,6 +117,7 @@ class ReferenceBench:
         self.train_samples = read_split(data.path, config.data.train_split, size)
         self.load_seconds = time.perf_counter() - started
         self.load_cpu_seconds = time.process_time() - cpu
+        self.load = {"wall": self.load_seconds, "cpu": self.load_cpu_seconds}  # by clock
         self.eval_samples = read_split(data.path, data.eval_split, size, max_eval)
 
     def _rows(self, config: ExperimentConfig) -> tuple[Components, Prepared, Prepared, torch.device]:
@@ -126,11 +131,13 @@ class ReferenceBench:
         return components, train_rows, eval_rows, device
 
     def run(self, config: ExperimentConfig, steps: int, seed: int) -> dict[str, Any]:
-        """Train and score the reference for ``config``'s task; seconds include decoding the train split."""
+        """Train and score the reference for ``config``'s task; its times (``clock``; ``seconds``: wall)
+        include decoding the train split."""
         components, train_rows, eval_rows, device = self._rows(config)
         task = components.tasks[0]
         run = train_reference(task, components.vocab, config, train_rows, eval_rows, steps, seed, device)
-        return {"metric": run.metrics[task.primary_metric], "seconds": self.load_seconds + run.seconds,
+        clock = {"wall": self.load_seconds + run.seconds, "cpu": self.load_cpu_seconds + run.cpu_seconds}
+        return {"metric": run.metrics[task.primary_metric], "seconds": clock["wall"], "clock": clock,
                 "train_seconds": run.seconds, "losses": run.losses, "text": text_quality(run.metrics)}
 
     def run_cnn(self, config: ExperimentConfig, steps: int, seed: int) -> dict[str, Any]:
@@ -161,7 +168,7 @@ def steps_in(budget: float, seconds: float, steps: int, fixed: float = 0.0) -> i
 
 def bench_task(data: DataSet, task: str, args: argparse.Namespace, seed: int, reference: ReferenceBench,
                runs: Path) -> dict[str, Any]:
-    """One task and seed: both systems at equal steps, then the slower one again at equal wall time."""
+    """One task and seed: both systems at equal steps, then the slower one again at equal time (``--clock``)."""
     steps = args.steps
     config = base_config(data, task, args, seed, steps, runs / f"{data.name}-{task}-{seed}")
     mmtl = run_mmtl(config, args.max_eval)
@@ -172,22 +179,34 @@ def bench_task(data: DataSet, task: str, args: argparse.Namespace, seed: int, re
     window = max(1, min(10, steps // 4))  # steps whose mean loss is reported at the start and the end
     row = {"seed": seed, "metric": mmtl["name"], "baseline": mmtl["baseline"], "mmtl": mmtl["metric"],
            "reference": ref["metric"], "mmtl_seconds": mmtl["seconds"], "reference_seconds": ref["seconds"],
+           "mmtl_step_cpu_seconds": mmtl["clock"]["cpu"], "reference_step_cpu_seconds": ref["clock"]["cpu"],
            "reference_first_loss": statistics.fmean(ref["losses"][:window]),
            "reference_last_loss": statistics.fmean(ref["losses"][-window:]),
            **{f"mmtl_{k}": v for k, v in mmtl["text"].items()}, **{f"reference_{k}": v for k, v in ref["text"].items()},
            **cnn}
-    if ref["seconds"] <= mmtl["seconds"]:  # mmtl is slower: it gets the steps that fit in the reference's time
-        cut = steps_in(ref["seconds"], mmtl["seconds"], steps)
-        cut_config = base_config(data, task, args, seed, cut, runs / f"{data.name}-{task}-{seed}-cut")
-        row.update(mmtl_time=run_mmtl(cut_config, args.max_eval)["metric"], mmtl_time_steps=cut,
-                   reference_time=ref["metric"], reference_time_steps=steps)
-    else:  # the reference is slower: it gets the steps that fit in mmtl's time
-        cut = steps_in(mmtl["seconds"], ref["seconds"], steps, reference.load_seconds)
-        row.update(mmtl_time=mmtl["metric"], mmtl_time_steps=steps,
-                   reference_time=reference.run(config, cut, seed)["metric"], reference_time_steps=cut)
+    row.update(equal_time(config, data, args, reference, runs, mmtl, ref))
     print(f"  {data.name}/{task} seed {seed}: " + ", ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
     return row
+
+
+def equal_time(config: ExperimentConfig, data: DataSet, args: argparse.Namespace, reference: ReferenceBench,
+               runs: Path, mmtl: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
+    """The slower side of ``mmtl`` and ``ref`` (their runs of ``config``, on ``--clock``) trained again for the
+    steps that fit in the faster one's time for ``--steps``; both sides' scores, steps and times at equal time."""
+    steps, clock, task, seed = args.steps, args.clock, config.tasks[0], config.seed
+    if ref["clock"][clock] <= mmtl["clock"][clock]:  # mmtl is slower: the steps that fit in the reference's time
+        cut = steps_in(ref["clock"][clock], mmtl["clock"][clock], steps)
+        cut_config = base_config(data, task, args, seed, cut, runs / f"{data.name}-{task}-{seed}-cut")
+        ours, theirs = run_mmtl(cut_config, args.max_eval), ref
+        ours_steps, theirs_steps = cut, steps
+    else:  # the reference is slower: the steps that fit in mmtl's time (its decoding a one-off cost)
+        cut = steps_in(mmtl["clock"][clock], ref["clock"][clock], steps, reference.load[clock])
+        ours, theirs = mmtl, reference.run(config, cut, seed)
+        ours_steps, theirs_steps = steps, cut
+    return {"mmtl_time": ours["metric"], "mmtl_time_steps": ours_steps, "mmtl_time_seconds": ours["clock"][clock],
+            "reference_time": theirs["metric"], "reference_time_steps": theirs_steps,
+            "reference_time_seconds": theirs["clock"][clock]}
 
 
 def cnn_row(data: DataSet, args: argparse.Namespace, seed: int, reference: ReferenceBench,
@@ -241,7 +260,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         return [round(statistics.fmean(values), 4), round(statistics.stdev(values), 4) if len(values) > 1 else 0.0]
 
     keys = ("baseline", "mmtl", "reference", "mmtl_time", "reference_time", "mmtl_time_steps",
-            "reference_time_steps", "mmtl_seconds", "reference_seconds", "reference_first_loss", "reference_last_loss")
+            "reference_time_steps", "mmtl_time_seconds", "reference_time_seconds", "mmtl_seconds", "reference_seconds",
+            "mmtl_step_cpu_seconds", "reference_step_cpu_seconds", "reference_first_loss", "reference_last_loss")
     keys += tuple(f"{side}_{k}" for side in ("mmtl", "reference") for k in TEXT_QUALITY if f"{side}_{k}" in rows[0])
     keys += tuple(k for k in CNN_KEYS if k in rows[0])
     out: dict[str, Any] = {"metric": rows[0]["metric"], **{k: mean_std(k) for k in keys}}
@@ -253,19 +273,20 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def format_table(results: dict[str, dict[str, Any]]) -> str:
-    """A plain-text table of the summarized results (mean ± std over seeds)."""
+def format_table(results: dict[str, dict[str, Any]], clock: str = "wall") -> str:
+    """A plain-text table of the summarized results (mean ± std over seeds); both sides' seconds on ``clock``."""
     def cell(pair: list[float], digits: int = 3) -> str:
         return f"{pair[0]:.{digits}f}±{pair[1]:.{digits}f}"
 
     head = ("data/task", "metric", "baseline", "mmtl", "reference", "ratio", "mmtl@time (steps)",
-            "ref@time (steps)", "ratio@time", "mmtl s", "ref s")
+            "ref@time (steps)", "ratio@time", f"mmtl {clock} s", f"ref {clock} s")
+    seconds = "seconds" if clock == "wall" else "step_cpu_seconds"
     lines = [head]
     for name, r in results.items():
         lines.append((name, r["metric"], cell(r["baseline"]), cell(r["mmtl"]), cell(r["reference"]),
                       str(r["ratio_equal_steps"]), f"{cell(r['mmtl_time'])} ({r['mmtl_time_steps'][0]:.0f})",
                       f"{cell(r['reference_time'])} ({r['reference_time_steps'][0]:.0f})", str(r["ratio_equal_time"]),
-                      cell(r["mmtl_seconds"], 0), cell(r["reference_seconds"], 0)))
+                      cell(r[f"mmtl_{seconds}"], 0), cell(r[f"reference_{seconds}"], 0)))
     cnn = [("data/task", "cnn", "cnn cpu s", "mmtl cpu s", "mmtl/cnn", "mmtl@cnn cpu x factor", "ratio@cnn time")]
     cnn += [(name, cell(r["cnn"]), cell(r["cnn_cpu_seconds"], 1), cell(r["mmtl_cpu_seconds"], 1),
              str(r["cnn_ratio_equal_steps"]), f"{cell(r['mmtl_at_cnn_time'])} ({r['mmtl_at_cnn_time_steps'][0]:.0f} "
@@ -280,12 +301,21 @@ def aligned(lines: list[tuple[str, ...]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
 
 
+def check_clock(config: ExperimentConfig, clock: str) -> None:
+    """Refuse the CPU clock where it would miss one side's work: a GPU's, or the loader workers' processes."""
+    device = resolve_device(config.train.device)
+    if clock == "cpu" and (device.type != "cpu" or config.data.num_workers > 0):
+        raise MMTLError(f"--clock cpu counts this process's CPU seconds only; it cannot time training on {device} "
+                        f"with data.num_workers={config.data.num_workers} (use --clock wall)")
+
+
 def run_bench(datasets: list[DataSet], args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Every data set, task and seed; returns the final JSON object."""
     results: dict[str, dict[str, Any]] = {}
     profiles: dict[str, dict[str, Any]] = {}
     for data in datasets:
         first = base_config(data, data.tasks[0], args, 0, args.steps, workdir / "probe")
+        check_clock(first, args.clock)
         reference = ReferenceBench(data, first, args.max_eval)
         print(f"{data.name}: {len(reference.train_samples)} train samples decoded in "
               f"{reference.load_seconds:.1f}s; tasks {', '.join(data.tasks)}", flush=True)
@@ -296,8 +326,8 @@ def run_bench(datasets: list[DataSet], args: argparse.Namespace, workdir: Path) 
             if args.profile or args.profile_only:
                 profiles[f"{data.name}/{task}"] = profile_task(data, task, args, reference, workdir / "runs")
     if results:
-        print(format_table(results))
-    out = {"bench": "recipe", "preset": args.preset, "steps": args.steps, "batch_size": args.batch_size,
+        print(format_table(results, args.clock))
+    out = {"bench": "recipe", "preset": args.preset, "steps": args.steps, "batch_size": args.batch_size, "clock": args.clock,
            "overrides": args.set, "seeds": args.seeds, **({"cnn_factor": args.cnn_factor} if args.cnn else {}), "threads": torch.get_num_threads(),
            "ratios": {k: {"equal_steps": r["ratio_equal_steps"], "equal_time": r["ratio_equal_time"],
                           **({"cnn_equal_steps": r["cnn_ratio_equal_steps"], "cnn_time_x_factor": r["cnn_ratio_at_cnn_time"]}
@@ -335,6 +365,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also train a 2-convolution CNN (tools/cnn_reference.py) on image-classifying tasks and "
                              "score mmtl at --cnn-factor times its CPU seconds")
     parser.add_argument("--cnn-factor", type=float, default=2.0, help="mmtl's CPU budget in CNN CPU times (default 2)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="how equal time is measured on both sides: wall seconds (default) or this process's CPU "
+                             "seconds (time.process_time: at one thread on a CPU, the work done whatever else loads the "
+                             "machine; refused with a GPU or loader workers, whose work it would miss)")
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "mmtl-bench-recipe"),
                         help="where --real conversions and the default shapes world are kept")
     args = parser.parse_args(argv)

@@ -357,8 +357,9 @@ class ReferenceRun:
     """What one reference training produced."""
 
     metrics: dict[str, float]
-    seconds: float
+    seconds: float  # the training loop's wall time
     losses: list[float]
+    cpu_seconds: float  # the same loop's CPU seconds of this process
 
 
 class ReferenceTraining:
@@ -421,8 +422,8 @@ def train_reference(task: Task, vocab: Vocabulary, config: ExperimentConfig, tra
     score on ``eval_rows``."""
     torch.manual_seed(seed)  # the model's initial weights
     training = ReferenceTraining(Reference(task, vocab, config, device), train_rows, steps, seed)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         training.step()
-    seconds = time.perf_counter() - started
-    return ReferenceRun(training.score(eval_rows), seconds, training.losses)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return ReferenceRun(training.score(eval_rows), seconds, training.losses, cpu)

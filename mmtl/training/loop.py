@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 import random
 import sys
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +64,7 @@ class TrainResult:
     final_losses: dict[str, float]
     seconds: float  # the whole run: setup, FLOP counting, checkpoints and plots included
     step_seconds: float  # the steps alone: data fetch, forward, backward and update
+    step_cpu_seconds: float  # the same steps' CPU seconds of this process (loader workers not included)
 
 
 class Trainer:
@@ -232,7 +232,8 @@ class Trainer:
             raise TrainingInterrupted(
                 f"{stop.requested} at step {self.step}: checkpoint saved to {checkpoint}; continue with "
                 f"`{self.resume_command}`", signal_name=stop.requested)
-        return TrainResult(self.run_dir, checkpoint, self.components, final, timer.elapsed(), timer.stepping)
+        return TrainResult(self.run_dir, checkpoint, self.components, final, timer.elapsed(), timer.stepping,
+                           timer.stepping_cpu)
 
     def _open_run(self) -> RunLogger | None:
         """Rank 0 writes the run's config and environment and opens its logger; the other ranks log nothing."""
@@ -254,20 +255,19 @@ class Trainer:
     def _run_step(self, batches: Iterator[Batch], timer: StepTimer, logger: RunLogger | None,
                   progress: tqdm) -> dict[str, float] | None:
         """Fetch, train, log, validate and checkpoint one step; the logged losses on a log step of rank 0."""
-        cfg, fetch = self.config.train, time.perf_counter()
+        cfg, fetch = self.config.train, timer.begin()
         parts = self._next_step_batches(batches)
         timer.waited(fetch, sum(len(p) for p in parts) * self.dist.world_size)
         if self.flops_per_step is None:
-            counting = time.perf_counter()
-            self.flops_per_step = step_flops(self.model, parts[0], self.device) * cfg.grad_accum
-            if cfg.compile:  # after counting: the FLOP counter cannot see inside compiled graphs
-                compile_blocks(self.model)
-            fetch += time.perf_counter() - counting  # one-off setup, not step time
+            with timer.aside():  # one-off setup, not step time
+                self.flops_per_step = step_flops(self.model, parts[0], self.device) * cfg.grad_accum
+                if cfg.compile:  # after counting: the FLOP counter cannot see inside compiled graphs
+                    compile_blocks(self.model)
         try:
             out = self.train_step(parts)
         except torch.cuda.OutOfMemoryError:
             raise MMTLError(OOM_ADVICE.format(step=self.step + 1, batch=self.config.data.batch_size)) from None
-        timer.stepped(fetch)
+        timer.stepped()
         progress.update(1)
         final = None
         if self._logs_at(self.step):
