@@ -35,16 +35,24 @@ def test_training_writes_a_complete_run_directory(micro_data: Path, tmp_path: Pa
 
 
 def test_step_seconds_count_the_steps_alone(micro_data: Path, tmp_path: Path, monkeypatch) -> None:
-    """bench_recipe compares step time at equal wall time: one-off work (checkpoints, FLOP counting)
-    must not count, or the comparison is unfair to mmtl."""
+    """bench_recipe compares step time at equal wall or CPU time: one-off work (checkpoints, FLOP counting)
+    must not count on either clock, or the comparison is unfair to mmtl."""
     save, count = loop.Trainer.save, loop.step_flops
+
+    def busy_count(*args):  # 1.5 CPU seconds (and as much wall time at least) of FLOP counting
+        until = time.process_time() + 1.5
+        while time.process_time() < until:
+            pass
+        return count(*args)
+
     monkeypatch.setattr(loop.Trainer, "save", lambda self: (time.sleep(0.5), save(self))[1])
-    monkeypatch.setattr(loop, "step_flops", lambda *args: (time.sleep(0.5), count(*args))[1])
+    monkeypatch.setattr(loop, "step_flops", busy_count)
     config = resolve_config({}, micro_overrides(micro_data, tmp_path / "run", steps=3) + ["train.checkpoint_every=1"])
     result = train(config)
-    # three checkpoints (steps 1, 2 and the final one) and one FLOP count: 2 s of one-off sleeps
-    assert result.seconds - result.step_seconds >= 2.0
+    # three checkpoints (steps 1, 2 and the final one) and one FLOP count: 3 s of one-off work
+    assert result.seconds - result.step_seconds >= 3.0
     assert 0 < result.step_seconds < result.seconds
+    assert 0 < result.step_cpu_seconds < 1.5  # three micro steps, without the FLOP count's CPU seconds
 
 
 def test_predictor_reproduces_the_trained_model(micro_data: Path, tmp_path: Path) -> None:
