@@ -219,3 +219,39 @@ def test_decoder_output_layer_is_separate_unless_tied(tie: bool, tmp_path: Path)
     loaded = load_pretrained(save_pretrained(parts, tmp_path / "m"))
     with torch.no_grad():
         assert torch.equal(loaded.model.eval()(batch)["captioning"], before)
+
+
+def _seeded_model(seed: int, *overrides: str):
+    torch.manual_seed(seed)
+    return _model(*overrides)[1].model
+
+
+@pytest.mark.parametrize("decoder", ["model.decoder.shared=false", "model.decoder.shared=true"])
+def test_a_part_starts_from_the_same_weights_whatever_other_tasks_the_model_has(decoder: str) -> None:
+    # a multi-task model and its single-task models "with the same seed" must start their shared parts and
+    # a task's own head from the same weights, or a per-seed comparison compares two initialisations
+    # (issue #24: seed 2's multi-task and single-task captioning decoders started apart)
+    alone = dict(_seeded_model(2, "tasks=[captioning]", decoder).named_parameters())
+    together = dict(_seeded_model(2, "tasks=[recognition,captioning,summarization]", decoder).named_parameters())
+    parts = ("encoders.", "fusion.", "heads.captioning.", "shared_heads.")
+    names = [n for n in alone if n.startswith(parts)]
+    assert any(n.startswith("heads.captioning.") or n.startswith("shared_heads.") for n in names)
+    assert [n for n in names if n not in together] == []
+    differing = [n for n in names if not torch.equal(alone[n], together[n])]
+    assert differing == []
+    # the seed still matters, and parts do not share one stream
+    other = dict(_seeded_model(3, "tasks=[captioning]", decoder).named_parameters())
+    assert not all(torch.equal(alone[n], other[n]) for n in names)
+
+
+def test_seeding_a_part_leaves_the_global_generator_where_it_was() -> None:
+    from mmtl.models.seeding import part_seed, seeded_part
+
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    with seeded_part(5, "head/captioning"):
+        inside = torch.rand(3)
+    assert torch.equal(torch.rand(3), expected)
+    assert not torch.equal(inside, expected)
+    assert part_seed(5, "head/captioning") == part_seed(5, "head/captioning") != part_seed(5, "head/recognition")
