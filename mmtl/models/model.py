@@ -19,6 +19,7 @@ from mmtl.flop_count import count_flops
 from mmtl.models.encoders import Stream
 from mmtl.models.fusion import Fused, with_inputs
 from mmtl.models.layers import find_units
+from mmtl.models.seeding import seeded_part
 from mmtl.models.extension import ModelExtension
 from mmtl.models.sharing import PER_TASK, build_fusion
 from mmtl.registry import FUSIONS
@@ -37,9 +38,14 @@ class MultiTaskModel(nn.Module):
         self.config = config
         self.vocab = vocab
         self.tasks = {task.name: task for task in tasks}
+        # each part starts from its own seed (mmtl.models.seeding): the same start whatever else the model has
+        base_seed = torch.initial_seed()
         # one registered unit per modality (image, text, then model.modalities), each with its encoder
         self.modalities = model_modalities(config)
-        self.encoders = nn.ModuleDict({name: unit.build_encoder(vocab) for name, unit in self.modalities.items()})
+        self.encoders = nn.ModuleDict()
+        for name, unit in self.modalities.items():
+            with seeded_part(base_seed, f"encoder/{name}"):
+                self.encoders[name] = unit.build_encoder(vocab)
         # modality -> the modalities that take its place for the tasks reading it, when a batch carries them
         self.substitutes: dict[str, list[str]] = {}
         for name, unit in self.modalities.items():
@@ -47,7 +53,8 @@ class MultiTaskModel(nn.Module):
                 self.substitutes.setdefault(unit.stands_for, []).append(name)
         # what a user of the model adds to it (see ModelExtension); the default changes nothing
         self.extension = ModelExtension()
-        self.fusion = build_fusion(config, list(self.tasks))
+        with seeded_part(base_seed, "fusion"):
+            self.fusion = build_fusion(config, list(self.tasks))
         keep_inputs = config.fusion.keep_inputs and not getattr(FUSIONS.get(config.fusion.name),
                                                                  "tokens_include_inputs", False)
         self.input_norm = nn.LayerNorm(config.width) if keep_inputs else None
@@ -55,14 +62,21 @@ class MultiTaskModel(nn.Module):
         # each task's entry in ``heads`` holds only its own parameters and refers to the shared one
         self.shared_heads = nn.ModuleDict()
         self.heads = nn.ModuleDict()
+        self._build_heads(config, tasks, base_seed)
+
+    def _build_heads(self, config: ModelConfig, tasks: Sequence[Any], base_seed: int) -> None:
+        """Each task's head (and the heads tasks share), each from its own seed."""
         for task in tasks:
             key = task.shared_head_key(config)
             if key is None:
-                self.heads[task.name] = task.build_head(config)
+                with seeded_part(base_seed, f"head/{task.name}"):
+                    self.heads[task.name] = task.build_head(config)
                 continue
             if key not in self.shared_heads:
-                self.shared_heads[key] = task.build_head(config)
-            self.heads[task.name] = task.wrap_shared_head(self.shared_heads[key])
+                with seeded_part(base_seed, f"shared_head/{key}"):
+                    self.shared_heads[key] = task.build_head(config)
+            with seeded_part(base_seed, f"head/{task.name}"):
+                self.heads[task.name] = task.wrap_shared_head(self.shared_heads[key])
 
     def fuse(self, batch: Batch, modalities: tuple[str, ...], cache: dict, task: str | None = None) -> Fused:
         """Fused representation of ``modalities``, memoised in ``cache`` for this batch.
