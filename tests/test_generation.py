@@ -181,8 +181,8 @@ def test_generation_task_uses_options_generation() -> None:
 
     tokens = torch.randn(2, 3, 32)
     fused = Fused(tokens, torch.ones(2, 3, dtype=torch.bool), tokens.mean(1))
-    # no word-level repeat rule: generate() below is not told where words begin, predict() is
-    options = EvalConfig(generation=GenerationConfig(max_length=4, min_length=4, no_immediate_repeat_size=0))
+    options = EvalConfig(generation=GenerationConfig(max_length=4, min_length=4))
     outputs = task.predict(head, fused, options)
-    ids = head.generate(fused.tokens, fused.valid, config=options.generation)
+    # the same decoding by hand: the options' settings, the task's own for what they leave unset, its word table
+    ids = head.generate(fused.tokens, fused.valid, config=task.decoding(options.generation), words=task.word_table())
     assert ids.shape == (2, 4) and outputs == [vocab.decode(r) for r in ids.tolist()]
