@@ -264,3 +264,23 @@ def test_diagnostic_metrics_stay_out_and_a_collapse_is_a_verdict() -> None:
     assert "COLLAPSED" in format_delta(report)
     varied = delta_m({"captioning": single}, {"captioning": single}, {"captioning": "bleu4"}, roles=roles)
     assert varied.no_regression and not varied.collapsed
+
+
+def test_balancer_table_runner_gives_in_process_runs_the_threads_it_was_asked_for(tmp_path: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # `--jobs 1 --threads 1` ran every training at the machine's default thread count, so benchmarks that
+    # said "one thread" were not (and floating-point sums, hence metrics, depend on the thread count)
+    table = load_tool("balancer_table")
+    seen: list[int] = []
+
+    def fake_main(argv: list[str]) -> int:
+        seen.append(torch.get_num_threads())
+        return 0
+
+    import mmtl.cli
+
+    monkeypatch.setattr(mmtl.cli, "main", fake_main)
+    before = torch.get_num_threads()
+    table.Runner(jobs=1, threads=1)(["train"], tmp_path / "train.log")
+    assert seen == [1]
+    assert torch.get_num_threads() == before
