@@ -63,8 +63,15 @@ class Runner:
 
             from mmtl.cli import main
 
-            with log.open("w") as out, redirect_stdout(out):
-                code = main(argv)
+            import torch
+
+            threads = torch.get_num_threads()
+            torch.set_num_threads(self.threads)  # in this process too: metrics depend on the thread count
+            try:
+                with log.open("w") as out, redirect_stdout(out):
+                    code = main(argv)
+            finally:
+                torch.set_num_threads(threads)
         else:
             env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
             with log.open("w") as out:
@@ -274,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="experiment YAML (default: the built-in quickstart experiment)")
     parser.add_argument("--out", default="runs/balancer-table", help="output directory (default runs/balancer-table)")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (separate processes when > 1)")
-    parser.add_argument("--threads", type=int, help="torch threads per process with --jobs > 1 (default cores // jobs)")
+    parser.add_argument("--threads", type=int, help="torch threads per run (default cores // jobs)")
     parser.add_argument("--device", default="auto", help="train.device of every run and eval device (auto, cpu, cuda)")
     parser.add_argument("--tolerance", type=float, default=0.02, help="non-regression tolerance of mmtl eval")
     parser.add_argument("--tune-weights", default="1,3",

@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="LABEL=OVERRIDE;OVERRIDE... multi-task recipes (default: shipped=, the config as is)")
     parser.add_argument("--out", default="runs/bench-mtl", help="output directory (default runs/bench-mtl)")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (separate processes when > 1)")
-    parser.add_argument("--threads", type=int, help="torch threads per process with --jobs > 1 (default cores // jobs)")
+    parser.add_argument("--threads", type=int, help="torch threads per run (default cores // jobs)")
     parser.add_argument("--tolerance", type=float, default=0.01, help="relative drop counted as a regression (0.01)")
     parser.add_argument("--grouping", action="store_true", help="also check the grouping `mmtl analyze affinity` "
                                                                 "recommends against all-in-one")
