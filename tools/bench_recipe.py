@@ -117,8 +117,12 @@ class ReferenceBench:
         self.train_samples = read_split(data.path, config.data.train_split, size)
         self.load_seconds = time.perf_counter() - started
         self.load_cpu_seconds = time.process_time() - cpu
-        self.load = {"wall": self.load_seconds, "cpu": self.load_cpu_seconds}  # by clock
         self.eval_samples = read_split(data.path, data.eval_split, size, max_eval)
+
+    @property
+    def load(self) -> dict[str, float]:
+        """Decoding the train split into memory, in seconds on each clock."""
+        return {"wall": self.load_seconds, "cpu": self.load_cpu_seconds}
 
     def _rows(self, config: ExperimentConfig) -> tuple[Components, Prepared, Prepared, torch.device]:
         """The task of ``config``, its train and eval rows and the device mmtl trains on."""

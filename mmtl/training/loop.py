@@ -255,9 +255,10 @@ class Trainer:
     def _run_step(self, batches: Iterator[Batch], timer: StepTimer, logger: RunLogger | None,
                   progress: tqdm) -> dict[str, float] | None:
         """Fetch, train, log, validate and checkpoint one step; the logged losses on a log step of rank 0."""
-        cfg, fetch = self.config.train, timer.begin()
+        cfg = self.config.train
+        timer.begin()
         parts = self._next_step_batches(batches)
-        timer.waited(fetch, sum(len(p) for p in parts) * self.dist.world_size)
+        timer.waited(sum(len(p) for p in parts) * self.dist.world_size)
         if self.flops_per_step is None:
             with timer.aside():  # one-off setup, not step time
                 self.flops_per_step = step_flops(self.model, parts[0], self.device) * cfg.grad_accum

@@ -20,10 +20,9 @@ class StepTimer:
         self.stepping_cpu = 0.0  # the same steps' CPU seconds of this process (loader workers not included)
         self._begun = self._aside = (0.0, 0.0)
 
-    def begin(self) -> float:
-        """A step begins now (its data fetch first); returns the wall clock's reading, for :meth:`waited`."""
+    def begin(self) -> None:
+        """A step begins now (its data fetch first)."""
         self._begun, self._aside = (time.perf_counter(), time.process_time()), (0.0, 0.0)
-        return self._begun[0]
 
     @contextmanager
     def aside(self) -> Iterator[None]:
@@ -34,9 +33,9 @@ class StepTimer:
         finally:
             self._aside = (self._aside[0] + time.perf_counter() - wall, self._aside[1] + time.process_time() - cpu)
 
-    def waited(self, since: float, samples: int) -> None:
-        """A step's batches arrived (fetched from ``since``) holding ``samples`` samples over all ranks."""
-        self.data_wait += time.perf_counter() - since
+    def waited(self, samples: int) -> None:
+        """The batches of the step begun by :meth:`begin` arrived, holding ``samples`` samples over all ranks."""
+        self.data_wait += time.perf_counter() - self._begun[0]
         self.samples += samples
 
     def stepped(self) -> None:
