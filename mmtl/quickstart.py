@@ -11,7 +11,7 @@ import mmtl.components  # noqa: F401  (registers the components that configs nam
 from mmtl.single_task import train_baselines
 from mmtl.builder import Components
 from mmtl.card import record_evaluation, update_card_inputs
-from mmtl.config import ExperimentConfig, load_config
+from mmtl.config import ExperimentConfig, resolve_config
 from mmtl.evaluation.baselines import compare_with_baselines, read_baselines
 from mmtl.evaluation.delta import DeltaReport, MetricRoles, format_delta
 from mmtl.evaluation.evaluate import EvalResult, evaluate, format_examples, format_table
@@ -52,24 +52,23 @@ def compare_with_single_task(config: ExperimentConfig, components: Components, e
     return report
 
 
-# Tuned scalarisation (issue #24): with equal weights, recognition's loss (binary cross-entropy summed
-# over classes) drives the shared encoders and captioning fell 10% behind its single-task model. These
-# fixed weights were chosen on the validation split (seed 0, 7 recipes) and hold on seeds 0-2
-# (docs/benchmarks.md, "Multi-task against single-task"); configs/experiment/quickstart.yaml says the same.
-QUICKSTART_BALANCER = {"name": "fixed", "weights": {"recognition": 0.1, "captioning": 2.0}}
-
-
-def quickstart_overrides() -> list[str]:
-    """The quickstart's settings beyond the built-in defaults, as ``key=value`` overrides."""
-    weights = QUICKSTART_BALANCER["weights"]
-    return [f"balancer.name={QUICKSTART_BALANCER['name']}", *(f"balancer.weights.{t}={w}" for t, w in weights.items())]
+# The quickstart's settings beyond the built-in defaults (configs/experiment/quickstart.yaml says the
+# same; a test checks it), each an ablation of issue #24 (docs/benchmarks.md, "Multi-task against
+# single-task"):
+# - tuned scalarisation: with equal weights, recognition's loss (binary cross-entropy summed over classes)
+#   drives the shared encoders and captioning fell 10% behind its single-task model; these fixed weights
+#   were chosen on the validation split (seed 0, 7 recipes);
+# - one text decoder for captioning and summarization: against two decoders, better in every paired seed
+#   with 38% instead of 50% of the single-task models' parameters.
+QUICKSTART_SETTINGS = {"balancer": {"name": "fixed", "weights": {"recognition": 0.1, "captioning": 2.0}},
+                       "model": {"decoder": {"shared": True}}}
 
 
 def run_quickstart(overrides: list[str] | None = None, compare: bool = False) -> int:
     """Run the whole quickstart (``compare``: also against single-task models); returns the exit code."""
     started = time.perf_counter()
     # a demo: rerunning starts over
-    config = load_config(None, ["train.overwrite=true", *quickstart_overrides(), *(overrides or [])])
+    config = resolve_config(QUICKSTART_SETTINGS, ["train.overwrite=true", *(overrides or [])])
     written = ensure_synthetic_data(config)
     print(f"{'wrote' if written else 'using'} synthetic data set at {config.data.path}")
     print(f"training the {config.model.preset!r} preset on {', '.join(config.tasks)} for {config.train.steps} steps")

@@ -79,11 +79,11 @@ def test_include_merges_before_own_values(tmp_path: Path) -> None:
 
 
 def test_quickstart_yaml_equals_builtin_defaults() -> None:
-    from mmtl.quickstart import QUICKSTART_BALANCER, quickstart_overrides
+    from mmtl.quickstart import QUICKSTART_SETTINGS
 
     root = Path(__file__).parent.parent / "configs" / "experiment" / "quickstart.yaml"
-    assert load_config(root).to_dict() == resolve_config({"balancer": QUICKSTART_BALANCER}).to_dict()
-    assert load_config(None, quickstart_overrides()).to_dict() == load_config(root).to_dict()
+    assert load_config(root).to_dict() == resolve_config(QUICKSTART_SETTINGS).to_dict()
+    assert load_config(root).model.decoder.shared is True
 
 
 def test_there_are_configs() -> None:
