@@ -30,6 +30,21 @@ def test_a_task_behind_its_reference_is_boosted_up_to_the_cap_and_released_once_
     assert protection.factors == {"a": 1.0, "b": 1.0}  # never below 1
 
 
+def test_a_boost_every_task_shares_is_no_boost_so_factors_stay_relative() -> None:
+    """Early in a run every task is below its single-task model; multiplying every loss by the same
+    factor changes no task's share of the update (AdamW does not see a common scale), so the factors
+    are kept relative to the least protected task, and only tasks behind more than others gain."""
+    protection = TaskProtection(tolerance=0.01, boost=2.0, max_factor=8.0, references={"a": 10.0, "b": 5.0, "c": 1.0})
+    protection.update({"a": 2.0, "b": 1.0, "c": 0.1})  # every task far behind
+    assert protection.factors == {"a": 1.0, "b": 1.0, "c": 1.0}
+    protection.update({"a": 9.0, "b": 5.0, "c": 0.5})  # b caught up: a and c are the ones behind
+    assert protection.factors == {"a": 2.0, "b": 1.0, "c": 2.0}
+    protection.update({"a": 9.0, "b": 4.0, "c": 0.5})  # all behind again: the shares stay where they are
+    assert protection.factors == {"a": 2.0, "b": 1.0, "c": 2.0}
+    protection.update({"a": 10.0, "b": 4.0, "c": 0.5})  # a caught up, b and c behind
+    assert protection.factors == {"a": 1.0, "b": 2.0, "c": 4.0}
+
+
 def test_without_baselines_a_task_is_behind_when_it_falls_below_its_own_best() -> None:
     protection = TaskProtection(tolerance=0.05, boost=2.0, max_factor=8.0)
     assert not any(s.behind for s in protection.update({"a": 0.5, "b": 0.5}).values())  # first: no reference

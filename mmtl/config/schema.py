@@ -260,8 +260,8 @@ class ValidationConfig:
     drift_patience: int = setting(3, range=NON_NEGATIVE)
     # "no task left behind" (mmtl/training/protection.py): a task behind its reference (the baselines, else
     # its own best validation) has its loss factor multiplied by protect_boost at each validation (at most
-    # protect_max), and divided by it again once it is not behind; with train.eval_every=0 it validates
-    # every train.steps // 8 steps
+    # protect_max), and divided by it again once it is not behind (factors kept relative: the smallest is 1);
+    # with train.eval_every=0 it validates every train.steps // 8 steps
     protect: bool = setting(False, help="raise the loss weight of a task that falls behind its reference")
     protect_boost: float = setting(2.0, range=Range(1, 100), help="factor applied per validation to a lagging task")
     protect_max: float = setting(8.0, range=Range(1, 1000), help="largest loss factor of a protected task")

@@ -11,7 +11,8 @@ split with a *reference*:
 
 The rule: each task carries a loss factor, 1 at the start. At every validation a task that is behind
 has its factor multiplied by ``validation.protect_boost`` (at most ``validation.protect_max``); a
-task that is not behind has it divided by the boost (at least 1). The trainer multiplies each task's
+task that is not behind has it divided by the boost (at least 1); then every factor is divided by the
+smallest, because a factor every task shares protects none. The trainer multiplies each task's
 loss by its factor before the balancer combines them, so with any balancer a lagging task's share of
 the shared parameters' update grows until it catches up, then returns to normal. Factors are plain
 data: logged (``protect/<task>``), shown in the progress bar with each task's standing, saved with
@@ -63,8 +64,19 @@ class TaskProtection:
             self.factors[task] = min(self.max_factor, factor * self.boost) if behind else max(1.0, factor / self.boost)
             standings[task] = Standing(value, reference, change, behind)
             self.best[task] = max(value, self.best.get(task, value))
+        self._keep_relative()
         self.standings = standings
         return standings
+
+    def _keep_relative(self) -> None:
+        """Divide every factor by the smallest, so the least protected task has factor 1.
+
+        A factor every task shares is no protection: early in a run every task lies below its single-task
+        model, and multiplying every loss by the same number changes no task's share of the update (AdamW
+        normalises a common scale away). Kept relative, only the tasks behind more than others gain."""
+        lowest = min(self.factors.values(), default=1.0)
+        if lowest > 1.0:
+            self.factors = {task: factor / lowest for task, factor in self.factors.items()}
 
     def scale(self, losses: Mapping[str, Any]) -> dict[str, Any]:
         """``losses`` with each task's loss multiplied by its factor (tasks without one unchanged)."""
