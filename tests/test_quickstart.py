@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
+
 from mmtl.cli import main
 from tests.conftest import micro_overrides
 
@@ -22,3 +24,14 @@ def test_quickstart_compare_trains_single_task_models_and_prints_the_verdicts(mi
     for task in ("recognition", "captioning", "summarization"):  # the same budget, each on its own
         log = (Path(f"{run}-baselines") / task / "log.jsonl").read_text().splitlines()
         assert json.loads(log[-1])["step"] == 2
+    # the quickstart's own settings reach the run it trains (one shared text decoder, the tuned weights)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"]["decoder"]["shared"] is True
+    assert saved["balancer"]["weights"]["recognition"] == 0.1
+
+
+def test_a_bad_quickstart_override_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
+    assert main(["quickstart", "model.decoder.shared=maybe", f"output_dir={tmp_path / 'qs'}"]) == 2
+    err = capsys.readouterr().err
+    assert "model.decoder.shared" in err and "Traceback" not in err and err.count("\n") == 1
+    assert not (tmp_path / "qs").exists()  # refused before anything was written
